@@ -1,0 +1,312 @@
+/* tha.h — Transparent High Availability for C structs: the public C API.
+ *
+ * Words used throughout:
+ *   schema   the registered struct layouts (types, fields, pointer slots).
+ *   heap     one contiguous reserved region holding every allocation, its
+ *            allocator metadata (as offsets) and a named roots table.
+ *   block    64 bytes of the region: the unit of change tracking and transfer.
+ *   frame    a checksummed, sequence-numbered snapshot or delta of a heap.
+ *   offset   a position relative to the region base; pointers travel as
+ *            offsets and are rebased on apply, so a mirror may live anywhere.
+ *
+ * Return values: 0 on success, a negative THA_E* code or a negative errno
+ * otherwise; tha_strerror() names both. Handles remember a detail message
+ * for their last failure (tha_heap_errmsg, tha_schema_errmsg); there is no
+ * global "last error".
+ *
+ * Threads: a schema or heap handle is not safe for concurrent use; callers
+ * serialise calls on one handle. Different handles are independent.
+ */
+#ifndef THA_H
+#define THA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define THA_VERSION_MAJOR 0
+#define THA_VERSION_MINOR 1
+#define THA_VERSION_PATCH 0
+#define THA_VERSION_STRING "0.1.0"
+
+#if defined(__GNUC__)
+#define THA_API __attribute__((visibility("default")))
+#else
+#define THA_API
+#endif
+
+/* ---- errors ------------------------------------------------------------ */
+
+/* One list yields the enum, the names and the messages. Library codes live
+ * in -30000.. so that -errno values (mmap, open) never collide with them. */
+#define THA_ERROR_LIST(X)                                                     \
+    X(THA_EINVAL, -30001, "invalid argument")                                 \
+    X(THA_ENOMEM, -30002, "out of memory")                                    \
+    X(THA_ECAPACITY, -30003, "heap capacity exhausted")                       \
+    X(THA_ENOTLIVE, -30004, "not a live allocation (double free?)")           \
+    X(THA_EFOREIGN, -30005, "pointer does not belong to this heap")           \
+    X(THA_ESCHEMA, -30006, "unsupported or invalid layout")                   \
+    X(THA_EMISMATCH, -30007, "schema mismatch")                               \
+    X(THA_EFRAME, -30008, "malformed frame")                                  \
+    X(THA_ECHECKSUM, -30009, "checksum mismatch")                             \
+    X(THA_ESEQ, -30010, "frame out of sequence")                              \
+    X(THA_ERANGE, -30011, "offset or pointer out of range")                   \
+    X(THA_ENOTFOUND, -30012, "no such name")                                  \
+    X(THA_ETOOSMALL, -30013, "buffer too small")                              \
+    X(THA_EVERSION, -30014, "unsupported format version")                     \
+    X(THA_EFULL, -30015, "table full")                                        \
+    X(THA_ESTATE, -30016, "operation not allowed in this state")              \
+    X(THA_ESTALE, -30017, "frame from an older epoch")
+
+enum tha_error {
+#define THA__ENUM(name, value, msg) name = value,
+    THA_ERROR_LIST(THA__ENUM)
+#undef THA__ENUM
+    THA_OK = 0
+};
+
+/* Message for a THA_E* code or a negative errno; never NULL. */
+THA_API const char *tha_strerror(int code);
+/* "0.1.0"; equals THA_VERSION_STRING and tha.__version__. */
+THA_API const char *tha_version(void);
+
+/* ---- schema ------------------------------------------------------------ */
+
+typedef struct tha_schema tha_schema_t;
+
+/* Primitive types. Their values are also their type ids, so an allocation
+ * of raw bytes is tha_heap_alloc(h, THA_T_CHAR, n, &p). Struct and union
+ * ids start at THA_T_FIRST_USER in registration order. */
+enum tha_prim {
+    THA_T_CHAR = 1, THA_T_I8, THA_T_U8, THA_T_I16, THA_T_U16, THA_T_I32,
+    THA_T_U32, THA_T_I64, THA_T_U64, THA_T_F32, THA_T_F64, THA_T_BOOL,
+    THA_T_VOID, /* only as a pointer target: void * */
+    THA_T_FIRST_USER = 32
+};
+
+/* Field kinds. */
+enum tha_kind {
+    THA_K_SCALAR = 1, /* a primitive (or array of them) */
+    THA_K_STRUCT,     /* a registered struct or union, by value */
+    THA_K_PTR,        /* pointer into the heap: to a struct, union or primitive */
+    THA_K_FUNC,       /* function pointer, mirrored through the name registry */
+    THA_K_BITS        /* bitfield: bits[0] = shift, bits[1] = width */
+};
+
+#define THA_MAX_DIMS 4
+#define THA_NAME_MAX 64 /* type, field and function names, with the NUL */
+
+/* One field as registered. Strings are copied. */
+typedef struct tha_field {
+    const char *name;
+    uint32_t offset;               /* bytes from the start of the struct */
+    uint32_t kind;                 /* enum tha_kind */
+    uint32_t prim;                 /* THA_K_SCALAR/THA_K_BITS: enum tha_prim */
+    const char *target;            /* THA_K_STRUCT: type name ("emp");
+                                      THA_K_PTR: type name or primitive name
+                                      ("emp", "char", "void", "uint8_t") */
+    uint32_t dims[THA_MAX_DIMS];   /* array dimensions, 0-terminated; all 0:
+                                      not an array */
+    uint32_t bits[2];              /* THA_K_BITS: shift, width */
+    const char *sig;               /* THA_K_FUNC: C type text, e.g.
+                                      "int(*)(int)"; NULL = "void(*)(void)" */
+} tha_field_t;
+
+/* A schema is built (add_struct/add_field/add_func) then sealed; only a
+ * sealed schema can back a heap. Sealing resolves late-bound names, flattens
+ * pointer slots into relocation tables and computes the fingerprint; it
+ * refuses layouts it cannot mirror with a message naming struct and field. */
+THA_API int tha_schema_create(tha_schema_t **out);
+/* Drops the caller's reference; heaps keep their own. NULL is ignored. */
+THA_API void tha_schema_release(tha_schema_t *s);
+THA_API const char *tha_schema_errmsg(const tha_schema_t *s);
+/* is_union: 0 struct, 1 union. size/align as the C compiler lays it out. */
+THA_API int tha_schema_add_struct(tha_schema_t *s, const char *name,
+                                  size_t size, size_t align, int is_union,
+                                  uint32_t *type_id);
+THA_API int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
+                                 const tha_field_t *field);
+/* Declares a function name for THA_K_FUNC slots (ids in call order); fn may
+ * be NULL and bound later. Only declared names are fingerprinted. */
+THA_API int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void));
+THA_API int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void));
+THA_API int tha_schema_seal(tha_schema_t *s);
+THA_API uint64_t tha_schema_fingerprint(const tha_schema_t *s);
+/* Canonical byte form (carried by snapshots and the handshake). With buf
+ * NULL only *len is set. */
+THA_API int tha_schema_serialize(const tha_schema_t *s, void *buf, size_t cap,
+                                 size_t *len);
+/* A sealed schema from its byte form; functions come back unbound. */
+THA_API int tha_schema_deserialize(const void *buf, size_t len,
+                                   tha_schema_t **out, char *msg, size_t msgcap);
+/* 0 if equal; THA_EMISMATCH with the first difference ("struct emp field
+ * salary: offset 40 vs 48") written to msg otherwise. */
+THA_API int tha_schema_compare(const tha_schema_t *a, const tha_schema_t *b,
+                               char *msg, size_t msgcap);
+
+/* Introspection, for bindings that build their own view of the layout. */
+typedef struct tha_type_info {
+    const char *name;    /* "emp", or the primitive's name ("uint32_t") */
+    uint32_t id;
+    uint32_t is_union;
+    uint32_t is_prim;
+    uint32_t nfields;
+    uint64_t size;
+    uint64_t align;
+    uint32_t nslots;     /* pointer slots in one element, flattened */
+} tha_type_info_t;
+
+THA_API uint32_t tha_schema_type_count(const tha_schema_t *s); /* highest id + 1 */
+THA_API int tha_schema_type_info(const tha_schema_t *s, uint32_t id,
+                                 tha_type_info_t *out);
+THA_API int tha_schema_type_by_name(const tha_schema_t *s, const char *name,
+                                    uint32_t *id);
+/* Field i of a struct; strings live as long as the schema. */
+THA_API int tha_schema_field_info(const tha_schema_t *s, uint32_t id,
+                                  uint32_t i, tha_field_t *out);
+THA_API uint32_t tha_schema_func_count(const tha_schema_t *s);
+THA_API int tha_schema_func_info(const tha_schema_t *s, uint32_t i,
+                                 const char **name, void (**fn)(void));
+
+/* Registration macros for native code (layout taken from the compiler). */
+#define THA_STRUCT(s, T, name, idp)                                           \
+    tha_schema_add_struct((s), (name), sizeof(T), _Alignof(T), 0, (idp))
+#define THA__FIELD(T, f, k, p, tgt, d0)                                       \
+    (&(const tha_field_t){.name = #f, .offset = (uint32_t)offsetof(T, f),      \
+                          .kind = (k), .prim = (p), .target = (tgt),          \
+                          .dims = {(d0)}})
+/* A primitive, or a 1-D array of them when n > 0 ("char name[32]"). */
+#define THA_FIELD_SCALAR(s, id, T, f, prim, n)                                \
+    tha_schema_add_field((s), (id), THA__FIELD(T, f, THA_K_SCALAR, (prim), NULL, (n)))
+/* A pointer to type tgt ("emp", "char", "void"), or an array of n of them. */
+#define THA_FIELD_PTR(s, id, T, f, tgt, n)                                    \
+    tha_schema_add_field((s), (id), THA__FIELD(T, f, THA_K_PTR, 0, (tgt), (n)))
+/* A nested struct by value, or an array of n of them. */
+#define THA_FIELD_STRUCT(s, id, T, f, tgt, n)                                 \
+    tha_schema_add_field((s), (id), THA__FIELD(T, f, THA_K_STRUCT, 0, (tgt), (n)))
+/* A function pointer slot, or an array of n of them. */
+#define THA_FIELD_FUNC(s, id, T, f, n)                                        \
+    tha_schema_add_field((s), (id), THA__FIELD(T, f, THA_K_FUNC, 0, NULL, (n)))
+
+/* ---- heap -------------------------------------------------------------- */
+
+typedef struct tha_heap tha_heap_t;
+
+enum tha_tracking {
+    THA_TRACK_EXPLICIT = 1, /* only alloc/free/roots/tha_heap_touch mark blocks */
+    THA_TRACK_AUTO = 0      /* best available; today: explicit */
+};
+
+/* Reserves capacity bytes (rounded up to 64 KiB) of address space and
+ * commits them as the heap grows. The heap keeps a reference to schema. */
+THA_API int tha_heap_create(tha_heap_t **out, tha_schema_t *schema,
+                            size_t capacity, int tracking);
+/* Unmaps the region: every pointer into it dies. NULL is ignored. */
+THA_API void tha_heap_destroy(tha_heap_t *h);
+/* Detail of the last failed call on h ("double free of offset 0x4008"). */
+THA_API const char *tha_heap_errmsg(const tha_heap_t *h);
+THA_API const tha_schema_t *tha_heap_schema(const tha_heap_t *h);
+THA_API void *tha_heap_base(const tha_heap_t *h);
+
+/* count elements of type_id, zero-filled, 8-byte aligned. The allocation
+ * lives until tha_heap_free or until a snapshot is applied over the heap. */
+THA_API int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
+                           void **out);
+/* p must be the start of a live allocation. */
+THA_API int tha_heap_free(tha_heap_t *h, void *p);
+/* Marks [p, p+len) dirty; len 0 marks the whole allocation holding p. */
+THA_API int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
+
+/* A live allocation. */
+typedef struct tha_obj {
+    void *ptr;         /* first element */
+    uint64_t offset;   /* of ptr from the base */
+    uint32_t type_id;
+    uint32_t count;    /* elements */
+    uint64_t size;     /* bytes of one element */
+} tha_obj_t;
+
+/* O(1): the live allocation containing any byte of it (interior pointers). */
+THA_API int tha_heap_lookup(const tha_heap_t *h, const void *p, tha_obj_t *out);
+/* Live allocations in address order. Start with *cursor = 0; returns 1 and
+ * fills out while there is one, 0 at the end. */
+THA_API int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out);
+
+/* Named roots (THA_NAME_MAX - 1 bytes at most, 256 of them). p may be an
+ * interior pointer; NULL removes the root. */
+#define THA_MAX_ROOTS 256
+THA_API int tha_root_set(tha_heap_t *h, const char *name, const void *p);
+THA_API int tha_root_get(const tha_heap_t *h, const char *name, void **p);
+/* Roots in table order: start with *cursor = 0; 1 while there is one. name
+ * points into the region and lives until the root changes. */
+THA_API int tha_root_next(const tha_heap_t *h, uint32_t *cursor,
+                          const char **name, void **p);
+
+typedef struct tha_stats {
+    uint64_t capacity;        /* bytes reserved */
+    uint64_t committed;       /* bytes mapped read-write */
+    uint64_t top;             /* bytes of the region in use (the image size) */
+    uint64_t live_objects;    /* allocations */
+    uint64_t live_bytes;      /* payload bytes of live allocations */
+    uint64_t dirty_blocks;    /* blocks a delta would carry now */
+    uint64_t seq;             /* last frame encoded or applied */
+    uint64_t epoch;
+    uint64_t lineage;         /* identity of the frame series */
+    uint64_t frames_encoded, bytes_encoded;
+    uint64_t frames_applied, bytes_applied;
+    int tracking;             /* enum tha_tracking in force */
+} tha_stats_t;
+
+THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
+
+/* ---- frames ------------------------------------------------------------ */
+
+enum tha_frame_kind { THA_FRAME_SNAPSHOT = 1, THA_FRAME_DELTA = 2 };
+
+#define THA_FRAME_VERSION 1
+#define THA_FRAME_HEADER_SIZE 96
+
+typedef struct tha_frame_info {
+    uint32_t kind;         /* enum tha_frame_kind */
+    uint32_t version;
+    uint64_t fingerprint;  /* schema of the source */
+    uint64_t lineage;
+    uint64_t epoch;
+    uint64_t seq;
+    uint64_t capacity;     /* of the source heap */
+    uint64_t top;          /* source image size after this frame */
+    uint64_t length;       /* whole frame, header included */
+    uint32_t nruns;
+    uint64_t nblocks;      /* data blocks carried */
+} tha_frame_info_t;
+
+/* Exact bytes tha_heap_encode(kind) will need now. */
+THA_API int tha_heap_frame_size(const tha_heap_t *h, int kind, size_t *size);
+/* Encodes a snapshot (the whole image) or a delta (every block dirtied
+ * since the previous frame) into buf, then clears the dirty bits and bumps
+ * the sequence number. On any error nothing changes (THA_ETOOSMALL: *len
+ * holds the size needed). A pointer slot holding neither NULL, an address in
+ * the region nor a registered function fails with THA_EFOREIGN. */
+THA_API int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap,
+                            size_t *len);
+/* Verifies the whole frame (checksums, fingerprint, lineage and sequence,
+ * every offset and pointer) before writing anything, then applies it.
+ * A snapshot replaces the whole state; a delta needs seq == last + 1 from
+ * the same lineage. On error the heap is unchanged. */
+THA_API int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len);
+/* Parses and checks a frame header only (no body checksum). */
+THA_API int tha_frame_info(const void *frame, size_t len, tha_frame_info_t *out);
+/* The schema a snapshot carries (a new sealed schema; release it). */
+THA_API int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
+                             char *msg, size_t msgcap);
+
+/* CRC32C (Castagnoli), hardware-accelerated where the CPU has it. */
+THA_API uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
+#endif /* THA_H */

@@ -1,0 +1,668 @@
+/* arena.c — the heap's region: reservation and commit, the page allocator,
+ * size-class slabs, large spans, the roots table and the O(1) map from any
+ * address to its allocation. Every structure lives inside the region and
+ * refers to others by offset, so the bytes mean the same at any base.
+ * Every write to the region made here is marked dirty (tha__mark) so that
+ * a delta carries allocator state along with the objects.
+ */
+#include "tha_internal.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <sys/mman.h>
+#include <sys/random.h>
+
+/* Slot sizes, header included; multiples of 16 so payloads are 8-aligned. */
+static const uint32_t class_sizes[THA__NCLASSES] = {
+    16,   32,   48,   64,   80,   96,   112,  128,  160,  192,  224,
+    256,  320,  384,  448,  512,  640,  768,  896,  1024, 1280, 1536,
+    1792, 2048, 2560, 3072, 3584, 4096, 5120, 6144, 7168, 8192};
+
+int tha__size_class(uint64_t slot_bytes) {
+    if (slot_bytes <= 128) return slot_bytes == 0 ? 0 : (int)((slot_bytes + 15) / 16) - 1;
+    for (int c = 8; c < (int)THA__NCLASSES; c++)
+        if (slot_bytes <= class_sizes[c]) return c;
+    return -1;
+}
+
+uint32_t tha__class_size(int cls) { return class_sizes[cls]; }
+
+static void mark_region_header(tha_heap_t *h) {
+    tha__mark(h, 0, sizeof(tha__region_t));
+}
+
+static void set_page(tha_heap_t *h, uint64_t page, uint8_t kind, uint8_t cls,
+                     uint32_t link) {
+    tha__page_t *pm = &tha__pagemap(h)[page];
+    pm->kind = kind;
+    pm->cls = cls;
+    pm->unused = 0;
+    pm->link = link;
+    tha__mark(h, tha__reg(h)->pagemap_off + page * sizeof *pm, sizeof *pm);
+}
+
+/* ---- reservation and commit ------------------------------------------- */
+
+int tha__commit(tha_heap_t *h, uint64_t bytes) {
+    if (bytes <= h->committed) return 0;
+    if (bytes > h->capacity) return THA_ECAPACITY;
+    uint64_t want = tha__align_up(bytes, THA__COMMIT_STEP);
+    if (want > h->capacity) want = h->capacity;
+    if (mprotect(h->base + h->committed, want - h->committed,
+                 PROT_READ | PROT_WRITE) != 0)
+        return -errno;
+    h->committed = want;
+    return 0;
+}
+
+int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
+                    int tracking) {
+    if (!out || !schema || !schema->sealed) return THA_EINVAL;
+    if (tracking != THA_TRACK_AUTO && tracking != THA_TRACK_EXPLICIT)
+        return THA_EINVAL;
+    *out = NULL;
+    uint64_t cap = tha__align_up(capacity ? capacity : (64u << 20), THA__GRANULE);
+    if (cap < (1u << 20) || cap > (1ull << 44)) return THA_EINVAL;
+    tha_heap_t *h = calloc(1, sizeof *h);
+    if (!h) return THA_ENOMEM;
+    h->capacity = cap;
+    h->nblocks = cap / THA__BLOCK;
+    h->tracking = THA_TRACK_EXPLICIT;
+    int rc = THA_ENOMEM;
+    void *base = mmap(NULL, cap, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    if (base == MAP_FAILED) {
+        rc = -errno;
+        free(h);
+        return rc;
+    }
+    h->base = base;
+    /* Side tables outside the region: zero pages until used. */
+    h->dirty = calloc((h->nblocks + 63) / 64, sizeof(uint64_t));
+    h->ptrmap = calloc(h->nblocks, 1);
+    if (!h->dirty || !h->ptrmap) goto fail;
+    if (getrandom(&h->lineage, sizeof h->lineage, 0) != sizeof h->lineage) {
+        rc = -errno;
+        goto fail;
+    }
+    h->schema = tha__schema_retain(schema);
+    rc = tha__region_init(h);
+    if (rc) goto fail;
+    *out = h;
+    return 0;
+fail:
+    tha_heap_destroy(h);
+    return rc;
+}
+
+void tha_heap_destroy(tha_heap_t *h) {
+    if (!h) return;
+    if (h->base) munmap(h->base, h->capacity);
+    free(h->dirty);
+    free(h->ptrmap);
+    tha_schema_release(h->schema);
+    free(h);
+}
+
+int tha__region_init(tha_heap_t *h) {
+    uint64_t npages = h->capacity / THA__PAGE;
+    uint64_t roots_off = tha__align_up(sizeof(tha__region_t), THA__BLOCK);
+    uint64_t pagemap_off = roots_off + THA_MAX_ROOTS * sizeof(tha__root_t);
+    uint64_t data_off =
+        tha__align_up(pagemap_off + npages * sizeof(tha__page_t), THA__PAGE);
+    if (data_off + THA__SLAB_PAGES * THA__PAGE > h->capacity) return THA_EINVAL;
+    int rc = tha__commit(h, data_off);
+    if (rc) return rc;
+    tha__region_t *r = tha__reg(h);
+    memset(r, 0, sizeof *r);
+    r->magic = THA__REGION_MAGIC;
+    r->capacity = h->capacity;
+    r->top = data_off;
+    r->pagemap_off = pagemap_off;
+    r->npages = npages;
+    r->roots_off = roots_off;
+    r->data_off = data_off;
+    for (uint64_t p = 0; p < data_off / THA__PAGE; p++)
+        set_page(h, p, THA__PG_META, 0, 0);
+    tha__mark(h, 0, data_off);
+    return 0;
+}
+
+const tha_schema_t *tha_heap_schema(const tha_heap_t *h) { return h->schema; }
+void *tha_heap_base(const tha_heap_t *h) { return h->base; }
+const char *tha_heap_errmsg(const tha_heap_t *h) { return h->err; }
+
+/* ---- page spans ------------------------------------------------------- */
+
+static void span_unlink(tha_heap_t *h, uint64_t off) {
+    tha__region_t *r = tha__reg(h);
+    tha__span_t *s = THA__AT(h, off, tha__span_t);
+    if (s->prev) {
+        THA__AT(h, s->prev, tha__span_t)->next = s->next;
+        tha__mark(h, s->prev, sizeof *s);
+    } else {
+        r->free_spans = s->next;
+        mark_region_header(h);
+    }
+    if (s->next) {
+        THA__AT(h, s->next, tha__span_t)->prev = s->prev;
+        tha__mark(h, s->next, sizeof *s);
+    }
+}
+
+/* Records a free span of n pages at page p and pushes it on the list. */
+static void span_push(tha_heap_t *h, uint64_t p, uint64_t n) {
+    tha__region_t *r = tha__reg(h);
+    uint64_t off = p * THA__PAGE;
+    tha__span_t *s = THA__AT(h, off, tha__span_t);
+    s->npages = n;
+    s->prev = 0;
+    s->next = r->free_spans;
+    if (s->next) {
+        THA__AT(h, s->next, tha__span_t)->prev = off;
+        tha__mark(h, s->next, sizeof *s);
+    }
+    r->free_spans = off;
+    mark_region_header(h);
+    tha__mark(h, off, sizeof *s);
+    set_page(h, p, THA__PG_FREE_HEAD, 0, (uint32_t)n);
+    /* Only the last page needs its head (for coalescing); pages between
+     * stay FREE_TAIL with whatever link they had. */
+    if (n > 1) set_page(h, p + n - 1, THA__PG_FREE_TAIL, 0, (uint32_t)p);
+}
+
+/* Takes n pages: first fit from the free spans, else from the top. The
+ * caller sets the page map entries of the pages it gets. */
+static int pages_alloc(tha_heap_t *h, uint64_t n, uint64_t *page, bool *fresh) {
+    tha__region_t *r = tha__reg(h);
+    for (uint64_t off = r->free_spans; off;) {
+        tha__span_t *s = THA__AT(h, off, tha__span_t);
+        if (s->npages >= n) {
+            uint64_t p = off / THA__PAGE, have = s->npages;
+            span_unlink(h, off);
+            if (have > n) span_push(h, p + n, have - n);
+            *page = p;
+            *fresh = false;
+            return 0;
+        }
+        off = s->next;
+    }
+    uint64_t bytes = n * THA__PAGE;
+    if (n > r->npages || r->top + bytes > r->capacity) return THA_ECAPACITY;
+    int rc = tha__commit(h, r->top + bytes);
+    if (rc) return rc;
+    *page = r->top / THA__PAGE;
+    *fresh = true;
+    r->top += bytes;
+    mark_region_header(h);
+    return 0;
+}
+
+/* Returns n pages at p to the free spans, merging with free neighbours. */
+static void pages_free(tha_heap_t *h, uint64_t p, uint64_t n) {
+    tha__region_t *r = tha__reg(h);
+    tha__page_t *pm = tha__pagemap(h);
+    uint64_t first_data = r->data_off / THA__PAGE;
+    for (uint64_t i = 0; i < n; i++)
+        set_page(h, p + i, THA__PG_FREE_TAIL, 0, (uint32_t)p);
+    if (p > first_data) {
+        uint64_t q = p - 1, head = q;
+        if (pm[q].kind == THA__PG_FREE_TAIL) head = pm[q].link;
+        if (pm[q].kind == THA__PG_FREE_HEAD || pm[q].kind == THA__PG_FREE_TAIL) {
+            uint64_t hn = THA__AT(h, head * THA__PAGE, tha__span_t)->npages;
+            span_unlink(h, head * THA__PAGE);
+            p = head;
+            n += hn;
+        }
+    }
+    uint64_t next = p + n;
+    if (next * THA__PAGE < r->top && pm[next].kind == THA__PG_FREE_HEAD) {
+        uint64_t nn = THA__AT(h, next * THA__PAGE, tha__span_t)->npages;
+        span_unlink(h, next * THA__PAGE);
+        set_page(h, next, THA__PG_FREE_TAIL, 0, (uint32_t)p);
+        n += nn;
+    }
+    span_push(h, p, n);
+}
+
+/* ---- slabs ------------------------------------------------------------ */
+
+static tha__slab_t *slab_at(tha_heap_t *h, uint64_t off) {
+    return THA__AT(h, off, tha__slab_t);
+}
+
+static void slab_list_push(tha_heap_t *h, uint64_t off) {
+    tha__region_t *r = tha__reg(h);
+    tha__slab_t *s = slab_at(h, off);
+    s->prev = 0;
+    s->next = r->class_slabs[s->cls];
+    if (s->next) {
+        slab_at(h, s->next)->prev = off;
+        tha__mark(h, s->next, THA__SLAB_HDR);
+    }
+    r->class_slabs[s->cls] = off;
+    s->on_list = 1;
+    mark_region_header(h);
+    tha__mark(h, off, THA__SLAB_HDR);
+}
+
+static void slab_list_unlink(tha_heap_t *h, uint64_t off) {
+    tha__region_t *r = tha__reg(h);
+    tha__slab_t *s = slab_at(h, off);
+    if (s->prev) {
+        slab_at(h, s->prev)->next = s->next;
+        tha__mark(h, s->prev, THA__SLAB_HDR);
+    } else {
+        r->class_slabs[s->cls] = s->next;
+        mark_region_header(h);
+    }
+    if (s->next) {
+        slab_at(h, s->next)->prev = s->prev;
+        tha__mark(h, s->next, THA__SLAB_HDR);
+    }
+    s->next = s->prev = 0;
+    s->on_list = 0;
+    tha__mark(h, off, THA__SLAB_HDR);
+}
+
+/* Offset of a free slot of class cls; *fresh when never used before. */
+static int slot_alloc(tha_heap_t *h, int cls, uint64_t *slot, bool *fresh) {
+    tha__region_t *r = tha__reg(h);
+    uint64_t off = r->class_slabs[cls];
+    if (!off) {
+        uint64_t p;
+        bool fresh_pages;
+        int rc = pages_alloc(h, THA__SLAB_PAGES, &p, &fresh_pages);
+        if (rc) return rc;
+        set_page(h, p, THA__PG_SLAB_HEAD, (uint8_t)cls, THA__SLAB_PAGES);
+        for (uint32_t i = 1; i < THA__SLAB_PAGES; i++)
+            set_page(h, p + i, THA__PG_SLAB_TAIL, 0, (uint32_t)p);
+        off = p * THA__PAGE;
+        tha__slab_t *s = slab_at(h, off);
+        memset(s, 0, sizeof *s);
+        s->cls = (uint32_t)cls;
+        s->nslots = (THA__SLAB_PAGES * THA__PAGE - THA__SLAB_HDR) / class_sizes[cls];
+        s->nfree = s->nslots;
+        if (!fresh_pages) /* recycled pages: slot headers must read free */
+            memset((uint8_t *)s + THA__SLAB_HDR, 0,
+                   THA__SLAB_PAGES * THA__PAGE - THA__SLAB_HDR);
+        tha__mark(h, off, THA__SLAB_PAGES * THA__PAGE);
+        slab_list_push(h, off);
+    }
+    tha__slab_t *s = slab_at(h, off);
+    if (s->free) {
+        *slot = s->free;
+        s->free = *THA__AT(h, *slot + THA__HDR, uint64_t);
+        *fresh = false;
+    } else {
+        THA_ASSERT(s->bump < s->nslots);
+        *slot = off + THA__SLAB_HDR + (uint64_t)s->bump * class_sizes[cls];
+        s->bump++;
+        *fresh = true;
+    }
+    s->nfree--;
+    tha__mark(h, off, THA__SLAB_HDR);
+    if (s->nfree == 0) slab_list_unlink(h, off);
+    return 0;
+}
+
+static void slot_free(tha_heap_t *h, uint64_t slab_off, uint64_t slot) {
+    tha__slab_t *s = slab_at(h, slab_off);
+    *THA__AT(h, slot + THA__HDR, uint64_t) = s->free;
+    tha__mark(h, slot + THA__HDR, 8);
+    s->free = slot;
+    s->nfree++;
+    tha__mark(h, slab_off, THA__SLAB_HDR);
+    if (!s->on_list) slab_list_push(h, slab_off);
+    /* An empty slab goes back to the page spans unless it is the class's
+     * only one (keeps alloc/free of one object from thrashing pages). */
+    if (s->nfree == s->nslots &&
+        (s->next || s->prev || tha__reg(h)->class_slabs[s->cls] != slab_off)) {
+        slab_list_unlink(h, slab_off);
+        pages_free(h, slab_off / THA__PAGE, THA__SLAB_PAGES);
+    }
+}
+
+/* ---- lookup ----------------------------------------------------------- */
+
+/* Slot start (header offset) and page-map view of the allocation unit
+ * holding off, whether live or not; 0 if off is in no slot or span. */
+static uint64_t unit_of(const tha_heap_t *h, uint64_t off, uint64_t *unit_bytes,
+                        uint64_t *slab_off) {
+    const tha__region_t *r = tha__reg(h);
+    if (off < r->data_off || off >= r->top) return 0;
+    const tha__page_t *pm = tha__pagemap(h);
+    uint64_t p = off / THA__PAGE;
+    switch (pm[p].kind) {
+    case THA__PG_SLAB_TAIL:
+        p = pm[p].link;
+        /* fall through */
+    case THA__PG_SLAB_HEAD: {
+        uint64_t base = p * THA__PAGE, first = base + THA__SLAB_HDR;
+        if (off < first) return 0;
+        uint32_t size = class_sizes[pm[p].cls];
+        uint64_t idx = (off - first) / size;
+        if (idx >= THA__AT(h, base, tha__slab_t)->nslots) return 0;
+        *unit_bytes = size;
+        *slab_off = base;
+        return first + idx * size;
+    }
+    case THA__PG_SPAN_TAIL:
+        p = pm[p].link;
+        /* fall through */
+    case THA__PG_SPAN_HEAD:
+        *unit_bytes = (uint64_t)pm[p].link * THA__PAGE;
+        *slab_off = 0;
+        return p * THA__PAGE;
+    default:
+        return 0;
+    }
+}
+
+uint64_t tha__find(const tha_heap_t *h, uint64_t off, tha__objhdr_t **hdr) {
+    uint64_t unit_bytes, slab_off;
+    uint64_t slot = unit_of(h, off, &unit_bytes, &slab_off);
+    if (!slot) return 0;
+    tha__objhdr_t *oh = THA__AT(h, slot, tha__objhdr_t);
+    if (oh->count == 0) return 0;
+    const tha__type_t *t = tha__schema_type(h->schema, oh->type_id);
+    uint64_t payload = slot + THA__HDR;
+    if (!t || off < payload || off >= payload + t->size * oh->count) return 0;
+    if (hdr) *hdr = oh;
+    return payload;
+}
+
+static void fill_obj(const tha_heap_t *h, uint64_t payload,
+                     const tha__objhdr_t *oh, tha_obj_t *out) {
+    const tha__type_t *t = tha__schema_type(h->schema, oh->type_id);
+    out->ptr = h->base + payload;
+    out->offset = payload;
+    out->type_id = oh->type_id;
+    out->count = oh->count;
+    out->size = t ? t->size : 0;
+}
+
+int tha_heap_lookup(const tha_heap_t *h, const void *p, tha_obj_t *out) {
+    uint64_t off = (uint64_t)((const uint8_t *)p - h->base);
+    if ((const uint8_t *)p < h->base || off >= h->capacity) return THA_EFOREIGN;
+    tha__objhdr_t *oh;
+    uint64_t payload = tha__find(h, off, &oh);
+    if (!payload) return THA_ENOTLIVE;
+    fill_obj(h, payload, oh, out);
+    return 0;
+}
+
+int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out) {
+    const tha__region_t *r = tha__reg(h);
+    const tha__page_t *pm = tha__pagemap(h);
+    uint64_t off = *cursor < r->data_off ? r->data_off : *cursor;
+    while (off < r->top) {
+        uint64_t p = off / THA__PAGE;
+        switch (pm[p].kind) {
+        case THA__PG_SLAB_TAIL:
+            p = pm[p].link;
+            /* fall through */
+        case THA__PG_SLAB_HEAD: {
+            uint64_t base = p * THA__PAGE, first = base + THA__SLAB_HDR;
+            const tha__slab_t *s = THA__AT(h, base, tha__slab_t);
+            uint32_t size = class_sizes[pm[p].cls];
+            uint64_t idx = off <= first ? 0 : (off - first + size - 1) / size;
+            for (; idx < s->bump; idx++) {
+                uint64_t slot = first + idx * size;
+                const tha__objhdr_t *oh = THA__AT(h, slot, tha__objhdr_t);
+                if (oh->count) {
+                    fill_obj(h, slot + THA__HDR, oh, out);
+                    *cursor = slot + size;
+                    return 1;
+                }
+            }
+            off = base + (uint64_t)THA__SLAB_PAGES * THA__PAGE;
+            break;
+        }
+        case THA__PG_SPAN_HEAD:
+            if (off == p * THA__PAGE) {
+                const tha__objhdr_t *oh = THA__AT(h, off, tha__objhdr_t);
+                fill_obj(h, off + THA__HDR, oh, out);
+                *cursor = off + (uint64_t)pm[p].link * THA__PAGE;
+                return 1;
+            }
+            off = (p + pm[p].link) * THA__PAGE;
+            break;
+        case THA__PG_SPAN_TAIL:
+            off = (pm[p].link + pm[pm[p].link].link) * THA__PAGE;
+            break;
+        case THA__PG_FREE_HEAD:
+            off = (p + pm[p].link) * THA__PAGE;
+            break;
+        default:
+            off = (p + 1) * THA__PAGE;
+        }
+    }
+    *cursor = off;
+    return 0;
+}
+
+/* ---- alloc and free --------------------------------------------------- */
+
+int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count, void **out) {
+    const tha__type_t *t = tha__schema_type(h->schema, type_id);
+    if (!t || t->size == 0)
+        return tha__hfail(h, THA_EINVAL, "type id %u cannot be allocated", type_id);
+    if (count == 0) return tha__hfail(h, THA_EINVAL, "count must be at least 1");
+    tha__region_t *r = tha__reg(h);
+    uint64_t bytes = t->size * (uint64_t)count;
+    if (bytes > r->capacity)
+        return tha__hfail(h, THA_ECAPACITY, "%u x %s (%llu bytes) exceeds the heap "
+                    "capacity of %llu bytes", count, t->name,
+                    (unsigned long long)bytes, (unsigned long long)r->capacity);
+    uint64_t slot;
+    bool fresh;
+    int cls = tha__size_class(bytes + THA__HDR), rc;
+    if (cls >= 0) {
+        rc = slot_alloc(h, cls, &slot, &fresh);
+    } else {
+        uint64_t n = (bytes + THA__HDR + THA__PAGE - 1) / THA__PAGE, p;
+        rc = pages_alloc(h, n, &p, &fresh);
+        if (!rc) {
+            set_page(h, p, THA__PG_SPAN_HEAD, 0, (uint32_t)n);
+            for (uint64_t i = 1; i < n; i++)
+                set_page(h, p + i, THA__PG_SPAN_TAIL, 0, (uint32_t)p);
+            slot = p * THA__PAGE;
+        }
+    }
+    if (rc == THA_ECAPACITY)
+        return tha__hfail(h, rc, "out of capacity: %u x %s (%llu bytes) does not fit "
+                    "in the %llu-byte heap (%llu bytes live)", count, t->name,
+                    (unsigned long long)bytes, (unsigned long long)r->capacity,
+                    (unsigned long long)r->live_bytes);
+    if (rc) return tha__hfail(h, rc, "allocation failed: %s", tha_strerror(rc));
+    tha__objhdr_t *oh = THA__AT(h, slot, tha__objhdr_t);
+    oh->type_id = type_id;
+    oh->count = count;
+    uint64_t payload = slot + THA__HDR;
+    if (!fresh) {
+        memset(h->base + payload, 0, bytes);
+        tha__ptrmap_clear(h, payload, tha__align_up(bytes, 8));
+    }
+    if (t->nslots) tha__ptrmap_set(h, payload, t, count);
+    tha__mark(h, slot, THA__HDR + bytes);
+    r->live_objects++;
+    r->live_bytes += bytes;
+    mark_region_header(h);
+    *out = h->base + payload;
+    return 0;
+}
+
+/* Name of a root holding an address inside [payload, payload+bytes), or NULL. */
+static const char *rooted(const tha_heap_t *h, uint64_t payload, uint64_t bytes) {
+    const tha__region_t *r = tha__reg(h);
+    const tha__root_t *roots = THA__AT(h, r->roots_off, tha__root_t);
+    for (uint64_t i = 0; i < r->nroots; i++)
+        if (roots[i].offset >= payload && roots[i].offset < payload + bytes)
+            return roots[i].name;
+    return NULL;
+}
+
+int tha_heap_free(tha_heap_t *h, void *ptr) {
+    uint8_t *p = ptr;
+    tha__region_t *r = tha__reg(h);
+    if (p < h->base || p >= h->base + r->top)
+        return tha__hfail(h, THA_EFOREIGN, "free of %p: not an address in this heap "
+                    "(region %p..%p)", ptr, (void *)h->base,
+                    (void *)(h->base + r->top));
+    uint64_t off = (uint64_t)(p - h->base), unit_bytes, slab_off;
+    uint64_t slot = unit_of(h, off, &unit_bytes, &slab_off);
+    tha__objhdr_t *oh = slot ? THA__AT(h, slot, tha__objhdr_t) : NULL;
+    if (!oh || oh->count == 0)
+        return tha__hfail(h, THA_ENOTLIVE, "free of offset 0x%llx: no live allocation "
+                    "there (double free?)", (unsigned long long)off);
+    if (off != slot + THA__HDR)
+        return tha__hfail(h, THA_ENOTLIVE, "free of offset 0x%llx: interior pointer; "
+                    "the allocation starts at 0x%llx", (unsigned long long)off,
+                    (unsigned long long)(slot + THA__HDR));
+    const tha__type_t *t = tha__schema_type(h->schema, oh->type_id);
+    uint64_t bytes = t->size * oh->count;
+    const char *root = rooted(h, off, bytes);
+    if (root)
+        return tha__hfail(h, THA_ESTATE, "free of offset 0x%llx: still held by root "
+                    "'%s'; remove the root first", (unsigned long long)off, root);
+    if (t->nslots) tha__ptrmap_clear(h, off, tha__align_up(bytes, 8));
+    oh->type_id = 0;
+    oh->count = 0;
+    tha__mark(h, slot, THA__HDR);
+    r->live_objects--;
+    r->live_bytes -= bytes;
+    mark_region_header(h);
+    if (slab_off)
+        slot_free(h, slab_off, slot);
+    else
+        pages_free(h, slot / THA__PAGE, unit_bytes / THA__PAGE);
+    return 0;
+}
+
+int tha_heap_touch(tha_heap_t *h, const void *ptr, size_t len) {
+    const uint8_t *p = ptr;
+    uint64_t off = (uint64_t)(p - h->base);
+    if (p < h->base || off >= tha__reg(h)->top)
+        return tha__hfail(h, THA_EFOREIGN, "touch of %p: not an address in this heap",
+                    ptr);
+    tha__objhdr_t *oh;
+    uint64_t payload = tha__find(h, off, &oh);
+    if (!payload)
+        return tha__hfail(h, THA_ENOTLIVE, "touch of offset 0x%llx: no live "
+                    "allocation there", (unsigned long long)off);
+    const tha__type_t *t = tha__schema_type(h->schema, oh->type_id);
+    uint64_t end = payload + t->size * oh->count;
+    if (len == 0) {
+        tha__mark(h, payload, end - payload);
+        return 0;
+    }
+    if (len > end - off)
+        return tha__hfail(h, THA_ERANGE, "touch of %zu bytes at offset 0x%llx runs "
+                    "past the end of its allocation (0x%llx)", len,
+                    (unsigned long long)off, (unsigned long long)end);
+    tha__mark(h, off, len);
+    return 0;
+}
+
+/* ---- roots ------------------------------------------------------------ */
+
+static tha__root_t *roots_table(const tha_heap_t *h) {
+    return THA__AT(h, tha__reg(h)->roots_off, tha__root_t);
+}
+
+static int root_name_ok(tha_heap_t *h, const char *name) {
+    size_t n = name ? strlen(name) : 0;
+    if (n == 0 || n >= sizeof(((tha__root_t *)0)->name))
+        return tha__hfail(h, THA_EINVAL, "root name must be 1..%zu bytes",
+                    sizeof(((tha__root_t *)0)->name) - 1);
+    return 0;
+}
+
+static int64_t root_find(const tha_heap_t *h, const char *name) {
+    const tha__region_t *r = tha__reg(h);
+    const tha__root_t *roots = roots_table(h);
+    for (uint64_t i = 0; i < r->nroots; i++)
+        if (strcmp(roots[i].name, name) == 0) return (int64_t)i;
+    return -1;
+}
+
+int tha_root_set(tha_heap_t *h, const char *name, const void *ptr) {
+    int rc = root_name_ok(h, name);
+    if (rc) return rc;
+    tha__region_t *r = tha__reg(h);
+    tha__root_t *roots = roots_table(h);
+    int64_t i = root_find(h, name);
+    if (!ptr) { /* remove: keep the table packed */
+        if (i < 0) return tha__hfail(h, THA_ENOTFOUND, "no root named '%s'", name);
+        uint64_t last = r->nroots - 1;
+        roots[i] = roots[last];
+        memset(&roots[last], 0, sizeof roots[last]);
+        r->nroots--;
+        tha__mark(h, r->roots_off + (uint64_t)i * sizeof *roots, sizeof *roots);
+        tha__mark(h, r->roots_off + last * sizeof *roots, sizeof *roots);
+        mark_region_header(h);
+        return 0;
+    }
+    const uint8_t *p = ptr;
+    uint64_t off = (uint64_t)(p - h->base);
+    if (p < h->base || off >= r->top)
+        return tha__hfail(h, THA_EFOREIGN, "root '%s': %p is not an address in this "
+                    "heap", name, ptr);
+    if (!tha__find(h, off, NULL))
+        return tha__hfail(h, THA_ENOTLIVE, "root '%s': offset 0x%llx is not inside a "
+                    "live allocation", name, (unsigned long long)off);
+    if (i < 0) {
+        if (r->nroots >= THA_MAX_ROOTS)
+            return tha__hfail(h, THA_EFULL, "root '%s': all %d root entries are in use",
+                        name, THA_MAX_ROOTS);
+        i = (int64_t)r->nroots++;
+        memset(&roots[i], 0, sizeof roots[i]);
+        strcpy(roots[i].name, name);
+        mark_region_header(h);
+    }
+    roots[i].offset = off;
+    tha__mark(h, r->roots_off + (uint64_t)i * sizeof *roots, sizeof *roots);
+    return 0;
+}
+
+int tha_root_get(const tha_heap_t *h, const char *name, void **p) {
+    if (!name || !p) return THA_EINVAL;
+    int64_t i = root_find(h, name);
+    if (i < 0) return THA_ENOTFOUND;
+    *p = h->base + roots_table(h)[i].offset;
+    return 0;
+}
+
+int tha_root_next(const tha_heap_t *h, uint32_t *cursor, const char **name,
+                  void **p) {
+    const tha__region_t *r = tha__reg(h);
+    if (*cursor >= r->nroots) return 0;
+    const tha__root_t *root = &roots_table(h)[*cursor];
+    *name = root->name;
+    *p = h->base + root->offset;
+    (*cursor)++;
+    return 1;
+}
+
+/* ---- stats ------------------------------------------------------------ */
+
+int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out) {
+    const tha__region_t *r = tha__reg(h);
+    memset(out, 0, sizeof *out);
+    out->capacity = r->capacity;
+    out->committed = h->committed;
+    out->top = r->top;
+    out->live_objects = r->live_objects;
+    out->live_bytes = r->live_bytes;
+    out->dirty_blocks = tha__count_dirty(h);
+    out->seq = h->seq;
+    out->epoch = h->epoch;
+    out->lineage = h->lineage;
+    out->frames_encoded = h->frames_encoded;
+    out->bytes_encoded = h->bytes_encoded;
+    out->frames_applied = h->frames_applied;
+    out->bytes_applied = h->bytes_applied;
+    out->tracking = h->tracking;
+    return 0;
+}

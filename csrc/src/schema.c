@@ -1,0 +1,1261 @@
+/* schema.c — the schema: registered struct/union layouts, primitive types and
+ * the function-name registry. Owns registration and validation, sealing
+ * (name resolution, relocation tables of pointer slots, fingerprint), the
+ * canonical byte form (serialize/deserialize), compare, introspection and
+ * the byte-to-field-path description used in error messages. */
+#include "tha_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SCHEMA_MAGIC 0x53414854u /* "THAS" */
+#define SCHEMA_FORMAT 1u
+#define SIG_MAX 128u                 /* sig buffer, with the NUL */
+#define MAX_USER_TYPES (1u << 16)
+#define MAX_FIELDS (1u << 16)
+#define MAX_FUNCS (1u << 16)
+
+/* ---- primitives --------------------------------------------------------- */
+
+static const struct {
+    const char *name;
+    uint32_t size;
+} prims[THA_T_VOID + 1] = {
+    [THA_T_CHAR] = {"char", 1},     [THA_T_I8] = {"int8_t", 1},
+    [THA_T_U8] = {"uint8_t", 1},    [THA_T_I16] = {"int16_t", 2},
+    [THA_T_U16] = {"uint16_t", 2},  [THA_T_I32] = {"int32_t", 4},
+    [THA_T_U32] = {"uint32_t", 4},  [THA_T_I64] = {"int64_t", 8},
+    [THA_T_U64] = {"uint64_t", 8},  [THA_T_F32] = {"float", 4},
+    [THA_T_F64] = {"double", 8},    [THA_T_BOOL] = {"bool", 1},
+    [THA_T_VOID] = {"void", 0},
+};
+
+static int is_value_prim(uint32_t p) { return p >= THA_T_CHAR && p <= THA_T_BOOL; }
+
+static const char *kw(const tha__type_t *t) {
+    return t->is_union ? "union" : "struct";
+}
+
+static const char *kind_name(uint32_t k) {
+    switch (k) {
+    case THA_K_SCALAR: return "scalar";
+    case THA_K_STRUCT: return "struct";
+    case THA_K_PTR: return "pointer";
+    case THA_K_FUNC: return "function pointer";
+    case THA_K_BITS: return "bitfield";
+    default: return "unknown";
+    }
+}
+
+static const char *prim_name(uint32_t p) {
+    return (p >= THA_T_CHAR && p <= THA_T_VOID) ? prims[p].name : "none";
+}
+
+/* ---- lifetime ----------------------------------------------------------- */
+
+static int grow_types(tha_schema_t *s, uint32_t need) {
+    if (need <= s->types_cap)
+        return 0;
+    uint32_t cap = s->types_cap ? s->types_cap : 64;
+    while (cap < need)
+        cap *= 2;
+    tha__type_t *t = realloc(s->types, (size_t)cap * sizeof *t);
+    if (!t)
+        return THA_ENOMEM;
+    memset(t + s->types_cap, 0, (size_t)(cap - s->types_cap) * sizeof *t);
+    s->types = t;
+    s->types_cap = cap;
+    return 0;
+}
+
+int tha_schema_create(tha_schema_t **out) {
+    if (!out)
+        return THA_EINVAL;
+    *out = NULL;
+    tha_schema_t *s = calloc(1, sizeof *s);
+    if (!s)
+        return THA_ENOMEM;
+    if (grow_types(s, THA_T_FIRST_USER) != 0) {
+        free(s);
+        return THA_ENOMEM;
+    }
+    for (uint32_t i = 0; i < THA_T_FIRST_USER; i++)
+        s->types[i].id = i;
+    for (uint32_t p = THA_T_CHAR; p <= THA_T_VOID; p++) {
+        tha__type_t *t = &s->types[p];
+        snprintf(t->name, sizeof t->name, "%s", prims[p].name);
+        t->is_prim = 1;
+        t->defined = 1;
+        t->size = prims[p].size;
+        t->align = prims[p].size ? prims[p].size : 1;
+        t->seal_state = 2;
+    }
+    s->ntypes = THA_T_VOID + 1;
+    s->refs = 1;
+    *out = s;
+    return 0;
+}
+
+static void free_schema(tha_schema_t *s) {
+    for (uint32_t i = 0; i < s->ntypes; i++) {
+        free(s->types[i].fields);
+        free(s->types[i].slots);
+    }
+    free(s->types);
+    free(s->funcs);
+    free(s);
+}
+
+void tha_schema_release(tha_schema_t *s) {
+    if (!s)
+        return;
+    THA_ASSERT(s->refs > 0);
+    if (--s->refs <= 0)
+        free_schema(s);
+}
+
+tha_schema_t *tha__schema_retain(tha_schema_t *s) {
+    if (s)
+        s->refs++;
+    return s;
+}
+
+const char *tha_schema_errmsg(const tha_schema_t *s) {
+    return s ? s->err : "no schema";
+}
+
+/* ---- lookup helpers ----------------------------------------------------- */
+
+static tha__type_t *find_type(const tha_schema_t *s, const char *name) {
+    for (uint32_t i = 1; i < s->ntypes; i++) {
+        tha__type_t *t = &s->types[i];
+        if (t->defined && strcmp(t->name, name) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+static tha__func_t *find_func(const tha_schema_t *s, const char *name) {
+    for (uint32_t i = 0; i < s->nfuncs; i++)
+        if (strcmp(s->funcs[i].name, name) == 0)
+            return &s->funcs[i];
+    return NULL;
+}
+
+/* 0 if name is usable: non-empty, shorter than THA_NAME_MAX, printable
+ * ASCII without spaces. */
+static int check_name(tha_schema_t *s, const char *what, const char *name) {
+    if (!name || !*name)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL, "empty %s name", what);
+    size_t n = strnlen(name, THA_NAME_MAX);
+    if (n >= THA_NAME_MAX)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "%s name '%.20s...' is too long (max %d characters)",
+                         what, name, THA_NAME_MAX - 1);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)name[i];
+        if (c <= ' ' || c >= 0x7f)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s name '%s' has a space or non-printable character",
+                             what, name);
+    }
+    return 0;
+}
+
+/* "struct emp" -> "emp"; "union u" -> "u"; anything else unchanged. */
+static const char *strip_keyword(const char *name, int *keyword) {
+    if (keyword)
+        *keyword = -1;
+    if (strncmp(name, "struct ", 7) == 0) {
+        if (keyword)
+            *keyword = 0;
+        return name + 7;
+    }
+    if (strncmp(name, "union ", 6) == 0) {
+        if (keyword)
+            *keyword = 1;
+        return name + 6;
+    }
+    return name;
+}
+
+/* ---- registration ------------------------------------------------------- */
+
+int tha_schema_add_struct(tha_schema_t *s, const char *name, size_t size,
+                          size_t align, int is_union, uint32_t *type_id) {
+    if (!s)
+        return THA_EINVAL;
+    if (s->sealed)
+        return tha__fail(s->err, sizeof s->err, THA_ESTATE,
+                         "schema is sealed: cannot add struct %s",
+                         name ? name : "(null)");
+    int rc = check_name(s, "type", name);
+    if (rc)
+        return rc;
+    const char *kwd = is_union ? "union" : "struct";
+    if (find_type(s, name))
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "type '%s' is already registered", name);
+    if (size == 0)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA, "%s %s: size 0",
+                         kwd, name);
+    if (size > UINT32_MAX)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s: size %zu is too large", kwd, name, size);
+    if (align == 0 || (align & (align - 1)) != 0)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s: alignment %zu is not a power of two", kwd,
+                         name, align);
+    if (align > 8)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s: alignment %zu exceeds the heap's 8-byte alignment",
+                         kwd, name, align);
+    if (size % align != 0)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s: size %zu is not a multiple of alignment %zu",
+                         kwd, name, size, align);
+    uint32_t id = s->ntypes < THA_T_FIRST_USER ? THA_T_FIRST_USER : s->ntypes;
+    if (id - THA_T_FIRST_USER >= MAX_USER_TYPES)
+        return tha__fail(s->err, sizeof s->err, THA_EFULL,
+                         "too many types (max %u)", MAX_USER_TYPES);
+    if (grow_types(s, id + 1) != 0)
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+    tha__type_t *t = &s->types[id];
+    memset(t, 0, sizeof *t);
+    snprintf(t->name, sizeof t->name, "%s", name);
+    t->id = id;
+    t->is_union = is_union ? 1 : 0;
+    t->defined = 1;
+    t->size = size;
+    t->align = align;
+    s->ntypes = id + 1;
+    if (type_id)
+        *type_id = id;
+    return 0;
+}
+
+static void fix_pub(tha__type_t *t) {
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        tha__field_t *f = &t->fields[i];
+        f->pub.name = f->name;
+        f->pub.target = f->target;
+        f->pub.sig = f->sig;
+    }
+}
+
+/* Bytes of one element of a field, when known without other types. */
+static uint64_t direct_elem_size(const tha__field_t *f) {
+    switch (f->pub.kind) {
+    case THA_K_SCALAR:
+    case THA_K_BITS: return prims[f->pub.prim].size;
+    case THA_K_PTR:
+    case THA_K_FUNC: return 8;
+    default: return 0;
+    }
+}
+
+int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
+                         const tha_field_t *field) {
+    if (!s)
+        return THA_EINVAL;
+    if (s->sealed)
+        return tha__fail(s->err, sizeof s->err, THA_ESTATE,
+                         "schema is sealed: cannot add fields");
+    if (!field)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL, "field is NULL");
+    if (type_id >= s->ntypes || !s->types[type_id].defined)
+        return tha__fail(s->err, sizeof s->err, THA_ENOTFOUND,
+                         "no type with id %u", type_id);
+    tha__type_t *t = &s->types[type_id];
+    if (t->is_prim)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "type %s is a primitive and has no fields", t->name);
+    int rc = check_name(s, "field", field->name);
+    if (rc)
+        return rc;
+    const char *fname = field->name;
+    for (uint32_t i = 0; i < t->nfields; i++)
+        if (strcmp(t->fields[i].name, fname) == 0)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s: duplicate field '%s'", kw(t), t->name, fname);
+    if (t->nfields >= MAX_FIELDS)
+        return tha__fail(s->err, sizeof s->err, THA_EFULL,
+                         "%s %s: too many fields", kw(t), t->name);
+
+    tha__field_t nf;
+    memset(&nf, 0, sizeof nf);
+    snprintf(nf.name, sizeof nf.name, "%s", fname);
+    nf.pub.offset = field->offset;
+    nf.pub.kind = field->kind;
+    uint32_t kind = field->kind;
+    if (kind < THA_K_SCALAR || kind > THA_K_BITS)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "%s %s field %s: invalid kind %u", kw(t), t->name,
+                         fname, kind);
+    if (kind == THA_K_SCALAR || kind == THA_K_BITS) {
+        if (!is_value_prim(field->prim))
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: prim %u is not a primitive value type",
+                             kw(t), t->name, fname, field->prim);
+        nf.pub.prim = field->prim;
+    }
+    if (kind == THA_K_PTR || kind == THA_K_STRUCT) {
+        const char *tg = field->target;
+        if (!tg || !*tg)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: %s field needs a target type",
+                             kw(t), t->name, fname, kind_name(kind));
+        tg = strip_keyword(tg, NULL);
+        rc = check_name(s, "target", tg);
+        if (rc)
+            return rc;
+        snprintf(nf.target, sizeof nf.target, "%s", tg);
+    }
+    if (kind == THA_K_FUNC && field->sig) {
+        size_t n = strnlen(field->sig, SIG_MAX);
+        if (n >= SIG_MAX)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: signature longer than %u characters",
+                             kw(t), t->name, fname, SIG_MAX - 1);
+        if (strcmp(field->sig, "void(*)(void)") != 0)
+            memcpy(nf.sig, field->sig, n + 1);
+    }
+    if (kind == THA_K_BITS) {
+        uint32_t shift = field->bits[0], width = field->bits[1];
+        uint32_t ubits = prims[field->prim].size * 8;
+        if (width == 0 || width > ubits || shift >= ubits || shift + width > ubits)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: bits %u:%u do not fit a %s",
+                             kw(t), t->name, fname, shift, width,
+                             prims[field->prim].name);
+        nf.pub.bits[0] = shift;
+        nf.pub.bits[1] = width;
+        if (field->dims[0] != 0)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: arrays of bitfields are not supported",
+                             kw(t), t->name, fname);
+    }
+    /* dims: 0-terminated, product fits uint32 */
+    uint64_t count = 1;
+    int ended = 0;
+    for (int d = 0; d < THA_MAX_DIMS; d++) {
+        uint32_t v = field->dims[d];
+        if (v == 0) {
+            ended = 1;
+            continue;
+        }
+        if (ended)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: dims must be 0-terminated",
+                             kw(t), t->name, fname);
+        count *= v;
+        if (count > UINT32_MAX)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: dims overflow", kw(t), t->name,
+                             fname);
+        nf.pub.dims[d] = v;
+    }
+    nf.count = count;
+    nf.elem_size = direct_elem_size(&nf);
+    if (nf.elem_size) {
+        uint64_t bytes = nf.elem_size * count;
+        if (bytes > UINT32_MAX)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: dims overflow", kw(t), t->name,
+                             fname);
+        if ((uint64_t)nf.pub.offset + bytes > t->size)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: offset %u + %llu bytes exceeds size %llu",
+                             kw(t), t->name, fname, nf.pub.offset,
+                             (unsigned long long)bytes,
+                             (unsigned long long)t->size);
+    } else if (nf.pub.offset >= t->size) {
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s field %s: offset %u is outside size %llu",
+                         kw(t), t->name, fname, nf.pub.offset,
+                         (unsigned long long)t->size);
+    }
+
+    if (t->nfields == t->fields_cap) {
+        uint32_t cap = t->fields_cap ? t->fields_cap * 2 : 8;
+        tha__field_t *nfs = realloc(t->fields, (size_t)cap * sizeof *nfs);
+        if (!nfs)
+            return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+        t->fields = nfs;
+        t->fields_cap = cap;
+    }
+    t->fields[t->nfields++] = nf;
+    fix_pub(t);
+    return 0;
+}
+
+int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void)) {
+    if (!s)
+        return THA_EINVAL;
+    if (s->sealed)
+        return tha__fail(s->err, sizeof s->err, THA_ESTATE,
+                         "schema is sealed: cannot add function %s",
+                         name ? name : "(null)");
+    int rc = check_name(s, "function", name);
+    if (rc)
+        return rc;
+    if (find_func(s, name))
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "function '%s' is already declared", name);
+    if (fn && tha__schema_func_id(s, fn) >= 0)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "function '%s': address already bound to '%s'", name,
+                         s->funcs[tha__schema_func_id(s, fn)].name);
+    if (s->nfuncs >= MAX_FUNCS)
+        return tha__fail(s->err, sizeof s->err, THA_EFULL,
+                         "too many functions (max %u)", MAX_FUNCS);
+    if (s->nfuncs == s->funcs_cap) {
+        uint32_t cap = s->funcs_cap ? s->funcs_cap * 2 : 8;
+        tha__func_t *f = realloc(s->funcs, (size_t)cap * sizeof *f);
+        if (!f)
+            return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+        s->funcs = f;
+        s->funcs_cap = cap;
+    }
+    tha__func_t *f = &s->funcs[s->nfuncs++];
+    memset(f, 0, sizeof *f);
+    snprintf(f->name, sizeof f->name, "%s", name);
+    f->fn = fn;
+    return 0;
+}
+
+int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void)) {
+    if (!s)
+        return THA_EINVAL;
+    if (!name)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL, "empty function name");
+    tha__func_t *f = find_func(s, name);
+    if (!f)
+        return tha__fail(s->err, sizeof s->err, THA_ENOTFOUND,
+                         "function '%s' was never declared", name);
+    if (fn) {
+        int64_t other = tha__schema_func_id(s, fn);
+        if (other >= 0 && &s->funcs[other] != f)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "function '%s': address already bound to '%s'",
+                             name, s->funcs[other].name);
+    }
+    f->fn = fn;
+    return 0;
+}
+
+int64_t tha__schema_func_id(const tha_schema_t *s, void (*fn)(void)) {
+    if (!s || !fn)
+        return -1;
+    for (uint32_t i = 0; i < s->nfuncs; i++)
+        if (s->funcs[i].fn == fn)
+            return (int64_t)i;
+    return -1;
+}
+
+/* ---- canonical form and fingerprint ------------------------------------- */
+
+typedef struct writer {
+    uint8_t *buf; /* NULL: count (and hash) only */
+    size_t cap;
+    size_t len;
+    int hashing;
+    uint64_t hash;
+} writer_t;
+
+static void w_bytes(writer_t *w, const void *p, size_t n) {
+    const uint8_t *b = p;
+    if (w->buf && w->len <= w->cap && n <= w->cap - w->len)
+        memcpy(w->buf + w->len, b, n);
+    if (w->hashing)
+        for (size_t i = 0; i < n; i++) {
+            w->hash ^= b[i];
+            w->hash *= 0x100000001b3ull;
+        }
+    w->len += n;
+}
+
+static void w_u16(writer_t *w, uint16_t v) {
+    uint8_t b[2] = {(uint8_t)v, (uint8_t)(v >> 8)};
+    w_bytes(w, b, 2);
+}
+
+static void w_u32(writer_t *w, uint32_t v) {
+    uint8_t b[4];
+    for (int i = 0; i < 4; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    w_bytes(w, b, 4);
+}
+
+static void w_u64(writer_t *w, uint64_t v) {
+    uint8_t b[8];
+    for (int i = 0; i < 8; i++)
+        b[i] = (uint8_t)(v >> (8 * i));
+    w_bytes(w, b, 8);
+}
+
+static void w_str(writer_t *w, const char *str) {
+    size_t n = strlen(str);
+    w_u16(w, (uint16_t)n);
+    w_bytes(w, str, n);
+}
+
+static void write_schema(const tha_schema_t *s, writer_t *w) {
+    uint32_t nuser = s->ntypes > THA_T_FIRST_USER ? s->ntypes - THA_T_FIRST_USER : 0;
+    w_u32(w, SCHEMA_MAGIC);
+    w_u32(w, SCHEMA_FORMAT);
+    w_u32(w, nuser);
+    w_u32(w, s->nfuncs);
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
+        const tha__type_t *t = &s->types[id];
+        w_str(w, t->name);
+        w_u32(w, t->is_union);
+        w_u64(w, t->size);
+        w_u64(w, t->align);
+        w_u32(w, t->nfields);
+        for (uint32_t i = 0; i < t->nfields; i++) {
+            const tha__field_t *f = &t->fields[i];
+            w_str(w, f->name);
+            w_u32(w, f->pub.offset);
+            w_u32(w, f->pub.kind);
+            w_u32(w, f->pub.prim);
+            w_str(w, f->target);
+            for (int d = 0; d < THA_MAX_DIMS; d++)
+                w_u32(w, f->pub.dims[d]);
+            w_u32(w, f->pub.bits[0]);
+            w_u32(w, f->pub.bits[1]);
+            w_str(w, f->sig);
+        }
+    }
+    for (uint32_t i = 0; i < s->nfuncs; i++)
+        w_str(w, s->funcs[i].name);
+}
+
+int tha_schema_serialize(const tha_schema_t *s, void *buf, size_t cap,
+                         size_t *len) {
+    if (!s)
+        return THA_EINVAL;
+    tha_schema_t *ms = (tha_schema_t *)s; /* err only */
+    if (!s->sealed)
+        return tha__fail(ms->err, sizeof ms->err, THA_ESTATE,
+                         "schema must be sealed before it is serialized");
+    writer_t w = {0};
+    write_schema(s, &w);
+    size_t need = w.len;
+    if (len)
+        *len = need;
+    if (!buf)
+        return 0;
+    if (cap < need)
+        return tha__fail(ms->err, sizeof ms->err, THA_ETOOSMALL,
+                         "schema needs %zu bytes, buffer has %zu", need, cap);
+    writer_t w2 = {.buf = buf, .cap = cap};
+    write_schema(s, &w2);
+    THA_ASSERT(w2.len == need);
+    return 0;
+}
+
+uint64_t tha_schema_fingerprint(const tha_schema_t *s) {
+    return (s && s->sealed) ? s->fingerprint : 0;
+}
+
+/* ---- sealing ------------------------------------------------------------ */
+
+static int cmp_slot(const void *a, const void *b) {
+    const tha__slot_t *x = a, *y = b;
+    return (x->offset > y->offset) - (x->offset < y->offset);
+}
+
+static int push_slot(tha_schema_t *s, tha__type_t *t, uint32_t *cap,
+                     uint64_t off, uint32_t is_func) {
+    if (t->nslots == *cap) {
+        uint32_t nc = *cap ? *cap * 2 : 8;
+        if (nc < *cap)
+            return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+        tha__slot_t *ns = realloc(t->slots, (size_t)nc * sizeof *ns);
+        if (!ns)
+            return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+        t->slots = ns;
+        *cap = nc;
+    }
+    t->slots[t->nslots].offset = (uint32_t)off;
+    t->slots[t->nslots].is_func = is_func;
+    t->nslots++;
+    return 0;
+}
+
+/* Defined types sorted by name, for lookups while sealing. */
+typedef struct name_index {
+    tha__type_t **v;
+    uint32_t n;
+} name_index_t;
+
+static int cmp_type_name(const void *a, const void *b) {
+    return strcmp((*(tha__type_t *const *)a)->name, (*(tha__type_t *const *)b)->name);
+}
+
+static int cmp_key_name(const void *key, const void *elem) {
+    return strcmp((const char *)key, (*(tha__type_t *const *)elem)->name);
+}
+
+static tha__type_t *index_find(const name_index_t *ix, const char *name) {
+    tha__type_t **hit = bsearch(name, ix->v, ix->n, sizeof *ix->v, cmp_key_name);
+    return hit ? *hit : NULL;
+}
+
+/* Resolves t's fields, sealing nested types first; builds t's slots. */
+static int seal_type(tha_schema_t *s, const name_index_t *ix, tha__type_t *t) {
+    if (t->seal_state == 2)
+        return 0;
+    t->seal_state = 1;
+    const char *k = kw(t);
+    int rc;
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        tha__field_t *f = &t->fields[i];
+        uint32_t kind = f->pub.kind;
+        if (kind == THA_K_STRUCT || kind == THA_K_PTR) {
+            tha__type_t *tt = index_find(ix, f->target);
+            if (!tt)
+                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                 "%s %s field %s: %s unregistered type '%s'", k,
+                                 t->name, f->name,
+                                 kind == THA_K_PTR ? "pointer to" : "contains",
+                                 f->target);
+            f->target_id = tt->id;
+            if (kind == THA_K_STRUCT) {
+                if (tt->is_prim)
+                    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                     "%s %s field %s: '%s' is a primitive, not a struct (use a scalar field)",
+                                     k, t->name, f->name, tt->name);
+                if (tt->seal_state == 1)
+                    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                     "%s %s field %s: contains %s %s by value",
+                                     k, t->name, f->name, kw(tt), tt->name);
+                rc = seal_type(s, ix, tt);
+                if (rc)
+                    return rc;
+                /* seal_type may not realloc s->types; t and tt stay valid */
+                f->elem_size = tt->size;
+                if (t->is_union && tt->nslots > 0)
+                    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                     "union %s field %s: unions holding pointers cannot be mirrored (%s %s holds pointers)",
+                                     t->name, f->name, kw(tt), tt->name);
+            }
+        }
+        if (kind != THA_K_STRUCT)
+            f->elem_size = direct_elem_size(f);
+        uint64_t bytes = f->elem_size * f->count;
+        if (bytes > UINT32_MAX)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: dims overflow", k, t->name, f->name);
+        if ((uint64_t)f->pub.offset + bytes > t->size)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: offset %u + %llu bytes exceeds size %llu",
+                             k, t->name, f->name, f->pub.offset,
+                             (unsigned long long)bytes,
+                             (unsigned long long)t->size);
+        if (kind == THA_K_PTR || kind == THA_K_FUNC) {
+            if (t->is_union)
+                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                 "union %s field %s: unions holding pointers cannot be mirrored",
+                                 t->name, f->name);
+            if (f->pub.offset % 8 != 0)
+                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                 "%s %s field %s: %s at offset %u is not 8-byte aligned (packed struct?)",
+                                 k, t->name, f->name,
+                                 kind == THA_K_PTR ? "pointer" : "function pointer",
+                                 f->pub.offset);
+        }
+    }
+    /* relocation table */
+    free(t->slots);
+    t->slots = NULL;
+    t->nslots = 0;
+    uint32_t cap = 0;
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        tha__field_t *f = &t->fields[i];
+        uint32_t kind = f->pub.kind;
+        if (kind == THA_K_PTR || kind == THA_K_FUNC) {
+            for (uint64_t e = 0; e < f->count; e++) {
+                rc = push_slot(s, t, &cap, f->pub.offset + e * 8,
+                               kind == THA_K_FUNC);
+                if (rc)
+                    return rc;
+            }
+        } else if (kind == THA_K_STRUCT) {
+            const tha__type_t *tt = &s->types[f->target_id];
+            if (tt->nslots == 0)
+                continue;
+            if (tt->nslots > 0 && f->count > (UINT32_MAX - t->nslots) / tt->nslots)
+                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                 "%s %s field %s: too many pointer slots", k,
+                                 t->name, f->name);
+            for (uint64_t e = 0; e < f->count; e++)
+                for (uint32_t j = 0; j < tt->nslots; j++) {
+                    rc = push_slot(s, t, &cap,
+                                   f->pub.offset + e * f->elem_size +
+                                       tt->slots[j].offset,
+                                   tt->slots[j].is_func);
+                    if (rc)
+                        return rc;
+                }
+        }
+    }
+    if (t->nslots > 1) {
+        qsort(t->slots, t->nslots, sizeof *t->slots, cmp_slot);
+        for (uint32_t i = 1; i < t->nslots; i++)
+            if (t->slots[i].offset < t->slots[i - 1].offset + 8)
+                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                 "%s %s: pointer slots at offsets %u and %u overlap",
+                                 k, t->name, t->slots[i - 1].offset,
+                                 t->slots[i].offset);
+    }
+    t->seal_state = 2;
+    return 0;
+}
+
+int tha_schema_seal(tha_schema_t *s) {
+    if (!s)
+        return THA_EINVAL;
+    if (s->sealed)
+        return 0;
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++)
+        s->types[id].seal_state = 0;
+    name_index_t ix = {malloc((size_t)s->ntypes * sizeof(tha__type_t *)), 0};
+    if (!ix.v)
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+    for (uint32_t id = 1; id < s->ntypes; id++)
+        if (s->types[id].defined)
+            ix.v[ix.n++] = &s->types[id];
+    qsort(ix.v, ix.n, sizeof *ix.v, cmp_type_name);
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
+        int rc = seal_type(s, &ix, &s->types[id]);
+        if (rc) {
+            free(ix.v);
+            return rc;
+        }
+    }
+    free(ix.v);
+    writer_t w = {.hashing = 1, .hash = 0xcbf29ce484222325ull};
+    write_schema(s, &w);
+    s->fingerprint = w.hash;
+    s->sealed = 1;
+    return 0;
+}
+
+/* ---- deserialization ---------------------------------------------------- */
+
+typedef struct reader {
+    const uint8_t *p;
+    size_t len, pos;
+    int bad;
+} reader_t;
+
+static int r_need(reader_t *r, size_t n) {
+    if (r->bad || n > r->len - r->pos) {
+        r->bad = 1;
+        return 0;
+    }
+    return 1;
+}
+
+static uint32_t r_u16(reader_t *r) {
+    if (!r_need(r, 2))
+        return 0;
+    const uint8_t *b = r->p + r->pos;
+    r->pos += 2;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8;
+}
+
+static uint32_t r_u32(reader_t *r) {
+    if (!r_need(r, 4))
+        return 0;
+    const uint8_t *b = r->p + r->pos;
+    r->pos += 4;
+    return (uint32_t)b[0] | (uint32_t)b[1] << 8 | (uint32_t)b[2] << 16 |
+           (uint32_t)b[3] << 24;
+}
+
+static uint64_t r_u64(reader_t *r) {
+    uint64_t lo = r_u32(r);
+    uint64_t hi = r_u32(r);
+    return lo | hi << 32;
+}
+
+/* Reads a u16-prefixed string into out (cap bytes with NUL). Returns 0, or
+ * 1 on an over-long or NUL-holding string (r->bad for truncation). */
+static int r_str(reader_t *r, char *out, size_t cap) {
+    out[0] = 0;
+    uint32_t n = r_u16(r);
+    if (r->bad)
+        return 0;
+    if (n >= cap)
+        return 1;
+    if (!r_need(r, n))
+        return 0;
+    if (memchr(r->p + r->pos, 0, n))
+        return 1;
+    memcpy(out, r->p + r->pos, n);
+    out[n] = 0;
+    r->pos += n;
+    return 0;
+}
+
+#define TYPE_MIN_BYTES 26u  /* name len, is_union, size, align, nfields */
+#define FIELD_MIN_BYTES 42u /* empty strings, all numbers */
+
+static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
+                 size_t msgcap) {
+    reader_t r = {.p = b, .len = len};
+    char name[THA_NAME_MAX], target[THA_NAME_MAX], sig[SIG_MAX];
+    if (len < 16)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob truncated: %zu bytes, header needs 16", len);
+    uint32_t magic = r_u32(&r), version = r_u32(&r);
+    if (magic != SCHEMA_MAGIC)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob: bad magic 0x%08x", magic);
+    if (version != SCHEMA_FORMAT)
+        return tha__fail(msg, msgcap, THA_EVERSION,
+                         "schema blob: format version %u, this build reads %u",
+                         version, SCHEMA_FORMAT);
+    uint32_t ntypes = r_u32(&r), nfuncs = r_u32(&r);
+    size_t rest = len - r.pos;
+    if (ntypes > MAX_USER_TYPES || ntypes > rest / TYPE_MIN_BYTES)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob: absurd type count %u for %zu bytes",
+                         ntypes, len);
+    if (nfuncs > MAX_FUNCS || nfuncs > rest / 2)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob: absurd function count %u for %zu bytes",
+                         nfuncs, len);
+#define TRUNC()                                                                \
+    tha__fail(msg, msgcap, THA_EFRAME, "schema blob truncated at byte %zu of %zu", \
+              r.pos, len)
+#define STR(buf, what)                                                         \
+    do {                                                                       \
+        if (r_str(&r, (buf), sizeof(buf)))                                     \
+            return tha__fail(msg, msgcap, THA_EFRAME,                          \
+                             "schema blob: bad %s string at byte %zu", (what), \
+                             r.pos);                                           \
+        if (r.bad)                                                             \
+            return TRUNC();                                                    \
+    } while (0)
+    for (uint32_t i = 0; i < ntypes; i++) {
+        STR(name, "type name");
+        uint32_t is_union = r_u32(&r);
+        uint64_t size = r_u64(&r), align = r_u64(&r);
+        uint32_t nfields = r_u32(&r);
+        if (r.bad)
+            return TRUNC();
+        if (is_union > 1)
+            return tha__fail(msg, msgcap, THA_EFRAME,
+                             "schema blob: type %s: bad union flag %u", name,
+                             is_union);
+        if (nfields > MAX_FIELDS || nfields > (len - r.pos) / FIELD_MIN_BYTES)
+            return tha__fail(msg, msgcap, THA_EFRAME,
+                             "schema blob: type %s: absurd field count %u",
+                             name, nfields);
+        if (size > UINT32_MAX || align > UINT32_MAX)
+            return tha__fail(msg, msgcap, THA_EFRAME,
+                             "schema blob: type %s: absurd size or alignment",
+                             name);
+        uint32_t id;
+        int rc = tha_schema_add_struct(s, name, (size_t)size, (size_t)align,
+                                       (int)is_union, &id);
+        if (rc)
+            return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s", s->err);
+        if (id != THA_T_FIRST_USER + i)
+            return tha__fail(msg, msgcap, THA_EFRAME,
+                             "schema blob: type %s got id %u, expected %u",
+                             name, id, THA_T_FIRST_USER + i);
+        for (uint32_t j = 0; j < nfields; j++) {
+            tha_field_t f;
+            memset(&f, 0, sizeof f);
+            STR(name, "field name");
+            f.offset = r_u32(&r);
+            f.kind = r_u32(&r);
+            f.prim = r_u32(&r);
+            if (r.bad)
+                return TRUNC();
+            STR(target, "target");
+            for (int d = 0; d < THA_MAX_DIMS; d++)
+                f.dims[d] = r_u32(&r);
+            f.bits[0] = r_u32(&r);
+            f.bits[1] = r_u32(&r);
+            if (r.bad)
+                return TRUNC();
+            STR(sig, "signature");
+            f.name = name;
+            f.target = target[0] ? target : NULL;
+            f.sig = sig[0] ? sig : NULL;
+            rc = tha_schema_add_field(s, id, &f);
+            if (rc)
+                return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s",
+                                 s->err);
+        }
+    }
+    for (uint32_t i = 0; i < nfuncs; i++) {
+        STR(name, "function name");
+        int rc = tha_schema_add_func(s, name, NULL);
+        if (rc)
+            return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s", s->err);
+    }
+#undef STR
+#undef TRUNC
+    if (r.pos != len)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob: %zu trailing bytes", len - r.pos);
+    int rc = tha_schema_seal(s);
+    if (rc)
+        return tha__fail(msg, msgcap, rc, "schema blob: %s", s->err);
+    /* The blob must be the canonical form of what it rebuilt. */
+    writer_t w = {0};
+    write_schema(s, &w);
+    if (w.len != len)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob is not in canonical form");
+    uint8_t *tmp = malloc(len);
+    if (!tmp)
+        return tha__fail(msg, msgcap, THA_ENOMEM, "out of memory");
+    writer_t w2 = {.buf = tmp, .cap = len};
+    write_schema(s, &w2);
+    int same = memcmp(tmp, b, len) == 0;
+    free(tmp);
+    if (!same)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob is not in canonical form");
+    return 0;
+}
+
+int tha_schema_deserialize(const void *buf, size_t len, tha_schema_t **out,
+                           char *msg, size_t msgcap) {
+    if (msg && msgcap)
+        msg[0] = 0;
+    if (!out)
+        return tha__fail(msg, msgcap, THA_EINVAL, "out is NULL");
+    *out = NULL;
+    if (!buf && len)
+        return tha__fail(msg, msgcap, THA_EINVAL, "buf is NULL");
+    tha_schema_t *s;
+    int rc = tha_schema_create(&s);
+    if (rc)
+        return tha__fail(msg, msgcap, rc, "out of memory");
+    rc = deser(buf, len, s, msg, msgcap);
+    if (rc) {
+        tha_schema_release(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+/* ---- compare ------------------------------------------------------------ */
+
+static void dims_text(const uint32_t *dims, char *buf, size_t cap) {
+    size_t n = 0;
+    buf[0] = 0;
+    for (int d = 0; d < THA_MAX_DIMS && dims[d]; d++) {
+        int w = snprintf(buf + n, cap - n, "[%u]", dims[d]);
+        if (w < 0 || (size_t)w >= cap - n)
+            return;
+        n += (size_t)w;
+    }
+    if (n == 0)
+        snprintf(buf, cap, "none");
+}
+
+static int cmp_field(const tha__type_t *t, const tha__field_t *x,
+                     const tha__field_t *y, char *msg, size_t cap) {
+    const char *k = kw(t);
+    if (strcmp(x->name, y->name) != 0)
+        return tha__fail(msg, cap, THA_EMISMATCH, "%s %s: field %u is '%s' vs '%s'",
+                         k, t->name, (unsigned)(x - t->fields), x->name, y->name);
+    if (x->pub.offset != y->pub.offset)
+        return tha__fail(msg, cap, THA_EMISMATCH, "%s %s field %s: offset %u vs %u",
+                         k, t->name, x->name, x->pub.offset, y->pub.offset);
+    if (x->pub.kind != y->pub.kind)
+        return tha__fail(msg, cap, THA_EMISMATCH,
+                         "%s %s field %s: field kind %s vs %s", k, t->name,
+                         x->name, kind_name(x->pub.kind), kind_name(y->pub.kind));
+    if (x->pub.prim != y->pub.prim)
+        return tha__fail(msg, cap, THA_EMISMATCH, "%s %s field %s: prim %s vs %s",
+                         k, t->name, x->name, prim_name(x->pub.prim),
+                         prim_name(y->pub.prim));
+    if (strcmp(x->target, y->target) != 0)
+        return tha__fail(msg, cap, THA_EMISMATCH,
+                         "%s %s field %s: target '%s' vs '%s'", k, t->name,
+                         x->name, x->target, y->target);
+    if (memcmp(x->pub.dims, y->pub.dims, sizeof x->pub.dims) != 0) {
+        char a[64], b[64];
+        dims_text(x->pub.dims, a, sizeof a);
+        dims_text(y->pub.dims, b, sizeof b);
+        return tha__fail(msg, cap, THA_EMISMATCH, "%s %s field %s: dims %s vs %s",
+                         k, t->name, x->name, a, b);
+    }
+    if (x->pub.bits[0] != y->pub.bits[0] || x->pub.bits[1] != y->pub.bits[1])
+        return tha__fail(msg, cap, THA_EMISMATCH,
+                         "%s %s field %s: bits %u:%u vs %u:%u (shift:width)", k,
+                         t->name, x->name, x->pub.bits[0], x->pub.bits[1],
+                         y->pub.bits[0], y->pub.bits[1]);
+    if (strcmp(x->sig, y->sig) != 0)
+        return tha__fail(msg, cap, THA_EMISMATCH,
+                         "%s %s field %s: signature '%s' vs '%s'", k, t->name,
+                         x->name, x->sig[0] ? x->sig : "void(*)(void)",
+                         y->sig[0] ? y->sig : "void(*)(void)");
+    return 0;
+}
+
+int tha_schema_compare(const tha_schema_t *a, const tha_schema_t *b, char *msg,
+                       size_t msgcap) {
+    if (msg && msgcap)
+        msg[0] = 0;
+    if (!a || !b)
+        return tha__fail(msg, msgcap, THA_EINVAL, "schema is NULL");
+    if (a->sealed && b->sealed && a->fingerprint == b->fingerprint)
+        return 0;
+    uint32_t n = a->ntypes > b->ntypes ? a->ntypes : b->ntypes;
+    for (uint32_t id = THA_T_FIRST_USER; id < n; id++) {
+        const tha__type_t *x = id < a->ntypes ? &a->types[id] : NULL;
+        const tha__type_t *y = id < b->ntypes ? &b->types[id] : NULL;
+        if (x && !x->defined)
+            x = NULL;
+        if (y && !y->defined)
+            y = NULL;
+        if (!x || !y) {
+            const tha__type_t *t = x ? x : y;
+            if (t)
+                return tha__fail(msg, msgcap, THA_EMISMATCH,
+                                 "only one side has %s %s (type %u)", kw(t),
+                                 t->name, id);
+            continue;
+        }
+        if (strcmp(x->name, y->name) != 0 || x->is_union != y->is_union)
+            return tha__fail(msg, msgcap, THA_EMISMATCH,
+                             "type %u: %s %s vs %s %s", id, kw(x), x->name,
+                             kw(y), y->name);
+        uint32_t nf = x->nfields < y->nfields ? x->nfields : y->nfields;
+        for (uint32_t i = 0; i < nf; i++) {
+            int rc = cmp_field(x, &x->fields[i], &y->fields[i], msg, msgcap);
+            if (rc)
+                return rc;
+        }
+        if (x->nfields != y->nfields)
+            return tha__fail(msg, msgcap, THA_EMISMATCH,
+                             "%s %s: %u fields vs %u", kw(x), x->name,
+                             x->nfields, y->nfields);
+        if (x->size != y->size)
+            return tha__fail(msg, msgcap, THA_EMISMATCH,
+                             "%s %s: size %llu vs %llu", kw(x), x->name,
+                             (unsigned long long)x->size,
+                             (unsigned long long)y->size);
+        if (x->align != y->align)
+            return tha__fail(msg, msgcap, THA_EMISMATCH,
+                             "%s %s: align %llu vs %llu", kw(x), x->name,
+                             (unsigned long long)x->align,
+                             (unsigned long long)y->align);
+    }
+    uint32_t nfn = a->nfuncs < b->nfuncs ? a->nfuncs : b->nfuncs;
+    for (uint32_t i = 0; i < nfn; i++)
+        if (strcmp(a->funcs[i].name, b->funcs[i].name) != 0)
+            return tha__fail(msg, msgcap, THA_EMISMATCH,
+                             "function %u: '%s' vs '%s'", i, a->funcs[i].name,
+                             b->funcs[i].name);
+    if (a->nfuncs != b->nfuncs) {
+        const tha__func_t *f = a->nfuncs > b->nfuncs ? &a->funcs[nfn] : &b->funcs[nfn];
+        return tha__fail(msg, msgcap, THA_EMISMATCH,
+                         "only one side has function %u '%s' (%u functions vs %u)",
+                         nfn, f->name, a->nfuncs, b->nfuncs);
+    }
+    if (a->sealed != b->sealed)
+        return tha__fail(msg, msgcap, THA_EMISMATCH,
+                         "only one side is sealed");
+    return 0;
+}
+
+/* ---- introspection ------------------------------------------------------ */
+
+const tha__type_t *tha__schema_type(const tha_schema_t *s, uint32_t id) {
+    if (!s || id >= s->ntypes || !s->types[id].defined)
+        return NULL;
+    return &s->types[id];
+}
+
+uint32_t tha_schema_type_count(const tha_schema_t *s) {
+    return s ? s->ntypes : 0;
+}
+
+int tha_schema_type_info(const tha_schema_t *s, uint32_t id,
+                         tha_type_info_t *out) {
+    if (!s || !out)
+        return THA_EINVAL;
+    const tha__type_t *t = tha__schema_type(s, id);
+    if (!t)
+        return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
+                         "no type with id %u", id);
+    out->name = t->name;
+    out->id = t->id;
+    out->is_union = t->is_union;
+    out->is_prim = t->is_prim;
+    out->nfields = t->nfields;
+    out->size = t->size;
+    out->align = t->align;
+    out->nslots = t->nslots;
+    return 0;
+}
+
+int tha_schema_type_by_name(const tha_schema_t *s, const char *name,
+                            uint32_t *id) {
+    if (!s || !name)
+        return THA_EINVAL;
+    int keyword;
+    const char *bare = strip_keyword(name, &keyword);
+    const tha__type_t *t = find_type(s, bare);
+    if (!t || (keyword >= 0 && (t->is_prim || (int)t->is_union != keyword)))
+        return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
+                         "no type named '%s'", name);
+    if (id)
+        *id = t->id;
+    return 0;
+}
+
+int tha_schema_field_info(const tha_schema_t *s, uint32_t id, uint32_t i,
+                          tha_field_t *out) {
+    if (!s || !out)
+        return THA_EINVAL;
+    const tha__type_t *t = tha__schema_type(s, id);
+    if (!t)
+        return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
+                         "no type with id %u", id);
+    if (i >= t->nfields)
+        return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
+                         "%s %s has no field %u (%u fields)", kw(t), t->name, i,
+                         t->nfields);
+    *out = t->fields[i].pub;
+    return 0;
+}
+
+uint32_t tha_schema_func_count(const tha_schema_t *s) {
+    return s ? s->nfuncs : 0;
+}
+
+int tha_schema_func_info(const tha_schema_t *s, uint32_t i, const char **name,
+                         void (**fn)(void)) {
+    if (!s)
+        return THA_EINVAL;
+    if (i >= s->nfuncs)
+        return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
+                         "no function %u (%u declared)", i, s->nfuncs);
+    if (name)
+        *name = s->funcs[i].name;
+    if (fn)
+        *fn = s->funcs[i].fn;
+    return 0;
+}
+
+/* ---- describe ----------------------------------------------------------- */
+
+typedef struct sbuf {
+    char *buf;
+    size_t cap, len;
+} sbuf_t;
+
+static void sb_printf(sbuf_t *b, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void sb_printf(sbuf_t *b, const char *fmt, ...) {
+    if (b->len >= b->cap)
+        return;
+    va_list ap;
+    va_start(ap, fmt);
+    int n = vsnprintf(b->buf + b->len, b->cap - b->len, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    b->len += (size_t)n;
+    if (b->len >= b->cap)
+        b->len = b->cap;
+}
+
+static uint64_t field_elem(const tha_schema_t *s, const tha__field_t *f) {
+    if (f->elem_size)
+        return f->elem_size;
+    if (f->pub.kind == THA_K_STRUCT) {
+        const tha__type_t *tt = find_type(s, f->target);
+        return tt ? tt->size : 0;
+    }
+    return direct_elem_size(f);
+}
+
+/* Appends the field path for byte off within type t (a user type). */
+static void describe_in(const tha_schema_t *s, const tha__type_t *t,
+                        uint64_t off, sbuf_t *b, int depth) {
+    const tha__field_t *hit = NULL;
+    uint64_t esz = 0;
+    for (int pass = 0; pass < 2 && !hit; pass++)
+        for (uint32_t i = 0; i < t->nfields; i++) {
+            const tha__field_t *f = &t->fields[i];
+            /* bitfields last: a plain field is the better name */
+            if ((f->pub.kind == THA_K_BITS) != (pass == 1))
+                continue;
+            uint64_t e = field_elem(s, f);
+            if (e && off >= f->pub.offset && off - f->pub.offset < e * f->count) {
+                hit = f;
+                esz = e;
+                break;
+            }
+        }
+    if (!hit) {
+        if (depth == 0)
+            sb_printf(b, " (padding at %llu)", (unsigned long long)off);
+        else
+            sb_printf(b, " (padding at %llu of %s %s)", (unsigned long long)off,
+                      kw(t), t->name);
+        return;
+    }
+    sb_printf(b, "%s%s", depth ? "." : " field ", hit->name);
+    uint64_t rel = off - hit->pub.offset;
+    uint64_t idx = rel / esz, inner = rel % esz;
+    if (hit->pub.dims[0]) {
+        int nd = 0;
+        while (nd < THA_MAX_DIMS && hit->pub.dims[nd])
+            nd++;
+        uint64_t sub[THA_MAX_DIMS];
+        for (int d = nd - 1; d >= 0; d--) {
+            sub[d] = idx % hit->pub.dims[d];
+            idx /= hit->pub.dims[d];
+        }
+        for (int d = 0; d < nd; d++)
+            sb_printf(b, "[%llu]", (unsigned long long)sub[d]);
+    }
+    if (hit->pub.kind == THA_K_STRUCT && depth < 16) {
+        const tha__type_t *tt = find_type(s, hit->target);
+        if (tt && !tt->is_prim)
+            describe_in(s, tt, inner, b, depth + 1);
+    }
+}
+
+void tha__schema_describe(const tha_schema_t *s, uint32_t id, uint64_t off,
+                          char *buf, size_t cap) {
+    if (!buf || cap == 0)
+        return;
+    buf[0] = 0;
+    sbuf_t b = {buf, cap, 0};
+    const tha__type_t *t = tha__schema_type(s, id);
+    if (!t) {
+        sb_printf(&b, "type %u (unknown)", id);
+        return;
+    }
+    if (t->is_prim) {
+        sb_printf(&b, "%s", t->name);
+        return;
+    }
+    sb_printf(&b, "%s %s", kw(t), t->name);
+    if (off >= t->size) {
+        sb_printf(&b, " (offset %llu beyond size %llu)", (unsigned long long)off,
+                  (unsigned long long)t->size);
+        return;
+    }
+    describe_in(s, t, off, &b, 0);
+}

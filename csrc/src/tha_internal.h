@@ -1,0 +1,279 @@
+/* tha_internal.h — what the C files of libtha share and nobody else sees.
+ *
+ * Cross-file internals are named tha__*; file-local helpers are static.
+ * Region layout, allocator records and frame layout are defined here because
+ * arena.c, track.c and codec.c all read them.
+ */
+#ifndef THA_INTERNAL_H
+#define THA_INTERNAL_H
+
+#include "tha.h"
+
+#include <stdarg.h>
+#include <stdbool.h>
+#include <string.h>
+
+#ifdef THA_DEBUG
+#include <stdio.h>
+#include <stdlib.h>
+#define THA_ASSERT(c)                                                          \
+    do {                                                                       \
+        if (!(c)) {                                                            \
+            fprintf(stderr, "%s:%d: assertion failed: %s\n", __FILE__,         \
+                    __LINE__, #c);                                             \
+            abort();                                                           \
+        }                                                                      \
+    } while (0)
+#else
+#define THA_ASSERT(c) ((void)0)
+#endif
+
+#define THA__LIKELY(x) __builtin_expect(!!(x), 1)
+#define THA__UNLIKELY(x) __builtin_expect(!!(x), 0)
+
+/* Writes a formatted detail message into buf (cap bytes) and returns code. */
+int tha__fail(char *buf, size_t cap, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+/* Records the detail of a failed call on heap h and returns code. */
+#define tha__hfail(h, code, ...) tha__fail((h)->err, sizeof (h)->err, (code), __VA_ARGS__)
+
+/* ---- schema (schema.c) ------------------------------------------------- */
+
+/* One pointer slot of an element, nested structs and arrays flattened. */
+typedef struct tha__slot {
+    uint32_t offset;  /* bytes from the element start; multiple of 8 */
+    uint32_t is_func; /* 1: function pointer (registry id on the wire) */
+} tha__slot_t;
+
+typedef struct tha__field {
+    tha_field_t pub;            /* name/target/sig point at the arrays below */
+    char name[THA_NAME_MAX];
+    char target[THA_NAME_MAX];  /* "" when none */
+    char sig[128];              /* "" when none */
+    uint32_t target_id;         /* resolved at seal: THA_K_STRUCT, THA_K_PTR */
+    uint64_t elem_size;         /* bytes of one array element of the field */
+    uint64_t count;             /* elements: product of dims, 1 if none */
+} tha__field_t;
+
+typedef struct tha__type {
+    char name[THA_NAME_MAX];    /* "emp" for struct emp; "uint32_t" for prims */
+    uint32_t id;                /* index in tha_schema.types */
+    uint32_t is_union;
+    uint32_t is_prim;
+    uint32_t defined;           /* 0: id reserved but never registered */
+    uint64_t size, align;
+    tha__field_t *fields;
+    uint32_t nfields, fields_cap;
+    tha__slot_t *slots;         /* relocation table of one element */
+    uint32_t nslots;
+    uint32_t seal_state;        /* 0 unvisited, 1 in progress, 2 done */
+} tha__type_t;
+
+typedef struct tha__func {
+    char name[THA_NAME_MAX];
+    void (*fn)(void);           /* NULL: declared but not bound here */
+} tha__func_t;
+
+struct tha_schema {
+    int refs;                   /* owners: the creator and each heap */
+    int sealed;                 /* no more add_* once set */
+    tha__type_t *types;         /* indexed by type id; [0] unused, prims 1..12 */
+    uint32_t ntypes;            /* highest id + 1 */
+    uint32_t types_cap;
+    tha__func_t *funcs;
+    uint32_t nfuncs, funcs_cap;
+    uint64_t fingerprint;       /* valid once sealed */
+    char err[256];
+};
+
+tha_schema_t *tha__schema_retain(tha_schema_t *s);
+/* NULL unless id names a defined type. */
+const tha__type_t *tha__schema_type(const tha_schema_t *s, uint32_t id);
+/* Registry id of a bound function address; -1 if none. */
+int64_t tha__schema_func_id(const tha_schema_t *s, void (*fn)(void));
+/* "struct emp field reports[2]" for byte off of one element of type id. */
+void tha__schema_describe(const tha_schema_t *s, uint32_t id, uint64_t off,
+                          char *buf, size_t cap);
+
+/* ---- region layout (arena.c) ------------------------------------------- */
+
+#define THA__PAGE 4096u          /* allocator page */
+#define THA__BLOCK 64u           /* tracking and transfer unit */
+#define THA__HDR 8u              /* object header before each payload */
+#define THA__SLAB_PAGES 16u      /* pages per slab (64 KiB) */
+#define THA__SLAB_HDR 64u        /* slab record at the slab start */
+#define THA__MAX_SLOT 8192u      /* larger allocations take page spans */
+#define THA__NCLASSES 32u
+#define THA__GRANULE (64u << 10) /* capacity is a multiple of this */
+#define THA__COMMIT_STEP (1u << 20) /* commit growth, bytes */
+#define THA__REGION_MAGIC 0x314e474552414854ull /* "THAREGN1" */
+
+/* At offset 0 of the region. Every reference is an offset from the base
+ * (0 = none), so the image means the same at any address. */
+typedef struct tha__region {
+    uint64_t magic;
+    uint64_t capacity;         /* bytes reserved */
+    uint64_t top;              /* bytes in use, page aligned; only grows */
+    uint64_t pagemap_off;      /* tha__page_t[npages] */
+    uint64_t npages;           /* capacity / THA__PAGE */
+    uint64_t roots_off;        /* tha__root_t[THA_MAX_ROOTS] */
+    uint64_t data_off;         /* first allocatable page */
+    uint64_t free_spans;       /* first free page span, 0 = none */
+    uint64_t live_objects;
+    uint64_t live_bytes;       /* payload bytes */
+    uint64_t nroots;           /* root entries in use, packed at the start */
+    uint64_t class_slabs[THA__NCLASSES]; /* slabs with a free slot, per class */
+} tha__region_t;
+
+/* Page map entry, one per page of the capacity. */
+enum {
+    THA__PG_UNUSED = 0, /* above top */
+    THA__PG_META,       /* region header, page map, roots */
+    THA__PG_FREE_HEAD,  /* first page of a free span; link = npages */
+    THA__PG_FREE_TAIL,  /* other pages of a free span; link = head page */
+    THA__PG_SLAB_HEAD,  /* first page of a slab; cls set; link = npages */
+    THA__PG_SLAB_TAIL,  /* link = head page */
+    THA__PG_SPAN_HEAD,  /* first page of a large allocation; link = npages */
+    THA__PG_SPAN_TAIL   /* link = head page */
+};
+
+typedef struct tha__page {
+    uint8_t kind;
+    uint8_t cls;     /* size class of a slab head */
+    uint16_t unused;
+    uint32_t link;   /* see the kinds above */
+} tha__page_t;
+
+/* At the start of every slab; slots follow at +THA__SLAB_HDR. */
+typedef struct tha__slab {
+    uint64_t free;     /* offset of the first free slot, 0 = none */
+    uint64_t next;     /* next slab of the class with a free slot */
+    uint64_t prev;
+    uint32_t nslots;
+    uint32_t nfree;    /* free slots, listed or above bump */
+    uint32_t bump;     /* slots at index >= bump were never used */
+    uint32_t cls;
+    uint32_t on_list;  /* 1 while linked in class_slabs */
+    uint32_t unused[5];
+} tha__slab_t;
+
+/* At the start of every free page span. */
+typedef struct tha__span {
+    uint64_t next, prev; /* free span list, offsets */
+    uint64_t npages;
+} tha__span_t;
+
+/* Before every payload. count == 0 marks a free slot. */
+typedef struct tha__objhdr {
+    uint32_t type_id;
+    uint32_t count;
+} tha__objhdr_t;
+
+typedef struct tha__root {
+    char name[THA_NAME_MAX - 8]; /* "" = empty entry */
+    uint64_t offset;             /* target, 0 = none */
+} tha__root_t;
+
+_Static_assert(sizeof(tha__root_t) == THA__BLOCK, "root is one block");
+_Static_assert(sizeof(tha__slab_t) == THA__SLAB_HDR, "slab record size");
+
+struct tha_heap {
+    tha_schema_t *schema;   /* own reference */
+    uint8_t *base;          /* region start; page aligned */
+    uint64_t capacity;      /* bytes reserved */
+    uint64_t committed;     /* bytes read-write from base */
+    uint64_t *dirty;        /* bit per block: changed since the last frame */
+    uint8_t *ptrmap;        /* byte per block: bit i = word i is a pointer */
+    uint64_t nblocks;       /* capacity / THA__BLOCK */
+    uint64_t seq;           /* last frame encoded or applied */
+    uint64_t epoch;
+    uint64_t lineage;       /* random at create; taken from applied snapshots */
+    int tracking;
+    uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;
+    char err[256];
+};
+
+static inline tha__region_t *tha__reg(const tha_heap_t *h) {
+    return (tha__region_t *)h->base;
+}
+static inline tha__page_t *tha__pagemap(const tha_heap_t *h) {
+    return (tha__page_t *)(h->base + tha__reg(h)->pagemap_off);
+}
+#define THA__AT(h, off, T) ((T *)((h)->base + (off)))
+
+/* Size class of a slot size (header included), or -1 for a page span. */
+int tha__size_class(uint64_t slot_bytes);
+uint32_t tha__class_size(int cls);
+
+/* Commits the region up to at least bytes. */
+int tha__commit(tha_heap_t *h, uint64_t bytes);
+/* Offset of the allocation payload holding byte off, 0 if none live. */
+uint64_t tha__find(const tha_heap_t *h, uint64_t off, tha__objhdr_t **hdr);
+/* Lays out an empty region (header, page map, roots) in a committed heap. */
+int tha__region_init(tha_heap_t *h);
+
+/* ---- tracking (track.c) ------------------------------------------------ */
+
+/* Marks the blocks overlapping [off, off+len) dirty. */
+void tha__mark(tha_heap_t *h, uint64_t off, uint64_t len);
+void tha__clear_dirty(tha_heap_t *h);
+uint64_t tha__count_dirty(const tha_heap_t *h);
+/* Sets pointer-map bits for the slots of count elements of t at off. */
+void tha__ptrmap_set(tha_heap_t *h, uint64_t off, const tha__type_t *t,
+                     uint32_t count);
+/* Clears pointer-map bits of [off, off+len) (8-aligned) and marks dirty the
+ * blocks whose bits changed, so mirrors learn the words are data now. */
+void tha__ptrmap_clear(tha_heap_t *h, uint64_t off, uint64_t len);
+/* First run of dirty blocks at or after block `from` and before `limit`:
+ * returns its first block (limit if none) and its length in *n. */
+uint64_t tha__next_dirty_run(const tha_heap_t *h, uint64_t from,
+                             uint64_t limit, uint64_t *n);
+
+/* ---- frames (codec.c) -------------------------------------------------- */
+
+#define THA__FRAME_MAGIC 0x46414854u /* "THAF" */
+#define THA__FUNC_TAG (1ull << 63)   /* pointer word holding a registry id */
+
+/* On the wire, little-endian, THA_FRAME_HEADER_SIZE bytes. */
+typedef struct tha__frame_hdr {
+    uint32_t magic;
+    uint16_t version;
+    uint16_t kind;
+    uint32_t header_size;  /* THA_FRAME_HEADER_SIZE */
+    uint32_t nruns;
+    uint64_t fingerprint;
+    uint64_t lineage;
+    uint64_t epoch;
+    uint64_t seq;
+    uint64_t capacity;     /* of the source */
+    uint64_t top;
+    uint64_t length;       /* whole frame */
+    uint64_t nblocks;
+    uint32_t schema_len;   /* snapshot: schema bytes right after the header */
+    uint32_t body_crc;     /* CRC32C of every byte after the header */
+    uint32_t reserved;
+    uint32_t header_crc;   /* CRC32C of the bytes before this field */
+} tha__frame_hdr_t;
+
+_Static_assert(sizeof(tha__frame_hdr_t) == THA_FRAME_HEADER_SIZE, "frame header");
+
+/* One run of consecutive blocks in the body: this record, then nblocks mask
+ * bytes padded to 8, then nblocks * THA__BLOCK data bytes. */
+typedef struct tha__run {
+    uint64_t offset;   /* of the first block */
+    uint64_t nblocks;
+} tha__run_t;
+
+/* crc32c.c: raw CRC (no pre/post inversion) helpers for split streams. */
+uint32_t tha__crc32c_shift(uint32_t crc, uint64_t len);
+/* Raw register after buf: no pre/post inversion;
+ * tha_crc32c(c, ..) == ~tha__crc32c_raw(~c, ..). */
+uint32_t tha__crc32c_raw(uint32_t raw, const void *buf, size_t len);
+/* The same through the tables only (tests compare it with the fast path). */
+uint32_t tha__crc32c_sw(uint32_t raw, const void *buf, size_t len);
+
+static inline uint64_t tha__align_up(uint64_t v, uint64_t a) {
+    return (v + a - 1) & ~(a - 1);
+}
+
+#endif /* THA_INTERNAL_H */

@@ -1,0 +1,84 @@
+/* track.c — which blocks changed, and which words are pointers.
+ * dirty:  one bit per 64-byte block of the region, set by every write the
+ *         library makes and by tha_heap_touch; cleared when a frame is made.
+ * ptrmap: one byte per block, bit i = word i (8 bytes) holds a pointer.
+ *         It is the relocation table of every live object laid over the
+ *         region, so encode and apply never walk objects.
+ * Both live outside the region: they describe it, they are not state.
+ */
+#include "tha_internal.h"
+
+void tha__mark(tha_heap_t *h, uint64_t off, uint64_t len) {
+    if (len == 0) return;
+    uint64_t b = off / THA__BLOCK, e = (off + len - 1) / THA__BLOCK;
+    THA_ASSERT(e < h->nblocks);
+    uint64_t wb = b / 64, we = e / 64;
+    uint64_t mb = ~0ull << (b % 64), me = ~0ull >> (63 - e % 64);
+    if (wb == we) {
+        h->dirty[wb] |= mb & me;
+        return;
+    }
+    h->dirty[wb] |= mb;
+    for (uint64_t w = wb + 1; w < we; w++) h->dirty[w] = ~0ull;
+    h->dirty[we] |= me;
+}
+
+void tha__clear_dirty(tha_heap_t *h) {
+    memset(h->dirty, 0, ((h->nblocks + 63) / 64) * sizeof(uint64_t));
+}
+
+uint64_t tha__count_dirty(const tha_heap_t *h) {
+    uint64_t n = 0, words = (h->nblocks + 63) / 64;
+    for (uint64_t w = 0; w < words; w++) n += (uint64_t)__builtin_popcountll(h->dirty[w]);
+    return n;
+}
+
+/* First block >= from (and < limit) whose dirty bit equals want. */
+static uint64_t scan(const tha_heap_t *h, uint64_t from, uint64_t limit, int want) {
+    while (from < limit) {
+        uint64_t w = h->dirty[from / 64];
+        if (!want) w = ~w;
+        w &= ~0ull << (from % 64);
+        if (w) {
+            uint64_t b = (from & ~63ull) + (uint64_t)__builtin_ctzll(w);
+            return b < limit ? b : limit;
+        }
+        from = (from & ~63ull) + 64;
+    }
+    return limit;
+}
+
+uint64_t tha__next_dirty_run(const tha_heap_t *h, uint64_t from, uint64_t limit,
+                             uint64_t *n) {
+    uint64_t start = scan(h, from, limit, 1);
+    uint64_t end = start < limit ? scan(h, start, limit, 0) : limit;
+    *n = end - start;
+    return start;
+}
+
+void tha__ptrmap_set(tha_heap_t *h, uint64_t off, const tha__type_t *t,
+                     uint32_t count) {
+    for (uint64_t i = 0; i < count; i++) {
+        uint64_t elem = off + i * t->size;
+        for (uint32_t s = 0; s < t->nslots; s++) {
+            uint64_t word = (elem + t->slots[s].offset) / 8;
+            h->ptrmap[word / 8] |= (uint8_t)(1u << (word % 8));
+        }
+    }
+}
+
+void tha__ptrmap_clear(tha_heap_t *h, uint64_t off, uint64_t len) {
+    THA_ASSERT(off % 8 == 0 && len % 8 == 0);
+    uint64_t w = off / 8, we = (off + len) / 8;
+    while (w < we) {
+        uint64_t blk = w / 8;
+        unsigned lo = (unsigned)(w % 8);
+        unsigned hi = (we - blk * 8) >= 8 ? 8 : (unsigned)(we - blk * 8);
+        uint8_t bits = (uint8_t)(((1u << hi) - 1) & ~((1u << lo) - 1));
+        if (h->ptrmap[blk] & bits) {
+            h->ptrmap[blk] &= (uint8_t)~bits;
+            tha__mark(h, blk * THA__BLOCK, THA__BLOCK);
+        }
+        w = blk * 8 + hi;
+    }
+}

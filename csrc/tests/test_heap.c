@@ -1,0 +1,340 @@
+/* test_heap.c — allocator, roots, lookup and the frame codec, end to end in C:
+ * random operations on a source heap mirrored by deltas into a second heap
+ * at another address, checked object by object after every frame. */
+#include "tha.h"
+#include "check.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+struct dept;
+struct emp {
+    char name[32];
+    uint32_t id;
+    double salary;
+    struct emp *mgr;
+    struct dept *dept;
+    struct emp *reports[4];
+    void (*on_raise)(void);
+};
+struct dept {
+    char name[32];
+    uint32_t id;
+    struct emp *head;
+};
+
+static void raise_a(void) {}
+static void raise_b(void) {}
+
+static uint32_t EMP, DEPT;
+
+static tha_schema_t *make_schema(void) {
+    tha_schema_t *s;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct emp, "emp", &EMP));
+    CHECK_OK(THA_FIELD_SCALAR(s, EMP, struct emp, name, THA_T_CHAR, 32));
+    CHECK_OK(THA_FIELD_SCALAR(s, EMP, struct emp, id, THA_T_U32, 0));
+    CHECK_OK(THA_FIELD_SCALAR(s, EMP, struct emp, salary, THA_T_F64, 0));
+    CHECK_OK(THA_FIELD_PTR(s, EMP, struct emp, mgr, "emp", 0));
+    CHECK_OK(THA_FIELD_PTR(s, EMP, struct emp, dept, "dept", 0)); /* late bound */
+    CHECK_OK(THA_FIELD_PTR(s, EMP, struct emp, reports, "emp", 4));
+    CHECK_OK(THA_FIELD_FUNC(s, EMP, struct emp, on_raise, 0));
+    CHECK_OK(THA_STRUCT(s, struct dept, "dept", &DEPT));
+    CHECK_OK(THA_FIELD_SCALAR(s, DEPT, struct dept, name, THA_T_CHAR, 32));
+    CHECK_OK(THA_FIELD_SCALAR(s, DEPT, struct dept, id, THA_T_U32, 0));
+    CHECK_OK(THA_FIELD_PTR(s, DEPT, struct dept, head, "emp", 0));
+    CHECK_OK(tha_schema_add_func(s, "raise_a", raise_a));
+    CHECK_OK(tha_schema_add_func(s, "raise_b", raise_b));
+    CHECK_OK(tha_schema_seal(s));
+    return s;
+}
+
+static uint64_t off_of(tha_heap_t *h, const void *p) {
+    return p ? (uint64_t)((const char *)p - (const char *)tha_heap_base(h)) : 0;
+}
+
+/* Every live object and root of a and b agree, pointers compared as offsets. */
+static bool mirrors(tha_heap_t *a, tha_heap_t *b) {
+    uint64_t ca = 0, cb = 0;
+    tha_obj_t oa, ob;
+    for (;;) {
+        int ma = tha_heap_next(a, &ca, &oa), mb = tha_heap_next(b, &cb, &ob);
+        if (ma != mb) return false;
+        if (!ma) break;
+        if (oa.offset != ob.offset || oa.type_id != ob.type_id || oa.count != ob.count)
+            return false;
+        for (uint32_t i = 0; i < oa.count; i++) {
+            if (oa.type_id == EMP) {
+                struct emp *x = (struct emp *)oa.ptr + i, *y = (struct emp *)ob.ptr + i;
+                if (memcmp(x->name, y->name, 32) || x->id != y->id ||
+                    x->salary != y->salary || off_of(a, x->mgr) != off_of(b, y->mgr) ||
+                    off_of(a, x->dept) != off_of(b, y->dept) || x->on_raise != y->on_raise)
+                    return false;
+                for (int k = 0; k < 4; k++)
+                    if (off_of(a, x->reports[k]) != off_of(b, y->reports[k])) return false;
+            } else if (oa.type_id == DEPT) {
+                struct dept *x = (struct dept *)oa.ptr + i, *y = (struct dept *)ob.ptr + i;
+                if (memcmp(x->name, y->name, 32) || x->id != y->id ||
+                    off_of(a, x->head) != off_of(b, y->head))
+                    return false;
+            } else if (memcmp(oa.ptr, ob.ptr, oa.size * oa.count)) {
+                return false;
+            }
+        }
+    }
+    uint32_t ra = 0, rb = 0;
+    const char *na, *nb;
+    void *pa, *pb;
+    for (;;) {
+        int ma = tha_root_next(a, &ra, &na, &pa), mb = tha_root_next(b, &rb, &nb, &pb);
+        if (ma != mb) return false;
+        if (!ma) return true;
+        if (strcmp(na, nb) || off_of(a, pa) != off_of(b, pb)) return false;
+    }
+}
+
+static int ship(tha_heap_t *src, tha_heap_t *dst, int kind) {
+    size_t n, len;
+    CHECK_OK(tha_heap_frame_size(src, kind, &n));
+    void *buf = malloc(n);
+    int rc = tha_heap_encode(src, kind, buf, n, &len);
+    CHECK(len == n);
+    if (rc == 0) rc = tha_heap_apply(dst, buf, len);
+    if (rc) fprintf(stderr, "ship: %s | %s\n", tha_heap_errmsg(src), tha_heap_errmsg(dst));
+    free(buf);
+    return rc;
+}
+
+static void test_alloc_free_lookup(void) {
+    tha_schema_t *s = make_schema();
+    tha_heap_t *h;
+    CHECK_OK(tha_heap_create(&h, s, 8 << 20, THA_TRACK_EXPLICIT));
+    tha_schema_release(s);
+    struct emp *e, *team;
+    CHECK_OK(tha_heap_alloc(h, EMP, 1, (void **)&e));
+    CHECK_OK(tha_heap_alloc(h, EMP, 8, (void **)&team));
+    CHECK(((uintptr_t)e & 7) == 0 && e->id == 0 && team[7].mgr == NULL);
+    tha_obj_t o;
+    CHECK_OK(tha_heap_lookup(h, &team[3].salary, &o));
+    CHECK(o.ptr == team && o.count == 8 && o.type_id == EMP && o.size == sizeof *e);
+    CHECK_RC(tha_heap_free(h, &team[3]), THA_ENOTLIVE);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "interior pointer");
+    CHECK_RC(tha_heap_free(h, (void *)&o), THA_EFOREIGN);
+    CHECK_OK(tha_heap_free(h, team));
+    CHECK_RC(tha_heap_free(h, team), THA_ENOTLIVE);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "double free");
+    CHECK_RC(tha_heap_lookup(h, team, &o), THA_ENOTLIVE);
+    /* large span, then freed and coalesced, then reused */
+    char *big, *big2;
+    CHECK_OK(tha_heap_alloc(h, THA_T_CHAR, 100000, (void **)&big));
+    memset(big, 7, 100000);
+    CHECK_OK(tha_heap_lookup(h, big + 99999, &o));
+    CHECK(o.ptr == big && o.count == 100000);
+    CHECK_OK(tha_heap_free(h, big));
+    CHECK_OK(tha_heap_alloc(h, THA_T_CHAR, 100000, (void **)&big2));
+    CHECK(big2 == big && big2[500] == 0);
+    /* capacity */
+    void *huge;
+    CHECK_RC(tha_heap_alloc(h, THA_T_CHAR, 9u << 20, &huge), THA_ECAPACITY);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "exceeds the heap capacity");
+    /* roots */
+    CHECK_OK(tha_root_set(h, "boss", e));
+    CHECK_RC(tha_heap_free(h, e), THA_ESTATE);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "root 'boss'");
+    void *got;
+    CHECK_OK(tha_root_get(h, "boss", &got));
+    CHECK(got == e);
+    CHECK_OK(tha_root_set(h, "boss", NULL));
+    CHECK_RC(tha_root_get(h, "boss", &got), THA_ENOTFOUND);
+    CHECK_OK(tha_heap_free(h, e));
+    tha_stats_t st;
+    CHECK_OK(tha_heap_stats(h, &st));
+    CHECK(st.live_objects == 1 && st.live_bytes == 100000);
+    tha_heap_destroy(h);
+}
+
+/* Fill the heap until it is full, free everything, do it again: the second
+ * round must fit as well as the first (spans coalesce, slabs return). */
+static void test_reuse_after_full(void) {
+    tha_schema_t *s = make_schema();
+    tha_heap_t *h;
+    CHECK_OK(tha_heap_create(&h, s, 2 << 20, THA_TRACK_EXPLICIT));
+    tha_schema_release(s);
+    int rounds[2] = {0, 0};
+    for (int round = 0; round < 2; round++) {
+        void **ptrs = malloc(sizeof(void *) * 100000);
+        int n = 0;
+        for (;; n++) {
+            uint32_t count = 1 + (uint32_t)(n * 7919 % 300);
+            int rc = tha_heap_alloc(h, n % 3 ? EMP : THA_T_CHAR, count, &ptrs[n]);
+            if (rc) {
+                CHECK_RC(rc, THA_ECAPACITY);
+                break;
+            }
+        }
+        rounds[round] = n;
+        for (int i = 0; i < n; i += 2) CHECK_OK(tha_heap_free(h, ptrs[i]));
+        for (int i = 1; i < n; i += 2) CHECK_OK(tha_heap_free(h, ptrs[i]));
+        free(ptrs);
+    }
+    CHECK(rounds[0] > 10 && rounds[1] >= rounds[0] - 2);
+    tha_stats_t st;
+    CHECK_OK(tha_heap_stats(h, &st));
+    CHECK(st.live_objects == 0 && st.live_bytes == 0);
+    tha_heap_destroy(h);
+}
+
+static uint64_t rng = 88172645463325252ull;
+static uint64_t next_rand(void) {
+    rng ^= rng << 13;
+    rng ^= rng >> 7;
+    rng ^= rng << 17;
+    return rng;
+}
+
+static void test_mirror_random(void) {
+    tha_schema_t *s = make_schema();
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, s, 16 << 20, THA_TRACK_EXPLICIT));
+    /* b first takes a smaller heap's address so the two bases differ */
+    CHECK_OK(tha_heap_create(&b, s, 16 << 20, THA_TRACK_EXPLICIT));
+    CHECK(tha_heap_base(a) != tha_heap_base(b));
+    tha_schema_release(s);
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    enum { N = 400 };
+    struct emp *live[N] = {0};
+    for (int step = 0; step < 3000; step++) {
+        int i = (int)(next_rand() % N), j = (int)(next_rand() % N);
+        switch (next_rand() % 6) {
+        case 0:
+        case 1:
+            if (!live[i]) {
+                uint32_t count = 1 + (uint32_t)(next_rand() % 3);
+                CHECK_OK(tha_heap_alloc(a, EMP, count, (void **)&live[i]));
+                snprintf(live[i]->name, 32, "e%d", step);
+                live[i]->on_raise = step % 2 ? raise_a : raise_b;
+                CHECK_OK(tha_heap_touch(a, live[i], 0));
+            }
+            break;
+        case 2:
+            if (live[i]) {
+                uint32_t cursor = 0;
+                const char *name;
+                void *p;
+                bool rooted = false;
+                while (tha_root_next(a, &cursor, &name, &p))
+                    rooted |= p == (void *)live[i];
+                for (int k = 0; k < N; k++) /* drop references to it */
+                    if (live[k] && live[k]->mgr == live[i]) {
+                        live[k]->mgr = NULL;
+                        CHECK_OK(tha_heap_touch(a, &live[k]->mgr, 8));
+                    }
+                if (!rooted) {
+                    CHECK_OK(tha_heap_free(a, live[i]));
+                    live[i] = NULL;
+                }
+            }
+            break;
+        case 3:
+            if (live[i]) {
+                live[i]->mgr = live[j];
+                live[i]->reports[step % 4] = live[j];
+                live[i]->salary = (double)step;
+                CHECK_OK(tha_heap_touch(a, live[i], 0));
+            }
+            break;
+        case 4:
+            if (live[i]) {
+                char name[16];
+                snprintf(name, sizeof name, "r%d", (int)(next_rand() % 8));
+                CHECK_OK(tha_root_set(a, name, live[i]));
+            }
+            break;
+        case 5:
+            CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+            CHECK(mirrors(a, b));
+            break;
+        }
+        /* references to freed objects are not followed by mirrors() */
+        for (int k = 0; k < N; k++)
+            if (live[k])
+                for (int r = 0; r < 4; r++) {
+                    bool ok = false;
+                    for (int m = 0; m < N && !ok; m++) ok = live[k]->reports[r] == live[m];
+                    if (!ok && live[k]->reports[r]) {
+                        live[k]->reports[r] = NULL;
+                        CHECK_OK(tha_heap_touch(a, &live[k]->reports[r], 8));
+                    }
+                }
+    }
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK(mirrors(a, b));
+    /* b can carry on as the source: allocate there and ship back */
+    struct emp *x;
+    CHECK_OK(tha_heap_alloc(b, EMP, 1, (void **)&x));
+    CHECK_OK(ship(b, a, THA_FRAME_SNAPSHOT));
+    CHECK(mirrors(a, b));
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+}
+
+static void test_bad_frames(void) {
+    tha_schema_t *s = make_schema();
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, s, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, s, 4 << 20, THA_TRACK_EXPLICIT));
+    tha_schema_release(s);
+    struct emp *e, *f;
+    CHECK_OK(tha_heap_alloc(a, EMP, 1, (void **)&e));
+    CHECK_OK(tha_heap_alloc(a, EMP, 1, (void **)&f));
+    e->mgr = f;
+    CHECK_OK(tha_heap_touch(a, e, 0));
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    e->salary = 5;
+    CHECK_OK(tha_heap_touch(a, &e->salary, 8));
+    size_t n, len;
+    CHECK_OK(tha_heap_frame_size(a, THA_FRAME_DELTA, &n));
+    uint8_t *frame = malloc(n), *bad = malloc(n);
+    CHECK_OK(tha_heap_encode(a, THA_FRAME_DELTA, frame, n, &len));
+    /* every truncation and every single-bit flip is refused, b unchanged */
+    for (size_t cut = 0; cut < len; cut++)
+        CHECK(tha_heap_apply(b, frame, cut) < 0);
+    for (size_t i = 0; i < len; i++) {
+        memcpy(bad, frame, len);
+        bad[i] ^= (uint8_t)(1u << (i % 8));
+        CHECK(tha_heap_apply(b, bad, len) < 0);
+    }
+    tha_stats_t st;
+    CHECK_OK(tha_heap_stats(b, &st));
+    CHECK(st.frames_applied == 1);
+    CHECK_OK(tha_heap_apply(b, frame, len));
+    CHECK_RC(tha_heap_apply(b, frame, len), THA_ESEQ); /* replay */
+    CHECK_CONTAINS(tha_heap_errmsg(b), "out of sequence");
+    CHECK(mirrors(a, b));
+    /* a foreign pointer fails the encode and loses nothing */
+    static struct emp outside;
+    e->mgr = &outside;
+    CHECK_OK(tha_heap_touch(a, e, 0));
+    CHECK_OK(tha_heap_frame_size(a, THA_FRAME_DELTA, &n));
+    frame = realloc(frame, n);
+    CHECK_RC(tha_heap_encode(a, THA_FRAME_DELTA, frame, n, &len), THA_EFOREIGN);
+    CHECK_CONTAINS(tha_heap_errmsg(a), "field mgr");
+    CHECK_OK(tha_heap_stats(a, &st));
+    CHECK(st.dirty_blocks > 0);
+    e->mgr = NULL;
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK(mirrors(a, b));
+    free(frame);
+    free(bad);
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+}
+
+int main(void) {
+    RUN(test_alloc_free_lookup);
+    RUN(test_reuse_after_full);
+    RUN(test_mirror_random);
+    RUN(test_bad_frames);
+    return CHECK_DONE();
+}

@@ -1,0 +1,22 @@
+"""tha — Transparent High Availability for C structs.
+
+Allocate structs from a :class:`Heap`; tha tracks which blocks changed and
+ships them as frames (``snapshot()``, ``delta()``) that another heap
+``apply()``-s, at any base address.
+"""
+
+from ._ffi import ffi as _ffi, lib as _lib
+from .errors import (CapacityError, ChecksumError, Error, FrameError,
+                     InvalidPointer, NotFound, OSFailure, SchemaError,
+                     SchemaMismatch, SequenceError, StaleEpoch, StateError)
+from .heap import Heap, Roots
+from .schema import Schema
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Heap", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
+    "FrameError", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
+    "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError",
+    "__version__",
+]

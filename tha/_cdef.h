@@ -1,0 +1,170 @@
+/* _cdef.h — the cffi cdef of tha.h, written by hand, declaration for
+ * declaration in the header's order. Values are left to the C compiler
+ * ("..."); structs are spelled out so cffi checks their layout. The
+ * THA_STRUCT/THA_FIELD_* registration macros are C-only and absent.
+ * tests/test_cdef.py checks every THA_API function is declared here. */
+
+/* ---- version ---- */
+#define THA_VERSION_MAJOR ...
+#define THA_VERSION_MINOR ...
+#define THA_VERSION_PATCH ...
+static const char *const THA_VERSION_STRING;
+
+/* ---- errors ---- */
+enum tha_error {
+    THA_EINVAL, THA_ENOMEM, THA_ECAPACITY, THA_ENOTLIVE, THA_EFOREIGN,
+    THA_ESCHEMA, THA_EMISMATCH, THA_EFRAME, THA_ECHECKSUM, THA_ESEQ,
+    THA_ERANGE, THA_ENOTFOUND, THA_ETOOSMALL, THA_EVERSION, THA_EFULL,
+    THA_ESTATE, THA_ESTALE, THA_OK, ...
+};
+
+const char *tha_strerror(int code);
+const char *tha_version(void);
+
+/* ---- schema ---- */
+typedef ... tha_schema_t;
+
+enum tha_prim {
+    THA_T_CHAR, THA_T_I8, THA_T_U8, THA_T_I16, THA_T_U16, THA_T_I32,
+    THA_T_U32, THA_T_I64, THA_T_U64, THA_T_F32, THA_T_F64, THA_T_BOOL,
+    THA_T_VOID, THA_T_FIRST_USER, ...
+};
+
+enum tha_kind {
+    THA_K_SCALAR, THA_K_STRUCT, THA_K_PTR, THA_K_FUNC, THA_K_BITS, ...
+};
+
+#define THA_MAX_DIMS ...
+#define THA_NAME_MAX ...
+
+typedef struct tha_field {
+    const char *name;
+    uint32_t offset;
+    uint32_t kind;
+    uint32_t prim;
+    const char *target;
+    uint32_t dims[...]; /* THA_MAX_DIMS */
+    uint32_t bits[2];
+    const char *sig;
+} tha_field_t;
+
+int tha_schema_create(tha_schema_t **out);
+void tha_schema_release(tha_schema_t *s);
+const char *tha_schema_errmsg(const tha_schema_t *s);
+int tha_schema_add_struct(tha_schema_t *s, const char *name, size_t size,
+                          size_t align, int is_union, uint32_t *type_id);
+int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
+                         const tha_field_t *field);
+int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void));
+int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void));
+int tha_schema_seal(tha_schema_t *s);
+uint64_t tha_schema_fingerprint(const tha_schema_t *s);
+int tha_schema_serialize(const tha_schema_t *s, void *buf, size_t cap,
+                         size_t *len);
+int tha_schema_deserialize(const void *buf, size_t len, tha_schema_t **out,
+                           char *msg, size_t msgcap);
+int tha_schema_compare(const tha_schema_t *a, const tha_schema_t *b,
+                       char *msg, size_t msgcap);
+
+typedef struct tha_type_info {
+    const char *name;
+    uint32_t id;
+    uint32_t is_union;
+    uint32_t is_prim;
+    uint32_t nfields;
+    uint64_t size;
+    uint64_t align;
+    uint32_t nslots;
+} tha_type_info_t;
+
+uint32_t tha_schema_type_count(const tha_schema_t *s);
+int tha_schema_type_info(const tha_schema_t *s, uint32_t id,
+                         tha_type_info_t *out);
+int tha_schema_type_by_name(const tha_schema_t *s, const char *name,
+                            uint32_t *id);
+int tha_schema_field_info(const tha_schema_t *s, uint32_t id, uint32_t i,
+                          tha_field_t *out);
+uint32_t tha_schema_func_count(const tha_schema_t *s);
+int tha_schema_func_info(const tha_schema_t *s, uint32_t i, const char **name,
+                         void (**fn)(void));
+
+/* ---- heap ---- */
+typedef ... tha_heap_t;
+
+enum tha_tracking { THA_TRACK_EXPLICIT, THA_TRACK_AUTO, ... };
+
+int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
+                    int tracking);
+void tha_heap_destroy(tha_heap_t *h);
+const char *tha_heap_errmsg(const tha_heap_t *h);
+const tha_schema_t *tha_heap_schema(const tha_heap_t *h);
+void *tha_heap_base(const tha_heap_t *h);
+
+int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
+                   void **out);
+int tha_heap_free(tha_heap_t *h, void *p);
+int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
+
+typedef struct tha_obj {
+    void *ptr;
+    uint64_t offset;
+    uint32_t type_id;
+    uint32_t count;
+    uint64_t size;
+} tha_obj_t;
+
+int tha_heap_lookup(const tha_heap_t *h, const void *p, tha_obj_t *out);
+int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out);
+
+#define THA_MAX_ROOTS ...
+int tha_root_set(tha_heap_t *h, const char *name, const void *p);
+int tha_root_get(const tha_heap_t *h, const char *name, void **p);
+int tha_root_next(const tha_heap_t *h, uint32_t *cursor, const char **name,
+                  void **p);
+
+typedef struct tha_stats {
+    uint64_t capacity;
+    uint64_t committed;
+    uint64_t top;
+    uint64_t live_objects;
+    uint64_t live_bytes;
+    uint64_t dirty_blocks;
+    uint64_t seq;
+    uint64_t epoch;
+    uint64_t lineage;
+    uint64_t frames_encoded, bytes_encoded;
+    uint64_t frames_applied, bytes_applied;
+    int tracking;
+} tha_stats_t;
+
+int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
+
+/* ---- frames ---- */
+enum tha_frame_kind { THA_FRAME_SNAPSHOT, THA_FRAME_DELTA, ... };
+
+#define THA_FRAME_VERSION ...
+#define THA_FRAME_HEADER_SIZE ...
+
+typedef struct tha_frame_info {
+    uint32_t kind;
+    uint32_t version;
+    uint64_t fingerprint;
+    uint64_t lineage;
+    uint64_t epoch;
+    uint64_t seq;
+    uint64_t capacity;
+    uint64_t top;
+    uint64_t length;
+    uint32_t nruns;
+    uint64_t nblocks;
+} tha_frame_info_t;
+
+int tha_heap_frame_size(const tha_heap_t *h, int kind, size_t *size);
+int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap,
+                    size_t *len);
+int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len);
+int tha_frame_info(const void *frame, size_t len, tha_frame_info_t *out);
+int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
+                     char *msg, size_t msgcap);
+
+uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);

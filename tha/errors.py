@@ -1,0 +1,113 @@
+"""Exceptions. Every error the package raises derives from :class:`Error`;
+leaves also inherit the builtin they resemble, so ``except KeyError`` and
+``except MemoryError`` keep working. C status codes map here in one place."""
+
+from __future__ import annotations
+
+import errno as _errno
+import os
+
+from ._ffi import ffi, lib
+
+
+class Error(Exception):
+    """Base of every tha error. ``code`` is the C status (negative)."""
+
+    code = 0
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message)
+        if code is not None:
+            self.code = code
+
+
+class SchemaError(Error, ValueError):
+    """A layout tha cannot mirror, or a malformed declaration."""
+
+
+class SchemaMismatch(Error, ValueError):
+    """Two sides disagree on the layout; the message names the field."""
+
+
+class FrameError(Error, ValueError):
+    """A frame is malformed, truncated, or out of range."""
+
+
+class ChecksumError(FrameError):
+    """A frame or file failed its checksum."""
+
+
+class SequenceError(FrameError):
+    """A delta does not follow the frame the heap last applied."""
+
+
+class StaleEpoch(FrameError):
+    """A frame comes from an older epoch than the heap has seen."""
+
+
+class CapacityError(Error, MemoryError):
+    """The heap (or the machine) is out of memory."""
+
+
+class InvalidPointer(Error, ValueError):
+    """A pointer that is not (the start of) a live allocation of this heap."""
+
+
+class NotFound(Error, KeyError):
+    """No root, type or function of that name."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class StateError(Error, RuntimeError):
+    """The call is not allowed in the object's current state."""
+
+
+class OSFailure(Error, OSError):
+    """The operating system refused (mmap, mprotect, ...)."""
+
+
+_BY_CODE = {
+    lib.THA_EINVAL: Error,
+    lib.THA_ENOMEM: CapacityError,
+    lib.THA_ECAPACITY: CapacityError,
+    lib.THA_ENOTLIVE: InvalidPointer,
+    lib.THA_EFOREIGN: InvalidPointer,
+    lib.THA_ESCHEMA: SchemaError,
+    lib.THA_EMISMATCH: SchemaMismatch,
+    lib.THA_EFRAME: FrameError,
+    lib.THA_ECHECKSUM: ChecksumError,
+    lib.THA_ESEQ: SequenceError,
+    lib.THA_ERANGE: FrameError,
+    lib.THA_ENOTFOUND: NotFound,
+    lib.THA_ETOOSMALL: Error,
+    lib.THA_EVERSION: FrameError,
+    lib.THA_EFULL: StateError,
+    lib.THA_ESTATE: StateError,
+    lib.THA_ESTALE: StaleEpoch,
+}
+
+
+def error_for(code: int, detail: str = "") -> Error:
+    """The exception for C status ``code`` with the handle's detail message."""
+    message = detail or ffi.string(lib.tha_strerror(code)).decode()
+    if -4096 < code < 0:
+        exc = OSFailure(-code, f"{message} ({os.strerror(-code)})")
+        exc.code = code
+        if -code == _errno.ENOMEM:
+            return CapacityError(message, code)
+        return exc
+    return _BY_CODE.get(code, Error)(message, code)
+
+
+def check(code: int, errmsg=None) -> int:
+    """Raise for a negative C status; ``errmsg()`` yields the detail text."""
+    if code >= 0:
+        return code
+    detail = ""
+    if errmsg is not None:
+        raw = errmsg()
+        if raw != ffi.NULL:
+            detail = ffi.string(raw).decode(errors="replace")
+    raise error_for(code, detail)

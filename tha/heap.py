@@ -1,0 +1,301 @@
+"""Heap: a tha region seen from Python.
+
+Objects are cffi cdata pointing straight into the region, typed by the
+schema's ``ffi``; reading and writing them costs what cffi costs. Cdata
+returned by ``new()``, ``roots[...]`` and ``objects()`` keep the heap alive.
+One lock per heap serialises calls into C (the GIL is released inside them).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import MutableMapping
+
+from ._ffi import ffi as _cffi, lib
+from .dump import dump_heap
+from .errors import Error, InvalidPointer, NotFound, check
+from .schema import Schema
+
+_TRACKING = {"auto": lib.THA_TRACK_AUTO, "explicit": lib.THA_TRACK_EXPLICIT}
+_TRACKING_NAMES = {lib.THA_TRACK_EXPLICIT: "explicit", lib.THA_TRACK_AUTO: "auto"}
+
+
+class Heap:
+    """A tracked region of ``capacity`` bytes holding objects of ``schema``."""
+
+    def __init__(self, schema: Schema, capacity: int = 64 << 20,
+                 tracking: str = "auto"):
+        if tracking not in _TRACKING:
+            raise Error(f"tracking must be one of {sorted(_TRACKING)}, "
+                        f"not {tracking!r}")
+        self.schema = schema
+        self._lock = threading.Lock()
+        out = _cffi.new("tha_heap_t **")
+        check(lib.tha_heap_create(out, schema._c, capacity, _TRACKING[tracking]))
+        self._h = _cffi.gc(out[0], lib.tha_heap_destroy)
+        self._base = int(_cffi.cast("uintptr_t", lib.tha_heap_base(self._h)))
+        self.roots = Roots(self)
+
+    @classmethod
+    def from_snapshot(cls, frame, capacity: int | None = None) -> "Heap":
+        """A new heap holding a snapshot frame; the schema comes from the frame."""
+        buf = _cffi.from_buffer(frame)
+        info = _cffi.new("tha_frame_info_t *")
+        msg = _cffi.new("char[256]")
+        out = _cffi.new("tha_schema_t **")
+        check(lib.tha_frame_schema(buf, len(buf), out, msg, 256), lambda: msg)
+        schema = Schema("", _c=_cffi.gc(out[0], lib.tha_schema_release))
+        check(lib.tha_frame_info(buf, len(buf), info))
+        heap = cls(schema, capacity or info.capacity)
+        heap.apply(frame)
+        return heap
+
+    # -- plumbing ----------------------------------------------------------
+
+    def _check(self, rc: int) -> int:
+        return check(rc, lambda: lib.tha_heap_errmsg(self._h))
+
+    def _addr(self, p) -> int:
+        if isinstance(p, int):
+            return p
+        try:
+            return int(self.schema.ffi.cast("uintptr_t", p))
+        except TypeError:
+            raise InvalidPointer(f"expected a cdata pointer into the heap, "
+                                 f"got {type(p).__name__}") from None
+
+    def _keep(self, p):
+        """p, holding a reference to this heap for as long as it lives."""
+        return self.schema.ffi.gc(p, self._release_view)
+
+    def _release_view(self, _p) -> None:  # the bound method keeps self alive
+        pass
+
+    def _typed(self, addr: int, obj=None):
+        """Typed cdata for addr (an element of the allocation holding it)."""
+        if obj is None:
+            obj = self._lookup(addr)
+        ctype = self.schema.ctype_of(obj.type_id)
+        return self._keep(self.schema.ffi.cast(self.schema.ffi.getctype(ctype, "*"),
+                                               addr))
+
+    def _lookup(self, addr: int):
+        obj = _cffi.new("tha_obj_t *")
+        rc = lib.tha_heap_lookup(self._h, _cffi.cast("void *", addr), obj)
+        if rc == lib.THA_EFOREIGN:
+            raise InvalidPointer(f"0x{addr:x} is not an address in this heap")
+        if rc:
+            raise InvalidPointer(f"offset 0x{addr - self._base:x} is not inside a "
+                                 "live allocation")
+        return obj
+
+    # -- objects -----------------------------------------------------------
+
+    def new(self, type: str, count: int | None = None, **fields):
+        """Allocates ``count`` zeroed elements of ``type`` (one if None) and
+        returns a typed pointer to the first. ``fields`` initialise every
+        element."""
+        ctype = self.schema.ctype(type)
+        tid = self.schema.type_id(ctype)
+        n = 1 if count is None else count
+        if not isinstance(n, int) or n < 1 or n >= 1 << 32:
+            raise Error(f"count must be an int in 1..2**32-1, not {count!r}")
+        out = _cffi.new("void **")
+        with self._lock:
+            self._check(lib.tha_heap_alloc(self._h, tid, n, out))
+            p = self.schema.ffi.cast(self.schema.ffi.getctype(ctype, "*"), out[0])
+            if fields:
+                try:
+                    for i in range(n):
+                        for k, v in fields.items():
+                            setattr(p[i], k, v)
+                except (AttributeError, TypeError, OverflowError) as e:
+                    lib.tha_heap_free(self._h, out[0])
+                    raise Error(f"new {ctype.cname}: {e}") from None
+        return self._keep(p)
+
+    def free(self, p) -> None:
+        """Frees the allocation that ``p`` (as returned by new()) starts."""
+        with self._lock:
+            self._check(lib.tha_heap_free(self._h, _cffi.cast("void *", self._addr(p))))
+
+    def touch(self, p, field: str | None = None) -> None:
+        """Marks what ``p`` points to as changed (only needed with
+        tracking='explicit'). ``p`` from new() marks the whole allocation;
+        an interior pointer (``team + 3``) marks that element; ``field``
+        ('salary', 'reports[2]', 'addr.street') narrows it to one field."""
+        addr = self._addr(p)
+        ffi = self.schema.ffi
+        with self._lock:
+            if field is not None:
+                item = ffi.typeof(p).item
+                off = ffi.offsetof(item, *_field_path(field))
+                size = ffi.sizeof(ffi.typeof(ffi.addressof(p[0], *_field_path(field)))
+                                  .item)
+                rc = lib.tha_heap_touch(self._h, _cffi.cast("void *", addr + off), size)
+            else:
+                obj = self._lookup(addr)
+                size = 0 if obj.offset + self._base == addr else obj.size
+                rc = lib.tha_heap_touch(self._h, _cffi.cast("void *", addr), size)
+            self._check(rc)
+
+    def objects(self, type: str | None = None):
+        """Typed pointers to every live allocation (of ``type``), by address."""
+        want = None if type is None else self.schema.type_id(type)
+        cursor = _cffi.new("uint64_t *")
+        obj = _cffi.new("tha_obj_t *")
+        out = []
+        with self._lock:
+            while lib.tha_heap_next(self._h, cursor, obj):
+                if want is None or obj.type_id == want:
+                    out.append(self._typed(self._base + obj.offset, obj))
+        return out
+
+    def offset_of(self, p) -> int:
+        """Region offset of a pointer into this heap."""
+        addr = self._addr(p)
+        if not addr:
+            raise InvalidPointer("NULL has no offset")
+        return addr - self._base
+
+    @property
+    def base(self) -> int:
+        """Address the region is mapped at in this process."""
+        return self._base
+
+    # -- frames ------------------------------------------------------------
+
+    def _encode(self, kind: int, out):
+        size = _cffi.new("size_t *")
+        n = _cffi.new("size_t *")
+        with self._lock:
+            self._check(lib.tha_heap_frame_size(self._h, kind, size))
+            if out is None:
+                buf = bytearray(size[0])
+            else:
+                buf = out
+                if len(memoryview(buf)) < size[0]:
+                    raise Error(f"output buffer holds {len(memoryview(buf))} bytes; "
+                                f"the frame needs {size[0]}")
+            self._check(lib.tha_heap_encode(self._h, kind, _cffi.from_buffer(buf),
+                                            size[0], n))
+        if out is None:
+            return bytes(buf)
+        return memoryview(buf)[: n[0]]
+
+    def snapshot(self, out=None):
+        """The whole image as a frame (bytes). With ``out`` (a writable buffer
+        of frame_size('snapshot') bytes or more) it is encoded in place and a
+        memoryview of the frame is returned."""
+        return self._encode(lib.THA_FRAME_SNAPSHOT, out)
+
+    def delta(self, out=None):
+        """Every block changed since the previous frame, as a frame."""
+        return self._encode(lib.THA_FRAME_DELTA, out)
+
+    def frame_size(self, kind: str = "delta") -> int:
+        size = _cffi.new("size_t *")
+        k = {"snapshot": lib.THA_FRAME_SNAPSHOT, "delta": lib.THA_FRAME_DELTA}[kind]
+        with self._lock:
+            self._check(lib.tha_heap_frame_size(self._h, k, size))
+        return size[0]
+
+    def apply(self, frame) -> None:
+        """Applies a snapshot or the next delta; verified whole first, so on
+        any error the heap is unchanged."""
+        buf = _cffi.from_buffer(frame)
+        with self._lock:
+            self._check(lib.tha_heap_apply(self._h, buf, len(buf)))
+
+    # -- inspection --------------------------------------------------------
+
+    def dump(self) -> dict:
+        """Every root and live object as plain data, pointers as region
+        offsets: equal on two heaps exactly when they mirror each other."""
+        with self._lock:
+            return dump_heap(self)
+
+    def stats(self) -> dict:
+        st = _cffi.new("tha_stats_t *")
+        with self._lock:
+            self._check(lib.tha_heap_stats(self._h, st))
+        d = {k: getattr(st, k) for k in (
+            "capacity", "committed", "top", "live_objects", "live_bytes",
+            "dirty_blocks", "seq", "epoch", "lineage", "frames_encoded",
+            "bytes_encoded", "frames_applied", "bytes_applied")}
+        d["tracking"] = _TRACKING_NAMES.get(st.tracking, str(st.tracking))
+        d["base"] = self._base
+        return d
+
+    def __repr__(self) -> str:
+        st = self.stats()
+        return (f"<tha.Heap {st['live_objects']} objects, {st['top']} of "
+                f"{st['capacity']} bytes, seq {st['seq']}>")
+
+
+class Roots(MutableMapping):
+    """Named entry points into the heap, stored inside the region (so they
+    mirror). Values are typed pointers; ``del`` removes a root."""
+
+    def __init__(self, heap: Heap):
+        self._heap = heap
+
+    def __setitem__(self, name: str, p) -> None:
+        h = self._heap
+        if p is None or p == h.schema.ffi.NULL:
+            raise InvalidPointer(f"root '{name}': cannot hold NULL; use del")
+        with h._lock:
+            h._check(lib.tha_root_set(h._h, name.encode(),
+                                      _cffi.cast("void *", h._addr(p))))
+
+    def __getitem__(self, name: str):
+        h = self._heap
+        out = _cffi.new("void **")
+        with h._lock:
+            if lib.tha_root_get(h._h, name.encode(), out) != 0:
+                raise NotFound(f"no root named {name!r}")
+            return h._typed(int(_cffi.cast("uintptr_t", out[0])))
+
+    def __delitem__(self, name: str) -> None:
+        h = self._heap
+        with h._lock:
+            if lib.tha_root_set(h._h, name.encode(), _cffi.NULL) != 0:
+                raise NotFound(f"no root named {name!r}")
+
+    def _items(self) -> list:
+        h = self._heap
+        cursor = _cffi.new("uint32_t *")
+        name = _cffi.new("const char **")
+        p = _cffi.new("void **")
+        out = []
+        with h._lock:
+            while lib.tha_root_next(h._h, cursor, name, p):
+                out.append((_cffi.string(name[0]).decode(),
+                            int(_cffi.cast("uintptr_t", p[0]))))
+        return out
+
+    def offsets(self) -> dict:
+        """{name: region offset}."""
+        base = self._heap._base
+        return {n: a - base for n, a in self._items()}
+
+    def __iter__(self):
+        return iter([n for n, _ in self._items()])
+
+    def __len__(self) -> int:
+        return len(self._items())
+
+    def __repr__(self) -> str:
+        return f"<tha roots {sorted(self.offsets())}>"
+
+
+def _field_path(field: str) -> list:
+    """'addr.street[3]' -> ['addr', 'street', 3] for ffi.offsetof."""
+    out = []
+    for part in field.replace("]", "").split("."):
+        name, *idx = part.split("[")
+        if name:
+            out.append(name)
+        out.extend(int(i) for i in idx)
+    return out
+

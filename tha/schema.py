@@ -1,0 +1,340 @@
+"""Schema: C struct declarations parsed by cffi, registered with the C core.
+
+cffi computes the layout (the platform C ABI), this module walks it field by
+field and hands each one to ``tha_schema_add_field``; the C side flattens
+pointer slots into relocation tables and fingerprints the result. The reverse
+direction rebuilds declarations from a C schema (a snapshot, a handshake) so
+a process with no application code still gets typed cdata.
+"""
+
+from __future__ import annotations
+
+import cffi
+
+from ._ffi import ffi as _cffi, lib
+from .errors import NotFound, SchemaError, check
+
+# Primitive C type names (as cffi spells them) -> tha primitive ids are
+# decided by size and signedness, so "int", "long" and "int64_t" all map to
+# the fixed-width ids the wire format uses.
+_PRIM_NAMES = {
+    lib.THA_T_CHAR: "char", lib.THA_T_I8: "int8_t", lib.THA_T_U8: "uint8_t",
+    lib.THA_T_I16: "int16_t", lib.THA_T_U16: "uint16_t",
+    lib.THA_T_I32: "int32_t", lib.THA_T_U32: "uint32_t",
+    lib.THA_T_I64: "int64_t", lib.THA_T_U64: "uint64_t",
+    lib.THA_T_F32: "float", lib.THA_T_F64: "double", lib.THA_T_BOOL: "_Bool",
+    lib.THA_T_VOID: "void",
+}
+_INTS = {
+    (1, True): lib.THA_T_I8, (1, False): lib.THA_T_U8,
+    (2, True): lib.THA_T_I16, (2, False): lib.THA_T_U16,
+    (4, True): lib.THA_T_I32, (4, False): lib.THA_T_U32,
+    (8, True): lib.THA_T_I64, (8, False): lib.THA_T_U64,
+}
+
+
+def _prim_id(ffi: cffi.FFI, ctype, where: str) -> int:
+    """tha primitive id of a cffi primitive/enum/void ctype."""
+    if ctype.kind == "void":
+        return lib.THA_T_VOID
+    name = ctype.cname
+    if name == "char":
+        return lib.THA_T_CHAR
+    if name in ("_Bool", "bool"):
+        return lib.THA_T_BOOL
+    if name == "float":
+        return lib.THA_T_F32
+    if name == "double":
+        return lib.THA_T_F64
+    if ctype.kind == "enum" or (ctype.kind == "primitive" and "double" not in name):
+        size = ffi.sizeof(ctype)
+        try:
+            signed = int(ffi.cast(ctype, -1)) < 0
+        except (OverflowError, TypeError):
+            signed = True
+        key = (size, signed)
+        if key in _INTS and name not in ("wchar_t", "char16_t", "char32_t"):
+            return _INTS[key]
+    raise SchemaError(f"{where}: type '{name}' is not supported")
+
+
+def _tag_name(ctype) -> str:
+    """'emp' for 'struct emp'."""
+    return ctype.cname.split(" ", 1)[1]
+
+
+class Schema:
+    """Registered struct layouts.
+
+    ``Schema(cdef)`` parses C declarations (struct/union definitions,
+    typedefs, enums) with cffi. ``functions`` maps names to cffi function
+    pointers for function-pointer fields; names travel, addresses are bound
+    per process (``bind``).
+    """
+
+    def __init__(self, cdef: str, functions: dict | None = None, *, _c=None):
+        if _c is not None:  # adopt a C schema (from a frame or a file)
+            self._c = _c
+            cdef = self._cdef_from_c()
+        self.cdef = cdef
+        self.ffi = cffi.FFI()
+        try:
+            self.ffi.cdef(cdef)
+        except cffi.CDefError as e:
+            raise SchemaError(f"cannot parse declarations: {e}") from None
+        self._type_ids: dict = {}     # cffi ctype -> tha type id
+        self._by_id: dict = {}        # tha type id -> cffi ctype
+        self._funcs: dict = {}        # function address -> name
+        if _c is None:
+            self._c = self._register(functions or {})
+        else:
+            self._index()
+            self._check_regenerated()
+        for name, fn in (functions or {}).items() if _c is not None else ():
+            self.bind(name, fn)
+
+    # -- building the C schema ------------------------------------------------
+
+    def _register(self, functions: dict):
+        out = _cffi.new("tha_schema_t **")
+        check(lib.tha_schema_create(out))
+        c = _cffi.gc(out[0], lib.tha_schema_release)
+        self._c = c
+        _typedefs, structs, unions = self.ffi.list_types()
+        declared = [("struct", n) for n in structs] + [("union", n) for n in unions]
+        for kw, name in declared:
+            ctype = self.ffi.typeof(f"{kw} {name}")
+            if name.startswith("$"):
+                continue  # anonymous: reached through its parent, refused there
+            try:
+                size, align = self.ffi.sizeof(ctype), self.ffi.alignof(ctype)
+            except cffi.FFIError:
+                continue  # declared but never defined: only pointers to it
+            tid = _cffi.new("uint32_t *")
+            self._check(lib.tha_schema_add_struct(
+                c, name.encode(), size, align, kw == "union", tid))
+            self._type_ids[ctype] = tid[0]
+        for ctype, tid in list(self._type_ids.items()):
+            for fname, field in ctype.fields or ():
+                self._add_field(c, ctype, tid, fname, field)
+        for name, fn in functions.items():
+            self._check(lib.tha_schema_add_func(c, name.encode(), _cffi.NULL))
+        self._check(lib.tha_schema_seal(c))
+        for name, fn in functions.items():
+            self.bind(name, fn)
+        self._index()
+        return c
+
+    def _check(self, rc: int) -> int:
+        return check(rc, lambda: lib.tha_schema_errmsg(self._c))
+
+    def _add_field(self, c, owner, owner_id: int, fname: str, field) -> None:
+        where = f"{owner.cname} field {fname}"
+        if not fname:
+            raise SchemaError(f"{owner.cname}: anonymous members are not supported; "
+                              "name the nested struct or union")
+        f = _cffi.new("tha_field_t *")
+        keep = []  # C strings must outlive the call
+
+        def cstr(s: str):
+            buf = _cffi.new("char[]", s.encode())
+            keep.append(buf)
+            return buf
+
+        f.name = cstr(fname)
+        f.offset = field.offset
+        ftype, dims = field.type, []
+        while ftype.kind == "array":
+            if ftype.length is None:
+                raise SchemaError(f"{where}: flexible array member without a count "
+                                  "cannot be mirrored; give it a fixed size")
+            dims.append(ftype.length)
+            ftype = ftype.item
+        if len(dims) > lib.THA_MAX_DIMS:
+            raise SchemaError(f"{where}: more than {lib.THA_MAX_DIMS} array dimensions")
+        for i, d in enumerate(dims):
+            f.dims[i] = d
+        if field.bitsize not in (-1, None) and field.bitshift not in (-1, None):
+            f.kind = lib.THA_K_BITS
+            f.prim = _prim_id(self.ffi, ftype, where)
+            f.bits[0], f.bits[1] = field.bitshift, field.bitsize
+        elif ftype.kind in ("struct", "union"):
+            if ftype.cname.split(" ", 1)[1].startswith("$"):
+                raise SchemaError(f"{where}: anonymous {ftype.kind} members are not "
+                                  "supported; give the nested type a name")
+            f.kind = lib.THA_K_STRUCT
+            f.target = cstr(_tag_name(ftype))
+        elif ftype.kind == "function":
+            f.kind = lib.THA_K_FUNC
+            f.sig = cstr(ftype.cname)
+        elif ftype.kind == "pointer":
+            item = ftype.item
+            f.kind = lib.THA_K_PTR
+            if item.kind in ("struct", "union"):
+                f.target = cstr(_tag_name(item))
+            elif item.kind in ("primitive", "void", "enum"):
+                f.target = cstr(_PRIM_NAMES[_prim_id(self.ffi, item, where)]
+                                .replace("_Bool", "bool"))
+            else:
+                raise SchemaError(f"{where}: pointer to {item.cname} is not supported "
+                                  "(pointers may target structs, unions or "
+                                  "primitives)")
+        else:
+            f.kind = lib.THA_K_SCALAR
+            f.prim = _prim_id(self.ffi, ftype, where)
+        self._check(lib.tha_schema_add_field(c, owner_id, f))
+
+    def _index(self) -> None:
+        """Maps cffi ctypes to C type ids, and bound function addresses."""
+        n = lib.tha_schema_type_count(self._c)
+        info = _cffi.new("tha_type_info_t *")
+        for tid in range(1, n):
+            if lib.tha_schema_type_info(self._c, tid, info) != 0:
+                continue
+            name = _cffi.string(info.name).decode()
+            if info.is_prim:
+                if tid == lib.THA_T_VOID:
+                    continue
+                ctype = self.ffi.typeof(_PRIM_NAMES[tid])
+            else:
+                kw = "union" if info.is_union else "struct"
+                ctype = self.ffi.typeof(f"{kw} {name}")
+            self._type_ids[ctype] = tid
+            self._by_id[tid] = ctype
+        # C spellings of the same primitives ("int", "unsigned long", ...)
+        for cname in ("int", "unsigned int", "long", "unsigned long", "short",
+                      "unsigned short", "long long", "unsigned long long",
+                      "signed char", "unsigned char", "size_t", "ssize_t",
+                      "intptr_t", "uintptr_t", "bool"):
+            ctype = self.ffi.typeof(cname)
+            self._type_ids.setdefault(ctype, _prim_id(self.ffi, ctype, cname))
+
+    # -- rebuilding declarations from a C schema -----------------------------
+
+    def _cdef_from_c(self) -> str:
+        c = self._c
+        info = _cffi.new("tha_type_info_t *")
+        f = _cffi.new("tha_field_t *")
+        kinds, decls = {}, []
+        for tid in range(lib.THA_T_FIRST_USER, lib.tha_schema_type_count(c)):
+            if lib.tha_schema_type_info(c, tid, info) == 0:
+                kinds[_cffi.string(info.name).decode()] = (
+                    "union" if info.is_union else "struct")
+
+        def s(p) -> str:
+            return _cffi.string(p).decode() if p != _cffi.NULL else ""
+
+        for tid in range(lib.THA_T_FIRST_USER, lib.tha_schema_type_count(c)):
+            if lib.tha_schema_type_info(c, tid, info) != 0:
+                continue
+            name = s(info.name)
+            lines = []
+            for i in range(info.nfields):
+                check(lib.tha_schema_field_info(c, tid, i, f))
+                fname = s(f.name)
+                dims = "".join(f"[{d}]" for d in f.dims if d)
+                target = s(f.target)
+                if f.kind == lib.THA_K_SCALAR:
+                    lines.append(f"{_PRIM_NAMES[f.prim]} {fname}{dims};")
+                elif f.kind == lib.THA_K_BITS:
+                    lines.append(f"{_PRIM_NAMES[f.prim]} {fname} : {f.bits[1]};")
+                elif f.kind == lib.THA_K_STRUCT:
+                    lines.append(f"{kinds[target]} {target} {fname}{dims};")
+                elif f.kind == lib.THA_K_PTR:
+                    base = (f"{kinds[target]} {target}" if target in kinds
+                            else target.replace("bool", "_Bool"))
+                    lines.append(f"{base} *{fname}{dims};")
+                elif f.kind == lib.THA_K_FUNC:
+                    sig = s(f.sig) or "void(*)(void)"
+                    lines.append(sig.replace("(*)", f"(*{fname}{dims})", 1) + ";")
+            decls.append(f"{kinds[name]} {name} {{ " + " ".join(lines) + " };")
+        return "\n".join(decls)
+
+    def _check_regenerated(self) -> None:
+        """The declarations rebuilt from a C schema must lay out the same."""
+        again = Schema(self.cdef, _functions_declared(self._c))
+        msg = _cffi.new("char[256]")
+        rc = lib.tha_schema_compare(self._c, again._c, msg, 256)
+        if rc:
+            raise SchemaError("this platform lays the carried schema out "
+                              f"differently: {_cffi.string(msg).decode()}")
+
+    # -- public --------------------------------------------------------------
+
+    @property
+    def fingerprint(self) -> int:
+        return lib.tha_schema_fingerprint(self._c)
+
+    def to_bytes(self) -> bytes:
+        n = _cffi.new("size_t *")
+        self._check(lib.tha_schema_serialize(self._c, _cffi.NULL, 0, n))
+        buf = _cffi.new("char[]", n[0])
+        self._check(lib.tha_schema_serialize(self._c, buf, n[0], n))
+        return _cffi.buffer(buf, n[0])[:]
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Schema":
+        out = _cffi.new("tha_schema_t **")
+        msg = _cffi.new("char[256]")
+        check(lib.tha_schema_deserialize(data, len(data), out, msg, 256),
+              lambda: msg)
+        return cls("", _c=_cffi.gc(out[0], lib.tha_schema_release))
+
+    def compare(self, other: "Schema") -> str | None:
+        """None if the layouts match, else the first difference."""
+        msg = _cffi.new("char[256]")
+        if lib.tha_schema_compare(self._c, other._c, msg, 256) == 0:
+            return None
+        return _cffi.string(msg).decode()
+
+    def bind(self, name: str, fn) -> None:
+        """Binds a declared function name to a cffi function pointer."""
+        addr = int(self.ffi.cast("uintptr_t", fn)) if not isinstance(fn, int) else fn
+        self._check(lib.tha_schema_bind_func(self._c, name.encode(),
+                                             _cffi.cast("void(*)(void)", addr)))
+        self._funcs[addr] = name
+
+    def function_name(self, addr: int) -> str | None:
+        return self._funcs.get(addr)
+
+    def type_id(self, ctype) -> int:
+        """tha type id of a cffi ctype or type name ('struct emp', 'emp')."""
+        if isinstance(ctype, str):
+            ctype = self.ctype(ctype)
+        try:
+            return self._type_ids[ctype]
+        except KeyError:
+            raise NotFound(f"type '{ctype.cname}' is not in this schema") from None
+
+    def ctype(self, name: str):
+        try:
+            return self.ffi.typeof(name)
+        except (cffi.FFIError, cffi.CDefError, TypeError):
+            pass
+        for kw in ("struct", "union"):
+            try:
+                return self.ffi.typeof(f"{kw} {name}")
+            except (cffi.FFIError, cffi.CDefError, TypeError):
+                pass
+        raise NotFound(f"type '{name}' is not in this schema")
+
+    def ctype_of(self, type_id: int):
+        return self._by_id[type_id]
+
+    def type_names(self) -> list:
+        return [t.cname for tid, t in sorted(self._by_id.items())
+                if tid >= lib.THA_T_FIRST_USER]
+
+    def __repr__(self) -> str:
+        return f"<tha.Schema {len(self.type_names())} types fp={self.fingerprint:016x}>"
+
+
+def _functions_declared(c) -> dict:
+    """Declared function names of a C schema with their bound addresses."""
+    out = {}
+    name = _cffi.new("const char **")
+    fn = _cffi.new("void (**)(void)")
+    for i in range(lib.tha_schema_func_count(c)):
+        check(lib.tha_schema_func_info(c, i, name, fn))
+        out[_cffi.string(name[0]).decode()] = int(_cffi.cast("uintptr_t", fn[0]))
+    return out
