@@ -6,7 +6,7 @@ ships them as frames (``snapshot()``, ``delta()``) that another heap
 """
 
 from ._ffi import ffi as _ffi, lib as _lib
-from .errors import (CapacityError, ChecksumError, Error, FrameError,
+from .errors import (CapacityError, ChecksumError, CorruptHeap, Error, FrameError,
                      InvalidPointer, NotFound, OSFailure, SchemaError,
                      SchemaMismatch, SequenceError, StaleEpoch, StateError)
 from .heap import Heap, Roots
@@ -16,6 +16,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Heap", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
+    "CorruptHeap",
     "FrameError", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
     "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError",
     "__version__",

@@ -15,7 +15,7 @@ enum tha_error {
     THA_EINVAL, THA_ENOMEM, THA_ECAPACITY, THA_ENOTLIVE, THA_EFOREIGN,
     THA_ESCHEMA, THA_EMISMATCH, THA_EFRAME, THA_ECHECKSUM, THA_ESEQ,
     THA_ERANGE, THA_ENOTFOUND, THA_ETOOSMALL, THA_EVERSION, THA_EFULL,
-    THA_ESTATE, THA_ESTALE, THA_OK, ...
+    THA_ESTATE, THA_ESTALE, THA_ECORRUPT, THA_OK, ...
 };
 
 const char *tha_strerror(int code);
@@ -138,6 +138,7 @@ typedef struct tha_stats {
 } tha_stats_t;
 
 int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
+int tha_heap_check(tha_heap_t *h);
 
 /* ---- frames ---- */
 enum tha_frame_kind { THA_FRAME_SNAPSHOT, THA_FRAME_DELTA, ... };

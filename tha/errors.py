@@ -64,6 +64,10 @@ class StateError(Error, RuntimeError):
     """The call is not allowed in the object's current state."""
 
 
+class CorruptHeap(Error, ValueError):
+    """tha_heap_check found a broken invariant; the message names it."""
+
+
 class OSFailure(Error, OSError):
     """The operating system refused (mmap, mprotect, ...)."""
 
@@ -86,6 +90,7 @@ _BY_CODE = {
     lib.THA_EFULL: StateError,
     lib.THA_ESTATE: StateError,
     lib.THA_ESTALE: StaleEpoch,
+    lib.THA_ECORRUPT: CorruptHeap,
 }
 
 

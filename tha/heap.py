@@ -215,6 +215,12 @@ class Heap:
         with self._lock:
             return dump_heap(self)
 
+    def check(self) -> None:
+        """Verifies every allocator invariant and pointer of the image;
+        raises CorruptHeap naming the first problem."""
+        with self._lock:
+            self._check(lib.tha_heap_check(self._h))
+
     def stats(self) -> dict:
         st = _cffi.new("tha_stats_t *")
         with self._lock:

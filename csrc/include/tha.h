@@ -59,7 +59,8 @@ extern "C" {
     X(THA_EVERSION, -30014, "unsupported format version")                     \
     X(THA_EFULL, -30015, "table full")                                        \
     X(THA_ESTATE, -30016, "operation not allowed in this state")              \
-    X(THA_ESTALE, -30017, "frame from an older epoch")
+    X(THA_ESTALE, -30017, "frame from an older epoch")                        \
+    X(THA_ECORRUPT, -30018, "heap image is inconsistent")
 
 enum tha_error {
 #define THA__ENUM(name, value, msg) name = value,
@@ -261,6 +262,12 @@ typedef struct tha_stats {
 } tha_stats_t;
 
 THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
+
+/* Walks the whole heap and verifies every allocator invariant, the pointer
+ * map and that every pointer slot holds NULL, an address in the image or a
+ * registered function. 0, or THA_ECORRUPT with the first problem in
+ * tha_heap_errmsg. Read-only; O(image size). */
+THA_API int tha_heap_check(tha_heap_t *h);
 
 /* ---- frames ------------------------------------------------------------ */
 

@@ -179,6 +179,7 @@ static void test_reuse_after_full(void) {
         free(ptrs);
     }
     CHECK(rounds[0] > 10 && rounds[1] >= rounds[0] - 2);
+    CHECK_OK(tha_heap_check(h));
     tha_stats_t st;
     CHECK_OK(tha_heap_stats(h, &st));
     CHECK(st.live_objects == 0 && st.live_bytes == 0);
@@ -254,6 +255,12 @@ static void test_mirror_random(void) {
         case 5:
             CHECK_OK(ship(a, b, THA_FRAME_DELTA));
             CHECK(mirrors(a, b));
+            CHECK_OK(tha_heap_check(b));
+            break;
+        }
+        if (tha_heap_check(a)) {
+            fprintf(stderr, "step %d: %s\n", step, tha_heap_errmsg(a));
+            CHECK(0);
             break;
         }
         /* references to freed objects are not followed by mirrors() */
