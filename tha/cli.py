@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, demo
+from . import __version__, bench, demo
 
 
 def main(argv=None) -> int:
@@ -15,12 +15,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
-    try:
-        from . import bench
-    except ImportError:  # being written in this development step
-        bench = None
-    if bench is not None:
-        bench.add_parser(sub)
+    bench.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args) or 0
 

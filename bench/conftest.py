@@ -1,0 +1,55 @@
+"""Fixtures for the codec benchmarks: one 1M-emp graph per session (built in
+tha.bench, ~2 s), and a summary of same-run ratios at the end.
+
+Run apart from the tests:  .venv/bin/python -m pytest bench -q
+THA_BENCH_OBJECTS / THA_BENCH_DIRTY / THA_BENCH_ROUNDS override the size,
+the dirty percentage and the rounds per benchmark.
+"""
+
+import os
+
+import pytest
+
+from tha import bench
+
+RESULTS = {}  # benchmark name -> list of seconds per round
+
+
+@pytest.fixture(scope="session")
+def graph():
+    return bench.Graph(int(os.environ.get("THA_BENCH_OBJECTS", 1_000_000)),
+                       float(os.environ.get("THA_BENCH_DIRTY", 1.0)))
+
+
+@pytest.fixture(scope="session")
+def rounds():
+    return int(os.environ.get("THA_BENCH_ROUNDS", 15))
+
+
+@pytest.fixture
+def record(request):
+    """Stores a finished benchmark's raw timings under `name` (and facts
+    about the graph for the summary)."""
+    def _record(name, benchmark, **graph_info):
+        RESULTS[name] = list(benchmark.stats.stats.data)
+        RESULTS.setdefault("_graph", {}).update(graph_info)
+    return _record
+
+
+def pytest_terminal_summary(terminalreporter):
+    need = ("memcpy", "snapshot_encode", "snapshot_apply", "delta_encode", "delta_apply")
+    if not all(k in RESULTS for k in need):
+        return
+    g = RESULTS.get("_graph", {})
+    summary = bench.summarize({k: v for k, v in RESULTS.items() if not k.startswith("_")},
+                              g.get("snapshot_bytes", 1), g.get("delta_bytes", 1))
+    info = {"objects": g.get("objects", 0), "dirty_pct": g.get("dirty_pct", 0),
+            "repeat": len(RESULTS["memcpy"]), "snapshot_bytes": g.get("snapshot_bytes", 0),
+            "delta_bytes": g.get("delta_bytes", 0), "machine": bench.machine()}
+
+    class _Out:
+        def write(self, s):
+            terminalreporter.write(s)
+
+    terminalreporter.section("tha codec: ratios against memcpy, same run")
+    bench.report(summary, info, out=_Out())
