@@ -15,7 +15,8 @@ enum tha_error {
     THA_EINVAL, THA_ENOMEM, THA_ECAPACITY, THA_ENOTLIVE, THA_EFOREIGN,
     THA_ESCHEMA, THA_EMISMATCH, THA_EFRAME, THA_ECHECKSUM, THA_ESEQ,
     THA_ERANGE, THA_ENOTFOUND, THA_ETOOSMALL, THA_EVERSION, THA_EFULL,
-    THA_ESTATE, THA_ESTALE, THA_ECORRUPT, THA_OK, ...
+    THA_ESTATE, THA_ESTALE, THA_ECORRUPT, THA_EPROTO, THA_EAUTH,
+    THA_EFENCED, THA_ECLOSED, THA_OK, ...
 };
 
 const char *tha_strerror(int code);
@@ -169,3 +170,81 @@ int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
                      char *msg, size_t msgcap);
 
 uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);
+
+int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch);
+uint64_t tha_heap_epoch_start(const tha_heap_t *h);
+
+/* ---- replication session ---- */
+typedef ... tha_session_t;
+typedef ... tha_backlog_t;
+
+#define THA_PROTOCOL_VERSION ...
+#define THA_MAC_SIZE ...
+
+enum tha_role { THA_ROLE_ACTIVE, THA_ROLE_STANDBY, ... };
+enum tha_ack { THA_ACK_NONE, THA_ACK_RECEIVED, THA_ACK_APPLIED, THA_ACK_PERSISTED, ... };
+
+typedef void (*tha_mac_fn)(void *ctx, const void *data, size_t len, uint8_t *out);
+
+typedef struct tha_session_config {
+    int role;
+    uint64_t node_id;
+    tha_mac_fn mac;
+    void *mac_ctx;
+    uint64_t heartbeat_ms;
+    uint64_t timeout_ms;
+    uint32_t chunk_bytes;
+    uint64_t max_message;
+} tha_session_config_t;
+
+enum tha_event_type {
+    THA_EV_READY, THA_EV_BULK_BEGIN, THA_EV_BULK_PROGRESS, THA_EV_BULK_DONE,
+    THA_EV_APPLIED, THA_EV_ACK, THA_EV_FENCED, THA_EV_REFUSED, THA_EV_ERROR,
+    THA_EV_TIMEOUT, THA_EV_HEARTBEAT, ...
+};
+
+typedef struct tha_event {
+    int type;
+    int code;
+    uint64_t seq;
+    uint64_t epoch;
+    uint64_t a, b;
+    char msg[256];
+} tha_event_t;
+
+typedef struct tha_session_status {
+    int role;
+    int state;
+    uint64_t peer_node;
+    uint64_t peer_seq;
+    uint64_t sent_seq;
+    uint64_t acked[4];
+    uint64_t bytes_in, bytes_out;
+    uint64_t bulk_done, bulk_total;
+    uint64_t last_heard_ms;
+} tha_session_status_t;
+
+int tha_backlog_create(tha_backlog_t **out, uint64_t max_bytes);
+void tha_backlog_destroy(tha_backlog_t *b);
+int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len);
+int tha_backlog_range(const tha_backlog_t *b, uint64_t *first_seq,
+                      uint64_t *last_seq, uint64_t *bytes);
+int tha_session_create(tha_session_t **out, const tha_session_config_t *cfg,
+                       tha_heap_t *heap, tha_backlog_t *backlog);
+void tha_session_destroy(tha_session_t *s);
+const char *tha_session_errmsg(const tha_session_t *s);
+int tha_session_start(tha_session_t *s, uint64_t now_ms);
+int tha_session_feed(tha_session_t *s, const void *data, size_t len,
+                     uint64_t now_ms);
+int tha_session_output(tha_session_t *s, const void **data, size_t *len);
+int tha_session_advance(tha_session_t *s, size_t n);
+int tha_session_tick(tha_session_t *s, uint64_t now_ms);
+int tha_session_pump(tha_session_t *s, int ack);
+int tha_session_event(tha_session_t *s, tha_event_t *ev);
+tha_heap_t *tha_session_take_heap(tha_session_t *s);
+int tha_session_fence(tha_session_t *s, uint64_t epoch);
+int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
+
+/* the driver's HMAC, implemented in Python (tha/replication.py) */
+extern "Python" void tha_py_mac(void *ctx, const void *data, size_t len,
+                                uint8_t *out);

@@ -29,7 +29,7 @@ class Heap:
             raise Error(f"tracking must be one of {sorted(_TRACKING)}, "
                         f"not {tracking!r}")
         self.schema = schema
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # replication drivers re-enter it
         out = _cffi.new("tha_heap_t **")
         check(lib.tha_heap_create(out, schema._c, capacity, _TRACKING[tracking]))
         self._h = _cffi.gc(out[0], lib.tha_heap_destroy)
@@ -37,14 +37,37 @@ class Heap:
         self.roots = Roots(self)
 
     @classmethod
-    def from_snapshot(cls, frame, capacity: int | None = None) -> "Heap":
-        """A new heap holding a snapshot frame; the schema comes from the frame."""
+    def _adopt(cls, heap_c, lock, functions=None) -> "Heap":
+        """Wraps a C heap made elsewhere (a bulk sync); the wrapper owns it
+        and uses ``lock``. Its schema comes from the heap itself."""
+        size = _cffi.new("size_t *")
+        c_schema = lib.tha_heap_schema(heap_c)
+        check(lib.tha_schema_serialize(c_schema, _cffi.NULL, 0, size))
+        buf = _cffi.new("char[]", size[0])
+        check(lib.tha_schema_serialize(c_schema, buf, size[0], size))
+        schema = Schema.from_bytes(_cffi.buffer(buf, size[0])[:])
+        for name, fn in (functions or {}).items():
+            schema.bind(name, fn)
+        heap = cls.__new__(cls)
+        heap.schema = schema
+        heap._lock = lock
+        heap._h = _cffi.gc(heap_c, lib.tha_heap_destroy)
+        heap._base = int(_cffi.cast("uintptr_t", lib.tha_heap_base(heap._h)))
+        heap.roots = Roots(heap)
+        return heap
+
+    @classmethod
+    def from_snapshot(cls, frame, capacity: int | None = None,
+                      functions: dict | None = None) -> "Heap":
+        """A new heap holding a snapshot frame; the schema comes from the frame.
+        ``functions`` binds the frame's function names in this process (a
+        function-pointer field that holds one cannot be applied unbound)."""
         buf = _cffi.from_buffer(frame)
         info = _cffi.new("tha_frame_info_t *")
         msg = _cffi.new("char[256]")
         out = _cffi.new("tha_schema_t **")
         check(lib.tha_frame_schema(buf, len(buf), out, msg, 256), lambda: msg)
-        schema = Schema("", _c=_cffi.gc(out[0], lib.tha_schema_release))
+        schema = Schema("", functions, _c=_cffi.gc(out[0], lib.tha_schema_release))
         check(lib.tha_frame_info(buf, len(buf), info))
         heap = cls(schema, capacity or info.capacity)
         heap.apply(frame)
@@ -128,10 +151,7 @@ class Heap:
         ffi = self.schema.ffi
         with self._lock:
             if field is not None:
-                item = ffi.typeof(p).item
-                off = ffi.offsetof(item, *_field_path(field))
-                size = ffi.sizeof(ffi.typeof(ffi.addressof(p[0], *_field_path(field)))
-                                  .item)
+                off, size = _field_span(ffi, p, field)
                 rc = lib.tha_heap_touch(self._h, _cffi.cast("void *", addr + off), size)
             else:
                 obj = self._lookup(addr)
@@ -293,6 +313,26 @@ class Roots(MutableMapping):
 
     def __repr__(self) -> str:
         return f"<tha roots {sorted(self.offsets())}>"
+
+
+def _field_span(ffi, p, field: str):
+    """(offset, bytes) of ``field`` in the struct ``p`` points to; a bitfield
+    spans its whole storage unit (cffi cannot take its address)."""
+    path = _field_path(field)
+    try:
+        try:
+            return (ffi.offsetof(ffi.typeof(p).item, *path),
+                    ffi.sizeof(ffi.typeof(ffi.addressof(p[0], *path)).item))
+        except TypeError:
+            if not path or not isinstance(path[-1], str):
+                raise
+            owner = ffi.typeof(p).item if len(path) == 1 else \
+                ffi.typeof(ffi.addressof(p[0], *path[:-1])).item
+            bits = dict(owner.fields or ())[path[-1]]
+            base = ffi.offsetof(ffi.typeof(p).item, *path[:-1]) if len(path) > 1 else 0
+            return base + bits.offset, ffi.sizeof(bits.type)
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError):
+        raise NotFound(f"touch: {ffi.typeof(p).cname} has no field {field!r}") from None
 
 
 def _field_path(field: str) -> list:

@@ -60,7 +60,11 @@ extern "C" {
     X(THA_EFULL, -30015, "table full")                                        \
     X(THA_ESTATE, -30016, "operation not allowed in this state")              \
     X(THA_ESTALE, -30017, "frame from an older epoch")                        \
-    X(THA_ECORRUPT, -30018, "heap image is inconsistent")
+    X(THA_ECORRUPT, -30018, "heap image is inconsistent")                    \
+    X(THA_EPROTO, -30019, "protocol violation")                               \
+    X(THA_EAUTH, -30020, "authentication failed")                             \
+    X(THA_EFENCED, -30021, "fenced: a newer epoch exists")                    \
+    X(THA_ECLOSED, -30022, "session closed")
 
 enum tha_error {
 #define THA__ENUM(name, value, msg) name = value,
@@ -309,6 +313,140 @@ THA_API int tha_frame_info(const void *frame, size_t len, tha_frame_info_t *out)
 /* The schema a snapshot carries (a new sealed schema; release it). */
 THA_API int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
                              char *msg, size_t msgcap);
+
+/* Raises the heap's epoch (frames it encodes carry it; frames from older
+ * epochs are refused with THA_ESTALE). Records the current seq as the point
+ * where the epoch began. epoch must be greater than the current one. */
+THA_API int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch);
+THA_API uint64_t tha_heap_epoch_start(const tha_heap_t *h);
+
+/* ---- replication session (sans-I/O) ----------------------------------- */
+
+/* One end of one active<->standby connection: bytes in (tha_session_feed),
+ * bytes out (tha_session_output/advance), events out (tha_session_event),
+ * time in (tha_session_tick). No sockets, no threads, no clock of its own.
+ * The standby end applies frames to its heap itself; the active end streams
+ * its heap for bulk sync and its backlog of deltas.
+ *
+ * Wire: messages of a 20-byte header (magic "THAM", type, flags, payload
+ * length, payload CRC32C, header CRC32C) and a payload; tha frames travel
+ * inside them unchanged. See docs/protocol.md.
+ *
+ * Threads: a session, its heap and its backlog are used under one lock
+ * held by the driver. */
+
+typedef struct tha_session tha_session_t;
+typedef struct tha_backlog tha_backlog_t;
+
+#define THA_PROTOCOL_VERSION 1
+#define THA_MAC_SIZE 32
+
+enum tha_role { THA_ROLE_ACTIVE = 1, THA_ROLE_STANDBY = 2 };
+/* How far a standby has a frame: also the level an active waits for. */
+enum tha_ack {
+    THA_ACK_NONE = 0,     /* queued for sending */
+    THA_ACK_RECEIVED = 1, /* in the standby's memory, not yet applied */
+    THA_ACK_APPLIED = 2,  /* applied to the standby's live heap */
+    THA_ACK_PERSISTED = 3 /* in the standby's fsync'd log (durability issue) */
+};
+
+/* HMAC-SHA256 of data with the shared secret, computed by the driver. */
+typedef void (*tha_mac_fn)(void *ctx, const void *data, size_t len,
+                           uint8_t out[THA_MAC_SIZE]);
+
+typedef struct tha_session_config {
+    int role;                 /* enum tha_role */
+    uint64_t node_id;         /* any number naming this node in messages */
+    tha_mac_fn mac;           /* NULL: no authentication (peer must agree) */
+    void *mac_ctx;
+    uint64_t heartbeat_ms;    /* send a heartbeat after this much silence; 0 = 200 */
+    uint64_t timeout_ms;      /* peer silent this long: THA_EV_TIMEOUT; 0 = 2000 */
+    uint32_t chunk_bytes;     /* bulk sync message size; 0 = 1 MiB */
+    uint64_t max_message;     /* refuse larger messages; 0 = 4 GiB - 1 */
+} tha_session_config_t;
+
+enum tha_event_type {
+    THA_EV_READY = 1,    /* handshake done. active: a = standby's applied seq,
+                            b = 1 if resuming from the backlog, 0 if bulk */
+    THA_EV_BULK_BEGIN,   /* standby: bulk sync started; a = image bytes */
+    THA_EV_BULK_PROGRESS,/* both: a = bytes so far, b = image bytes */
+    THA_EV_BULK_DONE,    /* standby: a new heap is live at seq (take it with
+                            tha_session_take_heap); active: stream sent */
+    THA_EV_APPLIED,      /* standby: frame seq applied to the live heap */
+    THA_EV_ACK,          /* active: standby has seq at level a (enum tha_ack) */
+    THA_EV_FENCED,       /* the peer knows a newer epoch (epoch); an active
+                            must stop: a newer active exists */
+    THA_EV_REFUSED,      /* the peer refused the connection: code, msg */
+    THA_EV_ERROR,        /* the peer broke the protocol or a frame failed:
+                            code, msg; the connection must be closed */
+    THA_EV_TIMEOUT,      /* nothing from the peer for timeout_ms */
+    THA_EV_HEARTBEAT     /* peer alive: a = its seq (active: last encoded) */
+};
+
+typedef struct tha_event {
+    int type;            /* enum tha_event_type */
+    int code;            /* THA_E* for REFUSED / ERROR */
+    uint64_t seq;
+    uint64_t epoch;
+    uint64_t a, b;
+    char msg[256];
+} tha_event_t;
+
+typedef struct tha_session_status {
+    int role;
+    int state;           /* 0 handshake, 1 bulk, 2 catching up, 3 streaming,
+                            4 closed */
+    uint64_t peer_node;
+    uint64_t peer_seq;   /* last seq the peer reported */
+    uint64_t sent_seq;   /* active: last frame queued to this peer */
+    uint64_t acked[4];   /* active: highest seq acked per enum tha_ack */
+    uint64_t bytes_in, bytes_out;
+    uint64_t bulk_done, bulk_total; /* bytes of the current bulk sync */
+    uint64_t last_heard_ms;
+} tha_session_status_t;
+
+/* A bounded, shared list of the newest delta frames (for resume). Frames
+ * are copied in; the oldest are dropped past max_bytes. */
+THA_API int tha_backlog_create(tha_backlog_t **out, uint64_t max_bytes);
+THA_API void tha_backlog_destroy(tha_backlog_t *b);
+/* frame must be a delta of the backlog's heap, next in sequence. */
+THA_API int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len);
+THA_API int tha_backlog_range(const tha_backlog_t *b, uint64_t *first_seq,
+                              uint64_t *last_seq, uint64_t *bytes);
+
+/* heap: active: the heap it replicates; standby: its current heap or NULL
+ * (a new standby gets one by bulk sync). backlog: active only. Neither is
+ * owned; both must outlive the session, except a standby heap replaced by
+ * bulk sync (see tha_session_take_heap). */
+THA_API int tha_session_create(tha_session_t **out, const tha_session_config_t *cfg,
+                               tha_heap_t *heap, tha_backlog_t *backlog);
+THA_API void tha_session_destroy(tha_session_t *s);
+THA_API const char *tha_session_errmsg(const tha_session_t *s);
+/* Queues the opening message. Call once, right after connecting. */
+THA_API int tha_session_start(tha_session_t *s, uint64_t now_ms);
+/* Consumes len bytes from the peer (any split). A protocol violation is a
+ * THA_EV_ERROR event and a negative return; the session is then closed. */
+THA_API int tha_session_feed(tha_session_t *s, const void *data, size_t len,
+                             uint64_t now_ms);
+/* The next bytes to send (*len 0: nothing now). Valid until the next call
+ * on s; tell the session how much went out with tha_session_advance. */
+THA_API int tha_session_output(tha_session_t *s, const void **data, size_t *len);
+THA_API int tha_session_advance(tha_session_t *s, size_t n);
+/* Heartbeats and timeouts. */
+THA_API int tha_session_tick(tha_session_t *s, uint64_t now_ms);
+/* Active: queue the frames pushed to the backlog since the last call.
+ * ack: the level the standby should acknowledge them at. */
+THA_API int tha_session_pump(tha_session_t *s, int ack);
+/* 1 and fills ev while events are pending, 0 when none. */
+THA_API int tha_session_event(tha_session_t *s, tha_event_t *ev);
+/* Standby: the live heap (changes when a bulk sync completes). After
+ * THA_EV_BULK_DONE the caller takes ownership of the new heap with this
+ * call; the session keeps using it until destroyed. */
+THA_API tha_heap_t *tha_session_take_heap(tha_session_t *s);
+/* Refuses the peer (standby: the active after a promotion) with a fencing
+ * message carrying the epoch, then closes. */
+THA_API int tha_session_fence(tha_session_t *s, uint64_t epoch);
+THA_API int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
 
 /* CRC32C (Castagnoli), hardware-accelerated where the CPU has it. */
 THA_API uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);

@@ -666,3 +666,16 @@ int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out) {
     out->tracking = h->tracking;
     return 0;
 }
+
+/* ---- epochs ----------------------------------------------------------- */
+
+int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch) {
+    if (epoch <= h->epoch)
+        return tha__hfail(h, THA_EINVAL, "epoch %llu is not newer than the heap's %llu",
+                          (unsigned long long)epoch, (unsigned long long)h->epoch);
+    h->epoch = epoch;
+    h->epoch_start = h->seq;
+    return 0;
+}
+
+uint64_t tha_heap_epoch_start(const tha_heap_t *h) { return h->epoch_start; }

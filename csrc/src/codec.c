@@ -4,8 +4,15 @@
  * copies blocks and rewrites pointer words to region offsets (function
  * pointers to registry ids); apply verifies everything first — checksums,
  * identity, sequence, every run and pointer word — and only then copies and
- * rebases. Data is processed in chunks that stay in cache between the copy,
- * the pointer pass and the checksum.
+ * rebases.
+ * Speed: a "big" run (a snapshot's image, a long dirty stretch) goes through
+ * fused kernels that touch each byte once per pass while it is in registers:
+ * copy + pointer rewrite + CRC on encode, CRC + pointer check on verify,
+ * copy + rebase on apply, with the CRC split over three interleaved streams
+ * (thirds of the run, combined by tha__crc32c_shift) and non-temporal stores
+ * past the cache size. "Small" runs (a delta's scattered blocks) are copied
+ * and rewritten one by one and their bytes checksummed later in batches, so
+ * no run waits for the CRC's latency chain.
  * Byte order: little-endian hosts only (checked at compile time).
  */
 #include "tha_internal.h"
@@ -14,17 +21,62 @@
 #include <stdio.h>
 #include <sys/mman.h>
 
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define FAST_X86 1
+#endif
+
 _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
                "the frame format is little-endian; big-endian hosts need byte swaps");
 
-#define CHUNK_BLOCKS 1024u /* 64 KiB of data per pass */
+#define CHUNK_BLOCKS 1024u    /* portable path: 64 KiB of data per pass */
+#define BIG_BLOCKS 2048u      /* runs of >= 128 KiB take the fused kernels */
+#define NT_BLOCKS 16384u      /* runs of >= 1 MiB are stored non-temporally */
+#define CRC_BATCH (128u << 10) /* small runs: checksum every 128 KiB written */
+
+/* 1 when the CPU has the CRC32C instruction (SSE4.2): fused kernels. */
+static int fast;
+__attribute__((constructor)) static void codec_ctor(void) {
+#ifdef FAST_X86
+    __builtin_cpu_init();
+    fast = __builtin_cpu_supports("sse4.2");
+#endif
+}
 
 static uint64_t run_bytes(uint64_t nblocks) {
     return sizeof(tha__run_t) + tha__align_up(nblocks, 8) + nblocks * THA__BLOCK;
 }
 
 static const char *kind_name(int kind) {
-    return kind == THA_FRAME_SNAPSHOT ? "snapshot" : "delta";
+    return kind == THA_FRAME_SNAPSHOT ? "snapshot"
+           : kind == THA__FRAME_SEGMENT ? "segment" : "delta";
+}
+
+/* Next run of dirty blocks at or after *pos and below limit: 1 with its
+ * first block and length, 0 when there is none. Word at a time; a run may
+ * cross words. */
+static inline int next_run(const uint64_t *bits, uint64_t limit, uint64_t *pos,
+                           uint64_t *start, uint64_t *n) {
+    uint64_t b = *pos;
+    while (b < limit) {
+        uint64_t wi = b >> 6, w = bits[wi] & (~0ull << (b & 63));
+        if (!w) {
+            b = (wi + 1) << 6;
+            continue;
+        }
+        uint64_t s = (wi << 6) + (uint64_t)__builtin_ctzll(w);
+        if (s >= limit) break;
+        uint64_t inv = ~bits[wi] & (~0ull << (s & 63)), e;
+        while (!inv && ((wi + 1) << 6) < limit) inv = ~bits[++wi];
+        e = inv ? (wi << 6) + (uint64_t)__builtin_ctzll(inv) : limit;
+        if (e > limit) e = limit;
+        *start = s;
+        *n = e - s;
+        *pos = e;
+        return 1;
+    }
+    *pos = limit;
+    return 0;
 }
 
 int tha_heap_frame_size(const tha_heap_t *h, int kind, size_t *size) {
@@ -36,11 +88,8 @@ int tha_heap_frame_size(const tha_heap_t *h, int kind, size_t *size) {
         if (rc) return rc;
         n += tha__align_up(slen, 8) + run_bytes(top_blocks);
     } else if (kind == THA_FRAME_DELTA) {
-        uint64_t b = 0, len;
-        while ((b = tha__next_dirty_run(h, b, top_blocks, &len)) < top_blocks) {
-            n += run_bytes(len);
-            b += len;
-        }
+        uint64_t pos = 0, b, len;
+        while (next_run(h->dirty, top_blocks, &pos, &b, &len)) n += run_bytes(len);
     } else {
         return THA_EINVAL;
     }
@@ -64,6 +113,17 @@ static int foreign(tha_heap_t *h, int kind, uint64_t off, uint64_t value) {
                 kind_name(kind), (unsigned long long)off, where, (void *)value);
 }
 
+/* A pointer word that is neither NULL nor in the heap: a registered
+ * function becomes its tagged id, anything else is foreign. */
+__attribute__((noinline, cold)) static int wire_slow(tha_heap_t *h, int kind,
+                                                     uint64_t off, uint64_t v,
+                                                     uint64_t *out) {
+    int64_t id = tha__schema_func_id(h->schema, (void (*)(void))(uintptr_t)v);
+    if (id < 0) return foreign(h, kind, off, v);
+    *out = THA__FUNC_TAG | (uint64_t)id;
+    return 0;
+}
+
 /* Rewrites the pointer words of nb blocks copied to dst (first block b0):
  * heap addresses become offsets, functions become tagged registry ids. */
 static int to_wire(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
@@ -73,42 +133,154 @@ static int to_wire(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
         for (unsigned m = mask[i]; m; m &= m - 1) {
             unsigned j = (unsigned)__builtin_ctz(m);
             uint64_t *w = (uint64_t *)(dst + i * THA__BLOCK + j * 8), v = *w;
-            if (v == 0) continue;
             uint64_t o = v - base;
-            if (o - 1 < top) { /* 1..top: NULL keeps 0, offset 0 is never an object */
+            if (THA__LIKELY(o - 1 < top)) { /* 1..top: offset 0 is never an object */
                 *w = o;
                 continue;
             }
-            int64_t id = tha__schema_func_id(h->schema, (void (*)(void))(uintptr_t)v);
-            if (id < 0) return foreign(h, kind, (b0 + i) * THA__BLOCK + j * 8, v);
-            *w = THA__FUNC_TAG | (uint64_t)id;
+            if (v == 0) continue;
+            int rc = wire_slow(h, kind, (b0 + i) * THA__BLOCK + j * 8, v, w);
+            if (rc) return rc;
         }
     }
     return 0;
 }
 
-/* Appends one run of nb blocks from block b0 at *q, updating *crc. */
-static int put_run(tha_heap_t *h, int kind, uint64_t b0, uint64_t nb,
-                   uint8_t **q, uint32_t *crc) {
-    uint8_t *p = *q;
-    tha__run_t run = {.offset = b0 * THA__BLOCK, .nblocks = nb};
-    memcpy(p, &run, sizeof run);
-    uint8_t *mask = p + sizeof run;
-    memcpy(mask, h->ptrmap + b0, nb);
-    memset(mask + nb, 0, tha__align_up(nb, 8) - nb);
-    uint64_t head = sizeof run + tha__align_up(nb, 8);
-    *crc = tha_crc32c(*crc, p, head);
-    uint8_t *data = p + head;
+/* Portable big run: 64 KiB chunks copied, rewritten, then checksummed while
+ * they are in cache. crc is the raw register. */
+static int put_chunked(tha_heap_t *h, int kind, uint8_t *data, const uint8_t *mask,
+                       uint64_t b0, uint64_t nb, uint32_t *raw) {
     for (uint64_t i = 0; i < nb; i += CHUNK_BLOCKS) {
         uint64_t n = nb - i < CHUNK_BLOCKS ? nb - i : CHUNK_BLOCKS;
         uint8_t *dst = data + i * THA__BLOCK;
         memcpy(dst, h->base + (b0 + i) * THA__BLOCK, n * THA__BLOCK);
         int rc = to_wire(h, kind, dst, mask + i, b0 + i, n);
         if (rc) return rc;
-        *crc = tha_crc32c(*crc, dst, n * THA__BLOCK);
+        *raw = tha__crc32c_raw(*raw, dst, n * THA__BLOCK);
     }
-    *q = data + nb * THA__BLOCK;
     return 0;
+}
+
+#ifdef FAST_X86
+#define KERNEL static inline __attribute__((always_inline, target("sse4.2")))
+
+/* One block to the wire: load, rewrite pointer words, CRC, store. */
+KERNEL int enc_block(tha_heap_t *h, int kind, uint8_t *d, const uint8_t *s,
+                     unsigned m, uint64_t off, uint64_t base, uint64_t top,
+                     uint64_t *crc, const int nt) {
+    uint64_t c = *crc;
+#pragma GCC unroll 8
+    for (unsigned j = 0; j < 8; j++) { /* word by word: it stays in a register */
+        uint64_t v;
+        memcpy(&v, s + j * 8, 8);
+        if (m >> j & 1) {
+            uint64_t o = v - base;
+            if (THA__LIKELY(o - 1 < top)) {
+                v = o;
+            } else if (v) {
+                uint64_t id;
+                int rc = wire_slow(h, kind, off + j * 8, v, &id);
+                if (rc) return rc;
+                v = id;
+            }
+        }
+        c = _mm_crc32_u64(c, v);
+        if (nt)
+            _mm_stream_si64((long long *)(void *)(d + j * 8), (long long)v);
+        else
+            memcpy(d + j * 8, &v, 8);
+    }
+    *crc = c;
+    return 0;
+}
+
+KERNEL int enc_run_k(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
+                     uint64_t b0, uint64_t nb, uint32_t *raw, const int nt) {
+    const uint64_t base = (uint64_t)(uintptr_t)h->base, top = tha__reg(h)->top;
+    const uint8_t *src = h->base + b0 * THA__BLOCK;
+    uint64_t t = nb / 3, c0 = *raw, c1 = 0, c2 = 0, i;
+    const uint64_t t1 = t * THA__BLOCK, t2 = 2 * t1;
+    for (i = 0; i < t; i++) {
+        uint64_t o = i * THA__BLOCK, off = (b0 + i) * THA__BLOCK;
+        int rc = enc_block(h, kind, dst + o, src + o, mask[i], off, base, top, &c0, nt);
+        rc |= enc_block(h, kind, dst + t1 + o, src + t1 + o, mask[t + i], off + t1,
+                        base, top, &c1, nt);
+        rc |= enc_block(h, kind, dst + t2 + o, src + t2 + o, mask[2 * t + i], off + t2,
+                        base, top, &c2, nt);
+        if (THA__UNLIKELY(rc)) return rc;
+    }
+    c0 = tha__crc32c_shift((uint32_t)c0, t1) ^ (uint32_t)c1;
+    c0 = tha__crc32c_shift((uint32_t)c0, t1) ^ (uint32_t)c2;
+    for (i = 3 * t; i < nb; i++) {
+        uint64_t o = i * THA__BLOCK;
+        int rc = enc_block(h, kind, dst + o, src + o, mask[i], (b0 + i) * THA__BLOCK,
+                           base, top, &c0, nt);
+        if (THA__UNLIKELY(rc)) return rc;
+    }
+    if (nt) _mm_sfence();
+    *raw = (uint32_t)c0;
+    return 0;
+}
+
+__attribute__((target("sse4.2"))) static int
+enc_run(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask, uint64_t b0,
+        uint64_t nb, uint32_t *raw) {
+    uint32_t r = *raw;
+    int rc = nb >= NT_BLOCKS ? enc_run_k(h, kind, dst, mask, b0, nb, &r, 1)
+                             : enc_run_k(h, kind, dst, mask, b0, nb, &r, 0);
+    /* A failure is reported for the first bad word in address order, which
+     * the three streams may not have met first. */
+    if (rc) return put_chunked(h, kind, dst, mask, b0, nb, raw);
+    *raw = r;
+    return 0;
+}
+#endif
+
+#define PREFETCH_RUNS 16u
+
+/* Asks for (the first 4 of) n blocks at block b, for reading or writing. */
+static inline void prefetch_blocks(const uint8_t *base, uint64_t b, uint64_t n, const int write) {
+    const uint8_t *p = base + b * THA__BLOCK;
+    for (uint64_t i = 0; i < n && i < 4; i++) {
+        if (write)
+            __builtin_prefetch(p + i * THA__BLOCK, 1);
+        else
+            __builtin_prefetch(p + i * THA__BLOCK, 0);
+    }
+}
+
+/* The bytes written since *from join the checksum. */
+static inline void crc_flush(uint32_t *raw, const uint8_t **from, const uint8_t *to) {
+    *raw = tha__crc32c_raw(*raw, *from, (size_t)(to - *from));
+    *from = to;
+}
+
+/* Appends one run of nb blocks from block b0 at *q. Small runs leave their
+ * bytes for a later crc_flush; big ones are checksummed here. */
+static int put_run(tha_heap_t *h, int kind, uint64_t b0, uint64_t nb,
+                   uint8_t **q, uint32_t *raw, const uint8_t **crc_from) {
+    uint8_t *p = *q;
+    tha__run_t run = {.offset = b0 * THA__BLOCK, .nblocks = nb};
+    memcpy(p, &run, sizeof run);
+    uint8_t *mask = p + sizeof run;
+    uint64_t mlen = tha__align_up(nb, 8);
+    memcpy(mask, h->ptrmap + b0, nb);
+    memset(mask + nb, 0, mlen - nb);
+    uint8_t *data = mask + mlen;
+    *q = data + nb * THA__BLOCK;
+    if (nb < BIG_BLOCKS) {
+        memcpy(data, h->base + b0 * THA__BLOCK, nb * THA__BLOCK);
+        int rc = to_wire(h, kind, data, mask, b0, nb);
+        if (rc) return rc;
+        if ((size_t)(*q - *crc_from) >= CRC_BATCH) crc_flush(raw, crc_from, *q);
+        return 0;
+    }
+    crc_flush(raw, crc_from, data);
+    *crc_from = *q;
+#ifdef FAST_X86
+    if (fast) return enc_run(h, kind, data, mask, b0, nb, raw);
+#endif
+    return put_chunked(h, kind, data, mask, b0, nb, raw);
 }
 
 int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
@@ -123,6 +295,7 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
                     "has %zu", kind_name(kind), need, buf ? cap : 0);
     const tha__region_t *r = tha__reg(h);
     uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
+    const uint8_t *crc_from = q;
     tha__frame_hdr_t hd;
     memset(&hd, 0, sizeof hd);
     hd.magic = THA__FRAME_MAGIC;
@@ -136,7 +309,7 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
     hd.capacity = r->capacity;
     hd.top = r->top;
     hd.length = need;
-    uint32_t crc = 0;
+    uint32_t raw = ~0u; /* tha_crc32c(0, ..) == ~raw(~0, ..) */
     uint64_t top_blocks = r->top / THA__BLOCK;
     if (kind == THA_FRAME_SNAPSHOT) {
         size_t slen;
@@ -144,24 +317,28 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
         if (rc) return tha__hfail(h, rc, "encode: schema: %s", tha_strerror(rc));
         hd.schema_len = (uint32_t)slen;
         memset(q + slen, 0, tha__align_up(slen, 8) - slen);
-        crc = tha_crc32c(crc, q, tha__align_up(slen, 8));
         q += tha__align_up(slen, 8);
-        rc = put_run(h, kind, 0, top_blocks, &q, &crc);
+        rc = put_run(h, kind, 0, top_blocks, &q, &raw, &crc_from);
         if (rc) return rc;
         hd.nruns = 1;
         hd.nblocks = top_blocks;
     } else {
-        uint64_t b = 0, n;
-        while ((b = tha__next_dirty_run(h, b, top_blocks, &n)) < top_blocks) {
-            rc = put_run(h, kind, b, n, &q, &crc);
+        /* Scattered runs miss the cache: a second cursor PREFETCH_RUNS
+         * ahead asks for their blocks early. */
+        uint64_t pos = 0, b, n, pf = 0, pb, pn;
+        for (unsigned i = 0; i < PREFETCH_RUNS; i++)
+            if (next_run(h->dirty, top_blocks, &pf, &pb, &pn)) prefetch_blocks(h->base, pb, pn, 0);
+        while (next_run(h->dirty, top_blocks, &pos, &b, &n)) {
+            if (next_run(h->dirty, top_blocks, &pf, &pb, &pn)) prefetch_blocks(h->base, pb, pn, 0);
+            rc = put_run(h, kind, b, n, &q, &raw, &crc_from);
             if (rc) return rc;
             hd.nruns++;
             hd.nblocks += n;
-            b += n;
         }
     }
+    crc_flush(&raw, &crc_from, q);
     THA_ASSERT((size_t)(q - out) == need);
-    hd.body_crc = crc;
+    hd.body_crc = ~raw;
     hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
     memcpy(out, &hd, sizeof hd);
     /* Committed: nothing above can fail any more. */
@@ -189,7 +366,8 @@ static int parse_header(const void *frame, size_t len, tha__frame_hdr_t *hd,
         return tha__fail(msg, cap, THA_EVERSION, "frame format version %u; this "
                          "build reads version %d", hd->version, THA_FRAME_VERSION);
     if (hd->header_size != THA_FRAME_HEADER_SIZE ||
-        (hd->kind != THA_FRAME_SNAPSHOT && hd->kind != THA_FRAME_DELTA))
+        (hd->kind != THA_FRAME_SNAPSHOT && hd->kind != THA_FRAME_DELTA &&
+         hd->kind != THA__FRAME_SEGMENT))
         return tha__fail(msg, cap, THA_EFRAME, "frame header malformed (kind %u, "
                          "header size %u)", hd->kind, hd->header_size);
     if (hd->length != len)
@@ -203,8 +381,9 @@ static int parse_header(const void *frame, size_t len, tha__frame_hdr_t *hd,
                          "size %llu for capacity %llu", (unsigned long long)hd->seq,
                          (unsigned long long)hd->top,
                          (unsigned long long)hd->capacity);
-    if (hd->kind == THA_FRAME_DELTA && hd->schema_len)
-        return tha__fail(msg, cap, THA_EFRAME, "delta carries a schema");
+    if (hd->kind != THA_FRAME_SNAPSHOT && hd->schema_len)
+        return tha__fail(msg, cap, THA_EFRAME, "%s carries a schema",
+                         kind_name(hd->kind));
     if ((uint64_t)hd->schema_len > len - THA_FRAME_HEADER_SIZE)
         return tha__fail(msg, cap, THA_EFRAME, "schema length %u runs past the "
                          "frame end", hd->schema_len);
@@ -309,20 +488,102 @@ static int check_region_header(tha_heap_t *h, const tha__frame_hdr_t *hd,
     return 0;
 }
 
+/* Pointer words of nb blocks at data (first block b0), one at a time. */
+static int check_words(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+                       const uint8_t *mask, uint64_t b0, uint64_t nb) {
+    for (uint64_t j = 0; j < nb; j++)
+        for (unsigned m = mask[j]; m; m &= m - 1) {
+            unsigned w = (unsigned)__builtin_ctz(m);
+            uint64_t v;
+            memcpy(&v, data + j * THA__BLOCK + w * 8, 8);
+            if (THA__LIKELY(v - 1 < hd->top)) continue;
+            int rc = check_word(h, hd, (b0 + j) * THA__BLOCK + w * 8, v);
+            if (rc) return rc;
+        }
+    return 0;
+}
+
+/* Portable big run: checksum and check 64 KiB at a time. */
+static int verify_chunked(tha_heap_t *h, const tha__frame_hdr_t *hd,
+                          const uint8_t *data, const uint8_t *mask, uint64_t b0,
+                          uint64_t nb, uint32_t *raw) {
+    for (uint64_t c = 0; c < nb; c += CHUNK_BLOCKS) {
+        uint64_t n = nb - c < CHUNK_BLOCKS ? nb - c : CHUNK_BLOCKS;
+        *raw = tha__crc32c_raw(*raw, data + c * THA__BLOCK, n * THA__BLOCK);
+        int rc = check_words(h, hd, data + c * THA__BLOCK, mask + c, b0 + c, n);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
+#ifdef FAST_X86
+/* One block: CRC and the range check of its pointer words; nonzero if a
+ * word lies above top (a function id, or out of range). NULL and offsets
+ * 1..top are exactly the words <= top. */
+KERNEL int ver_block(const uint8_t *s, unsigned m, uint64_t top, uint64_t *crc) {
+    uint64_t c = *crc, v;
+    int bad = 0;
+#pragma GCC unroll 8
+    for (unsigned j = 0; j < 8; j++) {
+        memcpy(&v, s + j * 8, 8);
+        c = _mm_crc32_u64(c, v);
+    }
+    for (; m; m &= m - 1) {
+        memcpy(&v, s + (unsigned)__builtin_ctz(m) * 8, 8);
+        bad |= v > top;
+    }
+    *crc = c;
+    return bad;
+}
+
+/* Three streams over the thirds of the run. A block with a word outside
+ * 1..top is checked through check_words: functions ids pass, anything else
+ * fails (reported for the first bad word in order, by the caller's rescan). */
+__attribute__((target("sse4.2"))) static int
+verify_run(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+           const uint8_t *mask, uint64_t b0, uint64_t nb, uint32_t *raw) {
+    const uint64_t top = hd->top, t = nb / 3, t1 = t * THA__BLOCK, t2 = 2 * t1;
+    uint64_t c0 = *raw, c1 = 0, c2 = 0, i;
+    for (i = 0; i < t; i++) {
+        const uint8_t *s = data + i * THA__BLOCK;
+        int bad = ver_block(s, mask[i], top, &c0);
+        bad |= ver_block(s + t1, mask[t + i], top, &c1) << 1;
+        bad |= ver_block(s + t2, mask[2 * t + i], top, &c2) << 2;
+        if (THA__UNLIKELY(bad))
+            for (unsigned k = 0; k < 3; k++)
+                if ((bad >> k & 1) &&
+                    check_words(h, hd, s + k * t1, mask + k * t + i, b0 + k * t + i, 1))
+                    return verify_chunked(h, hd, data, mask, b0, nb, raw);
+    }
+    c0 = tha__crc32c_shift((uint32_t)c0, t1) ^ (uint32_t)c1;
+    c0 = tha__crc32c_shift((uint32_t)c0, t1) ^ (uint32_t)c2;
+    for (i = 3 * t; i < nb; i++) {
+        const uint8_t *s = data + i * THA__BLOCK;
+        if (THA__UNLIKELY(ver_block(s, mask[i], top, &c0))) {
+            int rc = check_words(h, hd, s, mask + i, b0 + i, 1);
+            if (rc) return verify_chunked(h, hd, data, mask, b0, nb, raw);
+        }
+    }
+    *raw = (uint32_t)c0;
+    return 0;
+}
+#endif
+
 /* Walks the runs: bounds, order, masks, pointer words. Reads every body
- * byte once, in order, and returns where it stopped in *done. */
+ * byte once, in order; on failure *done is how far *crc (tha_crc32c of the
+ * body so far) reaches, so the caller can finish the checksum. */
 static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
                       const uint8_t *body, uint64_t body_len, uint64_t *done,
                       uint32_t *crc) {
     const char *k = kind_name(hd->kind);
     unsigned long long seq = (unsigned long long)hd->seq;
     uint64_t pos = tha__align_up(hd->schema_len, 8);
-    if (pos > body_len) {
-        *done = 0;
+    uint32_t raw = ~*crc;
+    const uint8_t *crc_from = body;
+    int rc = 0;
+    *done = 0;
+    if (pos > body_len)
         return tha__hfail(h, THA_EFRAME, "%s seq %llu: schema padding past the end", k, seq);
-    }
-    *crc = tha_crc32c(*crc, body, pos);
-    *done = pos;
     uint64_t top_blocks = hd->top / THA__BLOCK, next_block = 0, blocks = 0;
     uint64_t meta_blocks = 0; /* blocks below data_off hold no pointers */
     {
@@ -334,66 +595,84 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
     }
     for (uint32_t i = 0; i < hd->nruns; i++) {
         tha__run_t run;
-        if (body_len - pos < sizeof run)
-            return tha__hfail(h, THA_EFRAME, "%s seq %llu: run %u header truncated", k,
-                        seq, i);
+        if (body_len - pos < sizeof run) {
+            rc = tha__hfail(h, THA_EFRAME, "%s seq %llu: run %u header truncated", k,
+                            seq, i);
+            goto out;
+        }
         memcpy(&run, body + pos, sizeof run);
         uint64_t b0 = run.offset / THA__BLOCK;
         if (run.offset % THA__BLOCK || run.nblocks == 0 || b0 < next_block ||
-            b0 > top_blocks || run.nblocks > top_blocks - b0)
-            return tha__hfail(h, THA_ERANGE, "%s seq %llu: run %u at offset 0x%llx "
+            b0 > top_blocks || run.nblocks > top_blocks - b0) {
+            rc = tha__hfail(h, THA_ERANGE, "%s seq %llu: run %u at offset 0x%llx "
                         "(%llu blocks) is out of range or out of order (image "
                         "end 0x%llx)", k, seq, i, (unsigned long long)run.offset,
                         (unsigned long long)run.nblocks,
                         (unsigned long long)hd->top);
+            goto out;
+        }
         uint64_t mlen = tha__align_up(run.nblocks, 8);
         if (body_len - pos - sizeof run < mlen ||
-            (body_len - pos - sizeof run - mlen) / THA__BLOCK < run.nblocks)
-            return tha__hfail(h, THA_EFRAME, "%s seq %llu: run %u at offset 0x%llx is "
+            (body_len - pos - sizeof run - mlen) / THA__BLOCK < run.nblocks) {
+            rc = tha__hfail(h, THA_EFRAME, "%s seq %llu: run %u at offset 0x%llx is "
                         "truncated", k, seq, i, (unsigned long long)run.offset);
+            goto out;
+        }
         const uint8_t *mask = body + pos + sizeof run;
-        *crc = tha_crc32c(*crc, body + pos, sizeof run + mlen);
         pos += sizeof run + mlen;
-        *done = pos;
-        for (uint64_t j = 0; j < run.nblocks; j++)
-            if (mask[j] && b0 + j < meta_blocks)
-                return tha__hfail(h, THA_EFRAME, "%s seq %llu: pointer mask on allocator "
+        for (uint64_t j = 0; b0 < meta_blocks && j < run.nblocks; j++)
+            if (mask[j] && b0 + j < meta_blocks) {
+                rc = tha__hfail(h, THA_EFRAME, "%s seq %llu: pointer mask on allocator "
                             "metadata at offset 0x%llx", k, seq,
                             (unsigned long long)((b0 + j) * THA__BLOCK));
+                goto out;
+            }
         for (uint64_t j = run.nblocks; j < mlen; j++)
-            if (mask[j])
-                return tha__hfail(h, THA_EFRAME, "%s seq %llu: run %u mask padding is "
+            if (mask[j]) {
+                rc = tha__hfail(h, THA_EFRAME, "%s seq %llu: run %u mask padding is "
                             "not zero", k, seq, i);
+                goto out;
+            }
         const uint8_t *data = body + pos;
-        for (uint64_t c = 0; c < run.nblocks; c += CHUNK_BLOCKS) {
-            uint64_t n = run.nblocks - c < CHUNK_BLOCKS ? run.nblocks - c : CHUNK_BLOCKS;
-            const uint8_t *chunk = data + c * THA__BLOCK;
-            *crc = tha_crc32c(*crc, chunk, n * THA__BLOCK);
-            pos += n * THA__BLOCK;
-            *done = pos;
-            for (uint64_t j = 0; j < n; j++)
-                for (unsigned m = mask[c + j]; m; m &= m - 1) {
-                    unsigned w = (unsigned)__builtin_ctz(m);
-                    uint64_t v;
-                    memcpy(&v, chunk + j * THA__BLOCK + w * 8, 8);
-                    int rc = check_word(h, hd, (b0 + c + j) * THA__BLOCK + w * 8, v);
-                    if (rc) return rc;
-                }
+        pos += run.nblocks * THA__BLOCK;
+        if (run.nblocks < BIG_BLOCKS) {
+            rc = check_words(h, hd, data, mask, b0, run.nblocks);
+            if (rc) goto out;
+            if ((uint64_t)(body + pos - crc_from) >= CRC_BATCH)
+                crc_flush(&raw, &crc_from, body + pos);
+        } else {
+            crc_flush(&raw, &crc_from, data);
+            uint32_t at_data = raw;
+#ifdef FAST_X86
+            if (fast)
+                rc = verify_run(h, hd, data, mask, b0, run.nblocks, &raw);
+            else
+#endif
+                rc = verify_chunked(h, hd, data, mask, b0, run.nblocks, &raw);
+            if (rc) {
+                raw = at_data; /* the checksum reaches the run's data */
+                goto out;
+            }
+            crc_from = body + pos;
         }
         next_block = b0 + run.nblocks;
         blocks += run.nblocks;
     }
+    crc_flush(&raw, &crc_from, body + pos);
     if (pos != body_len)
-        return tha__hfail(h, THA_EFRAME, "%s seq %llu: %llu stray bytes after the last "
+        rc = tha__hfail(h, THA_EFRAME, "%s seq %llu: %llu stray bytes after the last "
                     "run", k, seq, (unsigned long long)(body_len - pos));
-    if (blocks != hd->nblocks)
-        return tha__hfail(h, THA_EFRAME, "%s seq %llu: header counts %llu blocks, runs "
+    else if (blocks != hd->nblocks)
+        rc = tha__hfail(h, THA_EFRAME, "%s seq %llu: header counts %llu blocks, runs "
                     "hold %llu", k, seq, (unsigned long long)hd->nblocks,
                     (unsigned long long)blocks);
-    if (hd->kind == THA_FRAME_SNAPSHOT && (hd->nruns != 1 || blocks != top_blocks))
-        return tha__hfail(h, THA_EFRAME, "snapshot seq %llu does not cover the whole "
+    else if (hd->kind == THA_FRAME_SNAPSHOT && (hd->nruns != 1 || blocks != top_blocks))
+        rc = tha__hfail(h, THA_EFRAME, "snapshot seq %llu does not cover the whole "
                     "image", seq);
-    return 0;
+out:
+    *done = (uint64_t)(crc_from - body);
+    *crc = ~raw;
+    return rc;
 }
 
 static int check_identity(tha_heap_t *h, const tha__frame_hdr_t *hd,
@@ -470,10 +749,91 @@ static void from_wire(tha_heap_t *h, uint8_t *dst, const uint8_t *mask,
         }
 }
 
+#ifdef FAST_X86
+/* One verified block into the heap: load, rebase pointer words, store. */
+static inline __attribute__((always_inline)) void
+put_block(tha_heap_t *h, uint8_t *d, const uint8_t *s, unsigned m, uint64_t base,
+          const int nt) {
+#pragma GCC unroll 8
+    for (unsigned j = 0; j < 8; j++) {
+        uint64_t v;
+        memcpy(&v, s + j * 8, 8);
+        if (m >> j & 1) {
+            if (THA__LIKELY(v - 1 < THA__FUNC_TAG - 1))
+                v += base;
+            else if (v)
+                v = (uint64_t)(uintptr_t)h->schema->funcs[v & ~THA__FUNC_TAG].fn;
+        }
+        if (nt)
+            _mm_stream_si64((long long *)(void *)(d + j * 8), (long long)v);
+        else
+            memcpy(d + j * 8, &v, 8);
+    }
+}
+
+/* A big verified run into the heap, in 256 KiB pieces taken from the end
+ * backwards: the verify pass has just read the frame front to back, so its
+ * tail is still in the cache when this starts. */
+static void put_run_fast(tha_heap_t *h, uint8_t *dst, const uint8_t *data,
+                         const uint8_t *mask, uint64_t nb) {
+    const uint64_t base = (uint64_t)(uintptr_t)h->base, piece = 4096;
+    const int nt = nb >= NT_BLOCKS;
+    for (uint64_t end = nb; end > 0;) {
+        uint64_t start = end > piece ? end - piece : 0;
+        if (nt)
+            for (uint64_t i = start; i < end; i++)
+                put_block(h, dst + i * THA__BLOCK, data + i * THA__BLOCK, mask[i], base, 1);
+        else
+            for (uint64_t i = start; i < end; i++)
+                put_block(h, dst + i * THA__BLOCK, data + i * THA__BLOCK, mask[i], base, 0);
+        end = start;
+    }
+    if (nt) _mm_sfence();
+}
+#endif
+
+/* Copies and rebases every run of a verified frame into the heap. */
+static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body) {
+    const tha__frame_hdr_t hd = *hdp;
+    const uint8_t *p = body + tha__align_up(hd.schema_len, 8), *pf = p;
+    uint32_t pfi = 0;
+    for (uint32_t i = 0; i < hd.nruns; i++) {
+        /* scattered runs: ask for the heap lines PREFETCH_RUNS runs ahead */
+        for (; pfi < hd.nruns && pfi < i + PREFETCH_RUNS; pfi++) {
+            tha__run_t ahead;
+            memcpy(&ahead, pf, sizeof ahead);
+            if (ahead.nblocks < BIG_BLOCKS)
+                prefetch_blocks(h->base, ahead.offset / THA__BLOCK, ahead.nblocks, 1);
+            pf += run_bytes(ahead.nblocks);
+        }
+        tha__run_t run;
+        memcpy(&run, p, sizeof run);
+        const uint8_t *mask = p + sizeof run;
+        const uint8_t *data = mask + tha__align_up(run.nblocks, 8);
+        uint64_t b0 = run.offset / THA__BLOCK;
+        uint8_t *dst = h->base + b0 * THA__BLOCK;
+#ifdef FAST_X86
+        if (run.nblocks >= BIG_BLOCKS) {
+            put_run_fast(h, dst, data, mask, run.nblocks);
+        } else
+#endif
+        for (uint64_t c = 0; c < run.nblocks; c += CHUNK_BLOCKS) {
+            uint64_t n = run.nblocks - c < CHUNK_BLOCKS ? run.nblocks - c : CHUNK_BLOCKS;
+            memcpy(dst + c * THA__BLOCK, data + c * THA__BLOCK, n * THA__BLOCK);
+            from_wire(h, dst + c * THA__BLOCK, mask + c, n);
+        }
+        memcpy(h->ptrmap + b0, mask, run.nblocks);
+        p = data + run.nblocks * THA__BLOCK;
+    }
+}
+
 int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
     tha__frame_hdr_t hd;
     int rc = parse_header(frame, len, &hd, h->err, sizeof h->err);
     if (rc) return rc;
+    if (hd.kind == THA__FRAME_SEGMENT)
+        return tha__hfail(h, THA_EFRAME, "segment seq %llu: segments are applied by "
+                          "bulk sync only", (unsigned long long)hd.seq);
     const uint8_t *f = frame, *body = f + THA_FRAME_HEADER_SIZE;
     uint64_t body_len = len - THA_FRAME_HEADER_SIZE, done = 0;
     rc = check_identity(h, &hd, f, len);
@@ -500,22 +860,7 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
 
     /* Verified: from here on nothing fails. */
     uint64_t old_top = tha__reg(h)->top;
-    const uint8_t *p = body + tha__align_up(hd.schema_len, 8);
-    for (uint32_t i = 0; i < hd.nruns; i++) {
-        tha__run_t run;
-        memcpy(&run, p, sizeof run);
-        const uint8_t *mask = p + sizeof run;
-        const uint8_t *data = mask + tha__align_up(run.nblocks, 8);
-        uint64_t b0 = run.offset / THA__BLOCK;
-        for (uint64_t c = 0; c < run.nblocks; c += CHUNK_BLOCKS) {
-            uint64_t n = run.nblocks - c < CHUNK_BLOCKS ? run.nblocks - c : CHUNK_BLOCKS;
-            uint8_t *dst = h->base + (b0 + c) * THA__BLOCK;
-            memcpy(dst, data + c * THA__BLOCK, n * THA__BLOCK);
-            from_wire(h, dst, mask + c, n);
-        }
-        memcpy(h->ptrmap + b0, mask, run.nblocks);
-        p = data + run.nblocks * THA__BLOCK;
-    }
+    copy_runs(h, &hd, body);
     if (hd.kind == THA_FRAME_SNAPSHOT) {
         if (old_top > hd.top) { /* the image shrank: what lay above reads zero */
             madvise(h->base + hd.top, old_top - hd.top, MADV_DONTNEED);
@@ -528,5 +873,91 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
     h->epoch = hd.epoch;
     h->frames_applied++;
     h->bytes_applied += len;
+    return 0;
+}
+
+/* ---- segments (bulk sync) --------------------------------------------- */
+
+static uint64_t segment_blocks(const tha_heap_t *h, uint64_t from, uint64_t max) {
+    uint64_t top_blocks = tha__reg(h)->top / THA__BLOCK;
+    if (from >= top_blocks) return 0;
+    return top_blocks - from < max ? top_blocks - from : max;
+}
+
+size_t tha__segment_size(const tha_heap_t *h, uint64_t from, uint64_t max) {
+    uint64_t nb = segment_blocks(h, from, max);
+    return THA_FRAME_HEADER_SIZE + (nb ? run_bytes(nb) : 0);
+}
+
+int tha__encode_segment(tha_heap_t *h, uint64_t *from, uint64_t max, void *buf,
+                        size_t cap, size_t *len) {
+    uint64_t nb = segment_blocks(h, *from, max);
+    size_t need = tha__segment_size(h, *from, max);
+    *len = need;
+    if (!buf || cap < need)
+        return tha__hfail(h, THA_ETOOSMALL, "segment needs %zu bytes", need);
+    const tha__region_t *r = tha__reg(h);
+    uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
+    const uint8_t *crc_from = q;
+    tha__frame_hdr_t hd;
+    memset(&hd, 0, sizeof hd);
+    hd.magic = THA__FRAME_MAGIC;
+    hd.version = THA_FRAME_VERSION;
+    hd.kind = THA__FRAME_SEGMENT;
+    hd.header_size = THA_FRAME_HEADER_SIZE;
+    hd.fingerprint = tha_schema_fingerprint(h->schema);
+    hd.lineage = h->lineage;
+    hd.epoch = h->epoch;
+    hd.seq = h->seq;
+    hd.capacity = r->capacity;
+    hd.top = r->top;
+    hd.length = need;
+    uint32_t raw = ~0u;
+    if (nb) {
+        int rc = put_run(h, THA__FRAME_SEGMENT, *from, nb, &q, &raw, &crc_from);
+        if (rc) return rc;
+        hd.nruns = 1;
+        hd.nblocks = nb;
+    }
+    crc_flush(&raw, &crc_from, q);
+    hd.body_crc = ~raw;
+    hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
+    memcpy(out, &hd, sizeof hd);
+    *from += nb;
+    return 0;
+}
+
+int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len) {
+    tha__frame_hdr_t hd;
+    int rc = parse_header(frame, len, &hd, h->err, sizeof h->err);
+    if (rc) return rc;
+    unsigned long long seq = (unsigned long long)hd.seq;
+    if (hd.kind != THA__FRAME_SEGMENT)
+        return tha__hfail(h, THA_EFRAME, "%s seq %llu where a segment was expected",
+                          kind_name(hd.kind), seq);
+    if (hd.fingerprint != tha_schema_fingerprint(h->schema) || hd.lineage != h->lineage)
+        return tha__hfail(h, THA_EMISMATCH, "segment seq %llu belongs to another "
+                          "schema or frame series", seq);
+    if (hd.capacity > h->capacity)
+        return tha__hfail(h, THA_ECAPACITY, "segment seq %llu: source capacity %llu "
+                          "exceeds this heap's %llu", seq,
+                          (unsigned long long)hd.capacity,
+                          (unsigned long long)h->capacity);
+    const uint8_t *body = (const uint8_t *)frame + THA_FRAME_HEADER_SIZE;
+    uint64_t body_len = len - THA_FRAME_HEADER_SIZE, done = 0;
+    uint32_t crc = 0;
+    rc = check_runs(h, &hd, body, body_len, &done, &crc);
+    if (rc || crc != hd.body_crc) {
+        if (rc) crc = tha_crc32c(crc, body + done, body_len - done);
+        if (crc != hd.body_crc)
+            return tha__hfail(h, THA_ECHECKSUM, "segment seq %llu: body checksum "
+                              "mismatch", seq);
+        return rc;
+    }
+    rc = tha__commit(h, hd.top);
+    if (rc)
+        return tha__hfail(h, rc, "segment seq %llu: cannot commit %llu bytes", seq,
+                          (unsigned long long)hd.top);
+    copy_runs(h, &hd, body);
     return 0;
 }

@@ -187,6 +187,7 @@ struct tha_heap {
     uint64_t nblocks;       /* capacity / THA__BLOCK */
     uint64_t seq;           /* last frame encoded or applied */
     uint64_t epoch;
+    uint64_t epoch_start;   /* seq when this epoch began (tha_heap_set_epoch) */
     uint64_t lineage;       /* random at create; taken from applied snapshots */
     int tracking;
     uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;
@@ -264,6 +265,20 @@ typedef struct tha__run {
     uint64_t nblocks;
 } tha__run_t;
 
+#define THA__FRAME_SEGMENT 3 /* one run of a heap, streamed by bulk sync */
+
+/* Encodes blocks from *from_block on (at most max_blocks, never past the
+ * current top) as a segment frame stamped with the heap's seq; advances
+ * *from_block. Dirty bits and seq are untouched. */
+int tha__encode_segment(tha_heap_t *h, uint64_t *from_block, uint64_t max_blocks,
+                        void *buf, size_t cap, size_t *len);
+/* Bytes a segment of up to max_blocks from from_block needs. */
+size_t tha__segment_size(const tha_heap_t *h, uint64_t from_block, uint64_t max_blocks);
+/* Applies a segment to a heap being filled by bulk sync: checksums,
+ * fingerprint, lineage, run and pointer ranges are checked; sequence and
+ * the region header are not (the image is fuzzy until caught up). */
+int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len);
+
 /* crc32c.c: raw CRC (no pre/post inversion) helpers for split streams. */
 uint32_t tha__crc32c_shift(uint32_t crc, uint64_t len);
 /* Raw register after buf: no pre/post inversion;
@@ -271,6 +286,28 @@ uint32_t tha__crc32c_shift(uint32_t crc, uint64_t len);
 uint32_t tha__crc32c_raw(uint32_t raw, const void *buf, size_t len);
 /* The same through the tables only (tests compare it with the fast path). */
 uint32_t tha__crc32c_sw(uint32_t raw, const void *buf, size_t len);
+
+/* ---- backlog (backlog.c) --------------------------------------------- */
+
+typedef struct tha__bframe {
+    uint32_t refs;      /* the backlog's + each session sending it */
+    uint64_t seq, epoch;
+    size_t len;
+    uint8_t data[];     /* the delta frame */
+} tha__bframe_t;
+
+struct tha_backlog {
+    tha__bframe_t **ring; /* frames head.. in seq order */
+    uint64_t head, n, cap;
+    uint64_t bytes;       /* sum of frame lengths held */
+    uint64_t max_bytes;
+    uint64_t last_seq;    /* seq of the newest frame */
+    uint64_t lineage;
+};
+
+/* The frame seq with a reference taken, or NULL if not held. */
+tha__bframe_t *tha__backlog_get(tha_backlog_t *b, uint64_t seq);
+void tha__bframe_release(tha__bframe_t *f);
 
 static inline uint64_t tha__align_up(uint64_t v, uint64_t a) {
     return (v + a - 1) & ~(a - 1);

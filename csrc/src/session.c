@@ -1,0 +1,855 @@
+/* session.c — one end of an active<->standby connection, without I/O.
+ * Bytes in (feed), bytes out (output/advance), events out, time in (tick).
+ * Words: message = 20-byte header + payload; frame = a tha frame carried
+ * inside a message; bulk = the streamed image a standby starts from;
+ * staging = the heap a standby fills during bulk, made live only once it
+ * is consistent; backlog = the active's recent deltas, for resume.
+ * Protocol: docs/protocol.md.
+ */
+#include "tha_internal.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <sys/random.h>
+
+#define MSG_MAGIC 0x4D414854u /* "THAM" */
+#define MSG_HDR 20u
+#define NONCE 16u
+
+enum msg_type {
+    M_HELLO = 1, M_WELCOME, M_REFUSE, M_SNAP_BEGIN, M_SNAP_DATA, M_SNAP_END,
+    M_FRAME, M_ACK, M_HEARTBEAT, M_NACK, M_LAST
+};
+static const char *const msg_names[M_LAST] = {
+    "?", "HELLO", "WELCOME", "REFUSE", "SNAP_BEGIN", "SNAP_DATA", "SNAP_END",
+    "FRAME", "ACK", "HEARTBEAT", "NACK"};
+
+enum state { S_HANDSHAKE, S_BULK, S_CATCHUP, S_STREAMING, S_CLOSED };
+
+/* One piece of pending output: owned bytes, or a backlog frame by ref. */
+typedef struct outitem {
+    uint8_t *own;
+    const uint8_t *ptr;
+    size_t len, off;
+    tha__bframe_t *ref;
+} outitem_t;
+
+/* HELLO payload, both directions (little-endian, packed by hand). */
+typedef struct hello {
+    uint32_t version, role;
+    uint64_t node, epoch, lineage, seq, capacity, fingerprint;
+    uint8_t nonce[NONCE], mac[THA_MAC_SIZE];
+    uint32_t flags, schema_len;
+    const uint8_t *schema;
+} hello_t;
+#define HELLO_FIXED (4 + 4 + 6 * 8 + NONCE + THA_MAC_SIZE + 4 + 4)
+#define HELLO_MAC_AT (4 + 4 + 6 * 8 + NONCE)
+
+struct tha_session {
+    tha_session_config_t cfg;
+    int state;
+    uint64_t now, last_heard, last_sent;
+    int timed_out;
+    tha_heap_t *heap;         /* active: the source; standby: live heap or NULL */
+    int owns_heap;            /* standby: heap came from bulk, not yet taken */
+    tha_heap_t *staging;      /* standby: being filled by bulk sync */
+    tha_schema_t *peer_schema;/* standby: the schema the active announced */
+    tha_backlog_t *backlog;   /* active */
+    uint8_t *in;              /* partial message from the peer */
+    size_t in_len, in_cap;
+    outitem_t *out;           /* FIFO of pending output */
+    size_t out_head, out_n, out_cap;
+    uint64_t out_bytes;       /* pending output bytes */
+    tha_event_t *ev;          /* FIFO of events for the driver */
+    size_t ev_head, ev_n, ev_cap;
+    uint8_t nonce[NONCE];
+    uint8_t my_hello[HELLO_FIXED]; /* standby: what its WELCOME MAC covers */
+    hello_t peer;             /* the peer's HELLO (schema pointer not kept) */
+    /* active */
+    int ack_level;            /* level requested for queued frames */
+    uint64_t next_seq;        /* next backlog frame to queue */
+    int bulk_phase;           /* 0 none, 1 SNAP_BEGIN next, 2 data, 3 SNAP_END */
+    uint64_t bulk_block, bulk_seq;
+    uint64_t acked[4];
+    /* standby */
+    uint64_t consistent_at;   /* staging goes live at this seq */
+    uint64_t bulk_done, bulk_total;
+    uint64_t bytes_in, bytes_out;
+    char err[256];
+};
+
+#define SFAIL(s, code, ...) tha__fail((s)->err, sizeof (s)->err, (code), __VA_ARGS__)
+
+static void put32(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+static uint32_t get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* ---- events ----------------------------------------------------------- */
+
+static tha_event_t *push_event(tha_session_t *s, int type, int code, uint64_t seq,
+                               uint64_t a, uint64_t b) {
+    if (s->ev_n == s->ev_cap) {
+        size_t cap = s->ev_cap ? s->ev_cap * 2 : 16;
+        tha_event_t *ev = malloc(cap * sizeof *ev);
+        if (!ev) return NULL;
+        for (size_t i = 0; i < s->ev_n; i++) ev[i] = s->ev[(s->ev_head + i) % s->ev_cap];
+        free(s->ev);
+        s->ev = ev;
+        s->ev_head = 0;
+        s->ev_cap = cap;
+    }
+    tha_event_t *e = &s->ev[(s->ev_head + s->ev_n++) % s->ev_cap];
+    memset(e, 0, sizeof *e);
+    e->type = type;
+    e->code = code;
+    e->seq = seq;
+    e->epoch = s->heap ? s->heap->epoch : 0;
+    e->a = a;
+    e->b = b;
+    return e;
+}
+
+int tha_session_event(tha_session_t *s, tha_event_t *ev) {
+    if (!s->ev_n) return 0;
+    *ev = s->ev[s->ev_head];
+    s->ev_head = (s->ev_head + 1) % s->ev_cap;
+    s->ev_n--;
+    return 1;
+}
+
+/* The session is over: an ERROR (or REFUSED/FENCED) event says why. */
+static int close_with(tha_session_t *s, int type, int code, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int close_with(tha_session_t *s, int type, int code, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(s->err, sizeof s->err, fmt, ap);
+    va_end(ap);
+    tha_event_t *e = push_event(s, type, code, 0, 0, 0);
+    if (e) snprintf(e->msg, sizeof e->msg, "%s", s->err);
+    s->state = S_CLOSED;
+    return code;
+}
+
+/* ---- output ----------------------------------------------------------- */
+
+static int out_push(tha_session_t *s, uint8_t *own, const uint8_t *ptr, size_t len,
+                    tha__bframe_t *ref) {
+    if (s->out_n == s->out_cap) {
+        size_t cap = s->out_cap ? s->out_cap * 2 : 16;
+        outitem_t *o = malloc(cap * sizeof *o);
+        if (!o) return THA_ENOMEM;
+        for (size_t i = 0; i < s->out_n; i++) o[i] = s->out[(s->out_head + i) % s->out_cap];
+        free(s->out);
+        s->out = o;
+        s->out_head = 0;
+        s->out_cap = cap;
+    }
+    s->out[(s->out_head + s->out_n++) % s->out_cap] =
+        (outitem_t){.own = own, .ptr = ptr, .len = len, .ref = ref};
+    s->out_bytes += len;
+    s->last_sent = s->now;
+    return 0;
+}
+
+static void fill_header(uint8_t *h, int type, int flags, const uint8_t *payload,
+                        size_t len) {
+    put32(h, MSG_MAGIC);
+    uint16_t t = (uint16_t)type, f = (uint16_t)flags;
+    memcpy(h + 4, &t, 2);
+    memcpy(h + 6, &f, 2);
+    put32(h + 8, (uint32_t)len);
+    put32(h + 12, tha_crc32c(0, payload, len));
+    put32(h + 16, tha_crc32c(0, h, 16));
+}
+
+/* Queues a message whose payload is copied. */
+static int send_msg(tha_session_t *s, int type, int flags, const void *payload,
+                    size_t len) {
+    uint8_t *m = malloc(MSG_HDR + len);
+    if (!m) return THA_ENOMEM;
+    if (len) memcpy(m + MSG_HDR, payload, len);
+    fill_header(m, type, flags, m + MSG_HDR, len);
+    int rc = out_push(s, m, m, MSG_HDR + len, NULL);
+    if (rc) free(m);
+    return rc;
+}
+
+/* Queues a backlog frame: a header we own, then the frame by reference. */
+static int send_frame_ref(tha_session_t *s, tha__bframe_t *f, int ack) {
+    uint8_t *h = malloc(MSG_HDR);
+    if (!h) return THA_ENOMEM;
+    fill_header(h, M_FRAME, ack, f->data, f->len);
+    int rc = out_push(s, h, h, MSG_HDR, NULL);
+    if (!rc) rc = out_push(s, NULL, f->data, f->len, f);
+    if (rc) tha__bframe_release(f);
+    return rc;
+}
+
+static void out_drop_all(tha_session_t *s) {
+    for (size_t i = 0; i < s->out_n; i++) {
+        outitem_t *o = &s->out[(s->out_head + i) % s->out_cap];
+        free(o->own);
+        tha__bframe_release(o->ref);
+    }
+    s->out_n = 0;
+    s->out_bytes = 0;
+}
+
+/* ---- lifecycle -------------------------------------------------------- */
+
+int tha_session_create(tha_session_t **out, const tha_session_config_t *cfg,
+                       tha_heap_t *heap, tha_backlog_t *backlog) {
+    if (!out || !cfg || (cfg->role != THA_ROLE_ACTIVE && cfg->role != THA_ROLE_STANDBY))
+        return THA_EINVAL;
+    if (cfg->role == THA_ROLE_ACTIVE && (!heap || !backlog)) return THA_EINVAL;
+    tha_session_t *s = calloc(1, sizeof *s);
+    if (!s) return THA_ENOMEM;
+    s->cfg = *cfg;
+    if (!s->cfg.heartbeat_ms) s->cfg.heartbeat_ms = 200;
+    if (!s->cfg.timeout_ms) s->cfg.timeout_ms = 2000;
+    if (!s->cfg.chunk_bytes) s->cfg.chunk_bytes = 1u << 20;
+    if (s->cfg.chunk_bytes < THA__BLOCK * 16) s->cfg.chunk_bytes = THA__BLOCK * 16;
+    if (!s->cfg.max_message) s->cfg.max_message = 0xffffffffu;
+    s->heap = heap;
+    s->backlog = backlog;
+    s->ack_level = THA_ACK_APPLIED;
+    if (getrandom(s->nonce, NONCE, 0) != (ssize_t)NONCE) {
+        free(s);
+        return THA_EINVAL;
+    }
+    *out = s;
+    return 0;
+}
+
+void tha_session_destroy(tha_session_t *s) {
+    if (!s) return;
+    out_drop_all(s);
+    free(s->out);
+    free(s->in);
+    free(s->ev);
+    tha_heap_destroy(s->staging);
+    if (s->owns_heap) tha_heap_destroy(s->heap);
+    tha_schema_release(s->peer_schema);
+    free(s);
+}
+
+const char *tha_session_errmsg(const tha_session_t *s) { return s->err; }
+
+tha_heap_t *tha_session_take_heap(tha_session_t *s) {
+    s->owns_heap = 0;
+    return s->heap;
+}
+
+/* ---- handshake -------------------------------------------------------- */
+
+static size_t hello_pack(const tha_session_t *s, uint8_t *p, const uint8_t *schema,
+                         size_t schema_len) {
+    const tha_heap_t *h = s->heap;
+    const tha__region_t *r = h ? tha__reg(h) : NULL;
+    put32(p, THA_PROTOCOL_VERSION);
+    put32(p + 4, (uint32_t)s->cfg.role);
+    put64(p + 8, s->cfg.node_id);
+    put64(p + 16, h ? h->epoch : 0);
+    put64(p + 24, h ? h->lineage : 0);
+    put64(p + 32, h ? h->seq : 0);
+    put64(p + 40, r ? r->capacity : 0);
+    put64(p + 48, h ? tha_schema_fingerprint(h->schema) : 0);
+    memcpy(p + 56, s->nonce, NONCE);
+    memset(p + HELLO_MAC_AT, 0, THA_MAC_SIZE);
+    put32(p + HELLO_MAC_AT + THA_MAC_SIZE, h ? 1u : 0u);
+    put32(p + HELLO_MAC_AT + THA_MAC_SIZE + 4, (uint32_t)schema_len);
+    if (schema_len) memcpy(p + HELLO_FIXED, schema, schema_len);
+    return HELLO_FIXED + schema_len;
+}
+
+static int hello_parse(const uint8_t *p, size_t len, hello_t *o) {
+    if (len < HELLO_FIXED) return THA_EPROTO;
+    o->version = get32(p);
+    o->role = get32(p + 4);
+    o->node = get64(p + 8);
+    o->epoch = get64(p + 16);
+    o->lineage = get64(p + 24);
+    o->seq = get64(p + 32);
+    o->capacity = get64(p + 40);
+    o->fingerprint = get64(p + 48);
+    memcpy(o->nonce, p + 56, NONCE);
+    memcpy(o->mac, p + HELLO_MAC_AT, THA_MAC_SIZE);
+    o->flags = get32(p + HELLO_MAC_AT + THA_MAC_SIZE);
+    o->schema_len = get32(p + HELLO_MAC_AT + THA_MAC_SIZE + 4);
+    if (o->schema_len != len - HELLO_FIXED) return THA_EPROTO;
+    o->schema = p + HELLO_FIXED;
+    return 0;
+}
+
+/* MAC of label || nonce || data (mac field inside data zeroed by caller);
+ * all zeros without a secret. */
+static void mac_of(const tha_session_t *s, const char *label, const uint8_t *nonce,
+                   const uint8_t *data, size_t len, uint8_t out[THA_MAC_SIZE]) {
+    memset(out, 0, THA_MAC_SIZE);
+    if (!s->cfg.mac) return;
+    size_t ll = strlen(label) + 1;
+    uint8_t *buf = malloc(ll + NONCE + len);
+    if (!buf) return; /* a zero MAC fails verification: fails closed */
+    memcpy(buf, label, ll);
+    memcpy(buf + ll, nonce, NONCE);
+    memcpy(buf + ll + NONCE, data, len);
+    s->cfg.mac(s->cfg.mac_ctx, buf, ll + NONCE + len, out);
+    free(buf);
+}
+
+static bool mac_equal(const uint8_t *a, const uint8_t *b) {
+    uint8_t d = 0;
+    for (unsigned i = 0; i < THA_MAC_SIZE; i++) d |= a[i] ^ b[i];
+    return d == 0;
+}
+
+int tha_session_start(tha_session_t *s, uint64_t now_ms) {
+    s->now = s->last_heard = now_ms;
+    if (s->cfg.role == THA_ROLE_ACTIVE) return 0; /* the standby speaks first */
+    size_t n = hello_pack(s, s->my_hello, NULL, 0);
+    return send_msg(s, M_HELLO, 0, s->my_hello, n);
+}
+
+static int refuse(tha_session_t *s, int code, uint64_t epoch, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int refuse(tha_session_t *s, int code, uint64_t epoch, const char *fmt, ...) {
+    char msg[200];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    uint8_t p[16 + sizeof msg];
+    size_t ml = strlen(msg);
+    put32(p, (uint32_t)code);
+    put64(p + 4, epoch);
+    put32(p + 12, (uint32_t)ml);
+    memcpy(p + 16, msg, ml);
+    send_msg(s, M_REFUSE, 0, p, 16 + ml);
+    return close_with(s, THA_EV_ERROR, code, "refused the peer: %s", msg);
+}
+
+/* Standby: the active introduced itself. */
+static int on_active_hello(tha_session_t *s, const uint8_t *p, size_t len) {
+    hello_t *a = &s->peer;
+    if (hello_parse(p, len, a) || a->role != THA_ROLE_ACTIVE)
+        return refuse(s, THA_EPROTO, 0, "malformed HELLO from the active");
+    if (a->version != THA_PROTOCOL_VERSION)
+        return refuse(s, THA_EVERSION, 0, "protocol version %u; this standby speaks %d",
+                      a->version, THA_PROTOCOL_VERSION);
+    uint8_t want[THA_MAC_SIZE], *copy = malloc(len);
+    if (!copy) return THA_ENOMEM;
+    memcpy(copy, p, len);
+    memset(copy + HELLO_MAC_AT, 0, THA_MAC_SIZE);
+    mac_of(s, "tha-active-hello", s->nonce, copy, len, want);
+    free(copy);
+    if (s->cfg.mac && !mac_equal(want, a->mac))
+        return refuse(s, THA_EAUTH, 0, "authentication failed: the active does "
+                      "not know the shared secret");
+    uint64_t mine = s->heap ? s->heap->epoch : 0;
+    if (a->epoch < mine)
+        return refuse(s, THA_EFENCED, mine, "fenced: the active is at epoch %llu, "
+                      "this node is at epoch %llu", (unsigned long long)a->epoch,
+                      (unsigned long long)mine);
+    tha_schema_t *theirs = NULL;
+    char why[200];
+    int rc = tha_schema_deserialize(a->schema, a->schema_len, &theirs, why, sizeof why);
+    if (rc) return refuse(s, THA_EPROTO, 0, "unreadable schema from the active: %s", why);
+    if (s->heap && tha_schema_fingerprint(theirs) != tha_schema_fingerprint(s->heap->schema)) {
+        tha_schema_compare(theirs, s->heap->schema, why, sizeof why);
+        tha_schema_release(theirs);
+        return refuse(s, THA_EMISMATCH, 0, "schema mismatch (active vs standby): %s", why);
+    }
+    tha_schema_release(s->peer_schema);
+    s->peer_schema = theirs;
+    /* WELCOME: our MAC over the active's nonce and our own HELLO */
+    uint8_t w[THA_MAC_SIZE];
+    mac_of(s, "tha-standby-welcome", a->nonce, s->my_hello, HELLO_FIXED, w);
+    rc = send_msg(s, M_WELCOME, 0, w, sizeof w);
+    if (rc) return rc;
+    s->state = S_STREAMING; /* until the active starts a bulk sync */
+    tha_event_t *e = push_event(s, THA_EV_READY, 0, a->seq, s->heap ? s->heap->seq : 0, 0);
+    if (e) e->epoch = a->epoch;
+    return 0;
+}
+
+/* Active: the standby introduced itself; answer with our HELLO. */
+static int on_standby_hello(tha_session_t *s, const uint8_t *p, size_t len) {
+    hello_t *b = &s->peer;
+    if (hello_parse(p, len, b) || b->role != THA_ROLE_STANDBY || b->schema_len)
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed HELLO from the standby");
+    if (b->version != THA_PROTOCOL_VERSION)
+        return close_with(s, THA_EV_ERROR, THA_EVERSION, "standby speaks protocol "
+                          "version %u; this node speaks %d", b->version,
+                          THA_PROTOCOL_VERSION);
+    memcpy(s->my_hello, p, HELLO_FIXED); /* the WELCOME MAC covers it */
+    if (b->epoch > s->heap->epoch) {
+        tha_event_t *e;
+        close_with(s, THA_EV_FENCED, THA_EFENCED, "fenced: the standby knows epoch "
+                   "%llu, this active is at epoch %llu", (unsigned long long)b->epoch,
+                   (unsigned long long)s->heap->epoch);
+        e = &s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap];
+        e->epoch = b->epoch;
+        return THA_EFENCED;
+    }
+    size_t slen;
+    int rc = tha_schema_serialize(s->heap->schema, NULL, 0, &slen);
+    if (rc) return rc;
+    uint8_t *m = malloc(HELLO_FIXED + slen);
+    if (!m) return THA_ENOMEM;
+    tha_schema_serialize(s->heap->schema, m + HELLO_FIXED, slen, &slen);
+    size_t n = hello_pack(s, m, m + HELLO_FIXED, slen);
+    mac_of(s, "tha-active-hello", b->nonce, m, n, m + HELLO_MAC_AT);
+    rc = send_msg(s, M_HELLO, 0, m, n);
+    free(m);
+    return rc;
+}
+
+static int start_bulk(tha_session_t *s) {
+    out_drop_all(s); /* only called at message boundaries */
+    s->state = S_BULK;
+    s->bulk_phase = 1;
+    s->bulk_block = 0;
+    s->bulk_seq = s->heap->seq;
+    s->next_seq = s->heap->seq + 1;
+    return 0;
+}
+
+/* Active: the standby proved itself; resume from the backlog or bulk. */
+static int on_welcome(tha_session_t *s, const uint8_t *p, size_t len) {
+    if (len != THA_MAC_SIZE)
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed WELCOME");
+    uint8_t want[THA_MAC_SIZE];
+    mac_of(s, "tha-standby-welcome", s->nonce, s->my_hello, HELLO_FIXED, want);
+    if (s->cfg.mac && !mac_equal(want, p))
+        return close_with(s, THA_EV_ERROR, THA_EAUTH, "authentication failed: the "
+                          "standby does not know the shared secret");
+    const hello_t *b = &s->peer;
+    tha_heap_t *h = s->heap;
+    uint64_t first = 0, last = 0, bytes;
+    tha_backlog_range(s->backlog, &first, &last, &bytes);
+    bool same_history = b->flags && b->lineage == h->lineage && b->seq <= h->seq &&
+                        (b->epoch == h->epoch || b->seq <= h->epoch_start);
+    bool have = b->seq == h->seq || (last && first <= b->seq + 1 && b->seq + 1 <= last);
+    tha_event_t *e = push_event(s, THA_EV_READY, 0, b->seq, b->seq, same_history && have);
+    if (e) e->epoch = b->epoch;
+    if (same_history && have) {
+        s->state = S_STREAMING;
+        s->next_seq = b->seq + 1;
+        return tha_session_pump(s, s->ack_level);
+    }
+    return start_bulk(s);
+}
+
+/* ---- bulk sync: active ------------------------------------------------ */
+
+/* Produces the next bulk message when the output queue runs dry. */
+static int bulk_step(tha_session_t *s) {
+    tha_heap_t *h = s->heap;
+    const tha__region_t *r = tha__reg(h);
+    if (s->bulk_phase == 1) {
+        size_t slen;
+        tha_schema_serialize(h->schema, NULL, 0, &slen);
+        uint8_t *p = malloc(44 + slen);
+        if (!p) return THA_ENOMEM;
+        put64(p, s->bulk_seq);
+        put64(p + 8, h->epoch);
+        put64(p + 16, h->lineage);
+        put64(p + 24, r->capacity);
+        put64(p + 32, r->top);
+        put32(p + 40, (uint32_t)slen);
+        tha_schema_serialize(h->schema, p + 44, slen, &slen);
+        int rc = send_msg(s, M_SNAP_BEGIN, 0, p, 44 + slen);
+        free(p);
+        s->bulk_phase = 2;
+        return rc;
+    }
+    uint64_t top_blocks = r->top / THA__BLOCK;
+    if (s->bulk_phase == 2 && s->bulk_block < top_blocks) {
+        uint64_t max_blocks = s->cfg.chunk_bytes / THA__BLOCK;
+        size_t need = tha__segment_size(h, s->bulk_block, max_blocks), len;
+        uint8_t *m = malloc(MSG_HDR + need);
+        if (!m) return THA_ENOMEM;
+        int rc = tha__encode_segment(h, &s->bulk_block, max_blocks, m + MSG_HDR, need, &len);
+        if (rc) {
+            free(m);
+            return close_with(s, THA_EV_ERROR, rc, "bulk sync: %s", tha_heap_errmsg(h));
+        }
+        fill_header(m, M_SNAP_DATA, 0, m + MSG_HDR, len);
+        rc = out_push(s, m, m, MSG_HDR + len, NULL);
+        if (rc) {
+            free(m);
+            return rc;
+        }
+        push_event(s, THA_EV_BULK_PROGRESS, 0, s->bulk_seq, s->bulk_block * THA__BLOCK,
+                   r->top);
+        return 0;
+    }
+    /* SNAP_END: the standby is consistent after the first frame encoded
+     * after this point, or right away if nothing changed since bulk_seq. */
+    uint64_t last = h->seq;
+    uint64_t consistent = tha__count_dirty(h) == 0 ? last : last + 1;
+    uint8_t p[32];
+    put64(p, s->bulk_seq);
+    put64(p + 8, last);
+    put64(p + 16, consistent);
+    put64(p + 24, s->bulk_block);
+    int rc = send_msg(s, M_SNAP_END, 0, p, sizeof p);
+    s->bulk_phase = 0;
+    s->state = S_STREAMING;
+    push_event(s, THA_EV_BULK_DONE, 0, s->bulk_seq, r->top, r->top);
+    if (!rc) rc = tha_session_pump(s, s->ack_level);
+    return rc;
+}
+
+int tha_session_pump(tha_session_t *s, int ack) {
+    if (s->cfg.role != THA_ROLE_ACTIVE || ack < 0 || ack > THA_ACK_PERSISTED)
+        return THA_EINVAL;
+    s->ack_level = ack;
+    if (s->state != S_STREAMING) return s->state == S_CLOSED ? THA_ECLOSED : 0;
+    uint64_t first, last, bytes;
+    tha_backlog_range(s->backlog, &first, &last, &bytes);
+    while (last && s->next_seq <= last) {
+        tha__bframe_t *f = tha__backlog_get(s->backlog, s->next_seq);
+        if (!f) { /* fell out of the backlog before we sent it */
+            tha_event_t *e = push_event(s, THA_EV_ERROR, THA_ESEQ, s->next_seq, 0, 0);
+            if (e) snprintf(e->msg, sizeof e->msg, "standby fell behind the backlog "
+                            "(needs seq %llu, backlog starts at %llu): bulk sync",
+                            (unsigned long long)s->next_seq, (unsigned long long)first);
+            return start_bulk(s);
+        }
+        int rc = send_frame_ref(s, f, ack);
+        if (rc) return rc;
+        s->next_seq++;
+    }
+    /* a standby that cannot keep up is dropped, not waited for */
+    if (s->out_bytes > s->backlog->max_bytes + s->cfg.chunk_bytes)
+        return close_with(s, THA_EV_ERROR, THA_EFULL, "standby too slow: %llu bytes "
+                          "unsent exceed the backlog bound of %llu; dropped (it "
+                          "will bulk sync when it reconnects)",
+                          (unsigned long long)s->out_bytes,
+                          (unsigned long long)s->backlog->max_bytes);
+    return 0;
+}
+
+/* ---- bulk sync and frames: standby ------------------------------------ */
+
+static int send_ack(tha_session_t *s, uint64_t seq, int level) {
+    uint8_t p[12];
+    put64(p, seq);
+    put32(p + 8, (uint32_t)level);
+    return send_msg(s, M_ACK, 0, p, sizeof p);
+}
+
+static int send_nack(tha_session_t *s, uint64_t seq, int code, const char *msg) {
+    uint8_t p[16 + 200];
+    size_t ml = strnlen(msg, 200);
+    put64(p, seq);
+    put32(p + 8, (uint32_t)code);
+    put32(p + 12, (uint32_t)ml);
+    memcpy(p + 16, msg, ml);
+    return send_msg(s, M_NACK, 0, p, 16 + ml);
+}
+
+/* Staging becomes the live heap once it reached a consistent frame. */
+static int maybe_go_live(tha_session_t *s, int ack) {
+    if (s->state != S_CATCHUP || s->staging->seq < s->consistent_at) return 0;
+    if (s->owns_heap) tha_heap_destroy(s->heap);
+    s->heap = s->staging;
+    s->owns_heap = 1;
+    s->staging = NULL;
+    s->state = S_STREAMING;
+    push_event(s, THA_EV_BULK_DONE, 0, s->heap->seq, s->bulk_total, s->bulk_total);
+    return send_ack(s, s->heap->seq, ack > THA_ACK_APPLIED ? THA_ACK_APPLIED :
+                    (ack < THA_ACK_APPLIED ? THA_ACK_APPLIED : ack));
+}
+
+static int on_snap_begin(tha_session_t *s, const uint8_t *p, size_t len) {
+    if (len < 44 || get32(p + 40) != len - 44 || !s->peer_schema)
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed SNAP_BEGIN");
+    uint64_t capacity = get64(p + 24);
+    tha_heap_destroy(s->staging);
+    s->staging = NULL;
+    int rc = tha_heap_create(&s->staging, s->peer_schema, capacity, THA_TRACK_EXPLICIT);
+    if (rc) {
+        send_nack(s, get64(p), rc, "cannot create the staging heap");
+        return close_with(s, THA_EV_ERROR, rc, "bulk sync: cannot create a %llu-byte "
+                          "heap: %s", (unsigned long long)capacity, tha_strerror(rc));
+    }
+    s->staging->seq = get64(p);
+    s->staging->epoch = get64(p + 8);
+    s->staging->lineage = get64(p + 16);
+    s->bulk_done = 0;
+    s->bulk_total = get64(p + 32);
+    s->state = S_BULK;
+    push_event(s, THA_EV_BULK_BEGIN, 0, s->staging->seq, s->bulk_total, 0);
+    return 0;
+}
+
+static int on_snap_data(tha_session_t *s, const uint8_t *p, size_t len) {
+    if (s->state != S_BULK || !s->staging)
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "SNAP_DATA outside a bulk sync");
+    int rc = tha__apply_segment(s->staging, p, len);
+    if (rc)
+        return close_with(s, THA_EV_ERROR, rc, "bulk sync: bad segment: %s",
+                          tha_heap_errmsg(s->staging));
+    tha_frame_info_t info;
+    tha_frame_info(p, len, &info);
+    s->bulk_done += info.nblocks * THA__BLOCK;
+    push_event(s, THA_EV_BULK_PROGRESS, 0, s->staging->seq, s->bulk_done, s->bulk_total);
+    return 0;
+}
+
+static int on_snap_end(tha_session_t *s, const uint8_t *p, size_t len) {
+    if (len != 32 || s->state != S_BULK || !s->staging || get64(p) != s->staging->seq)
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed SNAP_END");
+    s->consistent_at = get64(p + 16);
+    s->state = S_CATCHUP;
+    return maybe_go_live(s, THA_ACK_APPLIED);
+}
+
+static int on_frame(tha_session_t *s, const uint8_t *p, size_t len, int ack) {
+    tha_heap_t *target = s->state == S_CATCHUP ? s->staging : s->heap;
+    if (s->state == S_BULK || s->state == S_HANDSHAKE || !target)
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "FRAME before the standby "
+                          "has a heap to apply it to");
+    tha_frame_info_t info;
+    int rc = tha_frame_info(p, len, &info);
+    uint64_t seq = rc ? 0 : info.seq;
+    if (!rc && ack == THA_ACK_RECEIVED) rc = send_ack(s, seq, THA_ACK_RECEIVED);
+    if (!rc) rc = tha_heap_apply(target, p, len);
+    if (rc) { /* the heap is unchanged; the active decides what to resend */
+        send_nack(s, seq, rc, tha_heap_errmsg(target));
+        tha_event_t *e = push_event(s, THA_EV_ERROR, rc, seq, 0, 0);
+        if (e) snprintf(e->msg, sizeof e->msg, "frame seq %llu refused: %s",
+                        (unsigned long long)seq, tha_heap_errmsg(target));
+        return 0;
+    }
+    if (s->state == S_CATCHUP) return maybe_go_live(s, ack);
+    push_event(s, THA_EV_APPLIED, 0, seq, (uint64_t)len, 0);
+    if (ack >= THA_ACK_RECEIVED) /* persisted is the log's to confirm */
+        return send_ack(s, seq, THA_ACK_APPLIED);
+    return 0;
+}
+
+/* ---- input ------------------------------------------------------------ */
+
+static int dispatch(tha_session_t *s, int type, int flags, const uint8_t *p, size_t len) {
+    bool active = s->cfg.role == THA_ROLE_ACTIVE;
+    if (type == M_HEARTBEAT) {
+        if (len != 24) return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed HEARTBEAT");
+        s->peer.seq = get64(p);
+        push_event(s, THA_EV_HEARTBEAT, 0, get64(p), get64(p), get64(p + 8));
+        return 0;
+    }
+    if (type == M_REFUSE) {
+        if (len < 16 || get32(p + 12) != len - 16)
+            return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed REFUSE");
+        int code = (int)get32(p);
+        uint64_t epoch = get64(p + 4);
+        close_with(s, code == THA_EFENCED ? THA_EV_FENCED : THA_EV_REFUSED, code,
+                   "the peer refused: %.*s", (int)(len - 16), (const char *)p + 16);
+        s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap].epoch = epoch;
+        return code;
+    }
+    if (s->state == S_HANDSHAKE) {
+        if (active && type == M_HELLO && !s->peer.role) return on_standby_hello(s, p, len);
+        if (active && type == M_WELCOME && s->peer.role) return on_welcome(s, p, len);
+        if (!active && type == M_HELLO) return on_active_hello(s, p, len);
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "unexpected %s during the handshake",
+                          msg_names[type]);
+    }
+    if (active) {
+        if (type == M_ACK && len == 12) {
+            uint64_t seq = get64(p);
+            uint32_t level = get32(p + 8);
+            if (level < THA_ACK_RECEIVED || level > THA_ACK_PERSISTED || seq > s->heap->seq)
+                return close_with(s, THA_EV_ERROR, THA_EPROTO, "ACK of seq %llu level %u "
+                                  "is impossible", (unsigned long long)seq, level);
+            for (uint32_t l = 1; l <= level; l++)
+                if (seq > s->acked[l]) s->acked[l] = seq;
+            push_event(s, THA_EV_ACK, 0, seq, level, 0);
+            return 0;
+        }
+        if (type == M_NACK && len >= 16 && get32(p + 12) == len - 16) {
+            if (s->state == S_BULK) return 0; /* about a frame the bulk replaces */
+            tha_event_t *e = push_event(s, THA_EV_ERROR, (int)get32(p + 8), get64(p), 0, 0);
+            if (e) snprintf(e->msg, sizeof e->msg, "standby refused seq %llu: %.*s; "
+                            "bulk sync", (unsigned long long)get64(p), (int)(len - 16),
+                            (const char *)p + 16);
+            return start_bulk(s);
+        }
+    } else {
+        switch (type) {
+        case M_SNAP_BEGIN: return on_snap_begin(s, p, len);
+        case M_SNAP_DATA: return on_snap_data(s, p, len);
+        case M_SNAP_END: return on_snap_end(s, p, len);
+        case M_FRAME: return on_frame(s, p, len, flags);
+        default: break;
+        }
+    }
+    return close_with(s, THA_EV_ERROR, THA_EPROTO, "unexpected %s message",
+                      msg_names[type]);
+}
+
+/* Bytes needed for the message starting at p (0: need more), or < 0. */
+static int64_t message_length(tha_session_t *s, const uint8_t *p, size_t avail) {
+    if (avail < MSG_HDR) return 0;
+    uint16_t type;
+    memcpy(&type, p + 4, 2);
+    if (get32(p) != MSG_MAGIC || tha_crc32c(0, p, 16) != get32(p + 16) ||
+        type == 0 || type >= M_LAST)
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "garbage from the peer (not a "
+                          "tha message header)");
+    uint64_t len = get32(p + 8);
+    if (len > s->cfg.max_message)
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "%s of %llu bytes exceeds the "
+                          "limit of %llu", msg_names[type], (unsigned long long)len,
+                          (unsigned long long)s->cfg.max_message);
+    return avail >= MSG_HDR + len ? (int64_t)(MSG_HDR + len) : 0;
+}
+
+static int handle(tha_session_t *s, const uint8_t *m, size_t total) {
+    uint16_t type, flags;
+    memcpy(&type, m + 4, 2);
+    memcpy(&flags, m + 6, 2);
+    if (tha_crc32c(0, m + MSG_HDR, total - MSG_HDR) != get32(m + 12))
+        return close_with(s, THA_EV_ERROR, THA_ECHECKSUM, "%s payload checksum mismatch",
+                          msg_names[type]);
+    return dispatch(s, type, flags, m + MSG_HDR, total - MSG_HDR);
+}
+
+int tha_session_feed(tha_session_t *s, const void *data, size_t len, uint64_t now_ms) {
+    if (s->state == S_CLOSED) return THA_ECLOSED;
+    s->now = now_ms;
+    if (len) {
+        s->last_heard = now_ms;
+        s->timed_out = 0;
+    }
+    s->bytes_in += len;
+    const uint8_t *p = data;
+    while (len || s->in_len) {
+        int64_t need;
+        if (s->in_len == 0) { /* whole messages straight from the caller's bytes */
+            need = message_length(s, p, len);
+            if (need < 0) return (int)need;
+            if (need > 0) {
+                int rc = handle(s, p, (size_t)need);
+                p += need;
+                len -= (size_t)need;
+                if (rc < 0 || s->state == S_CLOSED) return rc < 0 ? rc : 0;
+                continue;
+            }
+        }
+        /* buffer: enough for the header, then for the whole message */
+        size_t want = s->in_len < MSG_HDR ? MSG_HDR : 0;
+        if (!want) {
+            need = message_length(s, s->in, s->in_len);
+            if (need < 0) return (int)need;
+            want = need ? (size_t)need : MSG_HDR + get32(s->in + 8);
+        }
+        if (want > s->in_cap) {
+            uint8_t *in = realloc(s->in, want);
+            if (!in) return THA_ENOMEM;
+            s->in = in;
+            s->in_cap = want;
+        }
+        size_t take = want - s->in_len < len ? want - s->in_len : len;
+        memcpy(s->in + s->in_len, p, take);
+        s->in_len += take;
+        p += take;
+        len -= take;
+        if (s->in_len < want) {
+            if (!len) break;
+            continue;
+        }
+        need = message_length(s, s->in, s->in_len);
+        if (need < 0) return (int)need;
+        if (need == 0) continue; /* header complete; payload next */
+        int rc = handle(s, s->in, (size_t)need);
+        s->in_len = 0;
+        if (rc < 0 || s->state == S_CLOSED) return rc < 0 ? rc : 0;
+    }
+    return 0;
+}
+
+/* ---- output, time ----------------------------------------------------- */
+
+int tha_session_output(tha_session_t *s, const void **data, size_t *len) {
+    if (!s->out_n && s->cfg.role == THA_ROLE_ACTIVE && s->state == S_BULK) {
+        int rc = bulk_step(s);
+        if (rc) return rc;
+    }
+    if (!s->out_n) {
+        *data = NULL;
+        *len = 0;
+        return 0;
+    }
+    outitem_t *o = &s->out[s->out_head];
+    *data = o->ptr + o->off;
+    *len = o->len - o->off;
+    return 0;
+}
+
+int tha_session_advance(tha_session_t *s, size_t n) {
+    while (n && s->out_n) {
+        outitem_t *o = &s->out[s->out_head];
+        size_t take = o->len - o->off < n ? o->len - o->off : n;
+        o->off += take;
+        n -= take;
+        s->bytes_out += take;
+        s->out_bytes -= take;
+        if (o->off == o->len) {
+            free(o->own);
+            tha__bframe_release(o->ref);
+            s->out_head = (s->out_head + 1) % s->out_cap;
+            s->out_n--;
+        }
+    }
+    return n ? THA_EINVAL : 0;
+}
+
+int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
+    if (s->state == S_CLOSED) return THA_ECLOSED;
+    s->now = now_ms;
+    if (!s->timed_out && now_ms - s->last_heard >= s->cfg.timeout_ms) {
+        s->timed_out = 1;
+        tha_event_t *e = push_event(s, THA_EV_TIMEOUT, 0, s->peer.seq,
+                                    now_ms - s->last_heard, 0);
+        if (e) snprintf(e->msg, sizeof e->msg, "nothing from the peer for %llu ms",
+                        (unsigned long long)(now_ms - s->last_heard));
+    }
+    if (s->state != S_HANDSHAKE && !s->out_n &&
+        now_ms - s->last_sent >= s->cfg.heartbeat_ms) {
+        uint8_t p[24];
+        put64(p, s->heap ? s->heap->seq : 0);
+        put64(p + 8, s->heap ? s->heap->epoch : 0);
+        put64(p + 16, now_ms);
+        return send_msg(s, M_HEARTBEAT, 0, p, sizeof p);
+    }
+    return 0;
+}
+
+int tha_session_fence(tha_session_t *s, uint64_t epoch) {
+    if (s->state == S_CLOSED) return THA_ECLOSED;
+    refuse(s, THA_EFENCED, epoch, "fenced: this node was promoted to epoch %llu",
+           (unsigned long long)epoch);
+    return 0;
+}
+
+int tha_session_status(const tha_session_t *s, tha_session_status_t *out) {
+    memset(out, 0, sizeof *out);
+    out->role = s->cfg.role;
+    out->state = s->state;
+    out->peer_node = s->peer.node;
+    out->peer_seq = s->peer.seq;
+    out->sent_seq = s->next_seq ? s->next_seq - 1 : 0;
+    memcpy(out->acked, s->acked, sizeof out->acked);
+    out->bytes_in = s->bytes_in;
+    out->bytes_out = s->bytes_out;
+    out->bulk_done = s->cfg.role == THA_ROLE_ACTIVE ? s->bulk_block * THA__BLOCK : s->bulk_done;
+    out->bulk_total = s->bulk_total;
+    out->last_heard_ms = s->last_heard;
+    return 0;
+}

@@ -1,0 +1,615 @@
+"""Active and Standby: the replication driver.
+
+The protocol lives in C (``tha_session_*``, sans-I/O); this module only
+moves bytes between sessions and sockets, keeps time and turns session
+events into Python state. Per connection there is a reader thread (socket →
+session) and a writer thread (session → socket); a ticker thread per node
+drives heartbeats and timeouts. Everything touching a session or its heap
+runs under the heap's lock; sockets are written outside it (the bytes stay
+valid until the session is told they went out).
+
+Ack levels, weakest first (compare DRBD protocols A/B/C and PostgreSQL
+``synchronous_commit``):
+
+* ``"none"`` — ``sync()`` returns once the frame is queued: a crash of the
+  active right after may lose it (async replication).
+* ``"received"`` — the standby holds the frame in memory: lost only if both
+  nodes die before it is applied.
+* ``"applied"`` — the standby applied it to its live heap: a failover now
+  resumes from this state.
+* ``"persisted"`` — the standby fsync'd it to its delta log (needs the
+  durability layer; refused until then).
+
+``sync()`` never downgrades: if the required standbys do not answer within
+``timeout`` it raises :class:`SyncTimeout`. An application holds its replies
+to clients until ``sync()`` returns.
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+
+from ._ffi import ffi as _cffi, lib
+from .errors import Error, check
+from .heap import Heap
+from .schema import Schema
+
+log = logging.getLogger("tha")
+
+ACK_LEVELS = {"none": lib.THA_ACK_NONE, "received": lib.THA_ACK_RECEIVED,
+              "applied": lib.THA_ACK_APPLIED, "persisted": lib.THA_ACK_PERSISTED}
+_STATES = {0: "handshake", 1: "bulk", 2: "catching-up", 3: "streaming", 4: "closed"}
+
+
+class Fenced(Error, RuntimeError):
+    """A newer active exists (a standby was promoted): this one must stop."""
+
+
+class SyncTimeout(Error, TimeoutError):
+    """The required standbys did not acknowledge in time."""
+
+
+class AuthError(Error, PermissionError):
+    """The peer does not know the shared secret."""
+
+
+@dataclass
+class SyncResult:
+    seq: int           # the frame this sync produced (standby.applied_seq counts the same)
+    bytes: int         # its size on the wire
+    acked_by: list = field(default_factory=list)  # standby addresses that acked
+
+
+def _now_ms() -> int:
+    return int(time.monotonic() * 1000)
+
+
+@_cffi.def_extern()
+def tha_py_mac(ctx, data, length, out):
+    """HMAC-SHA256 for the C session (no crypto is written in C)."""
+    secret = _cffi.from_handle(ctx)
+    digest = hmac.new(secret, _cffi.buffer(data, length), "sha256").digest()
+    _cffi.memmove(out, digest, len(digest))
+
+
+def _check_listen(host: str, secret) -> None:
+    try:
+        loopback = ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if not loopback and not secret:
+        raise Error(f"refusing to listen on {host} without a secret: anyone who "
+                    "can reach it could replace the standby's state")
+
+
+class _Conn:
+    """One socket and its session."""
+
+    def __init__(self, node, sock, role, heap_c, backlog_c, peer: str):
+        self.node, self.sock, self.peer = node, sock, peer
+        self.closed = False        # no more reading; the writer flushes and ends
+        self._sock_closed = False
+        self._mac_handle = None
+        cfg = _cffi.new("tha_session_config_t *")
+        cfg.role = role
+        cfg.node_id = node.node_id
+        cfg.heartbeat_ms = int(node.heartbeat * 1000)
+        cfg.timeout_ms = int(node.timeout * 1000)
+        if node.secret:
+            self._mac_handle = _cffi.new_handle(node.secret)
+            cfg.mac = lib.tha_py_mac
+            cfg.mac_ctx = self._mac_handle
+        out = _cffi.new("tha_session_t **")
+        check(lib.tha_session_create(out, cfg, heap_c, backlog_c))
+        self.s = out[0]
+        self.buf = bytearray(1 << 20)
+        self.reader = threading.Thread(target=self._read, daemon=True,
+                                       name=f"tha-read-{peer}")
+        self.writer = threading.Thread(target=self._write, daemon=True,
+                                       name=f"tha-write-{peer}")
+
+    def start(self) -> None:
+        with self.node.cond:
+            check(lib.tha_session_start(self.s, _now_ms()))
+        self.reader.start()
+        self.writer.start()
+
+    def _read(self) -> None:
+        node, sock = self.node, self.sock
+        by_protocol = False  # the session closed itself: let the writer flush
+        try:
+            while not self.closed:
+                n = sock.recv_into(self.buf)
+                if n == 0:
+                    break
+                with node.cond:
+                    if self.s is None:
+                        break
+                    lib.tha_session_feed(self.s, _cffi.from_buffer(self.buf), n, _now_ms())
+                    node._drain(self)
+                    node.cond.notify_all()
+                    if self._state() == 4:
+                        by_protocol = True
+                        break
+        except (OSError, ValueError) as e:
+            if not self.closed:
+                log.info("%s: connection to %s lost: %s", node.role_name, self.peer, e)
+        finally:
+            if not by_protocol:
+                self.close()
+
+    def _write(self) -> None:
+        node, sock = self.node, self.sock
+        data = _cffi.new("void **")
+        size = _cffi.new("size_t *")
+        try:
+            while True:
+                with node.cond:
+                    while True:
+                        if self.closed:
+                            lib.tha_session_output(self.s, data, size)
+                            if not size[0]:
+                                return
+                            break
+                        rc = lib.tha_session_output(self.s, data, size)
+                        node._drain(self)
+                        if rc < 0 or size[0]:
+                            break
+                        if self._state() == 4:  # closed: said all it had to say
+                            return
+                        node.cond.wait(0.05)
+                if rc < 0:
+                    return
+                sent = sock.send(_cffi.buffer(data[0], size[0]))
+                with node.cond:
+                    lib.tha_session_advance(self.s, sent)
+        except (OSError, ValueError):
+            pass
+        finally:
+            self.close()
+
+    def _state(self) -> int:
+        st = _cffi.new("tha_session_status_t *")
+        lib.tha_session_status(self.s, st)
+        return st.state
+
+    def status(self) -> dict:
+        st = _cffi.new("tha_session_status_t *")
+        lib.tha_session_status(self.s, st)
+        return {"peer": self.peer, "state": _STATES.get(st.state, str(st.state)),
+                "peer_seq": st.peer_seq, "sent_seq": st.sent_seq,
+                "acked_received": st.acked[1], "acked_applied": st.acked[2],
+                "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
+                "bulk_done": st.bulk_done, "bulk_total": st.bulk_total}
+
+    def acked(self, level: int) -> int:
+        st = _cffi.new("tha_session_status_t *")
+        lib.tha_session_status(self.s, st)
+        return st.acked[level]
+
+    def close(self) -> None:
+        with self.node.cond:
+            if self._sock_closed:
+                return
+            self._sock_closed = self.closed = True
+            self.node.cond.notify_all()
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.node._forget(self)
+
+    def destroy(self) -> None:
+        """After both threads ended: free the session."""
+        for t in (self.reader, self.writer):
+            if t.is_alive() and t is not threading.current_thread():
+                t.join(5)
+        if self.s is not None:
+            lib.tha_session_destroy(self.s)
+            self.s = None
+
+
+class _Node:
+    """What Active and Standby share: lock, ticker, connections, secret."""
+
+    role_name = "node"
+
+    def __init__(self, secret, heartbeat, timeout, ssl_context):
+        self.secret = secret if secret else None
+        self.heartbeat = heartbeat
+        self.timeout = timeout
+        self.ssl_context = ssl_context
+        self.node_id = int.from_bytes(os.urandom(8), "little")
+        self.conns: list[_Conn] = []
+        self._dead: list[_Conn] = []
+        self._stopping = False
+        self.ticker = threading.Thread(target=self._tick, daemon=True,
+                                       name=f"tha-tick-{self.role_name}")
+
+    def _tick(self) -> None:
+        period = min(self.heartbeat, self.timeout) / 4
+        while not self._stopping:
+            time.sleep(period)
+            with self.cond:
+                for c in list(self.conns):
+                    if c.s is not None and not c.closed:
+                        lib.tha_session_tick(c.s, _now_ms())
+                        self._drain(c)
+                self._on_tick()
+                self.cond.notify_all()
+                dead, self._dead = self._dead, []
+            for c in dead:
+                c.destroy()
+
+    def _on_tick(self) -> None:
+        pass
+
+    def _forget(self, conn: _Conn) -> None:
+        with self.cond:
+            if conn in self.conns:
+                self.conns.remove(conn)
+                self._dead.append(conn)
+            self.cond.notify_all()
+
+    def _drain(self, conn: _Conn) -> None:
+        ev = _cffi.new("tha_event_t *")
+        while conn.s is not None and lib.tha_session_event(conn.s, ev):
+            self._on_event(conn, ev)
+
+    def _on_event(self, conn, ev) -> None:
+        raise NotImplementedError
+
+    def _close_all(self) -> None:
+        self._stopping = True
+        for c in list(self.conns):
+            c.close()
+        if self.ticker.is_alive():
+            self.ticker.join(5)
+        for c in self._dead + self.conns:
+            c.destroy()
+        self._dead = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Standby(_Node):
+    """Listens for an active and mirrors its heap.
+
+    ``heap`` — a heap to start from (its schema must match the active's);
+    without one the first bulk sync creates it from the schema the active
+    sends, so a standby needs no application code. ``promote_after`` —
+    seconds without the active after which this standby promotes itself
+    (None: only on ``promote()``).
+    """
+
+    role_name = "standby"
+
+    def __init__(self, listen=("127.0.0.1", 0), secret: bytes | None = None,
+                 heap: Heap | None = None, promote_after: float | None = None,
+                 heartbeat: float = 0.2, timeout: float = 2.0, ssl_context=None,
+                 functions: dict | None = None):
+        _check_listen(listen[0], secret)
+        super().__init__(secret, heartbeat, timeout, ssl_context)
+        self.heap = heap
+        self._lock = heap._lock if heap else threading.RLock()
+        self.cond = threading.Condition(self._lock)
+        self.promote_after = promote_after
+        self.functions = functions or {}
+        self.promoted_epoch = None
+        self.applied_seq = heap.stats()["seq"] if heap else 0
+        self.bulk = (0, 0)
+        self._last_active = time.monotonic()
+        self._ever_synced = heap is not None
+        self._listener = socket.create_server(listen, reuse_port=False)
+        self.address = self._listener.getsockname()[:2]
+        self._accepting = threading.Thread(target=self._accept, daemon=True,
+                                           name="tha-accept")
+        self._accepting.start()
+        self.ticker.start()
+        log.info("standby listening on %s:%d", *self.address)
+
+    def _accept(self) -> None:
+        while not self._stopping:
+            try:
+                sock, addr = self._listener.accept()
+            except OSError:
+                return
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self.ssl_context is not None:
+                try:
+                    sock = self.ssl_context.wrap_socket(sock, server_side=True)
+                except OSError as e:
+                    log.warning("standby: TLS handshake with %s failed: %s", addr, e)
+                    sock.close()
+                    continue
+            with self.cond:
+                heap_c = self.heap._h if self.heap is not None else _cffi.NULL
+                conn = _Conn(self, sock, lib.THA_ROLE_STANDBY, heap_c, _cffi.NULL,
+                             f"{addr[0]}:{addr[1]}")
+                self.conns.append(conn)
+            conn.start()
+
+    def _on_event(self, conn, ev) -> None:
+        t = ev.type
+        msg = _cffi.string(ev.msg).decode(errors="replace")
+        if t == lib.THA_EV_READY:
+            if self.promoted_epoch is not None:
+                lib.tha_session_fence(conn.s, self.promoted_epoch)
+                return
+            log.info("standby: active %s connected (its seq %d, ours %d)",
+                     conn.peer, ev.seq, ev.a)
+            self._last_active = time.monotonic()
+            for other in list(self.conns):  # one active at a time: the newest
+                if other is not conn:
+                    other.close()
+        elif t == lib.THA_EV_APPLIED:
+            self.applied_seq = ev.seq
+            self._last_active = time.monotonic()
+        elif t == lib.THA_EV_BULK_BEGIN:
+            self.bulk = (0, ev.a)
+            log.info("standby: bulk sync from %s: %d bytes", conn.peer, ev.a)
+        elif t == lib.THA_EV_BULK_PROGRESS:
+            self.bulk = (ev.a, ev.b)
+            self._last_active = time.monotonic()
+        elif t == lib.THA_EV_BULK_DONE:
+            self._adopt(lib.tha_session_take_heap(conn.s))
+            self.applied_seq = ev.seq
+            self._ever_synced = True
+            log.info("standby: bulk sync done, live at seq %d", ev.seq)
+        elif t == lib.THA_EV_HEARTBEAT:
+            self._last_active = time.monotonic()
+        elif t in (lib.THA_EV_ERROR, lib.THA_EV_REFUSED, lib.THA_EV_FENCED):
+            log.warning("standby: %s: %s", conn.peer, msg)
+        elif t == lib.THA_EV_TIMEOUT:
+            log.warning("standby: %s: %s", conn.peer, msg)
+            conn.close()
+
+    def _adopt(self, heap_c) -> None:
+        """Wraps the heap a bulk sync built; it shares this node's lock."""
+        if self.heap is not None and self.heap._h == heap_c:
+            return
+        self.heap = Heap._adopt(heap_c, self._lock, self.functions)
+
+    def _on_tick(self) -> None:
+        if (self.promote_after is not None and self.promoted_epoch is None
+                and self._ever_synced
+                and time.monotonic() - self._last_active > self.promote_after):
+            log.warning("standby: no word from the active for %.1fs: promoting",
+                        self.promote_after)
+            self._promote_locked()
+
+    def wait_for(self, seq: int, timeout: float = 10.0) -> bool:
+        """True once the live heap has applied frame ``seq``."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.applied_seq < seq:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def _promote_locked(self) -> Heap:
+        if self.heap is None:
+            raise Error("cannot promote: this standby never received a state")
+        if self.promoted_epoch is None:
+            epoch = self.heap.stats()["epoch"] + 1
+            check(lib.tha_heap_set_epoch(self.heap._h, epoch))
+            self.promoted_epoch = epoch
+            for c in list(self.conns):
+                if c.s is not None:
+                    lib.tha_session_fence(c.s, epoch)
+            log.warning("standby: promoted to epoch %d at seq %d", epoch,
+                        self.applied_seq)
+        self.cond.notify_all()
+        return self.heap
+
+    def promote(self) -> Heap:
+        """Becomes the active: bumps the epoch (fencing the old active) and
+        returns the heap to carry on with, e.g. ``tha.Active(heap, ...)``."""
+        with self.cond:
+            return self._promote_locked()
+
+    @property
+    def promoted(self) -> bool:
+        return self.promoted_epoch is not None
+
+    def status(self) -> dict:
+        with self.cond:
+            st = self.heap.stats() if self.heap is not None else {}
+            return {"role": "promoted" if self.promoted else "standby",
+                    "address": self.address, "epoch": st.get("epoch", 0),
+                    "applied_seq": self.applied_seq,
+                    "peers": [c.status() for c in self.conns if c.s is not None],
+                    "bulk": self.bulk}
+
+    def close(self) -> None:
+        self._stopping = True
+        try:
+            self._listener.close()
+        except OSError:
+            pass
+        self._close_all()
+
+
+class Active(_Node):
+    """Replicates ``heap`` to standbys; ``sync()`` ships what changed.
+
+    ``ack`` is the default level ``sync()`` waits for; ``ack_quorum`` how
+    many standbys must reach it (default: all). ``backlog_bytes`` bounds the
+    deltas kept for resume and how far a standby may lag before it is
+    dropped to bulk sync.
+    """
+
+    role_name = "active"
+
+    def __init__(self, heap: Heap, standbys, secret: bytes | None = None,
+                 ack: str = "applied", ack_quorum: int | None = None,
+                 timeout: float = 5.0, backlog_bytes: int = 64 << 20,
+                 heartbeat: float = 0.2, peer_timeout: float = 2.0,
+                 ssl_context=None):
+        if ack not in ACK_LEVELS:
+            raise Error(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
+        super().__init__(secret, heartbeat, peer_timeout, ssl_context)
+        self.heap = heap
+        self.cond = threading.Condition(heap._lock)
+        self.standbys = [tuple(a) for a in standbys]
+        self.ack = ack
+        self.ack_quorum = len(self.standbys) if ack_quorum is None else ack_quorum
+        if not 0 <= self.ack_quorum <= len(self.standbys):
+            raise Error(f"ack_quorum {ack_quorum} is not within 0..{len(self.standbys)}")
+        self.sync_timeout = timeout
+        self.fenced_epoch = None
+        self._by_addr: dict = {}
+        out = _cffi.new("tha_backlog_t **")
+        check(lib.tha_backlog_create(out, backlog_bytes))
+        self._backlog = _cffi.gc(out[0], lib.tha_backlog_destroy)
+        self._connectors = [threading.Thread(target=self._connect_loop, args=(a,),
+                                             daemon=True, name=f"tha-connect-{a[1]}")
+                            for a in self.standbys]
+        for t in self._connectors:
+            t.start()
+        self.ticker.start()
+
+    def _connect_loop(self, addr) -> None:
+        delay = 0.05
+        while not self._stopping and self.fenced_epoch is None:
+            with self.cond:
+                current = self._by_addr.get(addr)
+            if current is not None and not current.closed:
+                time.sleep(0.05)
+                continue
+            try:
+                sock = socket.create_connection(addr, timeout=self.timeout)
+                sock.settimeout(None)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                if self.ssl_context is not None:
+                    sock = self.ssl_context.wrap_socket(sock, server_hostname=addr[0])
+            except OSError as e:
+                log.debug("active: cannot reach %s:%d: %s", addr[0], addr[1], e)
+                time.sleep(delay)
+                delay = min(delay * 2, 1.0)
+                continue
+            delay = 0.05
+            with self.cond:
+                if self._stopping:
+                    sock.close()
+                    return
+                conn = _Conn(self, sock, lib.THA_ROLE_ACTIVE, self.heap._h,
+                             self._backlog, f"{addr[0]}:{addr[1]}")
+                conn.addr = addr
+                self.conns.append(conn)
+                self._by_addr[addr] = conn
+            conn.start()
+
+    def _on_event(self, conn, ev) -> None:
+        t = ev.type
+        msg = _cffi.string(ev.msg).decode(errors="replace")
+        if t == lib.THA_EV_READY:
+            log.info("active: standby %s ready at seq %d (%s)", conn.peer, ev.seq,
+                     "resuming" if ev.b else "bulk sync")
+        elif t == lib.THA_EV_FENCED:
+            self.fenced_epoch = ev.epoch or -1
+            log.error("active: fenced by %s: %s", conn.peer, msg)
+        elif t == lib.THA_EV_REFUSED:
+            log.error("active: %s refused: %s", conn.peer, msg)
+            conn.last_error = msg
+        elif t == lib.THA_EV_ERROR:
+            log.warning("active: %s: %s", conn.peer, msg)
+            conn.last_error = msg
+        elif t == lib.THA_EV_TIMEOUT:
+            log.warning("active: %s: %s", conn.peer, msg)
+            conn.close()
+        elif t == lib.THA_EV_BULK_DONE:
+            log.info("active: bulk sync of %d bytes sent to %s", ev.a, conn.peer)
+
+    def sync(self, ack: str | None = None, timeout: float | None = None) -> SyncResult:
+        """Encodes what changed since the last sync and ships it; returns once
+        ``ack_quorum`` standbys have it at level ``ack``. Call it at a point
+        where the heap is consistent for your application."""
+        ack = ack or self.ack
+        if ack not in ACK_LEVELS:
+            raise Error(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
+        if ack == "persisted":
+            raise Error("ack='persisted' needs standby delta logs, which this "
+                        "version does not have yet; use 'applied'")
+        level = ACK_LEVELS[ack]
+        timeout = self.sync_timeout if timeout is None else timeout
+        with self.cond:
+            if self.fenced_epoch is not None:
+                raise Fenced(f"this active is fenced: a standby was promoted to "
+                             f"epoch {self.fenced_epoch}; stop and rejoin as a standby")
+            frame = self.heap.delta()
+            seq = self.heap.stats()["seq"]
+            buf = _cffi.from_buffer(frame)
+            check(lib.tha_backlog_push(self._backlog, buf, len(frame)))
+            for c in self.conns:
+                if c.s is not None and not c.closed:
+                    lib.tha_session_pump(c.s, max(level, lib.THA_ACK_RECEIVED))
+                    self._drain(c)
+            self.cond.notify_all()
+            result = SyncResult(seq, len(frame))
+            if level == lib.THA_ACK_NONE or self.ack_quorum == 0:
+                return result
+            deadline = time.monotonic() + timeout
+            while True:
+                if self.fenced_epoch is not None:
+                    raise Fenced(f"fenced while waiting for seq {seq}: a standby was "
+                                 f"promoted to epoch {self.fenced_epoch}")
+                acked = [c.peer for c in self.conns
+                         if c.s is not None and c.acked(level) >= seq]
+                if len(acked) >= self.ack_quorum:
+                    result.acked_by = acked
+                    return result
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    missing = [f"{a[0]}:{a[1]}" for a in self.standbys
+                               if f"{a[0]}:{a[1]}" not in acked]
+                    raise SyncTimeout(
+                        f"seq {seq}: {len(acked)} of {self.ack_quorum} required "
+                        f"standbys acknowledged '{ack}' within {timeout}s; "
+                        f"missing: {', '.join(missing)}")
+                self.cond.wait(min(left, 0.05))
+
+    @property
+    def fenced(self) -> bool:
+        return self.fenced_epoch is not None
+
+    def status(self) -> dict:
+        with self.cond:
+            st = self.heap.stats()
+            first, last, nbytes = (_cffi.new("uint64_t *") for _ in range(3))
+            lib.tha_backlog_range(self._backlog, first, last, nbytes)
+            peers = []
+            for c in self.conns:
+                if c.s is None:
+                    continue
+                p = c.status()
+                p["lag_frames"] = st["seq"] - p["acked_applied"]
+                peers.append(p)
+            return {"role": "fenced" if self.fenced else "active",
+                    "epoch": st["epoch"], "seq": st["seq"],
+                    "backlog": {"first": first[0], "last": last[0], "bytes": nbytes[0]},
+                    "peers": peers}
+
+    def close(self) -> None:
+        self._stopping = True
+        for t in self._connectors:
+            t.join(5)
+        self._close_all()
+
+
+__all__ = ["Active", "Standby", "SyncResult", "Fenced", "SyncTimeout",
+           "AuthError", "ACK_LEVELS", "Schema"]
