@@ -31,7 +31,7 @@ def dump_heap(heap) -> dict:
             value = schema.ffi.buffer(p, obj.count)[:]
         else:
             value = [conv(p[i]) for i in range(obj.count)]
-        objects.append({"offset": obj.offset, "type": ctype.cname,
+        objects.append({"offset": obj.offset, "type": schema.type_name(ctype),
                         "count": obj.count, "value": value})
     cur = _cffi.new("uint32_t *")
     name = _cffi.new("const char **")

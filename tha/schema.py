@@ -58,9 +58,18 @@ def _prim_id(ffi: cffi.FFI, ctype, where: str) -> int:
     raise SchemaError(f"{where}: type '{name}' is not supported")
 
 
-def _tag_name(ctype) -> str:
-    """'emp' for 'struct emp'."""
-    return ctype.cname.split(" ", 1)[1]
+def _anonymous_member(ffi: cffi.FFI, kw: str, name: str):
+    """(kind, first field) of the first anonymous struct/union member of
+    kw name, or None. cffi flattens such members into ctype.fields, so only
+    its parsed model still shows them."""
+    decls = getattr(getattr(ffi, "_parser", None), "_declarations", {})
+    tp = decls.get(f"{kw} {name}", (None,))[0]
+    for fname, ftype in zip(getattr(tp, "fldnames", None) or (),
+                            getattr(tp, "fldtypes", None) or ()):
+        if fname == "":
+            inner = getattr(ftype, "fldnames", None) or ("?",)
+            return getattr(ftype, "kind", "struct"), inner[0]
+    return None
 
 
 class Schema:
@@ -85,6 +94,8 @@ class Schema:
         self._type_ids: dict = {}     # cffi ctype -> tha type id
         self._by_id: dict = {}        # tha type id -> cffi ctype
         self._funcs: dict = {}        # function address -> name
+        self._names: dict = {}        # cffi ctype -> "struct emp" (cffi's
+                                      # cname is the typedef name if any)
         if _c is None:
             self._c = self._register(functions or {})
         else:
@@ -108,8 +119,14 @@ class Schema:
                 continue  # anonymous: reached through its parent, refused there
             try:
                 size, align = self.ffi.sizeof(ctype), self.ffi.alignof(ctype)
-            except cffi.FFIError:
+            except (cffi.FFIError, ValueError):
                 continue  # declared but never defined: only pointers to it
+            anon = _anonymous_member(self.ffi, kw, name)
+            if anon:
+                raise SchemaError(f"{kw} {name} field {anon[1]}: anonymous "
+                                  f"{anon[0]} members are not supported; name "
+                                  "the member")
+            self._names[ctype] = f"{kw} {name}"
             tid = _cffi.new("uint32_t *")
             self._check(lib.tha_schema_add_struct(
                 c, name.encode(), size, align, kw == "union", tid))
@@ -129,10 +146,7 @@ class Schema:
         return check(rc, lambda: lib.tha_schema_errmsg(self._c))
 
     def _add_field(self, c, owner, owner_id: int, fname: str, field) -> None:
-        where = f"{owner.cname} field {fname}"
-        if not fname:
-            raise SchemaError(f"{owner.cname}: anonymous members are not supported; "
-                              "name the nested struct or union")
+        where = f"{self._names[owner]} field {fname}"
         f = _cffi.new("tha_field_t *")
         keep = []  # C strings must outlive the call
 
@@ -159,11 +173,8 @@ class Schema:
             f.prim = _prim_id(self.ffi, ftype, where)
             f.bits[0], f.bits[1] = field.bitshift, field.bitsize
         elif ftype.kind in ("struct", "union"):
-            if ftype.cname.split(" ", 1)[1].startswith("$"):
-                raise SchemaError(f"{where}: anonymous {ftype.kind} members are not "
-                                  "supported; give the nested type a name")
             f.kind = lib.THA_K_STRUCT
-            f.target = cstr(_tag_name(ftype))
+            f.target = cstr(self._tag(ftype, where))
         elif ftype.kind == "function":
             f.kind = lib.THA_K_FUNC
             f.sig = cstr(ftype.cname)
@@ -171,7 +182,7 @@ class Schema:
             item = ftype.item
             f.kind = lib.THA_K_PTR
             if item.kind in ("struct", "union"):
-                f.target = cstr(_tag_name(item))
+                f.target = cstr(self._tag(item, where))
             elif item.kind in ("primitive", "void", "enum"):
                 f.target = cstr(_PRIM_NAMES[_prim_id(self.ffi, item, where)]
                                 .replace("_Bool", "bool"))
@@ -183,6 +194,17 @@ class Schema:
             f.kind = lib.THA_K_SCALAR
             f.prim = _prim_id(self.ffi, ftype, where)
         self._check(lib.tha_schema_add_field(c, owner_id, f))
+
+    def _tag(self, ctype, where: str) -> str:
+        """'emp' for the ctype of struct emp (however cffi spells it)."""
+        name = self._names.get(ctype)
+        if name is None and not ctype.cname.split(" ")[-1].startswith("$") \
+                and ctype.cname.startswith(("struct ", "union ")):
+            name = ctype.cname  # declared, never defined: sealing refuses it
+        if name is None:
+            raise SchemaError(f"{where}: anonymous {ctype.kind} types are not "
+                              "supported; give the nested type a tag name")
+        return name.split(" ", 1)[1]
 
     def _index(self) -> None:
         """Maps cffi ctypes to C type ids, and bound function addresses."""
@@ -199,6 +221,7 @@ class Schema:
             else:
                 kw = "union" if info.is_union else "struct"
                 ctype = self.ffi.typeof(f"{kw} {name}")
+                self._names[ctype] = f"{kw} {name}"
             self._type_ids[ctype] = tid
             self._by_id[tid] = ctype
         # C spellings of the same primitives ("int", "unsigned long", ...)
@@ -304,7 +327,8 @@ class Schema:
         try:
             return self._type_ids[ctype]
         except KeyError:
-            raise NotFound(f"type '{ctype.cname}' is not in this schema") from None
+            raise NotFound(f"type '{self.type_name(ctype)}' is not in this "
+                           "schema") from None
 
     def ctype(self, name: str):
         try:
@@ -321,8 +345,12 @@ class Schema:
     def ctype_of(self, type_id: int):
         return self._by_id[type_id]
 
+    def type_name(self, ctype) -> str:
+        """'struct emp' for its ctype, even when cffi calls it by a typedef."""
+        return self._names.get(ctype, ctype.cname)
+
     def type_names(self) -> list:
-        return [t.cname for tid, t in sorted(self._by_id.items())
+        return [self.type_name(t) for tid, t in sorted(self._by_id.items())
                 if tid >= lib.THA_T_FIRST_USER]
 
     def __repr__(self) -> str:
