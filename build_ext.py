@@ -28,7 +28,8 @@ ffibuilder.set_source(
     sources=sorted(_rel(p) for p in glob(os.path.join(HERE, "csrc", "src", "*.c"))),
     include_dirs=[_rel("csrc", "include"), _rel("csrc", "src")],
     depends=[_rel("csrc", "include", "tha.h"), _rel("csrc", "src", "tha_internal.h")],
-    extra_compile_args=["-std=c11", "-O2", "-D_GNU_SOURCE", "-fvisibility=hidden"],
+    extra_compile_args=["-std=c11", "-O2", "-D_GNU_SOURCE", "-fvisibility=hidden", "-pthread"],
+    extra_link_args=["-pthread"],
 )
 
 if __name__ == "__main__":

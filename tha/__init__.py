@@ -14,10 +14,16 @@ from .schema import Schema
 
 __version__ = "0.1.0"
 
+
+def set_threads(n: int) -> None:
+    """Threads (1 or 2) encode/apply may use for runs of 16 MiB or more."""
+    from .errors import check
+    check(_lib.tha_set_threads(n))
+
 __all__ = [
     "Heap", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
     "CorruptHeap",
     "FrameError", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
     "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError",
-    "__version__",
+    "__version__", "set_threads",
 ]

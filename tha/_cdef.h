@@ -172,6 +172,7 @@ int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
 uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);
 
 int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch);
+int tha_set_threads(int n);
 uint64_t tha_heap_epoch_start(const tha_heap_t *h);
 
 /* ---- replication session ---- */

@@ -448,6 +448,11 @@ THA_API tha_heap_t *tha_session_take_heap(tha_session_t *s);
 THA_API int tha_session_fence(tha_session_t *s, uint64_t epoch);
 THA_API int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
 
+/* Threads (1 or 2) that encode/apply may use for a run of 16 MiB or more:
+ * each half is copied, rewritten and checksummed on its own core. Default 2
+ * on machines with two CPUs or more. Process-wide. */
+THA_API int tha_set_threads(int n);
+
 /* CRC32C (Castagnoli), hardware-accelerated where the CPU has it. */
 THA_API uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);
 

@@ -18,8 +18,10 @@
 #include "tha_internal.h"
 
 #include <errno.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <sys/mman.h>
+#include <unistd.h>
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
@@ -34,13 +36,82 @@ _Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
 #define NT_BLOCKS 16384u      /* runs of >= 1 MiB are stored non-temporally */
 #define CRC_BATCH (128u << 10) /* small runs: checksum every 128 KiB written */
 
+#define PAR_BLOCKS (1u << 18) /* runs of >= 16 MiB split across two threads */
+
 /* 1 when the CPU has the CRC32C instruction (SSE4.2): fused kernels. */
 static int fast;
+/* Threads a big run may use (tha_set_threads); 2 when the machine has two
+ * CPUs or more. Read without a lock: changing it while frames are being
+ * encoded or applied only changes how they are computed. */
+static int codec_threads = 1;
 __attribute__((constructor)) static void codec_ctor(void) {
 #ifdef FAST_X86
     __builtin_cpu_init();
     fast = __builtin_cpu_supports("sse4.2");
 #endif
+    codec_threads = sysconf(_SC_NPROCESSORS_ONLN) > 1 ? 2 : 1;
+}
+
+int tha_set_threads(int n) {
+    if (n < 1 || n > 2) return THA_EINVAL;
+    codec_threads = n;
+    return 0;
+}
+
+/* One half of a big run for run_halves: which kernel, on what. */
+typedef struct half {
+    int (*fn)(struct half *);
+    tha_heap_t *h;          /* the heap, or a private copy (its err buffer) */
+    tha_heap_t copy;
+    int kind;
+    const tha__frame_hdr_t *hd;
+    uint8_t *dst;
+    const uint8_t *src, *mask;
+    uint64_t b0, nb;
+    uint32_t raw;
+    int rc;
+} half_t;
+
+static void *half_main(void *arg) {
+    half_t *x = arg;
+    x->rc = x->fn(x);
+    return NULL;
+}
+
+/* Runs a on this thread and b on a second one (or both here if none can
+ * start); the halves touch disjoint bytes. */
+static void run_halves(half_t *a, half_t *b) {
+    pthread_t t;
+    if (pthread_create(&t, NULL, half_main, b) != 0) {
+        half_main(b);
+        half_main(a);
+        return;
+    }
+    half_main(a);
+    pthread_join(t, NULL);
+}
+
+/* Splits [0, nb) of a run in two halves that share fn and arguments; the
+ * second works on a copy of the heap struct so that error text never races. */
+static void split(half_t *a, half_t *b, tha_heap_t *h, uint64_t nb, uint32_t raw) {
+    uint64_t n1 = nb / 2;
+    *b = *a;
+    a->h = h;
+    a->nb = n1;
+    a->raw = raw;
+    b->copy = *h;
+    b->h = &b->copy;
+    b->b0 = a->b0 + n1;
+    b->nb = nb - n1;
+    b->raw = 0;
+    if (b->dst) b->dst += n1 * THA__BLOCK;
+    b->src += n1 * THA__BLOCK;
+    b->mask += n1;
+}
+
+/* raw CRC of a||b from the halves' raw CRCs. */
+static uint32_t joined_crc(const half_t *a, const half_t *b) {
+    return tha__crc32c_shift(a->raw, b->nb * THA__BLOCK) ^ b->raw;
 }
 
 static uint64_t run_bytes(uint64_t nblocks) {
@@ -234,6 +305,10 @@ enc_run(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask, uint64_t b0,
     *raw = r;
     return 0;
 }
+
+static int enc_half(half_t *x) {
+    return enc_run(x->h, x->kind, x->dst, x->mask, x->b0, x->nb, &x->raw);
+}
 #endif
 
 #define PREFETCH_RUNS 16u
@@ -278,6 +353,17 @@ static int put_run(tha_heap_t *h, int kind, uint64_t b0, uint64_t nb,
     crc_flush(raw, crc_from, data);
     *crc_from = *q;
 #ifdef FAST_X86
+    if (fast && codec_threads > 1 && nb >= PAR_BLOCKS) {
+        half_t a = {.fn = enc_half, .kind = kind, .dst = data, .mask = mask,
+                    .src = h->base + b0 * THA__BLOCK, .b0 = b0},
+               b;
+        split(&a, &b, h, nb, *raw);
+        run_halves(&a, &b);
+        if (a.rc || b.rc) /* report the first bad word in order */
+            return put_chunked(h, kind, data, mask, b0, nb, raw);
+        *raw = joined_crc(&a, &b);
+        return 0;
+    }
     if (fast) return enc_run(h, kind, data, mask, b0, nb, raw);
 #endif
     return put_chunked(h, kind, data, mask, b0, nb, raw);
@@ -567,6 +653,10 @@ verify_run(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
     *raw = (uint32_t)c0;
     return 0;
 }
+
+static int ver_half(half_t *x) {
+    return verify_run(x->h, x->hd, x->src, x->mask, x->b0, x->nb, &x->raw);
+}
 #endif
 
 /* Walks the runs: bounds, order, masks, pointer words. Reads every body
@@ -644,7 +734,17 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
             crc_flush(&raw, &crc_from, data);
             uint32_t at_data = raw;
 #ifdef FAST_X86
-            if (fast)
+            if (fast && codec_threads > 1 && run.nblocks >= PAR_BLOCKS) {
+                half_t a = {.fn = ver_half, .hd = hd, .src = data, .mask = mask,
+                            .b0 = b0},
+                       b;
+                split(&a, &b, h, run.nblocks, raw);
+                run_halves(&a, &b);
+                if (a.rc || b.rc) /* report the first bad word in order */
+                    rc = verify_chunked(h, hd, data, mask, b0, run.nblocks, &raw);
+                else
+                    raw = joined_crc(&a, &b);
+            } else if (fast)
                 rc = verify_run(h, hd, data, mask, b0, run.nblocks, &raw);
             else
 #endif
@@ -790,6 +890,11 @@ static void put_run_fast(tha_heap_t *h, uint8_t *dst, const uint8_t *data,
     }
     if (nt) _mm_sfence();
 }
+
+static int copy_half(half_t *x) {
+    put_run_fast(x->h, x->dst, x->src, x->mask, x->nb);
+    return 0;
+}
 #endif
 
 /* Copies and rebases every run of a verified frame into the heap. */
@@ -813,7 +918,12 @@ static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t 
         uint64_t b0 = run.offset / THA__BLOCK;
         uint8_t *dst = h->base + b0 * THA__BLOCK;
 #ifdef FAST_X86
-        if (run.nblocks >= BIG_BLOCKS) {
+        if (run.nblocks >= PAR_BLOCKS && codec_threads > 1) {
+            half_t a = {.fn = copy_half, .dst = dst, .src = data, .mask = mask, .b0 = b0},
+                   b;
+            split(&a, &b, h, run.nblocks, 0);
+            run_halves(&a, &b);
+        } else if (run.nblocks >= BIG_BLOCKS) {
             put_run_fast(h, dst, data, mask, run.nblocks);
         } else
 #endif
