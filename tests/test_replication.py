@@ -224,3 +224,63 @@ def test_all_standbys_required_by_default(schema):
 def test_non_loopback_listen_needs_a_secret():
     with pytest.raises(tha.Error, match="without a secret"):
         Standby(listen=("0.0.0.0", 0))
+
+
+def test_tls_with_secret(schema):
+    trustme = pytest.importorskip("trustme")
+    import ssl
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
+    es = company(heap)
+    with Standby(secret=b"k", ssl_context=server) as sb, \
+            Active(heap, [sb.address], secret=b"k", ssl_context=client) as act:
+        act.sync()
+        mutate(heap, es, 7)
+        r = act.sync()
+        assert sb.applied_seq == r.seq
+        assert sb.heap.dump() == heap.dump()
+        assert sb.conns and all("SSL" in type(c.sock).__name__ for c in sb.conns)
+
+
+def test_tls_client_refuses_an_untrusted_standby(schema):
+    trustme = pytest.importorskip("trustme")
+    import ssl
+    cert = trustme.CA().issue_cert("127.0.0.1")
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    cert.configure_cert(server)
+    client = ssl.create_default_context()
+    trustme.CA().configure_trust(client)  # trusts some other CA
+    heap = tha.Heap(schema, capacity=8 << 20)
+    with Standby(ssl_context=server) as sb, \
+            Active(heap, [sb.address], ssl_context=client, timeout=1.0) as act:
+        with pytest.raises(SyncTimeout):
+            act.sync()
+        assert sb.heap is None
+
+
+def test_slow_standby_is_dropped_not_waited_for(schema, caplog):
+    caplog.set_level(logging.INFO, logger="tha")
+    heap = tha.Heap(schema, capacity=64 << 20, tracking="explicit")
+    blob = heap.new("char", count=4 << 20)
+    heap.roots["blob"] = blob
+    with Standby() as fast, Standby() as slow:
+        with Active(heap, [fast.address, slow.address], ack_quorum=1,
+                    backlog_bytes=2 << 20) as act:
+            act.sync()
+            assert slow.wait_for(act.heap.stats()["seq"], 10)
+            with slow.cond:  # the slow standby stops reading
+                for i in range(12):
+                    heap.schema.ffi.memmove(blob, bytes([i]) * (4 << 20), 4 << 20)
+                    heap.touch(blob)
+                    r = act.sync(timeout=10)  # the fast one alone keeps up
+                    assert fast.applied_seq == r.seq
+            assert wait_until(lambda: "too slow" in caplog.text, 10)
+            # released, it comes back (bulk or resume) and converges
+            r = act.sync(timeout=10)
+            assert slow.wait_for(r.seq, 20)
+            assert slow.heap.dump() == heap.dump() == fast.heap.dump()

@@ -59,7 +59,6 @@ struct tha_session {
     size_t in_len, in_cap;
     outitem_t *out;           /* FIFO of pending output */
     size_t out_head, out_n, out_cap;
-    uint64_t out_bytes;       /* pending output bytes */
     tha_event_t *ev;          /* FIFO of events for the driver */
     size_t ev_head, ev_n, ev_cap;
     uint8_t nonce[NONCE];
@@ -148,7 +147,6 @@ static int out_push(tha_session_t *s, uint8_t *own, const uint8_t *ptr, size_t l
     }
     s->out[(s->out_head + s->out_n++) % s->out_cap] =
         (outitem_t){.own = own, .ptr = ptr, .len = len, .ref = ref};
-    s->out_bytes += len;
     s->last_sent = s->now;
     return 0;
 }
@@ -194,7 +192,6 @@ static void out_drop_all(tha_session_t *s) {
         tha__bframe_release(o->ref);
     }
     s->out_n = 0;
-    s->out_bytes = 0;
 }
 
 /* ---- lifecycle -------------------------------------------------------- */
@@ -435,6 +432,9 @@ static int on_welcome(tha_session_t *s, const uint8_t *p, size_t len) {
     tha_event_t *e = push_event(s, THA_EV_READY, 0, b->seq, b->seq, same_history && have);
     if (e) e->epoch = b->epoch;
     if (same_history && have) {
+        /* it told us (authenticated by WELCOME) what it has applied */
+        for (int l = THA_ACK_RECEIVED; l <= THA_ACK_APPLIED; l++)
+            if (b->seq > s->acked[l]) s->acked[l] = b->seq;
         s->state = S_STREAMING;
         s->next_seq = b->seq + 1;
         return tha_session_pump(s, s->ack_level);
@@ -469,17 +469,20 @@ static int bulk_step(tha_session_t *s) {
     if (s->bulk_phase == 2 && s->bulk_block < top_blocks) {
         uint64_t max_blocks = s->cfg.chunk_bytes / THA__BLOCK;
         size_t need = tha__segment_size(h, s->bulk_block, max_blocks), len;
-        uint8_t *m = malloc(MSG_HDR + need);
-        if (!m) return THA_ENOMEM;
+        /* the codec writes 8-byte words: the payload must be 8-aligned, so
+         * the 20-byte header starts PAD bytes into the buffer */
+        enum { PAD = 4 };
+        uint8_t *buf = malloc(PAD + MSG_HDR + need), *m = buf + PAD;
+        if (!buf) return THA_ENOMEM;
         int rc = tha__encode_segment(h, &s->bulk_block, max_blocks, m + MSG_HDR, need, &len);
         if (rc) {
-            free(m);
+            free(buf);
             return close_with(s, THA_EV_ERROR, rc, "bulk sync: %s", tha_heap_errmsg(h));
         }
         fill_header(m, M_SNAP_DATA, 0, m + MSG_HDR, len);
-        rc = out_push(s, m, m, MSG_HDR + len, NULL);
+        rc = out_push(s, buf, m, MSG_HDR + len, NULL);
         if (rc) {
-            free(m);
+            free(buf);
             return rc;
         }
         push_event(s, THA_EV_BULK_PROGRESS, 0, s->bulk_seq, s->bulk_block * THA__BLOCK,
@@ -523,13 +526,23 @@ int tha_session_pump(tha_session_t *s, int ack) {
         if (rc) return rc;
         s->next_seq++;
     }
-    /* a standby that cannot keep up is dropped, not waited for */
-    if (s->out_bytes > s->backlog->max_bytes + s->cfg.chunk_bytes)
-        return close_with(s, THA_EV_ERROR, THA_EFULL, "standby too slow: %llu bytes "
-                          "unsent exceed the backlog bound of %llu; dropped (it "
-                          "will bulk sync when it reconnects)",
-                          (unsigned long long)s->out_bytes,
-                          (unsigned long long)s->backlog->max_bytes);
+    /* A standby that cannot keep up is dropped, not waited for: once the
+     * backlog has let go of a frame this session has not even started to
+     * send, the standby lags further than the bound allows. */
+    for (size_t i = 0; i < s->out_n; i++) {
+        const outitem_t *o = &s->out[(s->out_head + i) % s->out_cap];
+        if (!o->ref) continue;
+        tha_backlog_range(s->backlog, &first, &last, &bytes);
+        if (o->off == 0 && o->ref->seq < first)
+            return close_with(s, THA_EV_ERROR, THA_EFULL, "standby too slow: frame "
+                              "%llu is still unsent and the backlog (bound %llu "
+                              "bytes) starts at %llu now; dropped (it resumes or bulk "
+                              "syncs when it reconnects)",
+                              (unsigned long long)o->ref->seq,
+                              (unsigned long long)s->backlog->max_bytes,
+                              (unsigned long long)first);
+        break;
+    }
     return 0;
 }
 
@@ -799,7 +812,6 @@ int tha_session_advance(tha_session_t *s, size_t n) {
         o->off += take;
         n -= take;
         s->bytes_out += take;
-        s->out_bytes -= take;
         if (o->off == o->len) {
             free(o->own);
             tha__bframe_release(o->ref);
