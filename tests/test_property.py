@@ -18,11 +18,16 @@ PTR_FIELDS = ("mgr", "dept", "note", "any", "home.office", "past[0].office",
 
 
 class Mirroring(RuleBasedStateMachine):
+    TRACKING = "explicit"  # every write below is followed by a touch()
+
     @initialize()
     def setup(self):
         self.schema = _SCHEMA
         self.ffi = self.schema.ffi
-        self.src = tha.Heap(self.schema, CAP, tracking="explicit")
+        self.src = tha.Heap(self.schema, CAP, tracking=self.TRACKING)
+        if self.TRACKING != "explicit":
+            # transparent modes: the writes must be found with no touch at all
+            self.src.touch = _no_touch
         self.mirrors = [tha.Heap(self.schema, CAP)]
         self.mirrors[0].apply(self.src.snapshot())
         self.objs = []        # [(kind, cdata of the first element, count)]
@@ -295,7 +300,19 @@ class Mirroring(RuleBasedStateMachine):
             self.mirrors_match()
 
 
-Mirroring.TestCase.settings = settings(
+def _no_touch(*args, **kwargs):
+    pass
+
+
+class MirroringDiff(Mirroring):
+    """The same random programs on a diff-tracked heap, never touching."""
+    TRACKING = "diff"
+
+
+_SETTINGS = settings(
     max_examples=150, stateful_step_count=50, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+Mirroring.TestCase.settings = _SETTINGS
+MirroringDiff.TestCase.settings = _SETTINGS
 TestMirroring = Mirroring.TestCase
+TestMirroringDiff = MirroringDiff.TestCase

@@ -6,7 +6,7 @@ ships them as frames (``snapshot()``, ``delta()``) that another heap
 """
 
 from ._ffi import ffi as _ffi, lib as _lib
-from .errors import (CapacityError, ChecksumError, CorruptHeap, Error, FrameError,
+from .errors import (CapacityError, ChecksumError, CorruptHeap, Error, Timeout, FrameError,
                      InvalidPointer, NotFound, OSFailure, SchemaError,
                      SchemaMismatch, SequenceError, StaleEpoch, StateError)
 from .heap import Heap, Roots
@@ -22,7 +22,7 @@ def set_threads(n: int) -> None:
 
 __all__ = [
     "Heap", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
-    "CorruptHeap",
+    "CorruptHeap", "Timeout",
     "FrameError", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
     "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError",
     "__version__", "set_threads",

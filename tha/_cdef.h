@@ -16,7 +16,7 @@ enum tha_error {
     THA_ESCHEMA, THA_EMISMATCH, THA_EFRAME, THA_ECHECKSUM, THA_ESEQ,
     THA_ERANGE, THA_ENOTFOUND, THA_ETOOSMALL, THA_EVERSION, THA_EFULL,
     THA_ESTATE, THA_ESTALE, THA_ECORRUPT, THA_EPROTO, THA_EAUTH,
-    THA_EFENCED, THA_ECLOSED, THA_OK, ...
+    THA_EFENCED, THA_ECLOSED, THA_ETIMEOUT, THA_OK, ...
 };
 
 const char *tha_strerror(int code);
@@ -92,7 +92,7 @@ int tha_schema_func_info(const tha_schema_t *s, uint32_t i, const char **name,
 /* ---- heap ---- */
 typedef ... tha_heap_t;
 
-enum tha_tracking { THA_TRACK_EXPLICIT, THA_TRACK_AUTO, ... };
+enum tha_tracking { THA_TRACK_AUTO, THA_TRACK_EXPLICIT, THA_TRACK_DIFF, ... };
 
 int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
                     int tracking);
@@ -161,7 +161,7 @@ typedef struct tha_frame_info {
     uint64_t nblocks;
 } tha_frame_info_t;
 
-int tha_heap_frame_size(const tha_heap_t *h, int kind, size_t *size);
+int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size);
 int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap,
                     size_t *len);
 int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len);
@@ -245,6 +245,35 @@ int tha_session_event(tha_session_t *s, tha_event_t *ev);
 tha_heap_t *tha_session_take_heap(tha_session_t *s);
 int tha_session_fence(tha_session_t *s, uint64_t epoch);
 int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
+
+/* ---- native driver: blocking TCP (net.c) ---- */
+typedef ... tha_net_t;
+
+typedef struct tha_net_options {
+    tha_mac_fn mac;
+    void *mac_ctx;
+    uint64_t node_id;
+    uint64_t heartbeat_ms;
+    uint64_t timeout_ms;
+    uint64_t open_timeout_ms;
+    uint64_t backlog_bytes;
+    void (*on_event)(void *ctx, const tha_event_t *ev);
+    void *event_ctx;
+} tha_net_options_t;
+
+int tha_net_active_open(tha_net_t **out, tha_heap_t *heap, const char *host,
+                        uint16_t port, const tha_net_options_t *opt);
+int tha_net_reconnect(tha_net_t *n);
+int tha_net_sync(tha_net_t *n, int ack, uint32_t timeout_ms, uint64_t *seq);
+int tha_net_poll(tha_net_t *n, uint32_t wait_ms);
+int tha_net_standby_listen(tha_net_t **out, tha_heap_t *heap,
+                           const char *host, uint16_t *port,
+                           const tha_net_options_t *opt);
+int tha_net_standby_accept(tha_net_t *n, uint32_t timeout_ms);
+int tha_net_standby_serve(tha_net_t *n, uint32_t timeout_ms);
+tha_heap_t *tha_net_heap(tha_net_t *n, int take);
+const char *tha_net_errmsg(const tha_net_t *n);
+void tha_net_close(tha_net_t *n);
 
 /* the driver's HMAC, implemented in Python (tha/replication.py) */
 extern "Python" void tha_py_mac(void *ctx, const void *data, size_t len,

@@ -68,6 +68,10 @@ class CorruptHeap(Error, ValueError):
     """tha_heap_check found a broken invariant; the message names it."""
 
 
+class Timeout(Error, TimeoutError):
+    """The peer did not answer in time."""
+
+
 class OSFailure(Error, OSError):
     """The operating system refused (mmap, mprotect, ...)."""
 
@@ -91,6 +95,7 @@ _BY_CODE = {
     lib.THA_ESTATE: StateError,
     lib.THA_ESTALE: StaleEpoch,
     lib.THA_ECORRUPT: CorruptHeap,
+    lib.THA_ETIMEOUT: Timeout,
 }
 
 

@@ -16,8 +16,9 @@ from .dump import dump_heap
 from .errors import Error, InvalidPointer, NotFound, check
 from .schema import Schema
 
-_TRACKING = {"auto": lib.THA_TRACK_AUTO, "explicit": lib.THA_TRACK_EXPLICIT}
-_TRACKING_NAMES = {lib.THA_TRACK_EXPLICIT: "explicit", lib.THA_TRACK_AUTO: "auto"}
+_TRACKING = {"auto": lib.THA_TRACK_AUTO, "explicit": lib.THA_TRACK_EXPLICIT,
+             "diff": lib.THA_TRACK_DIFF}
+_TRACKING_NAMES = {v: k for k, v in _TRACKING.items()}
 
 
 class Heap:

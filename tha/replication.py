@@ -32,6 +32,7 @@ import ipaddress
 import logging
 import os
 import socket
+import ssl
 import threading
 import time
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ log = logging.getLogger("tha")
 
 ACK_LEVELS = {"none": lib.THA_ACK_NONE, "received": lib.THA_ACK_RECEIVED,
               "applied": lib.THA_ACK_APPLIED, "persisted": lib.THA_ACK_PERSISTED}
+_INLINE_MAX = 64 << 10  # send_now() leaves bigger output items to the writer
 _STATES = {0: "handshake", 1: "bulk", 2: "catching-up", 3: "streaming", 4: "closed"}
 
 
@@ -95,6 +97,9 @@ class _Conn:
     def __init__(self, node, sock, role, heap_c, backlog_c, peer: str):
         self.node, self.sock, self.peer = node, sock, peer
         self.closed = False        # no more reading; the writer flushes and ends
+        self.sending = False       # the writer is sending an output item, unlocked
+        self._inline = not isinstance(sock, ssl.SSLSocket)  # see send_now
+        self._out = (_cffi.new("void **"), _cffi.new("size_t *"))
         self._sock_closed = False
         self._mac_handle = None
         cfg = _cffi.new("tha_session_config_t *")
@@ -116,10 +121,14 @@ class _Conn:
                                        name=f"tha-write-{peer}")
 
     def start(self) -> None:
+        # Both threads start under the lock: a reader that meets EOF at once
+        # closes the connection, and the ticker then destroys the session
+        # after joining both threads; a writer not yet started would escape
+        # that join and find the session gone.
         with self.node.cond:
             check(lib.tha_session_start(self.s, _now_ms()))
-        self.reader.start()
-        self.writer.start()
+            self.reader.start()
+            self.writer.start()
 
     def _read(self) -> None:
         node, sock = self.node, self.sock
@@ -134,6 +143,7 @@ class _Conn:
                         break
                     lib.tha_session_feed(self.s, _cffi.from_buffer(self.buf), n, _now_ms())
                     node._drain(self)
+                    self.send_now()
                     node.cond.notify_all()
                     if self._state() == 4:
                         by_protocol = True
@@ -162,19 +172,42 @@ class _Conn:
                         rc = lib.tha_session_output(self.s, data, size)
                         node._drain(self)
                         if rc < 0 or size[0]:
+                            self.sending = rc >= 0
                             break
                         if self._state() == 4:  # closed: said all it had to say
                             return
                         node.cond.wait(0.05)
                 if rc < 0:
                     return
-                sent = sock.send(_cffi.buffer(data[0], size[0]))
-                with node.cond:
-                    lib.tha_session_advance(self.s, sent)
+                sent = 0
+                try:
+                    sent = sock.send(_cffi.buffer(data[0], size[0]))
+                finally:  # one locked step, or send_now could resend the item
+                    with node.cond:
+                        self.sending = False
+                        if sent:
+                            lib.tha_session_advance(self.s, sent)
         except (OSError, ValueError):
             pass
         finally:
             self.close()
+
+    def send_now(self) -> None:
+        """Under the lock: sends small queued output (acks, small frames)
+        from the calling thread, as far as the socket takes it without
+        blocking, so a round trip needs no wake-up of the writer thread. The
+        writer sends the rest (large items, a full socket buffer, TLS)."""
+        if not self._inline or self.sending or self.closed or self.s is None:
+            return
+        data, size = self._out
+        while lib.tha_session_output(self.s, data, size) >= 0 and 0 < size[0] <= _INLINE_MAX:
+            try:
+                sent = self.sock.send(_cffi.buffer(data[0], size[0]), socket.MSG_DONTWAIT)
+            except OSError:  # would block, or broken: the writer deals with it
+                return
+            lib.tha_session_advance(self.s, sent)
+            if sent < size[0]:
+                return
 
     def _state(self) -> int:
         st = _cffi.new("tha_session_status_t *")
@@ -331,6 +364,9 @@ class Standby(_Node):
                 sock, addr = self._listener.accept()
             except OSError:
                 return
+            if self._stopping:
+                sock.close()
+                return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self.ssl_context is not None:
                 try:
@@ -446,10 +482,12 @@ class Standby(_Node):
 
     def close(self) -> None:
         self._stopping = True
-        try:
-            self._listener.close()
+        try:  # wakes the accept thread; close() alone would leave it blocked
+            self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
             pass
+        self._listener.close()
+        self._accepting.join(5)
         self._close_all()
 
 
@@ -564,10 +602,14 @@ class Active(_Node):
             # Encoded into a buffer kept across syncs (a fresh one per frame
             # costs page faults and a copy: ~8x the encode for 100 MB), then
             # copied once into the backlog.
-            need = self.heap.frame_size("delta")
-            if len(self._enc_buf) < need:
+            try:  # sizing it first would scan the dirty map once more
+                frame = self.heap.delta(out=self._enc_buf)
+            except Error:
+                need = self.heap.frame_size("delta")
+                if len(self._enc_buf) >= need:
+                    raise
                 self._enc_buf = bytearray(need)
-            frame = self.heap.delta(out=self._enc_buf)
+                frame = self.heap.delta(out=self._enc_buf)
             buf = _cffi.from_buffer(frame)
             info = _cffi.new("tha_frame_info_t *")
             check(lib.tha_frame_info(buf, len(frame), info))
@@ -577,6 +619,7 @@ class Active(_Node):
                 if c.s is not None and not c.closed:
                     lib.tha_session_pump(c.s, max(level, lib.THA_ACK_RECEIVED))
                     self._drain(c)
+                    c.send_now()
             self.cond.notify_all()
             result = SyncResult(seq, len(frame))
             if level == lib.THA_ACK_NONE or self.ack_quorum == 0:

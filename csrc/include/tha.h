@@ -64,7 +64,8 @@ extern "C" {
     X(THA_EPROTO, -30019, "protocol violation")                               \
     X(THA_EAUTH, -30020, "authentication failed")                             \
     X(THA_EFENCED, -30021, "fenced: a newer epoch exists")                    \
-    X(THA_ECLOSED, -30022, "session closed")
+    X(THA_ECLOSED, -30022, "session closed")                                  \
+    X(THA_ETIMEOUT, -30023, "timed out waiting for the peer")
 
 enum tha_error {
 #define THA__ENUM(name, value, msg) name = value,
@@ -200,9 +201,16 @@ THA_API int tha_schema_func_info(const tha_schema_t *s, uint32_t i,
 
 typedef struct tha_heap tha_heap_t;
 
+/* How a heap finds what changed. */
 enum tha_tracking {
-    THA_TRACK_EXPLICIT = 1, /* only alloc/free/roots/tha_heap_touch mark blocks */
-    THA_TRACK_AUTO = 0      /* best available; today: explicit */
+    THA_TRACK_AUTO = 0,     /* the best mode this build has: today, diff */
+    THA_TRACK_EXPLICIT = 1, /* only alloc/free/roots/tha_heap_touch mark blocks:
+                               no overhead; plain writes need a touch */
+    THA_TRACK_DIFF = 2      /* a shadow copy of the image, compared block by
+                               block when a frame is made: plain writes are
+                               found with no touch; costs a second copy of the
+                               image in memory and a compare of the committed
+                               size at memory bandwidth per frame */
 };
 
 /* Reserves capacity bytes (rounded up to 64 KiB) of address space and
@@ -294,8 +302,10 @@ typedef struct tha_frame_info {
     uint64_t nblocks;      /* data blocks carried */
 } tha_frame_info_t;
 
-/* Exact bytes tha_heap_encode(kind) will need now. */
-THA_API int tha_heap_frame_size(const tha_heap_t *h, int kind, size_t *size);
+/* Exact bytes tha_heap_encode(kind) will need now. In diff mode this is
+ * where the heap looks for changes; the encode that follows uses what it
+ * found (a write in between goes in the next frame). */
+THA_API int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size);
 /* Encodes a snapshot (the whole image) or a delta (every block dirtied
  * since the previous frame) into buf, then clears the dirty bits and bumps
  * the sequence number. On any error nothing changes (THA_ETOOSMALL: *len
@@ -452,6 +462,117 @@ THA_API int tha_session_status(const tha_session_t *s, tha_session_status_t *out
  * each half is copied, rewritten and checksummed on its own core. Default 2
  * on machines with two CPUs or more. Process-wide. */
 THA_API int tha_set_threads(int n);
+
+/* ---- native driver: blocking TCP (net.c) ------------------------------ */
+
+/* A tha_net_t is one replication endpoint over plain TCP for native
+ * programs: it moves bytes between a socket and a tha_session_t and does
+ * nothing else (the protocol is the session's, the same one tha.Active and
+ * tha.Standby speak, so a C active can feed a Python standby and back).
+ * Every call blocks, bounded by a timeout; there are no threads. Sockets are
+ * non-blocking underneath, served with poll(): partial reads and writes,
+ * EINTR and heartbeats (tha_session_tick) are handled inside every call.
+ *
+ * Between calls nothing moves: an active must call tha_net_sync or
+ * tha_net_poll at least every heartbeat_ms, or a standby that promotes on
+ * silence will take it for dead.
+ *
+ * Authentication: the caller supplies the HMAC-SHA256 (a tha_mac_fn over
+ * its secret) in the options; libtha has no cryptography of its own and
+ * does not link libcrypto, so native users without OpenSSL are not forced
+ * to have it, and those with another crypto library use that. The example
+ * examples/c/active.c uses OpenSSL's HMAC() when the build finds libcrypto.
+ * Without a MAC both ends must run without one; the standby then refuses
+ * to listen on a non-loopback address. Integrity of the stream against an
+ * on-path attacker needs TLS, which this driver does not do (tha.Active
+ * and tha.Standby take an ssl.SSLContext).
+ *
+ * Threads: a tha_net_t and the heap it replicates or mirrors are used by
+ * one thread at a time; the heap must not be written during a call. */
+
+typedef struct tha_net tha_net_t;
+
+/* All zero (or a NULL pointer) selects every default. */
+typedef struct tha_net_options {
+    tha_mac_fn mac;            /* HMAC-SHA256 with the shared secret; NULL: none */
+    void *mac_ctx;             /* passed to mac */
+    uint64_t node_id;          /* names this node in messages; 0: random */
+    uint64_t heartbeat_ms;     /* send a heartbeat after this much silence; 0 = 200 */
+    uint64_t timeout_ms;       /* peer silent this long is gone; 0 = 2000 */
+    uint64_t open_timeout_ms;  /* connect, handshake and bulk sync may go this
+                                  long without progress; 0 = 10000 */
+    uint64_t backlog_bytes;    /* active: deltas kept for resume; 0 = 64 MiB */
+    /* Called with every session event (progress, acks, errors) as it is
+     * drained, from inside the net call; NULL: none. */
+    void (*on_event)(void *ctx, const tha_event_t *ev);
+    void *event_ctx;
+} tha_net_options_t;
+
+/* Active: creates the handle for replicating heap to the standby listening
+ * at host:port, connects, runs the handshake, then resumes the standby from
+ * the backlog or writes the whole bulk sync before returning.
+ * heap is not owned and must outlive the handle; opt is copied.
+ * Returns 0; THA_EINVAL / THA_ENOMEM with *out NULL; or a connection error
+ * with *out set to a disconnected handle (tha_net_errmsg says why;
+ * tha_net_reconnect retries): -errno (ECONNREFUSED, ...), THA_ETIMEOUT,
+ * THA_EAUTH (wrong secret), THA_EMISMATCH (the standby holds another
+ * schema), THA_EFENCED (the standby knows a newer epoch: this active was
+ * replaced and must stop), THA_EPROTO, THA_ECLOSED. */
+THA_API int tha_net_active_open(tha_net_t **out, tha_heap_t *heap, const char *host,
+                                uint16_t port, const tha_net_options_t *opt);
+/* Active: drops the connection if any and connects again; the standby
+ * resumes from the backlog if it still holds the next frame, else bulk
+ * syncs. Returns as tha_net_active_open. */
+THA_API int tha_net_reconnect(tha_net_t *n);
+/* Active: encodes a delta of everything dirtied since the last sync, keeps
+ * it in the backlog, sends it and waits until the standby has it at level
+ * ack (enum tha_ack; THA_ACK_NONE: until it is written to the socket).
+ * *seq (may be NULL) gets the frame's sequence number, also on failure
+ * once the frame exists. The application holds its replies to clients
+ * until this returns 0.
+ * timeout_ms (0 = 5000) bounds the whole call. THA_ETIMEOUT: the standby
+ * did not acknowledge in time; the connection stays up and the frame
+ * queued, nothing is downgraded. THA_ECLOSED or -errno: the connection is
+ * gone; the frame stays in the backlog for tha_net_reconnect.
+ * THA_EFENCED: a standby was promoted; this and every later call fail.
+ * THA_EINVAL for THA_ACK_PERSISTED (no standby delta logs yet).
+ * An encode failure (THA_EFOREIGN) changes nothing. */
+THA_API int tha_net_sync(tha_net_t *n, int ack, uint32_t timeout_ms, uint64_t *seq);
+/* Either role: serves the connection for wait_ms (heartbeats, acks,
+ * frames) and returns 0, or the error that closed it. */
+THA_API int tha_net_poll(tha_net_t *n, uint32_t wait_ms);
+
+/* Standby: listens on host:port (*port 0: any free port, written back).
+ * heap: the state to start from (not owned; its schema must match the
+ * active's) or NULL: the first bulk sync creates one from the schema the
+ * active sends. A non-loopback host needs opt->mac (THA_EINVAL otherwise).
+ * On failure *out is NULL. */
+THA_API int tha_net_standby_listen(tha_net_t **out, tha_heap_t *heap,
+                                   const char *host, uint16_t *port,
+                                   const tha_net_options_t *opt);
+/* Standby: waits up to timeout_ms (0: forever) for an active to connect,
+ * replacing any current connection. THA_ETIMEOUT if none came. */
+THA_API int tha_net_standby_accept(tha_net_t *n, uint32_t timeout_ms);
+/* Standby: applies what the active sends and acknowledges it, until the
+ * active goes away: 0 when it closed the connection, THA_ETIMEOUT when it
+ * fell silent for opt.timeout_ms (the failover signal), another THA_E* or
+ * -errno when the connection broke (wrong secret, garbage, ...). With
+ * timeout_ms > 0 returns 1 after that long if the active is still there;
+ * 0 serves until it goes away. Frames refused by the heap are reported
+ * to the active (it bulk syncs) and do not end the call. */
+THA_API int tha_net_standby_serve(tha_net_t *n, uint32_t timeout_ms);
+
+/* The heap: active: the one given to open; standby: the live mirror (NULL
+ * before the first bulk sync), replaced when a bulk sync completes. A
+ * standby heap created by bulk sync is owned by n and destroyed by
+ * tha_net_close unless take is 1, which hands it to the caller (n keeps
+ * serving into it: destroy it only after tha_net_close). */
+THA_API tha_heap_t *tha_net_heap(tha_net_t *n, int take);
+/* Detail of the last failure on n ("standby 127.0.0.1:7400 refused: ..."). */
+THA_API const char *tha_net_errmsg(const tha_net_t *n);
+/* Closes the socket(s) and frees n (and, for an active, its backlog). NULL
+ * is ignored. */
+THA_API void tha_net_close(tha_net_t *n);
 
 /* CRC32C (Castagnoli), hardware-accelerated where the CPU has it. */
 THA_API uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);

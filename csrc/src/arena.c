@@ -58,8 +58,7 @@ int tha__commit(tha_heap_t *h, uint64_t bytes) {
 int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
                     int tracking) {
     if (!out || !schema || !schema->sealed) return THA_EINVAL;
-    if (tracking != THA_TRACK_AUTO && tracking != THA_TRACK_EXPLICIT)
-        return THA_EINVAL;
+    if (tracking < THA_TRACK_AUTO || tracking > THA_TRACK_DIFF) return THA_EINVAL;
     *out = NULL;
     uint64_t cap = tha__align_up(capacity ? capacity : (64u << 20), THA__GRANULE);
     if (cap < (1u << 20) || cap > (1ull << 44)) return THA_EINVAL;
@@ -67,7 +66,7 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
     if (!h) return THA_ENOMEM;
     h->capacity = cap;
     h->nblocks = cap / THA__BLOCK;
-    h->tracking = THA_TRACK_EXPLICIT;
+    h->tracking = tracking == THA_TRACK_AUTO ? THA_TRACK_DIFF : tracking;
     int rc = THA_ENOMEM;
     void *base = mmap(NULL, cap, PROT_NONE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -81,6 +80,15 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
     h->dirty = calloc((h->nblocks + 63) / 64, sizeof(uint64_t));
     h->ptrmap = calloc(h->nblocks, 1);
     if (!h->dirty || !h->ptrmap) goto fail;
+    if (h->tracking == THA_TRACK_DIFF) {
+        void *sh = mmap(NULL, cap, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (sh == MAP_FAILED) {
+            rc = -errno;
+            goto fail;
+        }
+        h->shadow = sh;
+    }
     if (getrandom(&h->lineage, sizeof h->lineage, 0) != sizeof h->lineage) {
         rc = -errno;
         goto fail;
@@ -98,6 +106,7 @@ fail:
 void tha_heap_destroy(tha_heap_t *h) {
     if (!h) return;
     if (h->base) munmap(h->base, h->capacity);
+    if (h->shadow) munmap(h->shadow, h->capacity);
     free(h->dirty);
     free(h->ptrmap);
     tha_schema_release(h->schema);

@@ -150,7 +150,7 @@ static inline int next_run(const uint64_t *bits, uint64_t limit, uint64_t *pos,
     return 0;
 }
 
-int tha_heap_frame_size(const tha_heap_t *h, int kind, size_t *size) {
+static int frame_size_now(const tha_heap_t *h, int kind, size_t *size) {
     const tha__region_t *r = tha__reg(h);
     uint64_t top_blocks = r->top / THA__BLOCK, n = THA_FRAME_HEADER_SIZE;
     if (kind == THA_FRAME_SNAPSHOT) {
@@ -166,6 +166,12 @@ int tha_heap_frame_size(const tha_heap_t *h, int kind, size_t *size) {
     }
     *size = n;
     return 0;
+}
+
+int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size) {
+    tha__track_collect(h);
+    h->collected = h->shadow != NULL;
+    return frame_size_now(h, kind, size);
 }
 
 /* ---- encode ----------------------------------------------------------- */
@@ -373,7 +379,9 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
     if (!len || (kind != THA_FRAME_SNAPSHOT && kind != THA_FRAME_DELTA))
         return tha__hfail(h, THA_EINVAL, "encode: kind must be snapshot or delta");
     size_t need;
-    int rc = tha_heap_frame_size(h, kind, &need);
+    if (!h->collected) tha__track_collect(h); /* else frame_size just did */
+    h->collected = 0;
+    int rc = frame_size_now(h, kind, &need);
     if (rc) return tha__hfail(h, rc, "encode: %s", tha_strerror(rc));
     *len = need;
     if (!buf || cap < need)
@@ -933,6 +941,7 @@ static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t 
             from_wire(h, dst + c * THA__BLOCK, mask + c, n);
         }
         memcpy(h->ptrmap + b0, mask, run.nblocks);
+        tha__track_sync_shadow(h, b0, run.nblocks);
         p = data + run.nblocks * THA__BLOCK;
     }
 }
@@ -974,6 +983,8 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
     if (hd.kind == THA_FRAME_SNAPSHOT) {
         if (old_top > hd.top) { /* the image shrank: what lay above reads zero */
             madvise(h->base + hd.top, old_top - hd.top, MADV_DONTNEED);
+            if (h->shadow)
+                madvise(h->shadow + hd.top, old_top - hd.top, MADV_DONTNEED);
             memset(h->ptrmap + hd.top / THA__BLOCK, 0, (old_top - hd.top) / THA__BLOCK);
         }
         tha__clear_dirty(h);

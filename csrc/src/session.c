@@ -174,8 +174,16 @@ static int send_msg(tha_session_t *s, int type, int flags, const void *payload,
     return rc;
 }
 
-/* Queues a backlog frame: a header we own, then the frame by reference. */
+/* Queues a backlog frame: a header we own, then the frame by reference.
+ * A small frame is copied behind its header instead: one output item, so
+ * the driver sends the message in one call (one TCP segment). */
+#define FRAME_COPY_MAX (64u << 10)
 static int send_frame_ref(tha_session_t *s, tha__bframe_t *f, int ack) {
+    if (f->len <= FRAME_COPY_MAX) {
+        int rc = send_msg(s, M_FRAME, ack, f->data, f->len);
+        tha__bframe_release(f);
+        return rc;
+    }
     uint8_t *h = malloc(MSG_HDR);
     if (!h) return THA_ENOMEM;
     fill_header(h, M_FRAME, ack, f->data, f->len);
@@ -492,6 +500,7 @@ static int bulk_step(tha_session_t *s) {
     /* SNAP_END: the standby is consistent after the first frame encoded
      * after this point, or right away if nothing changed since bulk_seq. */
     uint64_t last = h->seq;
+    tha__track_collect(h); /* diff mode: dirty bits are only known after this */
     uint64_t consistent = tha__count_dirty(h) == 0 ? last : last + 1;
     uint8_t p[32];
     put64(p, s->bulk_seq);

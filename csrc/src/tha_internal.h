@@ -184,6 +184,9 @@ struct tha_heap {
     uint64_t committed;     /* bytes read-write from base */
     uint64_t *dirty;        /* bit per block: changed since the last frame */
     uint8_t *ptrmap;        /* byte per block: bit i = word i is a pointer */
+    uint8_t *shadow;        /* diff mode: the image as of the last frame
+                               (capacity bytes reserved; NULL otherwise) */
+    int collected;          /* diff mode: frame_size just collected changes */
     uint64_t nblocks;       /* capacity / THA__BLOCK */
     uint64_t seq;           /* last frame encoded or applied */
     uint64_t epoch;
@@ -218,6 +221,12 @@ int tha__region_init(tha_heap_t *h);
 /* Marks the blocks overlapping [off, off+len) dirty. */
 void tha__mark(tha_heap_t *h, uint64_t off, uint64_t len);
 void tha__clear_dirty(tha_heap_t *h);
+/* Diff mode: marks every block of [0, top) that differs from the shadow and
+ * brings the shadow up to date; nothing in other modes. */
+void tha__track_collect(tha_heap_t *h);
+/* Diff mode: the shadow takes n blocks at block b0 as they are now (after
+ * an apply wrote them, so they do not count as local changes). */
+void tha__track_sync_shadow(tha_heap_t *h, uint64_t b0, uint64_t n);
 uint64_t tha__count_dirty(const tha_heap_t *h);
 /* Sets pointer-map bits for the slots of count elements of t at off. */
 void tha__ptrmap_set(tha_heap_t *h, uint64_t off, const tha__type_t *t,

@@ -4,7 +4,9 @@
  * ptrmap: one byte per block, bit i = word i (8 bytes) holds a pointer.
  *         It is the relocation table of every live object laid over the
  *         region, so encode and apply never walk objects.
- * Both live outside the region: they describe it, they are not state.
+ * shadow: diff mode only, a copy of the image as of the last frame; blocks
+ *         that differ from it are what plain writes changed.
+ * All live outside the region: they describe it, they are not state.
  */
 #include "tha_internal.h"
 
@@ -81,4 +83,26 @@ void tha__ptrmap_clear(tha_heap_t *h, uint64_t off, uint64_t len) {
         }
         w = blk * 8 + hi;
     }
+}
+
+void tha__track_collect(tha_heap_t *h) {
+    if (!h->shadow) return;
+    const uint64_t top = tha__reg(h)->top;
+    const uint8_t *img = h->base;
+    uint8_t *sh = h->shadow;
+    /* Whole pages first: most are unchanged and memcmp streams them at
+     * memory bandwidth; only a changed page is looked at block by block. */
+    for (uint64_t off = 0; off < top; off += THA__PAGE) {
+        if (memcmp(img + off, sh + off, THA__PAGE) == 0) continue;
+        for (uint64_t b = off; b < off + THA__PAGE; b += THA__BLOCK)
+            if (memcmp(img + b, sh + b, THA__BLOCK) != 0) {
+                memcpy(sh + b, img + b, THA__BLOCK);
+                tha__mark(h, b, THA__BLOCK);
+            }
+    }
+}
+
+void tha__track_sync_shadow(tha_heap_t *h, uint64_t b0, uint64_t n) {
+    if (h->shadow)
+        memcpy(h->shadow + b0 * THA__BLOCK, h->base + b0 * THA__BLOCK, n * THA__BLOCK);
 }

@@ -338,7 +338,37 @@ static void test_bad_frames(void) {
     tha_heap_destroy(b);
 }
 
+/* Diff mode: plain writes, no touch, reach the mirror; applied blocks do
+ * not come back as local changes. */
+static void test_diff_mode(void) {
+    tha_schema_t *s = make_schema();
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, s, 8 << 20, THA_TRACK_AUTO));
+    CHECK_OK(tha_heap_create(&b, s, 8 << 20, THA_TRACK_DIFF));
+    tha_schema_release(s);
+    tha_stats_t st;
+    CHECK_OK(tha_heap_stats(a, &st));
+    CHECK(st.tracking == THA_TRACK_DIFF);
+    struct emp *team;
+    CHECK_OK(tha_heap_alloc(a, EMP, 50, (void **)&team));
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    for (int round = 0; round < 20; round++) {
+        int i = (int)(next_rand() % 50), j = (int)(next_rand() % 50);
+        team[i].salary = round;          /* no touch anywhere */
+        team[i].mgr = &team[j];
+        team[j].reports[round % 4] = &team[i];
+        CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+        CHECK(mirrors(a, b));
+    }
+    size_t n;
+    CHECK_OK(tha_heap_frame_size(b, THA_FRAME_DELTA, &n));
+    CHECK(n == THA_FRAME_HEADER_SIZE); /* what b applied is not b's change */
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+}
+
 int main(void) {
+    RUN(test_diff_mode);
     RUN(test_alloc_free_lookup);
     RUN(test_reuse_after_full);
     RUN(test_mirror_random);

@@ -1,0 +1,676 @@
+/* test_session.c — the sans-I/O replication session, two ends wired in
+ * memory (no sockets): handshake, bulk sync, deltas with acks, resume,
+ * heartbeats and timeouts; the active->standby byte stream fed back at
+ * every split and truncated prefix; garbage, bad checksums, wrong MACs and
+ * stale epochs. Words: end = one session and the events it produced. */
+#include "tha.h"
+#include "check.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+
+struct dept;
+struct emp {
+    char name[32];
+    uint32_t id;
+    double salary;
+    struct emp *mgr;
+    struct dept *dept;
+    struct emp *reports[4];
+};
+struct dept {
+    char name[32];
+    uint32_t id;
+};
+
+enum { NSTAFF = 20, CAPACITY = 1 << 20, MAXEV = 4096 };
+
+static uint32_t EMP, DEPT;
+
+static tha_schema_t *make_schema(void) {
+    tha_schema_t *s;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct emp, "emp", &EMP));
+    CHECK_OK(THA_FIELD_SCALAR(s, EMP, struct emp, name, THA_T_CHAR, 32));
+    CHECK_OK(THA_FIELD_SCALAR(s, EMP, struct emp, id, THA_T_U32, 0));
+    CHECK_OK(THA_FIELD_SCALAR(s, EMP, struct emp, salary, THA_T_F64, 0));
+    CHECK_OK(THA_FIELD_PTR(s, EMP, struct emp, mgr, "emp", 0));
+    CHECK_OK(THA_FIELD_PTR(s, EMP, struct emp, dept, "dept", 0));
+    CHECK_OK(THA_FIELD_PTR(s, EMP, struct emp, reports, "emp", 4));
+    CHECK_OK(THA_STRUCT(s, struct dept, "dept", &DEPT));
+    CHECK_OK(THA_FIELD_SCALAR(s, DEPT, struct dept, name, THA_T_CHAR, 32));
+    CHECK_OK(THA_FIELD_SCALAR(s, DEPT, struct dept, id, THA_T_U32, 0));
+    CHECK_OK(tha_schema_seal(s));
+    return s;
+}
+
+/* A heap with a department and NSTAFF employees rooted at "staff". */
+static tha_heap_t *company(struct emp **staff) {
+    tha_schema_t *s = make_schema();
+    tha_heap_t *h;
+    CHECK_OK(tha_heap_create(&h, s, CAPACITY, THA_TRACK_EXPLICIT));
+    tha_schema_release(s);
+    struct dept *d;
+    struct emp *es;
+    CHECK_OK(tha_heap_alloc(h, DEPT, 1, (void **)&d));
+    CHECK_OK(tha_heap_alloc(h, EMP, NSTAFF, (void **)&es));
+    strcpy(d->name, "eng");
+    d->id = 1;
+    for (int i = 0; i < NSTAFF; i++) {
+        snprintf(es[i].name, sizeof es[i].name, "emp%d", i);
+        es[i].id = (uint32_t)i;
+        es[i].dept = d;
+        es[i].mgr = &es[i / 2];
+        if (i < 4) es[0].reports[i] = &es[i + 1];
+    }
+    CHECK_OK(tha_heap_touch(h, d, 0));
+    CHECK_OK(tha_heap_touch(h, es, 0));
+    CHECK_OK(tha_root_set(h, "staff", es));
+    *staff = es;
+    return h;
+}
+
+static void mutate(tha_heap_t *h, struct emp *es, int round) {
+    for (int i = round % 3; i < NSTAFF; i += 3) {
+        es[i].salary = round * 1000.0 + i;
+        CHECK_OK(tha_heap_touch(h, &es[i].salary, sizeof es[i].salary));
+    }
+}
+
+static uint64_t off_of(tha_heap_t *h, const void *p) {
+    return p ? (uint64_t)((const char *)p - (const char *)tha_heap_base(h)) : 0;
+}
+
+/* Same live objects, same bytes, pointers equal as offsets; same seq. */
+static bool mirrors(tha_heap_t *a, tha_heap_t *b) {
+    if (!a || !b) return false;
+    tha_stats_t sa, sb;
+    tha_heap_stats(a, &sa);
+    tha_heap_stats(b, &sb);
+    if (sa.seq != sb.seq || sa.live_objects != sb.live_objects) return false;
+    uint64_t ca = 0, cb = 0;
+    tha_obj_t oa, ob;
+    for (;;) {
+        int ma = tha_heap_next(a, &ca, &oa), mb = tha_heap_next(b, &cb, &ob);
+        if (ma != mb) return false;
+        if (!ma) break;
+        if (oa.offset != ob.offset || oa.type_id != ob.type_id || oa.count != ob.count)
+            return false;
+        for (uint32_t i = 0; i < oa.count; i++) {
+            if (oa.type_id == EMP) {
+                struct emp *x = (struct emp *)oa.ptr + i, *y = (struct emp *)ob.ptr + i;
+                if (memcmp(x->name, y->name, 32) || x->id != y->id ||
+                    x->salary != y->salary || off_of(a, x->mgr) != off_of(b, y->mgr) ||
+                    off_of(a, x->dept) != off_of(b, y->dept))
+                    return false;
+                for (int k = 0; k < 4; k++)
+                    if (off_of(a, x->reports[k]) != off_of(b, y->reports[k])) return false;
+            } else if (oa.type_id == DEPT) {
+                struct dept *x = (struct dept *)oa.ptr + i, *y = (struct dept *)ob.ptr + i;
+                if (memcmp(x->name, y->name, 32) || x->id != y->id) return false;
+            }
+        }
+    }
+    void *ra, *rb;
+    if (tha_root_get(a, "staff", &ra) || tha_root_get(b, "staff", &rb)) return false;
+    return off_of(a, ra) == off_of(b, rb);
+}
+
+/* ---- two ends in memory ----------------------------------------------- */
+
+/* A keyed stand-in for HMAC-SHA256: the session only compares MACs, so any
+ * keyed function exercises it; real drivers use a real HMAC. */
+static void toy_mac(void *ctx, const void *data, size_t len, uint8_t out[THA_MAC_SIZE]) {
+    const char *key = ctx;
+    uint32_t c = tha_crc32c(0, key, strlen(key));
+    for (uint32_t i = 0; i < THA_MAC_SIZE / 4; i++) {
+        c = tha_crc32c(c ^ i, data, len);
+        memcpy(out + 4 * i, &c, 4);
+    }
+}
+
+typedef struct end {
+    tha_session_t *s;
+    tha_event_t ev[MAXEV]; /* every event, in order */
+    int nev;
+} end_t;
+
+/* Bytes that went one way, for replay. */
+typedef struct tape {
+    uint8_t *data;
+    size_t len, cap;
+} tape_t;
+
+static end_t *end_new(int role, const char *key, tha_heap_t *heap, tha_backlog_t *bl) {
+    end_t *e = calloc(1, sizeof *e);
+    tha_session_config_t cfg = {.role = role, .node_id = (uint64_t)role,
+                                .mac = key ? toy_mac : NULL, .mac_ctx = (void *)key,
+                                .chunk_bytes = 4096};
+    CHECK_OK(tha_session_create(&e->s, &cfg, heap, bl));
+    CHECK_OK(tha_session_start(e->s, 0));
+    return e;
+}
+
+static void end_free(end_t *e) {
+    tha_session_destroy(e->s);
+    free(e);
+}
+
+static void drain(end_t *e) {
+    tha_event_t ev;
+    while (tha_session_event(e->s, &ev))
+        if (e->nev < MAXEV) e->ev[e->nev++] = ev;
+}
+
+/* The last event of a type, or NULL. */
+static const tha_event_t *last_ev(const end_t *e, int type) {
+    for (int i = e->nev; i-- > 0;)
+        if (e->ev[i].type == type) return &e->ev[i];
+    return NULL;
+}
+
+static int count_ev(const end_t *e, int type) {
+    int n = 0;
+    for (int i = 0; i < e->nev; i++) n += e->ev[i].type == type;
+    return n;
+}
+
+static void tape_put(tape_t *t, const void *p, size_t n) {
+    if (!t) return;
+    if (t->len + n > t->cap) {
+        t->cap = (t->len + n) * 2;
+        t->data = realloc(t->data, t->cap);
+    }
+    memcpy(t->data + t->len, p, n);
+    t->len += n;
+}
+
+/* Moves everything from's output into to, in pieces of at most chunk bytes. */
+static size_t move(end_t *from, end_t *to, uint64_t now, size_t chunk, tape_t *t) {
+    size_t total = 0;
+    for (;;) {
+        const void *d;
+        size_t n;
+        if (tha_session_output(from->s, &d, &n) || !n) break;
+        if (n > chunk) n = chunk;
+        tape_put(t, d, n);
+        tha_session_feed(to->s, d, n, now);
+        CHECK_OK(tha_session_advance(from->s, n));
+        total += n;
+        drain(to);
+    }
+    drain(from);
+    return total;
+}
+
+/* Both ways until neither end has anything to say. */
+static void exchange(end_t *a, end_t *b, uint64_t now, size_t chunk, tape_t *ab) {
+    while (move(a, b, now, chunk, ab) + move(b, a, now, chunk, NULL)) {}
+}
+
+static int state_of(const end_t *e) {
+    tha_session_status_t st;
+    tha_session_status(e->s, &st);
+    return st.state;
+}
+
+static uint64_t acked(const end_t *e, int level) {
+    tha_session_status_t st;
+    tha_session_status(e->s, &st);
+    return st.acked[level];
+}
+
+/* Active: encode a delta, push it to the backlog and queue it. */
+static uint64_t sync_one(tha_heap_t *h, tha_backlog_t *bl, end_t *a, int ack) {
+    size_t size, len;
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &size));
+    void *f = malloc(size);
+    CHECK_OK(tha_heap_encode(h, THA_FRAME_DELTA, f, size, &len));
+    CHECK_OK(tha_backlog_push(bl, f, len));
+    free(f);
+    if (a) CHECK_OK(tha_session_pump(a->s, ack));
+    tha_stats_t st;
+    tha_heap_stats(h, &st);
+    return st.seq;
+}
+
+/* ---- the reference run: handshake, bulk, deltas ------------------------ */
+
+static tape_t ref_tape;        /* active -> standby bytes of the reference run */
+static size_t ref_bulk_end;    /* tape length once the bulk's first frame went */
+static tha_heap_t *ref_src;    /* the active heap at the end of it */
+static struct emp *ref_staff;
+static tha_backlog_t *ref_backlog;
+static tha_heap_t *ref_mirror; /* the standby's heap at the end of it */
+
+static void test_handshake_bulk_deltas(void) {
+    ref_src = company(&ref_staff);
+    CHECK_OK(tha_backlog_create(&ref_backlog, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, ref_src, ref_backlog);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    CHECK(tha_session_take_heap(b->s) == NULL);
+
+    exchange(a, b, 1, SIZE_MAX, &ref_tape);
+    const tha_event_t *ra = last_ev(a, THA_EV_READY);
+    CHECK(ra && ra->b == 0); /* a new standby: bulk */
+    CHECK(last_ev(b, THA_EV_READY) != NULL);
+    const tha_event_t *bb = last_ev(b, THA_EV_BULK_BEGIN);
+    CHECK(bb && bb->a > 0);
+    const tha_event_t *bp = last_ev(b, THA_EV_BULK_PROGRESS);
+    CHECK(bp && bp->a == bb->a && bp->b == bb->a);
+    CHECK(count_ev(b, THA_EV_BULK_PROGRESS) > 1); /* chunked: 4 KiB segments */
+    CHECK(last_ev(a, THA_EV_BULK_DONE) != NULL);
+    /* the heap was dirty while it streamed: live only after the next frame */
+    CHECK(last_ev(b, THA_EV_BULK_DONE) == NULL);
+    CHECK(state_of(b) == 2);
+
+    uint64_t seq = sync_one(ref_src, ref_backlog, a, THA_ACK_APPLIED);
+    exchange(a, b, 2, SIZE_MAX, &ref_tape);
+    ref_bulk_end = ref_tape.len;
+    const tha_event_t *bd = last_ev(b, THA_EV_BULK_DONE);
+    CHECK(bd && bd->seq == seq);
+    CHECK(acked(a, THA_ACK_APPLIED) == seq);
+    tha_heap_t *mirror = tha_session_take_heap(b->s);
+    CHECK(mirror && mirrors(ref_src, mirror));
+    CHECK(tha_heap_base(mirror) != tha_heap_base(ref_src));
+    CHECK_OK(tha_heap_check(mirror));
+
+    for (int round = 1; round <= 4; round++) {
+        mutate(ref_src, ref_staff, round);
+        int ack = round == 2 ? THA_ACK_RECEIVED : THA_ACK_APPLIED;
+        seq = sync_one(ref_src, ref_backlog, a, ack);
+        exchange(a, b, 2 + (uint64_t)round, SIZE_MAX, &ref_tape);
+        const tha_event_t *ap = last_ev(b, THA_EV_APPLIED);
+        CHECK(ap && ap->seq == seq);
+        const tha_event_t *ak = last_ev(a, THA_EV_ACK);
+        CHECK(ak && ak->seq == seq && ak->a == THA_ACK_APPLIED);
+        CHECK(acked(a, THA_ACK_RECEIVED) == seq && acked(a, THA_ACK_APPLIED) == seq);
+        CHECK(mirrors(ref_src, mirror));
+    }
+    CHECK(count_ev(a, THA_EV_ERROR) == 0 && count_ev(b, THA_EV_ERROR) == 0);
+    tha_session_status_t st;
+    tha_session_status(a->s, &st);
+    CHECK(st.state == 3 && st.sent_seq == seq && st.bytes_out == ref_tape.len);
+    CHECK(tha_session_take_heap(b->s) == mirror);
+    ref_mirror = mirror; /* taken: outlives the session */
+    end_free(a);
+    end_free(b);
+}
+
+/* ---- the same bytes at every split ------------------------------------ */
+
+/* A fresh standby fed tape[0..k) then tape[k..): must end where the
+ * reference did, and never complain about a prefix. */
+static bool replay_split(size_t k) {
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    int rc1 = tha_session_feed(b->s, ref_tape.data, k, 1);
+    drain(b);
+    bool ok = rc1 == 0 && count_ev(b, THA_EV_ERROR) == 0 && state_of(b) != 4;
+    int rc2 = tha_session_feed(b->s, ref_tape.data + k, ref_tape.len - k, 2);
+    drain(b);
+    ok = ok && rc2 == 0 && count_ev(b, THA_EV_ERROR) == 0;
+    ok = ok && mirrors(ref_src, tha_session_take_heap(b->s));
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(b);
+    if (!ok) fprintf(stderr, "split at byte %zu of %zu failed\n", k, ref_tape.len);
+    return ok;
+}
+
+/* Offsets where a message starts in the tape. */
+static size_t boundaries(size_t *out, size_t max) {
+    size_t n = 0, at = 0;
+    while (at + 20 <= ref_tape.len && n < max) {
+        out[n++] = at;
+        uint32_t len;
+        memcpy(&len, ref_tape.data + at + 8, 4);
+        at += 20 + len;
+    }
+    return n;
+}
+
+static void test_every_split(void) {
+    CHECK(ref_tape.len > 0);
+    printf("tape: %zu bytes\n", ref_tape.len);
+    /* byte by byte through one standby */
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    for (size_t i = 0; i < ref_tape.len; i++) {
+        CHECK_OK(tha_session_feed(b->s, ref_tape.data + i, 1, 1));
+        if (i % 512 == 0) drain(b);
+    }
+    drain(b);
+    CHECK(count_ev(b, THA_EV_ERROR) == 0);
+    CHECK(mirrors(ref_src, tha_session_take_heap(b->s)));
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(b);
+
+    /* every split in the handshake and around every message boundary, and
+     * a stride through the rest (a full sweep is O(n^2) under ASan) */
+    size_t bounds[4096], nb = boundaries(bounds, 4096);
+    CHECK(nb > 5);
+    int failed = 0;
+    for (size_t k = 0; k <= 400 && k <= ref_tape.len && failed < 5; k++)
+        failed += !replay_split(k);
+    for (size_t i = 0; i < nb && failed < 5; i++)
+        for (size_t d = 0; d < 4; d++) {
+            size_t ks[2] = {bounds[i] + d, bounds[i] + 16 + d};
+            for (int j = 0; j < 2; j++)
+                if (ks[j] <= ref_tape.len) failed += !replay_split(ks[j]);
+            if (bounds[i] >= d + 1) failed += !replay_split(bounds[i] - d - 1);
+        }
+    for (size_t k = 401; k < ref_tape.len && failed < 5; k += 389) failed += !replay_split(k);
+    CHECK(failed == 0);
+}
+
+/* Every truncated prefix leaves the standby waiting (no error, no event
+ * past the last whole message), at a whole message it is where that
+ * message puts it, and its heap never holds half a frame. */
+static void test_truncated_prefixes(void) {
+    size_t bounds[4096], nb = boundaries(bounds, 4096);
+    int failed = 0;
+    for (size_t i = 1; i < nb && failed < 5; i++) {
+        size_t at = bounds[i];
+        if (at <= ref_bulk_end) continue; /* the frames after the bulk */
+        end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+        CHECK_OK(tha_session_feed(b->s, ref_tape.data, bounds[i - 1], 1));
+        drain(b);
+        tha_stats_t before, after;
+        tha_heap_stats(tha_session_take_heap(b->s), &before);
+        int nev = b->nev;
+        /* feed the message minus its last byte, in one go */
+        CHECK_OK(tha_session_feed(b->s, ref_tape.data + bounds[i - 1], at - bounds[i - 1] - 1, 1));
+        drain(b);
+        tha_heap_stats(tha_session_take_heap(b->s), &after);
+        if (b->nev != nev || after.seq != before.seq || state_of(b) == 4) failed++;
+        CHECK_OK(tha_session_feed(b->s, ref_tape.data + at - 1, 1, 1));
+        drain(b);
+        tha_heap_stats(tha_session_take_heap(b->s), &after);
+        const tha_event_t *ap = last_ev(b, THA_EV_APPLIED);
+        if (after.seq != before.seq + 1 || !ap || ap->seq != after.seq) failed++;
+        tha_heap_destroy(tha_session_take_heap(b->s));
+        end_free(b);
+    }
+    CHECK(failed == 0);
+}
+
+/* ---- bad input ------------------------------------------------------- */
+
+static void test_garbage(void) {
+    /* garbage instead of the active's HELLO */
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    const char junk[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    int rc = tha_session_feed(b->s, junk, sizeof junk - 1, 1);
+    drain(b);
+    CHECK(rc < 0);
+    const tha_event_t *e = last_ev(b, THA_EV_ERROR);
+    CHECK(e && e->code == THA_EPROTO);
+    CHECK_CONTAINS(e ? e->msg : NULL, "garbage");
+    CHECK(state_of(b) == 4);
+    CHECK_RC(tha_session_feed(b->s, junk, 4, 2), THA_ECLOSED);
+    end_free(b);
+
+    /* garbage at the active, after a valid start */
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    uint8_t noise[64];
+    for (unsigned i = 0; i < sizeof noise; i++) noise[i] = (uint8_t)(i * 37 + 11);
+    CHECK(tha_session_feed(a->s, noise, sizeof noise, 1) < 0);
+    drain(a);
+    e = last_ev(a, THA_EV_ERROR);
+    CHECK(e && e->code == THA_EPROTO);
+    CHECK_RC(tha_session_pump(a->s, THA_ACK_APPLIED), THA_ECLOSED);
+    end_free(a);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+
+    /* a flipped payload byte in the last FRAME: refused, heap untouched */
+    size_t bounds[4096], nb = boundaries(bounds, 4096);
+    size_t last = bounds[nb - 1];
+    uint8_t *copy = malloc(ref_tape.len);
+    memcpy(copy, ref_tape.data, ref_tape.len);
+    copy[last + 20 + 100] ^= 0x40;
+    b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    CHECK_OK(tha_session_feed(b->s, copy, last, 1));
+    drain(b);
+    tha_stats_t before, after;
+    tha_heap_stats(tha_session_take_heap(b->s), &before);
+    CHECK(tha_session_feed(b->s, copy + last, ref_tape.len - last, 1) < 0);
+    drain(b);
+    e = last_ev(b, THA_EV_ERROR);
+    CHECK(e && e->code == THA_ECHECKSUM);
+    tha_heap_stats(tha_session_take_heap(b->s), &after);
+    CHECK(after.seq == before.seq && after.frames_applied == before.frames_applied);
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(b);
+
+    /* a valid header announcing more than max_message bytes */
+    tha_session_config_t cfg = {.role = THA_ROLE_STANDBY, .max_message = 100};
+    tha_session_t *s;
+    CHECK_OK(tha_session_create(&s, &cfg, NULL, NULL));
+    CHECK_OK(tha_session_start(s, 0));
+    CHECK(tha_session_feed(s, ref_tape.data, 20, 1) < 0); /* HELLO carries the schema */
+    tha_event_t ev;
+    int seen = 0;
+    while (tha_session_event(s, &ev)) seen |= ev.type == THA_EV_ERROR && strstr(ev.msg, "limit");
+    CHECK(seen);
+    tha_session_destroy(s);
+    free(copy);
+}
+
+static void test_wrong_mac(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+
+    /* the standby finds the active's MAC wrong */
+    end_t *a = end_new(THA_ROLE_ACTIVE, "right", h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, "wrong", NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    const tha_event_t *e = last_ev(b, THA_EV_ERROR);
+    CHECK(e && e->code == THA_EAUTH);
+    e = last_ev(a, THA_EV_REFUSED);
+    CHECK(e && e->code == THA_EAUTH);
+    CHECK_CONTAINS(e ? e->msg : NULL, "shared secret");
+    CHECK(state_of(a) == 4 && state_of(b) == 4);
+    CHECK(!last_ev(b, THA_EV_BULK_BEGIN) && !last_ev(a, THA_EV_READY));
+    end_free(a);
+    end_free(b);
+
+    /* a standby without the secret: the active finds its MAC wrong */
+    a = end_new(THA_ROLE_ACTIVE, "right", h, bl);
+    b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    e = last_ev(a, THA_EV_ERROR);
+    CHECK(e && e->code == THA_EAUTH);
+    CHECK(!last_ev(a, THA_EV_READY) && !last_ev(b, THA_EV_BULK_BEGIN));
+    end_free(a);
+    end_free(b);
+
+    /* the same secret: through, with split bytes */
+    a = end_new(THA_ROLE_ACTIVE, "right", h, bl);
+    b = end_new(THA_ROLE_STANDBY, "right", NULL, NULL);
+    exchange(a, b, 1, 7, NULL);
+    CHECK(last_ev(a, THA_EV_READY) && last_ev(b, THA_EV_BULK_BEGIN));
+    uint64_t seq = sync_one(h, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 2, 7, NULL);
+    CHECK(acked(a, THA_ACK_APPLIED) == seq);
+    CHECK(mirrors(h, tha_session_take_heap(b->s)));
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
+/* ---- resume, fencing, time ------------------------------------------- */
+
+static void test_resume(void) {
+    /* the reference pair reconnects: the standby resumes from the backlog,
+     * gets the two frames it missed, once each */
+    mutate(ref_src, ref_staff, 10);
+    uint64_t s1 = sync_one(ref_src, ref_backlog, NULL, 0);
+    mutate(ref_src, ref_staff, 11);
+    uint64_t s2 = sync_one(ref_src, ref_backlog, NULL, 0);
+    CHECK(s2 == s1 + 1);
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, ref_src, ref_backlog);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, ref_mirror, NULL);
+    exchange(a, b, 1, 100, NULL);
+    const tha_event_t *r = last_ev(a, THA_EV_READY);
+    CHECK(r && r->b == 1 && r->a == s1 - 1);
+    CHECK(!last_ev(b, THA_EV_BULK_BEGIN));
+    CHECK(count_ev(b, THA_EV_APPLIED) == 2 && b->ev[b->nev - 1].seq == s2);
+    CHECK(tha_session_take_heap(b->s) == ref_mirror);
+    CHECK(mirrors(ref_src, ref_mirror));
+    /* nothing new: nothing sent on the next pump */
+    CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+    const void *d;
+    size_t n;
+    CHECK_OK(tha_session_output(a->s, &d, &n));
+    CHECK(n == 0);
+    end_free(a);
+    end_free(b);
+
+    /* the backlog lost the next frame: bulk sync instead */
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 1)); /* keeps only the newest frame */
+    sync_one(h, bl, NULL, 0); /* clean before the bulk: live at SNAP_END */
+    a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    CHECK(last_ev(b, THA_EV_BULK_DONE) != NULL);
+    tha_heap_t *m = tha_session_take_heap(b->s);
+    CHECK(mirrors(h, m));
+    end_free(a);
+    end_free(b);
+    mutate(h, es, 1);
+    sync_one(h, bl, NULL, 0);
+    mutate(h, es, 2);
+    uint64_t last = sync_one(h, bl, NULL, 0);
+    a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    b = end_new(THA_ROLE_STANDBY, NULL, m, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    r = last_ev(a, THA_EV_READY);
+    CHECK(r && r->b == 0);
+    const tha_event_t *bd = last_ev(b, THA_EV_BULK_DONE); /* nothing dirty: live at once */
+    CHECK(bd && bd->seq == last);
+    tha_heap_t *m2 = tha_session_take_heap(b->s);
+    CHECK(m2 != m && mirrors(h, m2));
+    CHECK(acked(a, THA_ACK_APPLIED) == last);
+    end_free(a);
+    end_free(b);
+    tha_heap_destroy(m);
+    tha_heap_destroy(m2);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
+static void test_fencing(void) {
+    /* the standby was promoted: the old active that reconnects is fenced */
+    tha_heap_t *promoted = ref_mirror;
+    tha_stats_t st;
+    tha_heap_stats(promoted, &st);
+    CHECK_OK(tha_heap_set_epoch(promoted, st.epoch + 1));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, ref_src, ref_backlog);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, promoted, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    const tha_event_t *f = last_ev(a, THA_EV_FENCED);
+    CHECK(f && f->code == THA_EFENCED && f->epoch == st.epoch + 1);
+    CHECK(state_of(a) == 4);
+    CHECK_RC(tha_session_pump(a->s, THA_ACK_APPLIED), THA_ECLOSED);
+    CHECK(!last_ev(b, THA_EV_APPLIED) && !last_ev(b, THA_EV_BULK_BEGIN));
+    end_free(a);
+    end_free(b);
+
+    /* an active of an older epoch is refused by a standby that knows better
+     * (it got there by a bulk from a newer active): REFUSE with EFENCED */
+    struct emp *es;
+    tha_heap_t *old = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    a = end_new(THA_ROLE_ACTIVE, NULL, old, bl);
+    b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL); /* a bulk-syncing standby, live at once */
+    sync_one(old, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    CHECK(last_ev(b, THA_EV_BULK_DONE) != NULL);
+    /* promoted on the open connection: the active hears it at once */
+    tha_heap_t *nb = tha_session_take_heap(b->s);
+    CHECK_OK(tha_heap_set_epoch(nb, 7));
+    CHECK_OK(tha_session_fence(b->s, 7));
+    exchange(a, b, 2, SIZE_MAX, NULL);
+    f = last_ev(a, THA_EV_FENCED);
+    CHECK(f && f->epoch == 7);
+    CHECK_CONTAINS(f ? f->msg : NULL, "epoch 7");
+    CHECK(state_of(a) == 4 && state_of(b) == 4);
+    end_free(a);
+    end_free(b);
+    /* a frame of the old epoch against the promoted heap: ESTALE, unchanged */
+    mutate(old, es, 3);
+    size_t size, len;
+    CHECK_OK(tha_heap_frame_size(old, THA_FRAME_DELTA, &size));
+    void *frame = malloc(size);
+    CHECK_OK(tha_heap_encode(old, THA_FRAME_DELTA, frame, size, &len));
+    tha_heap_stats(nb, &st);
+    CHECK_RC(tha_heap_apply(nb, frame, len), THA_ESTALE);
+    tha_stats_t st2;
+    tha_heap_stats(nb, &st2);
+    CHECK(st2.seq == st.seq);
+    free(frame);
+    tha_heap_destroy(nb);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(old);
+}
+
+static void test_heartbeat_and_timeout(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 0, SIZE_MAX, NULL);
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 0, SIZE_MAX, NULL);
+    /* silence for a heartbeat period: each end says it is alive */
+    CHECK_OK(tha_session_tick(a->s, 250));
+    CHECK_OK(tha_session_tick(b->s, 250));
+    exchange(a, b, 250, SIZE_MAX, NULL);
+    CHECK(last_ev(a, THA_EV_HEARTBEAT) && last_ev(b, THA_EV_HEARTBEAT));
+    CHECK(!last_ev(a, THA_EV_TIMEOUT) && !last_ev(b, THA_EV_TIMEOUT));
+    /* the active vanishes: the standby times out once */
+    CHECK_OK(tha_session_tick(b->s, 2000));
+    drain(b);
+    CHECK(!last_ev(b, THA_EV_TIMEOUT));
+    CHECK_OK(tha_session_tick(b->s, 2300));
+    CHECK_OK(tha_session_tick(b->s, 2400));
+    drain(b);
+    CHECK(count_ev(b, THA_EV_TIMEOUT) == 1);
+    CHECK_CONTAINS(last_ev(b, THA_EV_TIMEOUT)->msg, "nothing from the peer");
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
+int main(void) {
+    RUN(test_handshake_bulk_deltas);
+    RUN(test_every_split);
+    RUN(test_truncated_prefixes);
+    RUN(test_garbage);
+    RUN(test_wrong_mac);
+    RUN(test_resume);
+    RUN(test_fencing);
+    RUN(test_heartbeat_and_timeout);
+    tha_heap_destroy(ref_mirror);
+    tha_heap_destroy(ref_src);
+    tha_backlog_destroy(ref_backlog);
+    free(ref_tape.data);
+    return CHECK_DONE();
+}

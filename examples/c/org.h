@@ -1,0 +1,107 @@
+/* org.h — what the network examples (active.c, standby.c) share: the org
+ * chart structs, their registration, and the HMAC-SHA256 the replication
+ * handshake needs, taken from OpenSSL when the build found it (libtha has
+ * no cryptography of its own: the MAC is the application's to supply).
+ *
+ * The layout is the one tests/test_replication.py declares in Python, so
+ * a C node and a Python node mirror the same heap. dept is registered
+ * before emp because the Python side registers structs sorted by name and
+ * the canonical schema (and its fingerprint) follows registration order.
+ */
+#ifndef ORG_H
+#define ORG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "tha.h"
+
+#ifdef THA_HAVE_OPENSSL
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#endif
+
+struct dept {
+    char name[32];
+    uint32_t id;
+};
+struct emp {
+    char name[32];
+    uint32_t id;
+    double salary;
+    struct emp *mgr;
+    struct dept *dept;
+    struct emp *reports[4];
+};
+
+#define NSTAFF 50
+
+#define TRY(call)                                                              \
+    do {                                                                       \
+        int rc_ = (call);                                                      \
+        if (rc_) {                                                             \
+            fprintf(stderr, "%s failed: %s\n", #call, tha_strerror(rc_));      \
+            exit(1);                                                           \
+        }                                                                      \
+    } while (0)
+
+static uint32_t EMP, DEPT;
+
+static tha_schema_t *org_schema(void) {
+    tha_schema_t *s;
+    TRY(tha_schema_create(&s));
+    TRY(THA_STRUCT(s, struct dept, "dept", &DEPT));
+    TRY(THA_FIELD_SCALAR(s, DEPT, struct dept, name, THA_T_CHAR, 32));
+    TRY(THA_FIELD_SCALAR(s, DEPT, struct dept, id, THA_T_U32, 0));
+    TRY(THA_STRUCT(s, struct emp, "emp", &EMP));
+    TRY(THA_FIELD_SCALAR(s, EMP, struct emp, name, THA_T_CHAR, 32));
+    TRY(THA_FIELD_SCALAR(s, EMP, struct emp, id, THA_T_U32, 0));
+    TRY(THA_FIELD_SCALAR(s, EMP, struct emp, salary, THA_T_F64, 0));
+    TRY(THA_FIELD_PTR(s, EMP, struct emp, mgr, "emp", 0));
+    TRY(THA_FIELD_PTR(s, EMP, struct emp, dept, "dept", 0));
+    TRY(THA_FIELD_PTR(s, EMP, struct emp, reports, "emp", 4));
+    TRY(tha_schema_seal(s));
+    return s;
+}
+
+/* The shared secret: the bytes of $THA_SECRET, if set. */
+typedef struct secret {
+    const char *bytes;
+    size_t len;
+} secret_t;
+
+#ifdef THA_HAVE_OPENSSL
+static void org_hmac(void *ctx, const void *data, size_t len, uint8_t out[THA_MAC_SIZE]) {
+    const secret_t *k = ctx;
+    unsigned int n = THA_MAC_SIZE;
+    if (!HMAC(EVP_sha256(), k->bytes, (int)k->len, data, len, out, &n))
+        memset(out, 0, THA_MAC_SIZE); /* a zero MAC fails verification */
+}
+#define ORG_MAC_SUPPORT "THA_SECRET=<shared secret> enables HMAC-SHA256 (OpenSSL)"
+#else
+#define ORG_MAC_SUPPORT "no HMAC: built without OpenSSL; loopback only"
+#endif
+
+/* Fills the MAC of opt from $THA_SECRET; 0, or -1 if a secret is set but
+ * this build cannot use it. */
+static int org_secret(tha_net_options_t *opt, secret_t *k) {
+    const char *env = getenv("THA_SECRET");
+    if (!env || !*env) return 0;
+#ifdef THA_HAVE_OPENSSL
+    k->bytes = env;
+    k->len = strlen(env);
+    opt->mac = org_hmac;
+    opt->mac_ctx = k;
+    return 0;
+#else
+    (void)opt;
+    (void)k;
+    fprintf(stderr, "THA_SECRET is set but this build has no HMAC (no OpenSSL)\n");
+    return -1;
+#endif
+}
+
+#endif
