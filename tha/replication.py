@@ -121,14 +121,11 @@ class _Conn:
                                        name=f"tha-write-{peer}")
 
     def start(self) -> None:
-        # Both threads start under the lock: a reader that meets EOF at once
-        # closes the connection, and the ticker then destroys the session
-        # after joining both threads; a writer not yet started would escape
-        # that join and find the session gone.
-        with self.node.cond:
-            check(lib.tha_session_start(self.s, _now_ms()))
-            self.reader.start()
-            self.writer.start()
+        """Starts the session's clock and both threads; the caller holds the
+        node's lock and publishes the connection in the same locked step."""
+        check(lib.tha_session_start(self.s, _now_ms()))
+        self.reader.start()
+        self.writer.start()
 
     def _read(self) -> None:
         node, sock = self.node, self.sock
@@ -272,16 +269,19 @@ class _Node:
         period = min(self.heartbeat, self.timeout) / 4
         while not self._stopping:
             time.sleep(period)
-            with self.cond:
-                for c in list(self.conns):
-                    if c.s is not None and not c.closed:
-                        lib.tha_session_tick(c.s, _now_ms())
-                        self._drain(c)
-                self._on_tick()
-                self.cond.notify_all()
-                dead, self._dead = self._dead, []
-            for c in dead:
-                c.destroy()
+            try:
+                with self.cond:
+                    for c in list(self.conns):
+                        if c.s is not None and not c.closed:
+                            lib.tha_session_tick(c.s, _now_ms())
+                            self._drain(c)
+                    self._on_tick()
+                    self.cond.notify_all()
+                    dead, self._dead = self._dead, []
+                for c in dead:
+                    c.destroy()
+            except Exception:  # never let the heartbeat die silently
+                log.exception("%s: ticker", self.role_name)
 
     def _on_tick(self) -> None:
         pass
@@ -379,8 +379,8 @@ class Standby(_Node):
                 heap_c = self.heap._h if self.heap is not None else _cffi.NULL
                 conn = _Conn(self, sock, lib.THA_ROLE_STANDBY, heap_c, _cffi.NULL,
                              f"{addr[0]}:{addr[1]}")
+                conn.start()
                 self.conns.append(conn)
-            conn.start()
 
     def _on_event(self, conn, ev) -> None:
         t = ev.type
@@ -558,9 +558,9 @@ class Active(_Node):
                 conn = _Conn(self, sock, lib.THA_ROLE_ACTIVE, self.heap._h,
                              self._backlog, f"{addr[0]}:{addr[1]}")
                 conn.addr = addr
+                conn.start()
                 self.conns.append(conn)
                 self._by_addr[addr] = conn
-            conn.start()
 
     def _on_event(self, conn, ev) -> None:
         t = ev.type

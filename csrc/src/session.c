@@ -48,6 +48,7 @@ typedef struct hello {
 struct tha_session {
     tha_session_config_t cfg;
     int state;
+    int started;              /* tha_session_start was called: the clock is set */
     uint64_t now, last_heard, last_sent;
     int timed_out;
     tha_heap_t *heap;         /* active: the source; standby: live heap or NULL */
@@ -311,7 +312,9 @@ static bool mac_equal(const uint8_t *a, const uint8_t *b) {
 }
 
 int tha_session_start(tha_session_t *s, uint64_t now_ms) {
-    s->now = s->last_heard = now_ms;
+    if (s->started) return THA_ESTATE;
+    s->started = 1;
+    s->now = s->last_heard = s->last_sent = now_ms;
     if (s->cfg.role == THA_ROLE_ACTIVE) return 0; /* the standby speaks first */
     size_t n = hello_pack(s, s->my_hello, NULL, 0);
     return send_msg(s, M_HELLO, 0, s->my_hello, n);
@@ -833,6 +836,7 @@ int tha_session_advance(tha_session_t *s, size_t n) {
 
 int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
     if (s->state == S_CLOSED) return THA_ECLOSED;
+    if (!s->started) return 0; /* no clock yet: nothing can have timed out */
     s->now = now_ms;
     if (!s->timed_out && now_ms - s->last_heard >= s->cfg.timeout_ms) {
         s->timed_out = 1;

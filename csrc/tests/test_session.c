@@ -659,7 +659,26 @@ static void test_heartbeat_and_timeout(void) {
     tha_heap_destroy(h);
 }
 
+/* A driver may tick a session it has created but not started yet: that
+ * must not count as silence since the epoch of the clock. */
+static void test_tick_before_start(void) {
+    tha_session_config_t cfg = {.role = THA_ROLE_STANDBY};
+    tha_session_t *s;
+    CHECK_OK(tha_session_create(&s, &cfg, NULL, NULL));
+    CHECK_OK(tha_session_tick(s, 5000000));
+    tha_event_t ev;
+    CHECK(tha_session_event(s, &ev) == 0);
+    CHECK_OK(tha_session_start(s, 5000000));
+    CHECK_RC(tha_session_start(s, 5000001), THA_ESTATE);
+    CHECK_OK(tha_session_tick(s, 5000100));
+    int timeouts = 0;
+    while (tha_session_event(s, &ev)) timeouts += ev.type == THA_EV_TIMEOUT;
+    CHECK(timeouts == 0);
+    tha_session_destroy(s);
+}
+
 int main(void) {
+    RUN(test_tick_before_start);
     RUN(test_handshake_bulk_deltas);
     RUN(test_every_split);
     RUN(test_truncated_prefixes);
