@@ -13,6 +13,7 @@ import pytest
 from tha import bench
 
 RESULTS = {}  # benchmark name -> list of seconds per round
+REPL_RESULTS = {}  # replication benchmarks: name -> seconds per call
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +38,7 @@ def record(request):
 
 
 def pytest_terminal_summary(terminalreporter):
+    _replication_summary(terminalreporter)
     need = ("memcpy", "snapshot_encode", "snapshot_apply", "delta_encode", "delta_apply")
     if not all(k in RESULTS for k in need):
         return
@@ -53,3 +55,22 @@ def pytest_terminal_summary(terminalreporter):
 
     terminalreporter.section("tha codec: ratios against memcpy, same run")
     bench.report(summary, info, out=_Out())
+
+
+def _replication_summary(terminalreporter):
+    from tha import bench_replication as br
+    need = ("tcp_stream", "sync_large", "ping_process", "ping_thread", "sync_small",
+            "sync_small_tiny")
+    if not all(k in REPL_RESULTS for k in need):
+        return
+    large, stream = REPL_RESULTS["_bytes"]
+    summary = br.summarize({k: REPL_RESULTS[k] for k in need}, large, stream)
+    info = {"objects": REPL_RESULTS["_objects"], "large_bytes": large,
+            "repeat": len(REPL_RESULTS["sync_large"]), "machine": bench.machine()}
+
+    class _Out:
+        def write(self, s):
+            terminalreporter.write(s)
+
+    terminalreporter.section("tha replication: ratios against raw loopback TCP, same run")
+    br.report(summary, info, out=_Out())

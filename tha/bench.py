@@ -285,6 +285,12 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--repeat", type=int, default=7, metavar="K",
                    help="rounds; best and median are reported (default 7)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--replication", action="store_true",
+                   help="instead: Active -> Standby (another process) over loopback "
+                   "TCP against raw sockets (see tha/bench_replication.py); "
+                   "--objects sizes the large delta, --repeat the rounds")
+    p.add_argument("--small", type=int, default=200, metavar="M",
+                   help="with --replication: small syncs and ping-pongs per round")
     p.set_defaults(func=run)
     return p
 
@@ -294,6 +300,15 @@ def run(args) -> int:
         print("bench: need --objects >= 2, --repeat >= 1, 0 < --dirty <= 100",
               file=sys.stderr)
         return 2
+    if args.replication:
+        from . import bench_replication as br
+        res = br.run(args.objects, args.repeat, args.small)
+        if args.json:
+            json.dump({**res["info"], **res["summary"]}, sys.stdout, indent=2)
+            print()
+        else:
+            br.report(res["summary"], res["info"])
+        return 0
     t0 = time.perf_counter()
     g = Graph(args.objects, args.dirty)
     setup_s = time.perf_counter() - t0
