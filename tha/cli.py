@@ -6,6 +6,68 @@ import argparse
 import sys
 
 from . import __version__, bench, demo
+from .console import (Console, common_options, parse_addr, parse_duration,
+                      print_applied, read_secret, setup_logging)
+from .errors import Error
+
+
+# ---- python -m tha standby -----------------------------------------------------
+
+STANDBY_DOC = """\
+The generic standby: mirrors whatever heap an active sends (the schema
+comes in the handshake, so no application code is needed) and prints a
+line per frame applied. The first line of output is `listening HOST:PORT`
+(useful with port 0). With --promote-after it promotes itself when the
+active has been silent that long: the epoch goes up and the old active is
+fenced. SIGTERM or SIGINT close it cleanly (exit 0).
+"""
+
+
+def add_standby_parser(sub):
+    p = sub.add_parser("standby", help="mirror an active's heap (no application "
+                       "code needed)", description=STANDBY_DOC,
+                       parents=[common_options()])
+    p.add_argument("--listen", type=parse_addr, default=("127.0.0.1", 7400),
+                   metavar="HOST:PORT", help="address to listen on (default "
+                   "127.0.0.1:7400; port 0 picks one)")
+    p.add_argument("--promote-after", type=parse_duration, metavar="T",
+                   help="promote after the active is silent this long (1s, 500ms, 2)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no line per applied frame")
+    p.set_defaults(func=run_standby)
+    return p
+
+
+def run_standby(args) -> int:
+    from .replication import Standby
+
+    setup_logging(args.verbose)
+    secret = read_secret(args.secret_file)
+    console = Console()
+    console.install_signals()
+    on_applied = None if args.quiet else print_applied(console)
+    try:
+        sb = Standby(listen=args.listen, secret=secret,
+                     promote_after=args.promote_after, on_applied=on_applied)
+    except (Error, OSError) as e:
+        console.say(f"python -m tha standby: error: {e}", err=True)
+        return 2
+    try:
+        console.say("listening %s:%d" % tuple(sb.address))
+        announced = False
+        while not console.stop.is_set():
+            console.pump(0.1)
+            console.bulk_progress(sb)
+            if sb.promoted and not announced:
+                announced = True
+                st = sb.status()
+                console.say(f"promoted: epoch {st['epoch']} at seq {st['applied_seq']}; "
+                            "old actives are fenced")
+        console.flush()
+    finally:
+        sb.close()
+    console.say("standby closed")
+    return 0
 
 
 def main(argv=None) -> int:
@@ -15,6 +77,7 @@ def main(argv=None) -> int:
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
+    add_standby_parser(sub)
     bench.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args) or 0

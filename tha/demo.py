@@ -1,8 +1,12 @@
 """The demo: an employee/department graph mutated in rounds and mirrored.
 
-``--local`` mirrors into a second heap in this process (the replication
-issue adds the two-process roles). Each round changes a few employees,
-encodes a delta, applies it to the mirror and prints what moved.
+``--local`` mirrors into a second heap in this process: each round changes
+a few employees, encodes a delta, applies it to the mirror and prints what
+moved. ``--role active`` and ``--role standby`` are the same program as two
+processes over TCP: the active syncs after every round and prints seq,
+bytes, dirty blocks and time; the standby prints what it applied and, with
+``--promote-after``, takes over when the active dies, carrying on the rounds
+from the last synced state (to a new standby given by ``--standby``).
 """
 
 from __future__ import annotations
@@ -10,6 +14,10 @@ from __future__ import annotations
 import random
 import time
 
+from ._ffi import ffi as _cffi, lib
+from .console import (Console, common_options, parse_addr, parse_duration,
+                      print_applied, read_secret, setup_logging)
+from .errors import Error
 from .heap import Heap
 from .schema import Schema
 
@@ -113,14 +121,141 @@ def run_local(args) -> int:
     return 0 if same else 1
 
 
+def _count(heap: Heap, p) -> int:
+    """Elements in the allocation that p starts (the demo's arrays)."""
+    obj = _cffi.new("tha_obj_t *")
+    heap._check(lib.tha_heap_lookup(heap._h, _cffi.cast("void *", heap._addr(p)), obj))
+    return obj.count
+
+
+def _rounds(console: Console, heap: Heap, act, args, rng: random.Random) -> int:
+    """Mutate, sync, print; until --rounds are done or a signal stops it."""
+    from .replication import Fenced, SyncTimeout
+
+    ds, es = heap.roots["depts"], heap.roots["staff"]
+    employees, depts = _count(heap, es), _count(heap, ds)
+    console.say(f"{'round':>6} {'seq':>6} {'dirty':>6} {'bytes':>10} {'time':>10}")
+    for rnd in range(1, args.rounds + 1):
+        if console.stop.is_set():
+            break
+        mutate(heap, es, ds, employees, depts, args.changes, rng)
+        dirty = heap.stats()["dirty_blocks"]
+        t0 = time.perf_counter()
+        try:
+            r = act.sync()
+        except SyncTimeout as e:
+            console.say(f"round {rnd}: {e}", err=True)
+            continue
+        except Fenced as e:
+            console.say(f"round {rnd}: {e}", err=True)
+            return 3
+        dt = time.perf_counter() - t0
+        console.say(f"{rnd:>6} {r.seq:>6} {dirty:>6} {r.bytes:>10,} {dt * 1e3:>8.2f}ms")
+        console.pump(args.interval)
+    console.flush()
+    return 0
+
+
+def run_active(args) -> int:
+    from .replication import Active, Fenced, SyncTimeout
+
+    setup_logging(args.verbose)
+    secret = read_secret(args.secret_file)
+    console = Console()
+    console.install_signals()
+    rng = random.Random(args.seed)
+    heap = Heap(Schema(CDEF), capacity=args.capacity << 20, tracking="explicit")
+    build(heap, args.employees, args.depts, rng)
+    standbys = args.standby or [("127.0.0.1", 7400)]
+    where = ", ".join("%s:%d" % a for a in standbys)
+    act = Active(heap, standbys, secret=secret, ack=args.ack, timeout=args.timeout)
+    try:
+        console.say(f"active: {args.employees} employees in {args.depts} departments, "
+                    f"replicating to {where} (ack={args.ack})")
+        while not console.stop.is_set():
+            t0 = time.perf_counter()
+            try:
+                r = act.sync()
+                break
+            except SyncTimeout:
+                console.say(f"waiting for the standby at {where}", err=True)
+            except Fenced as e:
+                console.say(str(e), err=True)
+                return 3
+        else:
+            return 0
+        console.say(f"bulk sync: seq {r.seq}, {heap.stats()['top']:,} bytes of image, "
+                    f"{(time.perf_counter() - t0) * 1e3:.1f} ms")
+        return _rounds(console, heap, act, args, rng)
+    finally:
+        act.close()
+
+
+def run_standby(args) -> int:
+    from .replication import Active, Standby
+
+    setup_logging(args.verbose)
+    secret = read_secret(args.secret_file)
+    console = Console()
+    console.install_signals()
+    try:
+        sb = Standby(listen=args.listen or ("127.0.0.1", 7400), secret=secret,
+                     promote_after=args.promote_after, on_applied=print_applied(console))
+    except (Error, OSError) as e:
+        console.say(f"python -m tha demo: error: {e}", err=True)
+        return 2
+    act = None
+    try:
+        console.say("listening %s:%d" % tuple(sb.address))
+        while not console.stop.is_set() and not sb.promoted:
+            console.pump(0.1)
+            console.bulk_progress(sb)
+        console.flush()
+        if console.stop.is_set():
+            return 0
+        heap = sb.heap
+        st = heap.stats()
+        console.say(f"promoted: resuming as the active at seq {st['seq']}, "
+                    f"epoch {st['epoch']}")
+        standbys = args.standby or []
+        act = Active(heap, standbys, secret=secret, ack=args.ack, timeout=args.timeout)
+        if standbys:
+            console.say("replicating to " + ", ".join("%s:%d" % a for a in standbys))
+        rng = random.Random(args.seed * 1000 + st["epoch"])
+        return _rounds(console, heap, act, args, rng)
+    finally:
+        if act is not None:
+            act.close()
+        sb.close()
+
+
 def add_parser(sub):
     p = sub.add_parser("demo", help="mirror an employee graph round by round",
-                       description=__doc__)
+                       description=__doc__, parents=[common_options()])
     p.add_argument("--local", action="store_true",
                    help="mirror into a second heap in this process")
+    p.add_argument("--role", choices=("active", "standby"),
+                   help="one of two processes mirroring over TCP")
+    p.add_argument("--listen", type=parse_addr, metavar="HOST:PORT",
+                   help="standby: address to listen on (default 127.0.0.1:7400; "
+                        "port 0 picks one, printed as `listening HOST:PORT`)")
+    p.add_argument("--standby", type=parse_addr, action="append", metavar="HOST:PORT",
+                   help="active: the standby to replicate to (default "
+                        "127.0.0.1:7400); standby: where to replicate once promoted. "
+                        "Repeat for several")
+    p.add_argument("--promote-after", type=parse_duration, metavar="T",
+                   help="standby: promote when the active is silent this long "
+                        "(1s, 500ms, 2)")
+    p.add_argument("--ack", choices=("none", "received", "applied"), default="applied",
+                   help="what sync() waits for (default applied)")
+    p.add_argument("--timeout", type=parse_duration, default=5.0, metavar="T",
+                   help="sync() gives up after this long (default 5s)")
+    p.add_argument("--interval", type=parse_duration, default=None, metavar="T",
+                   help="pause between rounds (default 0.5s with --role, 0 with --local)")
     p.add_argument("--employees", type=int, default=10_000)
     p.add_argument("--depts", type=int, default=50)
-    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--rounds", type=int, default=None,
+                   help="default 5 with --local, 1000 with --role")
     p.add_argument("--changes", type=int, default=100,
                    help="employees changed per round")
     p.add_argument("--capacity", type=int, default=64, help="heap size, MiB")
@@ -130,8 +265,13 @@ def add_parser(sub):
 
 
 def _run(args) -> int:
-    if not args.local:
-        print("only --local is available in this version: the two-process "
-              "roles (--role active/standby) come with replication")
+    if args.role is None and not args.local:
+        print("say --local (one process) or --role active/standby (two processes)")
         return 2
-    return run_local(args)
+    if args.rounds is None:
+        args.rounds = 5 if args.local else 1000
+    if args.interval is None:
+        args.interval = 0.0 if args.local else 0.5
+    if args.local:
+        return run_local(args)
+    return run_active(args) if args.role == "active" else run_standby(args)

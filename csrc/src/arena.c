@@ -292,10 +292,11 @@ static int slot_alloc(tha_heap_t *h, int cls, uint64_t *slot, bool *fresh) {
         s->cls = (uint32_t)cls;
         s->nslots = (THA__SLAB_PAGES * THA__PAGE - THA__SLAB_HDR) / class_sizes[cls];
         s->nfree = s->nslots;
-        if (!fresh_pages) /* recycled pages: slot headers must read free */
+        if (!fresh_pages) { /* recycled pages: slot headers must read free */
             memset((uint8_t *)s + THA__SLAB_HDR, 0,
                    THA__SLAB_PAGES * THA__PAGE - THA__SLAB_HDR);
-        tha__mark(h, off, THA__SLAB_PAGES * THA__PAGE);
+            tha__mark(h, off, THA__SLAB_PAGES * THA__PAGE);
+        } /* pages from above the top are zero here and on every mirror */
         slab_list_push(h, off);
     }
     tha__slab_t *s = slab_at(h, off);

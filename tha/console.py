@@ -1,0 +1,140 @@
+"""What the long-running subcommands (demo roles, standby) share: address,
+duration and secret-file parsing, logging, SIGTERM/SIGINT handling and a
+console that prints from the main thread only (replication callbacks run
+under the heap's lock and must never block on a full stdout pipe).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import queue
+import signal
+import sys
+import threading
+import time
+
+
+def parse_addr(text: str) -> tuple:
+    """'HOST:PORT' -> (host, port); IPv6 as '[::1]:7400'."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def parse_duration(text: str) -> float:
+    """'1s', '500ms', '2' (seconds), '1.5s' -> seconds."""
+    t = text.strip().lower()
+    scale = 1.0
+    if t.endswith("ms"):
+        t, scale = t[:-2], 1e-3
+    elif t.endswith("s"):
+        t = t[:-1]
+    try:
+        value = float(t) * scale
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration "
+                                         "(e.g. 1s, 500ms, 2)") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: a duration cannot be negative")
+    return value
+
+
+def read_secret(path: str | None) -> bytes | None:
+    """The shared secret: the file's raw bytes without the trailing newline."""
+    if path is None:
+        return None
+    with open(path, "rb") as f:
+        secret = f.read()
+    secret = secret.rstrip(b"\r\n")
+    if not secret:
+        raise SystemExit(f"python -m tha: error: secret file {path} is empty")
+    return secret
+
+
+def common_options() -> argparse.ArgumentParser:
+    """-v / --secret-file, for subcommands that talk to peers."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("-v", "--verbose", action="count", default=0,
+                   help="log more (-v: INFO, -vv: DEBUG) to stderr")
+    p.add_argument("--secret-file", metavar="FILE",
+                   help="shared secret (raw bytes; a trailing newline is "
+                        "ignored) both nodes must know")
+    return p
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if not verbose else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+
+
+class Console:
+    """Lines queued from any thread, written by the main thread; a stop
+    event set by SIGTERM/SIGINT."""
+
+    def __init__(self):
+        self.lines: queue.Queue = queue.Queue()
+        self.stop = threading.Event()
+        self._bulk_shown = (None, 0.0)
+
+    def install_signals(self) -> None:
+        def on_signal(signum, _frame):
+            self.stop.set()
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+
+    def put(self, line: str, err: bool = False) -> None:
+        self.lines.put((line, err))
+
+    def say(self, line: str, err: bool = False) -> None:
+        """Print now (main thread only)."""
+        stream = sys.stderr if err else sys.stdout
+        stream.write(line + "\n")
+        stream.flush()
+
+    def pump(self, timeout: float) -> None:
+        """Prints queued lines for up to ``timeout`` seconds or until stop."""
+        deadline = time.monotonic() + timeout
+        while not self.stop.is_set():
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            try:
+                line, err = self.lines.get(timeout=min(left, 0.1))
+            except queue.Empty:
+                continue
+            self.say(line, err)
+
+    def flush(self) -> None:
+        while True:
+            try:
+                line, err = self.lines.get_nowait()
+            except queue.Empty:
+                return
+            self.say(line, err)
+
+    def bulk_progress(self, standby) -> None:
+        """`bulk 45% 44.1/98.0 MB` on stderr while a bulk sync streams
+        (at most five lines a second, and the last one)."""
+        done, total = standby.bulk
+        if not total:
+            return
+        shown, when = self._bulk_shown
+        now = time.monotonic()
+        if (done, total) == shown or (done < total and now - when < 0.2):
+            return
+        self._bulk_shown = ((done, total), now)
+        self.say(f"bulk {100 * done // total:3d}% {done / 1e6:.1f}/{total / 1e6:.1f} MB",
+                 err=True)
+
+
+def print_applied(console: Console):
+    """An on_applied callback that queues one line per move of the heap."""
+    def on_applied(seq: int, nbytes: int, bulk: bool) -> None:
+        if bulk:
+            console.put(f"bulk sync live at seq {seq} ({nbytes:,} bytes)")
+        else:
+            console.put(f"applied seq {seq} ({nbytes:,} bytes)")
+    return on_applied
