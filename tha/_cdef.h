@@ -228,6 +228,8 @@ typedef struct tha_session_status {
 int tha_backlog_create(tha_backlog_t **out, uint64_t max_bytes);
 void tha_backlog_destroy(tha_backlog_t *b);
 int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len);
+int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq,
+                       size_t *len);
 int tha_backlog_range(const tha_backlog_t *b, uint64_t *first_seq,
                       uint64_t *last_seq, uint64_t *bytes);
 int tha_session_create(tha_session_t **out, const tha_session_config_t *cfg,

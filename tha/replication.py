@@ -518,7 +518,6 @@ class Active(_Node):
         if not 0 <= self.ack_quorum <= len(self.standbys):
             raise Error(f"ack_quorum {ack_quorum} is not within 0..{len(self.standbys)}")
         self.sync_timeout = timeout
-        self._enc_buf = bytearray(0)  # sync()'s encode buffer, grown as needed
         self.fenced_epoch = None
         self._by_addr: dict = {}
         out = _cffi.new("tha_backlog_t **")
@@ -599,29 +598,20 @@ class Active(_Node):
             if self.fenced_epoch is not None:
                 raise Fenced(f"this active is fenced: a standby was promoted to "
                              f"epoch {self.fenced_epoch}; stop and rejoin as a standby")
-            # Encoded into a buffer kept across syncs (a fresh one per frame
-            # costs page faults and a copy: ~8x the encode for 100 MB), then
-            # copied once into the backlog.
-            try:  # sizing it first would scan the dirty map once more
-                frame = self.heap.delta(out=self._enc_buf)
-            except Error:
-                need = self.heap.frame_size("delta")
-                if len(self._enc_buf) >= need:
-                    raise
-                self._enc_buf = bytearray(need)
-                frame = self.heap.delta(out=self._enc_buf)
-            buf = _cffi.from_buffer(frame)
-            info = _cffi.new("tha_frame_info_t *")
-            check(lib.tha_frame_info(buf, len(frame), info))
-            seq = info.seq
-            check(lib.tha_backlog_push(self._backlog, buf, len(frame)))
+            # Encoded straight into the backlog, which reuses the memory of the
+            # frame it last dropped: no copy, no fresh pages per sync.
+            seq_p = _cffi.new("uint64_t *")
+            len_p = _cffi.new("size_t *")
+            self.heap._check(lib.tha_backlog_encode(self._backlog, self.heap._h,
+                                                    seq_p, len_p))
+            seq, nbytes = seq_p[0], len_p[0]
             for c in self.conns:
                 if c.s is not None and not c.closed:
                     lib.tha_session_pump(c.s, max(level, lib.THA_ACK_RECEIVED))
                     self._drain(c)
                     c.send_now()
             self.cond.notify_all()
-            result = SyncResult(seq, len(frame))
+            result = SyncResult(seq, nbytes)
             if level == lib.THA_ACK_NONE or self.ack_quorum == 0:
                 return result
             deadline = time.monotonic() + timeout

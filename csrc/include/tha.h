@@ -421,6 +421,11 @@ THA_API int tha_backlog_create(tha_backlog_t **out, uint64_t max_bytes);
 THA_API void tha_backlog_destroy(tha_backlog_t *b);
 /* frame must be a delta of the backlog's heap, next in sequence. */
 THA_API int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len);
+/* Encodes h's next delta straight into the backlog (no copy; the memory of
+ * a dropped big frame is reused). What tha_heap_encode does to h; on error
+ * the detail is in tha_heap_errmsg(h) and nothing changed. */
+THA_API int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq,
+                               size_t *len);
 THA_API int tha_backlog_range(const tha_backlog_t *b, uint64_t *first_seq,
                               uint64_t *last_seq, uint64_t *bytes);
 

@@ -15,13 +15,42 @@ int tha_backlog_create(tha_backlog_t **out, uint64_t max_bytes) {
     return 0;
 }
 
+#define SPARE_MIN (1u << 20) /* smaller buffers are cheap to allocate anew */
+
 void tha__bframe_release(tha__bframe_t *f) {
-    if (f && --f->refs == 0) free(f);
+    if (!f || --f->refs) return;
+    tha_backlog_t *b = f->owner;
+    if (b && f->cap >= SPARE_MIN && (!b->spare || b->spare->cap < f->cap)) {
+        free(b->spare);
+        b->spare = f;
+        return;
+    }
+    free(f);
+}
+
+/* A frame buffer of at least len bytes: the spare if it fits. */
+static tha__bframe_t *bframe_alloc(tha_backlog_t *b, size_t len) {
+    tha__bframe_t *f = b->spare;
+    if (f && f->cap >= len) {
+        b->spare = NULL;
+    } else {
+        f = malloc(sizeof *f + len);
+        if (!f) return NULL;
+        f->cap = len;
+    }
+    f->refs = 1;
+    f->owner = b;
+    return f;
 }
 
 void tha_backlog_destroy(tha_backlog_t *b) {
     if (!b) return;
-    for (uint64_t i = 0; i < b->n; i++) tha__bframe_release(b->ring[(b->head + i) % b->cap]);
+    for (uint64_t i = 0; i < b->n; i++) {
+        tha__bframe_t *f = b->ring[(b->head + i) % b->cap];
+        f->owner = NULL; /* a session may still hold it; it frees it then */
+        tha__bframe_release(f);
+    }
+    free(b->spare);
     free(b->ring);
     free(b);
 }
@@ -34,9 +63,10 @@ static void drop_oldest(tha_backlog_t *b) {
     tha__bframe_release(f);
 }
 
-int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len) {
+/* Appends frame f (refs 1, data filled, len set) as the newest. */
+static int append(tha_backlog_t *b, tha__bframe_t *f) {
     tha_frame_info_t info;
-    int rc = tha_frame_info(frame, len, &info);
+    int rc = tha_frame_info(f->data, f->len, &info);
     if (rc) return rc;
     if (info.kind != THA_FRAME_DELTA) return THA_EINVAL;
     if (b->n && (info.seq != b->last_seq + 1 || info.lineage != b->lineage))
@@ -51,20 +81,45 @@ int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len) {
         b->head = 0;
         b->cap = cap;
     }
-    tha__bframe_t *f = malloc(sizeof *f + len);
-    if (!f) return THA_ENOMEM;
-    f->refs = 1;
     f->seq = info.seq;
     f->epoch = info.epoch;
-    f->len = len;
-    memcpy(f->data, frame, len);
     b->ring[(b->head + b->n) % b->cap] = f;
     b->n++;
-    b->bytes += len;
+    b->bytes += f->len;
     b->last_seq = info.seq;
     b->lineage = info.lineage;
     /* keep at least the newest frame whatever its size */
     while (b->bytes > b->max_bytes && b->n > 1) drop_oldest(b);
+    return 0;
+}
+
+int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len) {
+    tha__bframe_t *f = bframe_alloc(b, len);
+    if (!f) return THA_ENOMEM;
+    memcpy(f->data, frame, len);
+    f->len = len;
+    int rc = append(b, f);
+    if (rc) tha__bframe_release(f);
+    return rc;
+}
+
+int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *len) {
+    size_t need;
+    int rc = tha_heap_frame_size(h, THA_FRAME_DELTA, &need);
+    if (rc) return rc;
+    tha__bframe_t *f = bframe_alloc(b, need);
+    if (!f) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for a %zu-byte frame", need);
+    rc = tha_heap_encode(h, THA_FRAME_DELTA, f->data, need, &f->len);
+    if (!rc) {
+        rc = append(b, f);
+        if (rc) tha__hfail(h, rc, "backlog: the delta does not follow its frames");
+    }
+    if (rc) {
+        tha__bframe_release(f);
+        return rc;
+    }
+    *seq = f->seq;
+    *len = f->len;
     return 0;
 }
 

@@ -302,6 +302,8 @@ typedef struct tha__bframe {
     uint32_t refs;      /* the backlog's + each session sending it */
     uint64_t seq, epoch;
     size_t len;
+    size_t cap;         /* bytes allocated for data */
+    struct tha_backlog *owner; /* gets the buffer back as its spare */
     uint8_t data[];     /* the delta frame */
 } tha__bframe_t;
 
@@ -312,6 +314,8 @@ struct tha_backlog {
     uint64_t max_bytes;
     uint64_t last_seq;    /* seq of the newest frame */
     uint64_t lineage;
+    tha__bframe_t *spare; /* a released big frame buffer, reused by encode
+                             (a fresh one costs a page fault per 4 KiB) */
 };
 
 /* The frame seq with a reference taken, or NULL if not held. */
