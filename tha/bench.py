@@ -53,7 +53,8 @@ class Graph:
     """Source heap, its emp/dept arrays, an in-sync mirror and the buffers
     every measurement reuses (allocated and faulted once)."""
 
-    def __init__(self, n: int = 1_000_000, dirty_pct: float = 1.0, seed: int = 1):
+    def __init__(self, n: int = 1_000_000, dirty_pct: float = 1.0, seed: int = 1,
+                 clustered: bool = False):
         if n < 2:
             raise ValueError("need at least 2 emps")
         self.n = n
@@ -74,7 +75,12 @@ class Graph:
         # The dirty set: scattered emps, never element 0 (touching the start
         # of an allocation marks all of it).
         k = max(1, round(n * dirty_pct / 100))
-        self.dirty = sorted(random.Random(seed).sample(range(1, n), min(k, n - 1)))
+        if clustered:  # one contiguous stretch in the middle of the array
+            first = max(1, (n - k) // 2)
+            self.dirty = list(range(first, min(n, first + k)))
+        else:
+            self.dirty = sorted(random.Random(seed).sample(range(1, n), min(k, n - 1)))
+        self.clustered = clustered
         self.dirty_pct = dirty_pct
         self._round = 0
         # memcpy baseline buffers: the snapshot's byte count, pre-faulted.
@@ -247,7 +253,9 @@ def report(summary: dict, info: dict, out=sys.stdout) -> None:
     m = info["machine"]
     print(f"tha codec benchmark: {info['objects']:,} struct emp "
           f"({info['snapshot_bytes'] / 1e6:.1f} MB snapshot), "
-          f"{info['dirty_pct']:g}% dirty ({info['delta_bytes'] / 1e6:.2f} MB delta), "
+          f"{info['dirty_pct']:g}% dirty, "
+          f"{'clustered' if info.get('clustered') else 'scattered'} "
+          f"({info['delta_bytes'] / 1e6:.2f} MB delta), "
           f"best/median of {info['repeat']}", file=out)
     print(f"machine: {m['cpu']}, {m['cores']} cores, {m['system']}, "
           f"Python {m['python']}", file=out)
@@ -280,6 +288,8 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--objects", type=int, default=1_000_000, metavar="N",
                    help="struct emp objects in the graph (default 1,000,000)")
+    p.add_argument("--clustered", action="store_true",
+                   help="the dirty emps are one contiguous stretch (default: scattered)")
     p.add_argument("--dirty", type=float, default=1.0, metavar="PCT",
                    help="percent of the emps changed per delta (default 1)")
     p.add_argument("--repeat", type=int, default=7, metavar="K",
@@ -310,11 +320,12 @@ def run(args) -> int:
             br.report(res["summary"], res["info"])
         return 0
     t0 = time.perf_counter()
-    g = Graph(args.objects, args.dirty)
+    g = Graph(args.objects, args.dirty, clustered=args.clustered)
     setup_s = time.perf_counter() - t0
     res = measure(g, args.repeat)
     summary = summarize(res["times"], res["snapshot_bytes"], res["delta_bytes"])
     info = {"objects": args.objects, "dirty_pct": args.dirty, "repeat": args.repeat,
+            "clustered": args.clustered,
             "snapshot_bytes": res["snapshot_bytes"], "delta_bytes": res["delta_bytes"],
             "setup_s": setup_s, "machine": machine()}
     if args.json:
