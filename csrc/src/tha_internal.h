@@ -234,10 +234,6 @@ void tha__ptrmap_set(tha_heap_t *h, uint64_t off, const tha__type_t *t,
 /* Clears pointer-map bits of [off, off+len) (8-aligned) and marks dirty the
  * blocks whose bits changed, so mirrors learn the words are data now. */
 void tha__ptrmap_clear(tha_heap_t *h, uint64_t off, uint64_t len);
-/* First run of dirty blocks at or after block `from` and before `limit`:
- * returns its first block (limit if none) and its length in *n. */
-uint64_t tha__next_dirty_run(const tha_heap_t *h, uint64_t from,
-                             uint64_t limit, uint64_t *n);
 
 /* ---- frames (codec.c) -------------------------------------------------- */
 

@@ -35,29 +35,6 @@ uint64_t tha__count_dirty(const tha_heap_t *h) {
     return n;
 }
 
-/* First block >= from (and < limit) whose dirty bit equals want. */
-static uint64_t scan(const tha_heap_t *h, uint64_t from, uint64_t limit, int want) {
-    while (from < limit) {
-        uint64_t w = h->dirty[from / 64];
-        if (!want) w = ~w;
-        w &= ~0ull << (from % 64);
-        if (w) {
-            uint64_t b = (from & ~63ull) + (uint64_t)__builtin_ctzll(w);
-            return b < limit ? b : limit;
-        }
-        from = (from & ~63ull) + 64;
-    }
-    return limit;
-}
-
-uint64_t tha__next_dirty_run(const tha_heap_t *h, uint64_t from, uint64_t limit,
-                             uint64_t *n) {
-    uint64_t start = scan(h, from, limit, 1);
-    uint64_t end = start < limit ? scan(h, start, limit, 0) : limit;
-    *n = end - start;
-    return start;
-}
-
 void tha__ptrmap_set(tha_heap_t *h, uint64_t off, const tha__type_t *t,
                      uint32_t count) {
     for (uint64_t i = 0; i < count; i++) {
