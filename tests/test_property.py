@@ -7,7 +7,10 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
                                  precondition, rule)
 
+import os
+
 import tha
+from tha import _writer
 
 from conftest import HOOKS, RICH_CDEF
 
@@ -19,12 +22,21 @@ PTR_FIELDS = ("mgr", "dept", "note", "any", "home.office", "past[0].office",
 
 class Mirroring(RuleBasedStateMachine):
     TRACKING = "explicit"  # every write below is followed by a touch()
+    MECHANISM = None       # wp: forced through THA_WP_MECHANISM ("mprotect")
 
     @initialize()
     def setup(self):
         self.schema = _SCHEMA
         self.ffi = self.schema.ffi
-        self.src = tha.Heap(self.schema, CAP, tracking=self.TRACKING)
+        if self.MECHANISM:
+            os.environ["THA_WP_MECHANISM"] = self.MECHANISM
+        try:
+            self.src = tha.Heap(self.schema, CAP, tracking=self.TRACKING)
+        finally:
+            os.environ.pop("THA_WP_MECHANISM", None)
+        if self.MECHANISM:
+            assert self.src.stats()["tracking_mechanism"] == self.MECHANISM
+        self.writer = _writer.load()
         if self.TRACKING != "explicit":
             # transparent modes: the writes must be found with no touch at all
             self.src.touch = _no_touch
@@ -174,6 +186,34 @@ class Mirroring(RuleBasedStateMachine):
             self.src.touch(p)
         self.synced = False
 
+    @precondition(lambda self: any(o[0] in ("emp", "buf") for o in self.objs))
+    @rule(data=st.data())
+    def write_via_c(self, data):
+        """Compiled code writes (memcpy in a separately built library):
+        a scalar field of an emp, or a stretch of a buffer."""
+        kinds = sorted({o[0] for o in self.objs} & {"emp", "buf"})
+        if data.draw(st.sampled_from(kinds)) == "emp":
+            p = self._element(data, "emp")
+            which = data.draw(st.sampled_from(["id", "salary", "name"]))
+            new = self.ffi.new("struct emp *")
+            setattr(new, which, {"id": data.draw(st.integers(0, 2**32 - 1)),
+                                 "salary": data.draw(st.floats(allow_nan=False)),
+                                 "name": data.draw(st.binary(max_size=31))}[which])
+            off = self.ffi.offsetof("struct emp", which)
+            size = {"id": 4, "salary": 8, "name": 32}[which]
+            dst = self.src.base + self.src.offset_of(p) + off
+            src = int(self.ffi.cast("uintptr_t", new)) + off
+            self.writer.tw_copy(_writer.ptr(dst), _writer.ptr(src), size)
+            self._touch(data, p, which)
+        else:
+            _k, p, n = self._pick(data, "buf")
+            i = data.draw(st.integers(0, n - 1))
+            chunk = data.draw(st.binary(min_size=1, max_size=n - i))
+            self.writer.tw_copy(_writer.ptr(self.src.base + self.src.offset_of(p) + i),
+                                chunk, len(chunk))
+            self.src.touch(p)
+            self.synced = False
+
     @precondition(lambda self: any(o[0] == "emp" for o in self.objs))
     @rule(data=st.data())
     def rewire(self, data):
@@ -309,10 +349,25 @@ class MirroringDiff(Mirroring):
     TRACKING = "diff"
 
 
+class MirroringWp(Mirroring):
+    """wp with the best mechanism (userfaultfd async WP here), never touching."""
+    TRACKING = "wp"
+
+
+class MirroringWpMprotect(Mirroring):
+    """wp through mprotect + SIGSEGV, never touching."""
+    TRACKING = "wp"
+    MECHANISM = "mprotect"
+
+
 _SETTINGS = settings(
     max_examples=150, stateful_step_count=50, deadline=None, derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 Mirroring.TestCase.settings = _SETTINGS
 MirroringDiff.TestCase.settings = _SETTINGS
+MirroringWp.TestCase.settings = _SETTINGS
+MirroringWpMprotect.TestCase.settings = _SETTINGS
 TestMirroring = Mirroring.TestCase
 TestMirroringDiff = MirroringDiff.TestCase
+TestMirroringWp = MirroringWp.TestCase
+TestMirroringWpMprotect = MirroringWpMprotect.TestCase

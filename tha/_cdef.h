@@ -92,12 +92,14 @@ int tha_schema_func_info(const tha_schema_t *s, uint32_t i, const char **name,
 /* ---- heap ---- */
 typedef ... tha_heap_t;
 
-enum tha_tracking { THA_TRACK_AUTO, THA_TRACK_EXPLICIT, THA_TRACK_DIFF, ... };
+enum tha_tracking { THA_TRACK_AUTO, THA_TRACK_EXPLICIT, THA_TRACK_DIFF, THA_TRACK_WP,
+                    ... };
 
 int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
                     int tracking);
 void tha_heap_destroy(tha_heap_t *h);
 const char *tha_heap_errmsg(const tha_heap_t *h);
+const char *tha_heap_tracking_name(const tha_heap_t *h);
 const tha_schema_t *tha_heap_schema(const tha_heap_t *h);
 void *tha_heap_base(const tha_heap_t *h);
 
@@ -241,6 +243,9 @@ int tha_session_feed(tha_session_t *s, const void *data, size_t len,
                      uint64_t now_ms);
 int tha_session_output(tha_session_t *s, const void **data, size_t *len);
 int tha_session_advance(tha_session_t *s, size_t n);
+int tha_session_recv_buffer(tha_session_t *s, void **buf, size_t *cap);
+int tha_session_received(tha_session_t *s, size_t n, uint64_t now_ms);
+int tha_net_send_output(tha_session_t *s, int fd, size_t max_item, size_t *sent);
 int tha_session_tick(tha_session_t *s, uint64_t now_ms);
 int tha_session_pump(tha_session_t *s, int ack);
 int tha_session_event(tha_session_t *s, tha_event_t *ev);

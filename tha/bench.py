@@ -299,6 +299,10 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="instead: Active -> Standby (another process) over loopback "
                    "TCP against raw sockets (see tha/bench_replication.py); "
                    "--objects sizes the large delta, --repeat the rounds")
+    p.add_argument("--tracking", action="store_true",
+                   help="instead: cost of transparent tracking (diff, wp through "
+                   "userfaultfd and mprotect) on a 256 MiB heap against untracked "
+                   "writes and memcmp (see tha/bench_tracking.py); --repeat rounds")
     p.add_argument("--small", type=int, default=200, metavar="M",
                    help="with --replication: small syncs and ping-pongs per round")
     p.set_defaults(func=run)
@@ -310,6 +314,17 @@ def run(args) -> int:
         print("bench: need --objects >= 2, --repeat >= 1, 0 < --dirty <= 100",
               file=sys.stderr)
         return 2
+    if args.tracking:
+        from . import bench_tracking as bt
+        res = bt.run(args.repeat)
+        if args.json:
+            rows = [{"mechanism": k[0], "pattern": k[1], **v} for k, v in res["rows"].items()]
+            json.dump({"memcmp_s": res["memcmp_s"], "rows": rows, "machine": machine()},
+                      sys.stdout, indent=2)
+            print()
+        else:
+            bt.report(res, args.repeat)
+        return 0
     if args.replication:
         from . import bench_replication as br
         res = br.run(args.objects, args.repeat, args.small)

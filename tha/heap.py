@@ -17,7 +17,7 @@ from .errors import Error, InvalidPointer, NotFound, check
 from .schema import Schema
 
 _TRACKING = {"auto": lib.THA_TRACK_AUTO, "explicit": lib.THA_TRACK_EXPLICIT,
-             "diff": lib.THA_TRACK_DIFF}
+             "diff": lib.THA_TRACK_DIFF, "wp": lib.THA_TRACK_WP}
 _TRACKING_NAMES = {v: k for k, v in _TRACKING.items()}
 
 
@@ -251,6 +251,9 @@ class Heap:
             "dirty_blocks", "seq", "epoch", "lineage", "frames_encoded",
             "bytes_encoded", "frames_applied", "bytes_applied")}
         d["tracking"] = _TRACKING_NAMES.get(st.tracking, str(st.tracking))
+        # how changes are found: uffd-wp-async, mprotect, shadow-diff, explicit
+        d["tracking_mechanism"] = _cffi.string(
+            lib.tha_heap_tracking_name(self._h)).decode()
         d["base"] = self._base
         return d
 

@@ -31,6 +31,7 @@ import hmac
 import ipaddress
 import logging
 import os
+import select
 import socket
 import ssl
 import threading
@@ -99,7 +100,21 @@ class _Conn:
         self.closed = False        # no more reading; the writer flushes and ends
         self.sending = False       # the writer is sending an output item, unlocked
         self._inline = not isinstance(sock, ssl.SSLSocket)  # see send_now
+        self._fd = sock.fileno()
+        # Input: one thread at a time receives into the session (`reading`).
+        # An active's sync() reads its acks itself (`owner` > 0) rather than
+        # waiting for the reader thread to pass them on: one wake-up less per
+        # round trip. The reader then waits on rcond; it polls the socket
+        # before it reads, so it never sits in a recv that would take the ack.
+        self.reading = False
+        self.owner = 0
+        self.shared_input = self._inline and role == lib.THA_ROLE_ACTIVE
+        self.rcond = threading.Condition(node._lock)
+        self.wcond = threading.Condition(node._lock)  # the writer waits here
         self._out = (_cffi.new("void **"), _cffi.new("size_t *"))
+        self._in = (_cffi.new("void **"), _cffi.new("size_t *"))
+        self._ev = _cffi.new("tha_event_t *")
+        self._st = _cffi.new("tha_session_status_t *")
         self._sock_closed = False
         self._mac_handle = None
         cfg = _cffi.new("tha_session_config_t *")
@@ -114,7 +129,6 @@ class _Conn:
         out = _cffi.new("tha_session_t **")
         check(lib.tha_session_create(out, cfg, heap_c, backlog_c))
         self.s = out[0]
-        self.buf = bytearray(1 << 20)
         self.reader = threading.Thread(target=self._read, daemon=True,
                                        name=f"tha-read-{peer}")
         self.writer = threading.Thread(target=self._write, daemon=True,
@@ -130,19 +144,41 @@ class _Conn:
     def _read(self) -> None:
         node, sock = self.node, self.sock
         by_protocol = False  # the session closed itself: let the writer flush
+        buf, cap = self._in
+        poller = None
+        if self.shared_input:
+            poller = select.poll()
+            poller.register(self._fd, select.POLLIN)
         try:
             while not self.closed:
-                n = sock.recv_into(self.buf)
-                if n == 0:
-                    break
+                if poller is not None:
+                    poller.poll()  # readable, or hung up
                 with node.cond:
-                    if self.s is None:
+                    while (self.owner or self.reading) and not self.closed:
+                        self.rcond.wait()
+                    if self.closed or self.s is None:
                         break
-                    lib.tha_session_feed(self.s, _cffi.from_buffer(self.buf), n, _now_ms())
-                    node._drain(self)
-                    self.send_now()
-                    node.cond.notify_all()
-                    if self._state() == 4:
+                    if lib.tha_session_recv_buffer(self.s, buf, cap) < 0:
+                        by_protocol = True
+                        break
+                    self.reading = True
+                view = _cffi.buffer(buf[0], cap[0])
+                try:
+                    if poller is None:  # nobody else reads: block in recv
+                        n = sock.recv_into(view)
+                    else:
+                        n = sock.recv_into(view, 0, socket.MSG_DONTWAIT)
+                except BlockingIOError:
+                    n = -1
+                except BaseException:
+                    with node.cond:
+                        self.reading = False
+                    raise
+                with node.cond:
+                    self.reading = False
+                    if n == 0 or self.s is None:
+                        break
+                    if n > 0 and self.received(n):
                         by_protocol = True
                         break
         except (OSError, ValueError) as e:
@@ -151,6 +187,37 @@ class _Conn:
         finally:
             if not by_protocol:
                 self.close()
+
+    def received(self, n: int) -> bool:
+        """Under the lock: n bytes arrived in the session's buffer. The
+        events are handled before the answers (an ack) go out, so the node's
+        state (applied_seq, on_applied) has moved when the peer learns it.
+        True if the session closed itself."""
+        lib.tha_session_received(self.s, n, _now_ms())
+        self.node._drain(self)
+        self.flush()
+        self.rcond.notify_all()
+        self.node.cond.notify_all()
+        return self._state() == 4
+
+    def read_owned(self) -> None:
+        """Under the lock, by sync() (owner): reads what the socket has."""
+        if self.reading or self.closed or self.s is None:
+            return
+        buf, cap = self._in
+        if lib.tha_session_recv_buffer(self.s, buf, cap) < 0:
+            return
+        try:
+            n = self.sock.recv_into(_cffi.buffer(buf[0], cap[0]), 0, socket.MSG_DONTWAIT)
+        except BlockingIOError:
+            return
+        except (OSError, ValueError):
+            n = 0
+        if n == 0:  # the reader thread finds out too, and closes
+            self.owner = 0
+            self.rcond.notify_all()
+            return
+        self.received(n)
 
     def _write(self) -> None:
         node, sock = self.node, self.sock
@@ -173,7 +240,7 @@ class _Conn:
                             break
                         if self._state() == 4:  # closed: said all it had to say
                             return
-                        node.cond.wait(0.05)
+                        self.wcond.wait(0.05)
                 if rc < 0:
                     return
                 sent = 0
@@ -196,18 +263,22 @@ class _Conn:
         writer sends the rest (large items, a full socket buffer, TLS)."""
         if not self._inline or self.sending or self.closed or self.s is None:
             return
+        lib.tha_net_send_output(self.s, self._fd, _INLINE_MAX, _cffi.NULL)
+
+    def flush(self) -> None:
+        """Under the lock: send_now, then wakes the writer if output is left."""
+        if self.s is None:
+            return
+        self.send_now()
         data, size = self._out
-        while lib.tha_session_output(self.s, data, size) >= 0 and 0 < size[0] <= _INLINE_MAX:
-            try:
-                sent = self.sock.send(_cffi.buffer(data[0], size[0]), socket.MSG_DONTWAIT)
-            except OSError:  # would block, or broken: the writer deals with it
-                return
-            lib.tha_session_advance(self.s, sent)
-            if sent < size[0]:
-                return
+        if self.closed or (lib.tha_session_output(self.s, data, size) >= 0 and size[0]):
+            self.wcond.notify()
+
+    def fileno(self) -> int:
+        return self._fd
 
     def _state(self) -> int:
-        st = _cffi.new("tha_session_status_t *")
+        st = self._st
         lib.tha_session_status(self.s, st)
         return st.state
 
@@ -221,7 +292,7 @@ class _Conn:
                 "bulk_done": st.bulk_done, "bulk_total": st.bulk_total}
 
     def acked(self, level: int) -> int:
-        st = _cffi.new("tha_session_status_t *")
+        st = self._st
         lib.tha_session_status(self.s, st)
         return st.acked[level]
 
@@ -231,6 +302,8 @@ class _Conn:
                 return
             self._sock_closed = self.closed = True
             self.node.cond.notify_all()
+            self.rcond.notify_all()
+            self.wcond.notify_all()
         try:
             self.sock.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -275,6 +348,7 @@ class _Node:
                         if c.s is not None and not c.closed:
                             lib.tha_session_tick(c.s, _now_ms())
                             self._drain(c)
+                            c.flush()
                     self._on_tick()
                     self.cond.notify_all()
                     dead, self._dead = self._dead, []
@@ -294,7 +368,7 @@ class _Node:
             self.cond.notify_all()
 
     def _drain(self, conn: _Conn) -> None:
-        ev = _cffi.new("tha_event_t *")
+        ev = conn._ev
         while conn.s is not None and lib.tha_session_event(conn.s, ev):
             self._on_event(conn, ev)
 
@@ -388,6 +462,7 @@ class Standby(_Node):
         if t == lib.THA_EV_READY:
             if self.promoted_epoch is not None:
                 lib.tha_session_fence(conn.s, self.promoted_epoch)
+                conn.flush()
                 return
             log.info("standby: active %s connected (its seq %d, ours %d)",
                      conn.peer, ev.seq, ev.a)
@@ -456,6 +531,7 @@ class Standby(_Node):
             for c in list(self.conns):
                 if c.s is not None:
                     lib.tha_session_fence(c.s, epoch)
+                    c.flush()
             log.warning("standby: promoted to epoch %d at seq %d", epoch,
                         self.applied_seq)
         self.cond.notify_all()
@@ -511,7 +587,8 @@ class Active(_Node):
             raise Error(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
         super().__init__(secret, heartbeat, peer_timeout, ssl_context)
         self.heap = heap
-        self.cond = threading.Condition(heap._lock)
+        self._lock = heap._lock
+        self.cond = threading.Condition(self._lock)
         self.standbys = [tuple(a) for a in standbys]
         self.ack = ack
         self.ack_quorum = len(self.standbys) if ack_quorum is None else ack_quorum
@@ -609,30 +686,57 @@ class Active(_Node):
                 if c.s is not None and not c.closed:
                     lib.tha_session_pump(c.s, max(level, lib.THA_ACK_RECEIVED))
                     self._drain(c)
-                    c.send_now()
-            self.cond.notify_all()
+                    c.flush()
             result = SyncResult(seq, nbytes)
             if level == lib.THA_ACK_NONE or self.ack_quorum == 0:
                 return result
             deadline = time.monotonic() + timeout
-            while True:
-                if self.fenced_epoch is not None:
-                    raise Fenced(f"fenced while waiting for seq {seq}: a standby was "
-                                 f"promoted to epoch {self.fenced_epoch}")
-                acked = [c.peer for c in self.conns
-                         if c.s is not None and c.acked(level) >= seq]
-                if len(acked) >= self.ack_quorum:
-                    result.acked_by = acked
-                    return result
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    missing = [f"{a[0]}:{a[1]}" for a in self.standbys
-                               if f"{a[0]}:{a[1]}" not in acked]
-                    raise SyncTimeout(
-                        f"seq {seq}: {len(acked)} of {self.ack_quorum} required "
-                        f"standbys acknowledged '{ack}' within {timeout}s; "
-                        f"missing: {', '.join(missing)}")
-                self.cond.wait(min(left, 0.05))
+            owned = [c for c in self.conns if c.shared_input and not c.closed]
+            for c in owned:
+                c.owner += 1
+            try:
+                return self._wait_acks(result, seq, level, ack, timeout, deadline)
+            finally:
+                for c in owned:
+                    c.owner -= 1
+                    if not c.owner:
+                        c.rcond.notify_all()
+
+    def _wait_acks(self, result, seq, level, ack, timeout, deadline) -> SyncResult:
+        """Under the lock: until enough standbys acked seq at level. Reads
+        the sockets it owns itself, with the lock released while it waits."""
+        while True:
+            if self.fenced_epoch is not None:
+                raise Fenced(f"fenced while waiting for seq {seq}: a standby was "
+                             f"promoted to epoch {self.fenced_epoch}")
+            acked = [c.peer for c in self.conns
+                     if c.s is not None and c.acked(level) >= seq]
+            if len(acked) >= self.ack_quorum:
+                result.acked_by = acked
+                return result
+            left = deadline - time.monotonic()
+            if left <= 0:
+                missing = [f"{a[0]}:{a[1]}" for a in self.standbys
+                           if f"{a[0]}:{a[1]}" not in acked]
+                raise SyncTimeout(
+                    f"seq {seq}: {len(acked)} of {self.ack_quorum} required "
+                    f"standbys acknowledged '{ack}' within {timeout}s; "
+                    f"missing: {', '.join(missing)}")
+            wait = min(left, 0.05)
+            fds = [c for c in self.conns if c.owner and not c.closed
+                   and not c.reading and c.s is not None]
+            if not fds:
+                self.cond.wait(wait)
+                continue
+            saved = self._lock._release_save()
+            try:
+                ready = select.select(fds, (), (), wait)[0]
+            except (OSError, ValueError):  # a socket closed under us
+                ready = []
+            finally:
+                self._lock._acquire_restore(saved)
+            for c in ready:
+                c.read_owned()
 
     @property
     def fenced(self) -> bool:

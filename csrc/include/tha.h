@@ -203,14 +203,27 @@ typedef struct tha_heap tha_heap_t;
 
 /* How a heap finds what changed. */
 enum tha_tracking {
-    THA_TRACK_AUTO = 0,     /* the best mode this build has: today, diff */
+    THA_TRACK_AUTO = 0,     /* wp when userfaultfd asynchronous write-protect
+                               works on the running kernel, else diff (auto
+                               never installs a SIGSEGV handler) */
     THA_TRACK_EXPLICIT = 1, /* only alloc/free/roots/tha_heap_touch mark blocks:
                                no overhead; plain writes need a touch */
-    THA_TRACK_DIFF = 2      /* a shadow copy of the image, compared block by
+    THA_TRACK_DIFF = 2,     /* a shadow copy of the image, compared block by
                                block when a frame is made: plain writes are
                                found with no touch; costs a second copy of the
                                image in memory and a compare of the committed
                                size at memory bandwidth per frame */
+    THA_TRACK_WP = 3        /* the region is write-protected after each frame;
+                               only pages written since are compared with the
+                               shadow. Mechanism: userfaultfd async WP +
+                               PAGEMAP_SCAN (Linux >= 6.7; ~1 us per first
+                               write to a page), else mprotect + a SIGSEGV
+                               handler that chains to the previous one for
+                               faults outside any heap (set THA_WP_MECHANISM=
+                               mprotect to force it). tha_heap_tracking_name
+                               says which. See docs/architecture.md for
+                               threads, kernel writes (read() into the heap)
+                               and fork. */
 };
 
 /* Reserves capacity bytes (rounded up to 64 KiB) of address space and
@@ -221,6 +234,10 @@ THA_API int tha_heap_create(tha_heap_t **out, tha_schema_t *schema,
 THA_API void tha_heap_destroy(tha_heap_t *h);
 /* Detail of the last failed call on h ("double free of offset 0x4008"). */
 THA_API const char *tha_heap_errmsg(const tha_heap_t *h);
+/* How h finds changes: "uffd-wp-async", "mprotect" (tracking wp),
+ * "shadow-diff" (diff, or wp after its mechanism failed), "explicit".
+ * Static string. */
+THA_API const char *tha_heap_tracking_name(const tha_heap_t *h);
 THA_API const tha_schema_t *tha_heap_schema(const tha_heap_t *h);
 THA_API void *tha_heap_base(const tha_heap_t *h);
 
@@ -270,7 +287,7 @@ typedef struct tha_stats {
     uint64_t lineage;         /* identity of the frame series */
     uint64_t frames_encoded, bytes_encoded;
     uint64_t frames_applied, bytes_applied;
-    int tracking;             /* enum tha_tracking in force */
+    int tracking;             /* enum tha_tracking in force (never AUTO) */
 } tha_stats_t;
 
 THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
@@ -443,6 +460,13 @@ THA_API int tha_session_start(tha_session_t *s, uint64_t now_ms);
  * THA_EV_ERROR event and a negative return; the session is then closed. */
 THA_API int tha_session_feed(tha_session_t *s, const void *data, size_t len,
                              uint64_t now_ms);
+/* Zero-copy input: a buffer inside the session to receive into (*cap > 0
+ * bytes; for a large message, exactly what is missing of it, so it lands
+ * in place and is applied from there). Valid until the next call on s;
+ * then report the bytes written with tha_session_received, which acts as
+ * tha_session_feed of them. Only one thread may receive into a session. */
+THA_API int tha_session_recv_buffer(tha_session_t *s, void **buf, size_t *cap);
+THA_API int tha_session_received(tha_session_t *s, size_t n, uint64_t now_ms);
 /* The next bytes to send (*len 0: nothing now). Valid until the next call
  * on s; tell the session how much went out with tha_session_advance. */
 THA_API int tha_session_output(tha_session_t *s, const void **data, size_t *len);
@@ -462,6 +486,13 @@ THA_API tha_heap_t *tha_session_take_heap(tha_session_t *s);
  * message carrying the epoch, then closes. */
 THA_API int tha_session_fence(tha_session_t *s, uint64_t epoch);
 THA_API int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
+
+/* Sends the session's pending output to fd without blocking
+ * (MSG_DONTWAIT), item by item, stopping before an item larger than
+ * max_item bytes (0: no limit) or when the socket is full. For a driver
+ * that acks in the same wake-up that received the frame. *sent (may be
+ * NULL) gets the byte count. Returns 0, or -errno if the socket failed. */
+THA_API int tha_net_send_output(tha_session_t *s, int fd, size_t max_item, size_t *sent);
 
 /* Threads (1 or 2) that encode/apply may use for a run of 16 MiB or more:
  * each half is copied, rewritten and checksummed on its own core. Default 2

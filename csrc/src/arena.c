@@ -48,17 +48,21 @@ int tha__commit(tha_heap_t *h, uint64_t bytes) {
     if (bytes > h->capacity) return THA_ECAPACITY;
     uint64_t want = tha__align_up(bytes, THA__COMMIT_STEP);
     if (want > h->capacity) want = h->capacity;
-    if (mprotect(h->base + h->committed, want - h->committed,
-                 PROT_READ | PROT_WRITE) != 0)
+    /* mprotect tracking: fresh pages start read-only like the rest */
+    int prot = h->mech == THA__MECH_MPROTECT ? PROT_READ : PROT_READ | PROT_WRITE;
+    if (mprotect(h->base + h->committed, want - h->committed, prot) != 0)
         return -errno;
+    uint64_t from = h->committed;
     h->committed = want;
+    if (h->mech == THA__MECH_UFFD || h->mech == THA__MECH_MPROTECT)
+        tha__wp_committed(h, from, want);
     return 0;
 }
 
 int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
                     int tracking) {
     if (!out || !schema || !schema->sealed) return THA_EINVAL;
-    if (tracking < THA_TRACK_AUTO || tracking > THA_TRACK_DIFF) return THA_EINVAL;
+    if (tracking < THA_TRACK_AUTO || tracking > THA_TRACK_WP) return THA_EINVAL;
     *out = NULL;
     uint64_t cap = tha__align_up(capacity ? capacity : (64u << 20), THA__GRANULE);
     if (cap < (1u << 20) || cap > (1ull << 44)) return THA_EINVAL;
@@ -66,7 +70,8 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
     if (!h) return THA_ENOMEM;
     h->capacity = cap;
     h->nblocks = cap / THA__BLOCK;
-    h->tracking = tracking == THA_TRACK_AUTO ? THA_TRACK_DIFF : tracking;
+    h->tracking = tracking;
+    h->uffd = h->pagemap = h->slot = -1;
     int rc = THA_ENOMEM;
     void *base = mmap(NULL, cap, PROT_NONE,
                       MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
@@ -80,7 +85,13 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
     h->dirty = calloc((h->nblocks + 63) / 64, sizeof(uint64_t));
     h->ptrmap = calloc(h->nblocks, 1);
     if (!h->dirty || !h->ptrmap) goto fail;
-    if (h->tracking == THA_TRACK_DIFF) {
+    if (tracking == THA_TRACK_WP || tracking == THA_TRACK_AUTO) {
+        rc = tha__wp_open(h, tracking); /* sets mech and tracking */
+        if (rc) goto fail;
+    } else {
+        h->mech = tracking == THA_TRACK_DIFF ? THA__MECH_DIFF : THA__MECH_EXPLICIT;
+    }
+    if (h->mech != THA__MECH_EXPLICIT) {
         void *sh = mmap(NULL, cap, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
         if (sh == MAP_FAILED) {
@@ -105,6 +116,7 @@ fail:
 
 void tha_heap_destroy(tha_heap_t *h) {
     if (!h) return;
+    tha__wp_close(h); /* before the unmap: the signal handler forgets it */
     if (h->base) munmap(h->base, h->capacity);
     if (h->shadow) munmap(h->shadow, h->capacity);
     free(h->dirty);
@@ -140,6 +152,7 @@ int tha__region_init(tha_heap_t *h) {
 const tha_schema_t *tha_heap_schema(const tha_heap_t *h) { return h->schema; }
 void *tha_heap_base(const tha_heap_t *h) { return h->base; }
 const char *tha_heap_errmsg(const tha_heap_t *h) { return h->err; }
+const char *tha_heap_tracking_name(const tha_heap_t *h) { return tha__mech_name(h->mech); }
 
 /* ---- page spans ------------------------------------------------------- */
 

@@ -170,7 +170,7 @@ static int frame_size_now(const tha_heap_t *h, int kind, size_t *size) {
 
 int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size) {
     tha__track_collect(h);
-    h->collected = h->shadow != NULL;
+    h->collected = h->mech != THA__MECH_EXPLICIT;
     return frame_size_now(h, kind, size);
 }
 
@@ -985,6 +985,7 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
             madvise(h->base + hd.top, old_top - hd.top, MADV_DONTNEED);
             if (h->shadow)
                 madvise(h->shadow + hd.top, old_top - hd.top, MADV_DONTNEED);
+            tha__wp_zapped(h, hd.top, old_top - hd.top);
             memset(h->ptrmap + hd.top / THA__BLOCK, 0, (old_top - hd.top) / THA__BLOCK);
         }
         tha__clear_dirty(h);

@@ -55,6 +55,27 @@ static uint64_t now_ms(void) {
 
 /* ---- connection ------------------------------------------------------- */
 
+int tha_net_send_output(tha_session_t *s, int fd, size_t max_item, size_t *sent) {
+    size_t total = 0;
+    int rc = 0;
+    for (;;) {
+        const void *d;
+        size_t len;
+        if (tha_session_output(s, &d, &len) || !len || (max_item && len > max_item)) break;
+        ssize_t w = send(fd, d, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN && errno != EWOULDBLOCK) rc = -errno;
+            break;
+        }
+        tha_session_advance(s, (size_t)w);
+        total += (size_t)w;
+        if ((size_t)w < len) break;
+    }
+    if (sent) *sent = total;
+    return rc;
+}
+
 /* Writes what the session still has to say (a REFUSE, say) for a moment,
  * best effort: the peer should learn why before the socket closes. */
 static void flush_briefly(tha_net_t *n) {

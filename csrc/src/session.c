@@ -803,6 +803,79 @@ int tha_session_feed(tha_session_t *s, const void *data, size_t len, uint64_t no
     return 0;
 }
 
+/* Zero-copy input. A small message may share the buffer with the next
+ * ones; a large one gets a buffer of its exact size, is received straight
+ * into it and applied from there: no copy between socket and heap. */
+#define RECV_MIN (1u << 20)
+#define RECV_EXACT (64u << 10) /* messages above this are received alone */
+
+static int in_reserve(tha_session_t *s, size_t cap) {
+    if (cap <= s->in_cap) return 0;
+    uint8_t *in = realloc(s->in, cap);
+    if (!in) return THA_ENOMEM;
+    s->in = in;
+    s->in_cap = cap;
+    return 0;
+}
+
+int tha_session_recv_buffer(tha_session_t *s, void **buf, size_t *cap) {
+    *buf = NULL;
+    *cap = 0;
+    if (s->state == S_CLOSED) return THA_ECLOSED;
+    size_t room = RECV_MIN;
+    if (s->in_len >= MSG_HDR) { /* a message is under way: its size is known */
+        int64_t need = message_length(s, s->in, s->in_len);
+        if (need < 0) return (int)need;
+        size_t total = MSG_HDR + (size_t)get32(s->in + 8);
+        if (total > RECV_EXACT) {
+            int rc = in_reserve(s, total);
+            if (rc) return rc;
+            *buf = s->in + s->in_len;
+            *cap = total - s->in_len;
+            return 0;
+        }
+    }
+    int rc = in_reserve(s, s->in_len + room > RECV_MIN ? s->in_len + room : RECV_MIN);
+    if (rc) return rc;
+    *buf = s->in + s->in_len;
+    *cap = s->in_cap - s->in_len;
+    return 0;
+}
+
+int tha_session_received(tha_session_t *s, size_t n, uint64_t now_ms) {
+    if (s->state == S_CLOSED) return THA_ECLOSED;
+    if (n > s->in_cap - s->in_len) return THA_EINVAL;
+    s->now = now_ms;
+    if (n) {
+        s->last_heard = now_ms;
+        s->timed_out = 0;
+    }
+    s->bytes_in += n;
+    s->in_len += n;
+    size_t pos = 0;
+    while (s->in_len - pos >= MSG_HDR) {
+        int64_t need = message_length(s, s->in + pos, s->in_len - pos);
+        if (need < 0) {
+            s->in_len = 0;
+            return (int)need;
+        }
+        if (need == 0) break;
+        int rc = handle(s, s->in + pos, (size_t)need);
+        pos += (size_t)need;
+        if (rc < 0 || s->state == S_CLOSED) {
+            s->in_len = 0;
+            return rc < 0 ? rc : 0;
+        }
+    }
+    if (pos) { /* keep the partial message that follows, at the front */
+        memmove(s->in, s->in + pos, s->in_len - pos);
+        s->in_len -= pos;
+    }
+    /* a large buffer that served one big message goes back to normal size
+     * only when nothing is pending in it: keep it, the next big one reuses it */
+    return 0;
+}
+
 /* ---- output, time ----------------------------------------------------- */
 
 int tha_session_output(tha_session_t *s, const void **data, size_t *len) {

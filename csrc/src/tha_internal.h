@@ -184,9 +184,20 @@ struct tha_heap {
     uint64_t committed;     /* bytes read-write from base */
     uint64_t *dirty;        /* bit per block: changed since the last frame */
     uint8_t *ptrmap;        /* byte per block: bit i = word i is a pointer */
-    uint8_t *shadow;        /* diff mode: the image as of the last frame
-                               (capacity bytes reserved; NULL otherwise) */
-    int collected;          /* diff mode: frame_size just collected changes */
+    uint8_t *shadow;        /* diff and wp modes: the image as of the last
+                               frame (capacity bytes reserved; else NULL) */
+    int collected;          /* diff/wp: frame_size just collected changes */
+    int mech;               /* enum tha__mech: how changes are found */
+    int uffd;               /* wp/uffd: the userfaultfd; -1 otherwise */
+    int pagemap;            /* wp/uffd: /proc/self/pagemap; -1 otherwise */
+    int slot;               /* wp/mprotect: signal handler registry; -1 */
+    uint64_t *wpages;       /* wp/mprotect: bit per 4 KiB page written since
+                               the last frame, set by the SIGSEGV handler */
+    uint64_t *wtaken;       /* wp/mprotect: the set taken by a collect */
+    uint64_t islands;       /* wp/mprotect: pages/chunks made writable since
+                               the last frame (atomic) */
+    uint32_t overflow;      /* wp/mprotect: 1 = the whole heap was made
+                               writable; diff all of it at the next frame */
     uint64_t nblocks;       /* capacity / THA__BLOCK */
     uint64_t seq;           /* last frame encoded or applied */
     uint64_t epoch;
@@ -221,9 +232,33 @@ int tha__region_init(tha_heap_t *h);
 /* Marks the blocks overlapping [off, off+len) dirty. */
 void tha__mark(tha_heap_t *h, uint64_t off, uint64_t len);
 void tha__clear_dirty(tha_heap_t *h);
-/* Diff mode: marks every block of [0, top) that differs from the shadow and
- * brings the shadow up to date; nothing in other modes. */
+/* diff and wp modes: marks every block written since the last collect
+ * that differs from the shadow and brings the shadow up to date; nothing
+ * in explicit mode. */
 void tha__track_collect(tha_heap_t *h);
+/* The same for the pages of [from, to) (clamped to top). */
+void tha__track_diff(tha_heap_t *h, uint64_t from, uint64_t to);
+
+/* ---- write protection (wp.c) ------------------------------------------ */
+
+enum tha__mech {
+    THA__MECH_EXPLICIT = 0, /* touch() and library writes only */
+    THA__MECH_DIFF,         /* compare all of [0, top) with the shadow */
+    THA__MECH_UFFD,         /* userfaultfd async WP + PAGEMAP_SCAN */
+    THA__MECH_MPROTECT      /* PROT_READ + SIGSEGV handler */
+};
+/* "explicit", "shadow-diff", "uffd-wp-async", "mprotect". */
+const char *tha__mech_name(int mech);
+/* Picks and sets up the mechanism for requested (THA_TRACK_WP or AUTO);
+ * sets h->mech and h->tracking. Before the first commit. */
+int tha__wp_open(tha_heap_t *h, int requested);
+void tha__wp_close(tha_heap_t *h);
+/* [from, to) was just committed: protect it. */
+int tha__wp_committed(tha_heap_t *h, uint64_t from, uint64_t to);
+/* [off, off+len) was just dropped with MADV_DONTNEED. */
+void tha__wp_zapped(tha_heap_t *h, uint64_t off, uint64_t len);
+/* The wp half of tha__track_collect. */
+void tha__wp_collect(tha_heap_t *h);
 /* Diff mode: the shadow takes n blocks at block b0 as they are now (after
  * an apply wrote them, so they do not count as local changes). */
 void tha__track_sync_shadow(tha_heap_t *h, uint64_t b0, uint64_t n);

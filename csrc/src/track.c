@@ -4,8 +4,9 @@
  * ptrmap: one byte per block, bit i = word i (8 bytes) holds a pointer.
  *         It is the relocation table of every live object laid over the
  *         region, so encode and apply never walk objects.
- * shadow: diff mode only, a copy of the image as of the last frame; blocks
- *         that differ from it are what plain writes changed.
+ * shadow: diff and wp modes, a copy of the image as of the last frame;
+ *         blocks that differ from it are what plain writes changed. diff
+ *         compares all of [0, top); wp only the pages wp.c found written.
  * All live outside the region: they describe it, they are not state.
  */
 #include "tha_internal.h"
@@ -62,14 +63,14 @@ void tha__ptrmap_clear(tha_heap_t *h, uint64_t off, uint64_t len) {
     }
 }
 
-void tha__track_collect(tha_heap_t *h) {
-    if (!h->shadow) return;
+void tha__track_diff(tha_heap_t *h, uint64_t from, uint64_t to) {
     const uint64_t top = tha__reg(h)->top;
     const uint8_t *img = h->base;
     uint8_t *sh = h->shadow;
+    if (to > top) to = top;
     /* Whole pages first: most are unchanged and memcmp streams them at
      * memory bandwidth; only a changed page is looked at block by block. */
-    for (uint64_t off = 0; off < top; off += THA__PAGE) {
+    for (uint64_t off = from; off < to; off += THA__PAGE) {
         if (memcmp(img + off, sh + off, THA__PAGE) == 0) continue;
         for (uint64_t b = off; b < off + THA__PAGE; b += THA__BLOCK)
             if (memcmp(img + b, sh + b, THA__BLOCK) != 0) {
@@ -77,6 +78,13 @@ void tha__track_collect(tha_heap_t *h) {
                 tha__mark(h, b, THA__BLOCK);
             }
     }
+}
+
+void tha__track_collect(tha_heap_t *h) {
+    if (h->mech == THA__MECH_UFFD || h->mech == THA__MECH_MPROTECT)
+        tha__wp_collect(h);
+    else if (h->mech == THA__MECH_DIFF)
+        tha__track_diff(h, 0, tha__reg(h)->top);
 }
 
 void tha__track_sync_shadow(tha_heap_t *h, uint64_t b0, uint64_t n) {

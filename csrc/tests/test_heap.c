@@ -7,6 +7,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 struct dept;
 struct emp {
@@ -338,17 +339,23 @@ static void test_bad_frames(void) {
     tha_heap_destroy(b);
 }
 
-/* Diff mode: plain writes, no touch, reach the mirror; applied blocks do
- * not come back as local changes. */
-static void test_diff_mode(void) {
+/* Transparent modes: plain writes, no touch, reach the mirror; applied
+ * blocks do not come back as local changes. mode: a tracking value; force:
+ * THA_WP_MECHANISM for wp ("mprotect" takes SIGSEGV) or NULL. */
+static void transparent(int mode, const char *force, const char *want_name) {
+    if (force) setenv("THA_WP_MECHANISM", force, 1);
+    else unsetenv("THA_WP_MECHANISM");
     tha_schema_t *s = make_schema();
     tha_heap_t *a, *b;
-    CHECK_OK(tha_heap_create(&a, s, 8 << 20, THA_TRACK_AUTO));
-    CHECK_OK(tha_heap_create(&b, s, 8 << 20, THA_TRACK_DIFF));
+    CHECK_OK(tha_heap_create(&a, s, 64 << 20, mode));
+    CHECK_OK(tha_heap_create(&b, s, 64 << 20, mode));
+    unsetenv("THA_WP_MECHANISM");
     tha_schema_release(s);
     tha_stats_t st;
     CHECK_OK(tha_heap_stats(a, &st));
-    CHECK(st.tracking == THA_TRACK_DIFF);
+    CHECK(st.tracking == (mode == THA_TRACK_AUTO ? st.tracking : mode));
+    CHECK(st.tracking == THA_TRACK_DIFF || st.tracking == THA_TRACK_WP);
+    if (want_name) CHECK(strcmp(tha_heap_tracking_name(a), want_name) == 0);
     struct emp *team;
     CHECK_OK(tha_heap_alloc(a, EMP, 50, (void **)&team));
     CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
@@ -357,6 +364,11 @@ static void test_diff_mode(void) {
         team[i].salary = round;          /* no touch anywhere */
         team[i].mgr = &team[j];
         team[j].reports[round % 4] = &team[i];
+        if (round % 5 == 4) { /* a big allocation commits fresh pages */
+            struct emp *big;
+            CHECK_OK(tha_heap_alloc(a, EMP, 20000, (void **)&big));
+            for (int k = round * 100; k < 20000; k += 7) big[k].salary = k;
+        }
         CHECK_OK(ship(a, b, THA_FRAME_DELTA));
         CHECK(mirrors(a, b));
     }
@@ -367,8 +379,16 @@ static void test_diff_mode(void) {
     tha_heap_destroy(b);
 }
 
+static void test_diff_mode(void) { transparent(THA_TRACK_DIFF, NULL, "shadow-diff"); }
+static void test_auto_mode(void) { transparent(THA_TRACK_AUTO, NULL, NULL); }
+static void test_wp_mode(void) { transparent(THA_TRACK_WP, NULL, NULL); }
+static void test_wp_mprotect(void) { transparent(THA_TRACK_WP, "mprotect", "mprotect"); }
+
 int main(void) {
     RUN(test_diff_mode);
+    RUN(test_auto_mode);
+    RUN(test_wp_mode);
+    RUN(test_wp_mprotect);
     RUN(test_alloc_free_lookup);
     RUN(test_reuse_after_full);
     RUN(test_mirror_random);
