@@ -83,8 +83,9 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
     h->base = base;
     /* Side tables outside the region: zero pages until used. */
     h->dirty = calloc((h->nblocks + 63) / 64, sizeof(uint64_t));
+    h->dsum = calloc(((h->nblocks + 63) / 64 + 63) / 64, sizeof(uint64_t));
     h->ptrmap = calloc(h->nblocks, 1);
-    if (!h->dirty || !h->ptrmap) goto fail;
+    if (!h->dirty || !h->dsum || !h->ptrmap) goto fail;
     if (tracking == THA_TRACK_WP || tracking == THA_TRACK_AUTO) {
         rc = tha__wp_open(h, tracking); /* sets mech and tracking */
         if (rc) goto fail;
@@ -120,6 +121,7 @@ void tha_heap_destroy(tha_heap_t *h) {
     if (h->base) munmap(h->base, h->capacity);
     if (h->shadow) munmap(h->shadow, h->capacity);
     free(h->dirty);
+    free(h->dsum);
     free(h->ptrmap);
     tha_schema_release(h->schema);
     free(h);

@@ -123,16 +123,31 @@ static const char *kind_name(int kind) {
            : kind == THA__FRAME_SEGMENT ? "segment" : "delta";
 }
 
+/* First word index >= wi whose summary bit is set (the summary has a bit
+ * per word of the dirty map), or nwords. */
+static inline uint64_t next_flagged(const uint64_t *sum, uint64_t wi, uint64_t nwords) {
+    uint64_t si = wi >> 6, nsum = (nwords + 63) >> 6;
+    if (si >= nsum) return nwords;
+    uint64_t m = sum[si] & (~0ull << (wi & 63));
+    while (!m) {
+        if (++si >= nsum) return nwords;
+        m = sum[si];
+    }
+    return (si << 6) + (uint64_t)__builtin_ctzll(m);
+}
+
 /* Next run of dirty blocks at or after *pos and below limit: 1 with its
- * first block and length, 0 when there is none. Word at a time; a run may
- * cross words. */
-static inline int next_run(const uint64_t *bits, uint64_t limit, uint64_t *pos,
+ * first block and length, 0 when there is none. Clean stretches are
+ * skipped through the summary, so a scan costs what is dirty, not the
+ * heap's size; a run may cross words. */
+static inline int next_run(const tha_heap_t *h, uint64_t limit, uint64_t *pos,
                            uint64_t *start, uint64_t *n) {
+    const uint64_t *bits = h->dirty, nwords = (limit + 63) >> 6;
     uint64_t b = *pos;
     while (b < limit) {
         uint64_t wi = b >> 6, w = bits[wi] & (~0ull << (b & 63));
         if (!w) {
-            b = (wi + 1) << 6;
+            b = next_flagged(h->dsum, wi + 1, nwords) << 6;
             continue;
         }
         uint64_t s = (wi << 6) + (uint64_t)__builtin_ctzll(w);
@@ -160,7 +175,7 @@ static int frame_size_now(const tha_heap_t *h, int kind, size_t *size) {
         n += tha__align_up(slen, 8) + run_bytes(top_blocks);
     } else if (kind == THA_FRAME_DELTA) {
         uint64_t pos = 0, b, len;
-        while (next_run(h->dirty, top_blocks, &pos, &b, &len)) n += run_bytes(len);
+        while (next_run(h, top_blocks, &pos, &b, &len)) n += run_bytes(len);
     } else {
         return THA_EINVAL;
     }
@@ -421,9 +436,9 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
          * ahead asks for their blocks early. */
         uint64_t pos = 0, b, n, pf = 0, pb, pn;
         for (unsigned i = 0; i < PREFETCH_RUNS; i++)
-            if (next_run(h->dirty, top_blocks, &pf, &pb, &pn)) prefetch_blocks(h->base, pb, pn, 0);
-        while (next_run(h->dirty, top_blocks, &pos, &b, &n)) {
-            if (next_run(h->dirty, top_blocks, &pf, &pb, &pn)) prefetch_blocks(h->base, pb, pn, 0);
+            if (next_run(h, top_blocks, &pf, &pb, &pn)) prefetch_blocks(h->base, pb, pn, 0);
+        while (next_run(h, top_blocks, &pos, &b, &n)) {
+            if (next_run(h, top_blocks, &pf, &pb, &pn)) prefetch_blocks(h->base, pb, pn, 0);
             rc = put_run(h, kind, b, n, &q, &raw, &crc_from);
             if (rc) return rc;
             hd.nruns++;

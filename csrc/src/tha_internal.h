@@ -183,6 +183,8 @@ struct tha_heap {
     uint64_t capacity;      /* bytes reserved */
     uint64_t committed;     /* bytes read-write from base */
     uint64_t *dirty;        /* bit per block: changed since the last frame */
+    uint64_t *dsum;         /* bit per word of dirty: that word may be nonzero
+                               (scans, clears and counts skip clean stretches) */
     uint8_t *ptrmap;        /* byte per block: bit i = word i is a pointer */
     uint8_t *shadow;        /* diff and wp modes: the image as of the last
                                frame (capacity bytes reserved; else NULL) */

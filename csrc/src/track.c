@@ -11,12 +11,26 @@
  */
 #include "tha_internal.h"
 
+/* Summary bits for dirty words wb..we. */
+static void sum_set(tha_heap_t *h, uint64_t wb, uint64_t we) {
+    uint64_t sb = wb / 64, se = we / 64;
+    uint64_t mb = ~0ull << (wb % 64), me = ~0ull >> (63 - we % 64);
+    if (sb == se) {
+        h->dsum[sb] |= mb & me;
+        return;
+    }
+    h->dsum[sb] |= mb;
+    for (uint64_t w = sb + 1; w < se; w++) h->dsum[w] = ~0ull;
+    h->dsum[se] |= me;
+}
+
 void tha__mark(tha_heap_t *h, uint64_t off, uint64_t len) {
     if (len == 0) return;
     uint64_t b = off / THA__BLOCK, e = (off + len - 1) / THA__BLOCK;
     THA_ASSERT(e < h->nblocks);
     uint64_t wb = b / 64, we = e / 64;
     uint64_t mb = ~0ull << (b % 64), me = ~0ull >> (63 - e % 64);
+    sum_set(h, wb, we);
     if (wb == we) {
         h->dirty[wb] |= mb & me;
         return;
@@ -26,13 +40,25 @@ void tha__mark(tha_heap_t *h, uint64_t off, uint64_t len) {
     h->dirty[we] |= me;
 }
 
+/* Calls visit on every dirty word the summary flags; words stay as they are. */
+#define FOR_EACH_FLAGGED_WORD(h, wvar, body)                                    \
+    do {                                                                        \
+        uint64_t nsum_ = ((h)->nblocks + 4095) / 4096;                          \
+        for (uint64_t si_ = 0; si_ < nsum_; si_++)                              \
+            for (uint64_t m_ = (h)->dsum[si_]; m_; m_ &= m_ - 1) {              \
+                uint64_t wvar = si_ * 64 + (uint64_t)__builtin_ctzll(m_);       \
+                body;                                                           \
+            }                                                                   \
+    } while (0)
+
 void tha__clear_dirty(tha_heap_t *h) {
-    memset(h->dirty, 0, ((h->nblocks + 63) / 64) * sizeof(uint64_t));
+    FOR_EACH_FLAGGED_WORD(h, w, h->dirty[w] = 0);
+    memset(h->dsum, 0, ((h->nblocks + 4095) / 4096) * sizeof(uint64_t));
 }
 
 uint64_t tha__count_dirty(const tha_heap_t *h) {
-    uint64_t n = 0, words = (h->nblocks + 63) / 64;
-    for (uint64_t w = 0; w < words; w++) n += (uint64_t)__builtin_popcountll(h->dirty[w]);
+    uint64_t n = 0;
+    FOR_EACH_FLAGGED_WORD(h, w, n += (uint64_t)__builtin_popcountll(h->dirty[w]));
     return n;
 }
 
