@@ -39,6 +39,7 @@ def record(request):
 
 def pytest_terminal_summary(terminalreporter):
     _replication_summary(terminalreporter)
+    _leaks_summary(terminalreporter)
     need = ("memcpy", "snapshot_encode", "snapshot_apply", "delta_encode", "delta_apply")
     if not all(k in RESULTS for k in need):
         return
@@ -74,3 +75,22 @@ def _replication_summary(terminalreporter):
 
     terminalreporter.section("tha replication: ratios against raw loopback TCP, same run")
     br.report(summary, info, out=_Out())
+
+
+def _leaks_summary(terminalreporter):
+    import test_bench_leaks as tbl
+    res = tbl.LEAK_RESULTS
+    if not res:
+        return
+    m = bench.machine()
+    terminalreporter.section("tha leaks: objects/s over %s allocations, same run" % f"{tbl.N:,}")
+    terminalreporter.write(f"machine: {m['cpu']}, {m['cores']} cores, {m['system']}\n")
+    for layout in ("ordered", "shuffled"):
+        walk = res.get((layout, "walk"))
+        for op in ("walk", "leaks_c", "heap.leaks()"):
+            t = res.get((layout, op))
+            if t is None:
+                continue
+            rel = f"{walk / t:6.0%} of walk" if walk else ""
+            terminalreporter.write(f"{layout:<9}{op:<14}{t * 1e3:9.1f} ms "
+                                   f"{tbl.N / t / 1e6:8.1f} M objects/s  {rel}\n")

@@ -9,7 +9,9 @@ from ._ffi import ffi as _ffi, lib as _lib
 from .errors import (CapacityError, ChecksumError, CorruptHeap, Error, Timeout, FrameError,
                      InvalidPointer, NotFound, OSFailure, SchemaError,
                      SchemaMismatch, SequenceError, StaleEpoch, StateError)
+from .durability import LoadReport
 from .heap import Heap, Roots
+from .reach import Leak
 from .schema import Schema
 
 __version__ = "0.1.0"
@@ -21,7 +23,7 @@ def set_threads(n: int) -> None:
     check(_lib.tha_set_threads(n))
 
 __all__ = [
-    "Heap", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
+    "Heap", "Leak", "LoadReport", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
     "CorruptHeap", "Timeout",
     "FrameError", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
     "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError",

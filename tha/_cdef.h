@@ -143,6 +143,17 @@ typedef struct tha_stats {
 int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
 int tha_heap_check(tha_heap_t *h);
 
+/* ---- reachability ---- */
+typedef struct tha_leak {
+    uint64_t offset;
+    uint32_t type_id;
+    uint32_t count;
+    uint64_t bytes;
+} tha_leak_t;
+
+int tha_leaks(tha_heap_t *h, tha_leak_t *out, size_t cap, size_t *n);
+int tha_collect(tha_heap_t *h, uint64_t *bytes_freed);
+
 /* ---- frames ---- */
 enum tha_frame_kind { THA_FRAME_SNAPSHOT, THA_FRAME_DELTA, ... };
 
@@ -176,6 +187,55 @@ uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);
 int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch);
 int tha_set_threads(int n);
 uint64_t tha_heap_epoch_start(const tha_heap_t *h);
+
+/* ---- durability (checkpoint.c) ---- */
+#define THA_FILE_VERSION ...
+#define THA_LOG_FSYNC_ALWAYS ...
+#define THA_LOG_FSYNC_NEVER ...
+typedef void (*tha_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+int tha_heap_checkpoint(tha_heap_t *h, const char *path,
+                        tha_progress_fn progress, void *ctx);
+typedef struct tha_checkpoint_info {
+    uint32_t version;
+    uint64_t fingerprint;
+    uint64_t lineage;
+    uint64_t epoch;
+    uint64_t seq;
+    uint64_t capacity;
+    uint64_t top;
+    uint64_t segments;
+    uint64_t file_bytes;
+} tha_checkpoint_info_t;
+int tha_checkpoint_info(const char *path, tha_checkpoint_info_t *out,
+                        tha_schema_t **schema, char *msg, size_t msgcap);
+typedef struct tha_load_options {
+    tha_schema_t *schema;
+    int tracking;
+    const char *log;
+    tha_progress_fn progress;
+    void *progress_ctx;
+    int check;
+} tha_load_options_t;
+typedef struct tha_load_report {
+    uint64_t checkpoint_seq;
+    uint64_t seq;
+    uint64_t frames_applied;
+    uint64_t frames_skipped;
+    uint64_t log_end;
+    uint64_t log_size;
+    int stop_code;
+    uint64_t stop_offset;
+    uint64_t stop_seq;
+    char msg[256];
+} tha_load_report_t;
+int tha_heap_load(tha_heap_t **out, const char *path,
+                  const tha_load_options_t *opt, tha_load_report_t *report);
+int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_ms);
+int tha_heap_detach_log(tha_heap_t *h);
+int tha_heap_sync_log(tha_heap_t *h);
+int tha_heap_compact(tha_heap_t *h, const char *path,
+                     tha_progress_fn progress, void *ctx);
+extern "Python" void tha_py_progress(void *ctx, uint64_t done, uint64_t total);
 
 /* ---- replication session ---- */
 typedef ... tha_session_t;

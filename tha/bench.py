@@ -303,6 +303,19 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="instead: cost of transparent tracking (diff, wp through "
                    "userfaultfd and mprotect) on a 256 MiB heap against untracked "
                    "writes and memcmp (see tha/bench_tracking.py); --repeat rounds")
+    p.add_argument("--leaks", action="store_true",
+                   help="instead: heap.leaks() over --objects separate allocations "
+                   "(1%% garbage), objects/s against a plain sweep "
+                   "(see tha/bench_leaks.py); --repeat rounds")
+    p.add_argument("--checkpoint", action="store_true",
+                   help="instead: checkpoint() and Heap.load() against a plain "
+                   "sequential write+fsync / cold read of the same bytes to the same "
+                   "disk (see tha/bench_checkpoint.py); --size, --dir, --repeat")
+    p.add_argument("--size", default="256M", metavar="BYTES",
+                   help="with --checkpoint: heap image size (256M, 1G; default 256M)")
+    p.add_argument("--dir", default=None, metavar="DIR",
+                   help="with --checkpoint: directory on the disk to measure "
+                   "(default: the temp directory)")
     p.add_argument("--small", type=int, default=200, metavar="M",
                    help="with --replication: small syncs and ping-pongs per round")
     p.set_defaults(func=run)
@@ -314,6 +327,25 @@ def run(args) -> int:
         print("bench: need --objects >= 2, --repeat >= 1, 0 < --dirty <= 100",
               file=sys.stderr)
         return 2
+    if args.leaks:
+        from . import bench_leaks as bl
+        res = bl.run(args.objects, args.repeat)
+        if args.json:
+            json.dump({**res, "machine": machine()}, sys.stdout, indent=2)
+            print()
+        else:
+            bl.report(res, machine())
+        return 0
+    if getattr(args, "checkpoint", False):
+        from . import bench_checkpoint as bc
+        res = bc.run(bc.parse_size(args.size), min(args.repeat, 3) if args.repeat == 7
+                     else args.repeat, args.dir)
+        if args.json:
+            json.dump(res, sys.stdout, indent=2)
+            print()
+        else:
+            bc.report(res)
+        return 0
     if args.tracking:
         from . import bench_tracking as bt
         res = bt.run(args.repeat)

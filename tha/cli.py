@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import __version__, bench, demo
+from . import __version__, bench, demo, inspect_cli
 from .console import (Console, common_options, parse_addr, parse_duration,
                       print_applied, read_secret, setup_logging)
 from .errors import Error
@@ -78,6 +78,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo.add_parser(sub)
     add_standby_parser(sub)
+    inspect_cli.add_parsers(sub)
     bench.add_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args) or 0

@@ -8,6 +8,7 @@ One lock per heap serialises calls into C (the GIL is released inside them).
 
 from __future__ import annotations
 
+import os
 import threading
 from collections.abc import MutableMapping
 
@@ -24,8 +25,15 @@ _TRACKING_NAMES = {v: k for k, v in _TRACKING.items()}
 class Heap:
     """A tracked region of ``capacity`` bytes holding objects of ``schema``."""
 
+    # durability state (tha/durability.py); class defaults so every way of
+    # making a Heap has them
+    _log_path = None
+    _log_syncer = None
+    _checkpoint_path = None
+    load_report = None  # a tha.LoadReport after Heap.load
+
     def __init__(self, schema: Schema, capacity: int = 64 << 20,
-                 tracking: str = "auto"):
+                 tracking: str = "auto", log=None, fsync: str = "always"):
         if tracking not in _TRACKING:
             raise Error(f"tracking must be one of {sorted(_TRACKING)}, "
                         f"not {tracking!r}")
@@ -36,6 +44,8 @@ class Heap:
         self._h = _cffi.gc(out[0], lib.tha_heap_destroy)
         self._base = int(_cffi.cast("uintptr_t", lib.tha_heap_base(self._h)))
         self.roots = Roots(self)
+        if log is not None:  # a new heap: the log file must be new or empty
+            self.attach_log(log, fsync)
 
     @classmethod
     def _adopt(cls, heap_c, lock, functions=None) -> "Heap":
@@ -73,6 +83,34 @@ class Heap:
         heap = cls(schema, capacity or info.capacity)
         heap.apply(frame)
         return heap
+
+    @classmethod
+    def load(cls, path, *, schema: Schema | None = None, log=None,
+             functions: dict | None = None, tracking: str = "auto",
+             progress=None, check: bool = True) -> "Heap":
+        """A heap restored from a checkpoint file, at whatever address this
+        process maps it. The schema comes from the file; with ``schema`` the
+        file's is compared to it first (SchemaMismatch names the differing
+        field) and the heap uses it (its function bindings). ``log``: a
+        delta log replayed on top up to its first torn, corrupt or
+        out-of-sequence frame; ``heap.load_report`` (a tha.LoadReport) says
+        what was replayed and where it stopped. ``progress(done, total)`` is
+        called as the image streams in. ``check`` runs heap.check() on the
+        result. The log is not attached: call attach_log(log) to continue
+        it (its torn tail is cut then)."""
+        from .durability import load
+        heap = load(cls, path, schema=schema, log=log, functions=functions,
+                    tracking=tracking, progress=progress, check_heap=check)
+        heap._checkpoint_path = path
+        return heap
+
+    def _init_from_c(self, schema: Schema, heap_c) -> None:
+        """Wraps a C heap made by tha_heap_load; the wrapper owns it."""
+        self.schema = schema
+        self._lock = threading.RLock()
+        self._h = _cffi.gc(heap_c, lib.tha_heap_destroy)
+        self._base = int(_cffi.cast("uintptr_t", lib.tha_heap_base(self._h)))
+        self.roots = Roots(self)
 
     # -- plumbing ----------------------------------------------------------
 
@@ -241,6 +279,88 @@ class Heap:
         raises CorruptHeap naming the first problem."""
         with self._lock:
             self._check(lib.tha_heap_check(self._h))
+
+    def leaks(self) -> list:
+        """Every allocation no root reaches, in address order, as
+        ``tha.Leak(type, count, offset, bytes)`` records. Marks from the
+        roots through the relocation tables: any address inside an
+        allocation (``team + 3``, a ``char *`` into a buffer) keeps it;
+        function pointers, integers and cdata held by Python do not."""
+        from .reach import find_leaks
+        with self._lock:
+            return find_leaks(self)
+
+    def collect(self) -> int:
+        """Frees what ``leaks()`` reports, as ``free()`` would (the next
+        delta carries it to mirrors); returns the payload bytes freed.
+        Cdata still held by Python for those objects dangle afterwards."""
+        from .reach import collect
+        with self._lock:
+            return collect(self)
+
+    # -- durability (tha/durability.py, csrc/src/checkpoint.c) -------------
+
+    def checkpoint(self, path, progress=None) -> None:
+        """Writes the heap to ``path`` atomically (temp file, fsync, rename,
+        fsync of the directory): a crash leaves the old file or the new one.
+        Streams the image in ~1 MiB segment frames; ``progress(done, total)``
+        is called after each. Does not touch seq or dirty bits, so
+        replication and the delta log go on as if it had not happened. The
+        heap's lock is held throughout (writers through cdata should pause:
+        the file is a consistent image only if nothing writes meanwhile)."""
+        from .durability import _progress_args
+        cb, ctx, keep = _progress_args(progress)
+        with self._lock:
+            self._check(lib.tha_heap_checkpoint(self._h, os.fsencode(path), cb, ctx))
+            self._checkpoint_path = path
+        del keep
+
+    def attach_log(self, path, fsync: str = "always") -> None:
+        """Appends every frame this heap makes (delta(), snapshot(), an
+        Active's sync) or applies to the delta log at ``path``, before the
+        frame takes effect: a frame the log could not take is not made (the
+        call raises; seq and dirty bits are unchanged; the next call
+        retries). ``fsync``: 'always' (each frame), 'every 100ms' (at most
+        that much is unsynced; a thread syncs an idle log), 'never'. An
+        existing log must end at this heap's seq (as after Heap.load(..,
+        log=path)); its torn tail is cut."""
+        from .durability import LogSyncer, parse_fsync
+        ms = parse_fsync(fsync)
+        with self._lock:
+            self._check(lib.tha_heap_attach_log(self._h, os.fsencode(path), ms))
+            self._log_path = path
+            if ms > 0:
+                self._log_syncer = LogSyncer(self, ms)
+
+    def detach_log(self) -> None:
+        """Syncs and closes the delta log; frames are no longer logged."""
+        with self._lock:
+            syncer, self._log_syncer = self._log_syncer, None
+            self._log_path = None
+            rc = lib.tha_heap_detach_log(self._h)
+        if syncer is not None:
+            syncer.stop()
+        self._check(rc)
+
+    def sync_log(self) -> None:
+        """fdatasync of the frames appended to the log since the last one."""
+        with self._lock:
+            self._check(lib.tha_heap_sync_log(self._h))
+
+    def compact(self, path=None, progress=None) -> None:
+        """Folds the delta log into a checkpoint: checkpoint(path) (default:
+        the last path checkpointed to or loaded from), then the log is
+        replaced atomically by an empty one that follows the new checkpoint."""
+        from .durability import _progress_args
+        path = path if path is not None else self._checkpoint_path
+        if path is None:
+            raise Error("compact: no checkpoint path: pass one (no checkpoint "
+                        "was written or loaded yet)")
+        cb, ctx, keep = _progress_args(progress)
+        with self._lock:
+            self._check(lib.tha_heap_compact(self._h, os.fsencode(path), cb, ctx))
+            self._checkpoint_path = path
+        del keep
 
     def stats(self) -> dict:
         st = _cffi.new("tha_stats_t *")

@@ -298,6 +298,37 @@ THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
  * tha_heap_errmsg. Read-only; O(image size). */
 THA_API int tha_heap_check(tha_heap_t *h);
 
+/* ---- reachability (reach.c) --------------------------------------------- */
+
+/* An allocation no root reaches. */
+typedef struct tha_leak {
+    uint64_t offset;   /* of its first element from the base */
+    uint32_t type_id;
+    uint32_t count;    /* elements */
+    uint64_t bytes;    /* payload: count x element size */
+} tha_leak_t;
+
+/* Marks every allocation reachable from the roots, following each type's
+ * relocation table: every data pointer slot (struct, void, char and other
+ * primitive pointers, in arrays and nested structs) that holds an address
+ * inside a live allocation marks that allocation, interior addresses
+ * included (&team[3], a char * into the middle of a buffer). Function-
+ * pointer slots and integer fields are never references; a pointer to freed
+ * memory, to metadata or one past the end of its allocation reaches nothing.
+ * Writes the first cap unreachable allocations, in address order, to out
+ * (NULL with cap 0 only counts) and their total number to *n, which may
+ * exceed cap: call again with a larger array. Iterative (no recursion);
+ * O(live objects + pointer slots of reachable ones); the mark bitmap
+ * (top / 128 bytes) and worklist live outside the region and are freed
+ * before returning. Read-only: may run while nothing writes the heap. */
+THA_API int tha_leaks(tha_heap_t *h, tha_leak_t *out, size_t cap, size_t *n);
+/* Frees every allocation tha_leaks would report, through tha_heap_free (so
+ * dirty bits, the pointer map and the next delta carry it to mirrors), and
+ * sets *bytes_freed (may be NULL) to the payload bytes freed. Pointers held
+ * by the application outside the heap are not roots: what they point to is
+ * freed if no root reaches it. */
+THA_API int tha_collect(tha_heap_t *h, uint64_t *bytes_freed);
+
 /* ---- frames ------------------------------------------------------------ */
 
 enum tha_frame_kind { THA_FRAME_SNAPSHOT = 1, THA_FRAME_DELTA = 2 };
@@ -346,6 +377,125 @@ THA_API int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
  * where the epoch began. epoch must be greater than the current one. */
 THA_API int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch);
 THA_API uint64_t tha_heap_epoch_start(const tha_heap_t *h);
+
+/* ---- durability: checkpoints and the delta log (checkpoint.c) --------- */
+
+/* Files are little-endian and versioned (THA_FILE_VERSION); the image and
+ * the log travel as the same frames as on the wire. See
+ * docs/architecture.md, "Durability".
+ *
+ * Threads: every call below works on one heap and is serialised with every
+ * other call on that heap, like the rest of the heap API. */
+
+#define THA_FILE_VERSION 1
+
+/* Called after each piece of a streamed image: done of total image bytes.
+ * Runs on the calling thread, inside the call that was given it. */
+typedef void (*tha_progress_fn)(void *ctx, uint64_t done, uint64_t total);
+
+/* Writes the heap to path atomically: a temp file beside it, fsync, rename
+ * over path, fsync of the directory; a crash leaves the old file or the new
+ * one. The file holds a header (identity, seq, epoch, capacity, top), the
+ * schema, which blocks are dirty, the image as segment frames streamed one
+ * ~1 MiB piece at a time (no second copy of the image), and a trailer with
+ * a checksum of everything. Dirty bits and seq are untouched (in diff and
+ * wp modes the heap's pending changes are collected into dirty bits, which
+ * the next delta carries as before), so replication is not disturbed.
+ * progress may be NULL. THA_EFOREIGN as for encode; -errno for I/O. */
+THA_API int tha_heap_checkpoint(tha_heap_t *h, const char *path,
+                                tha_progress_fn progress, void *ctx);
+
+typedef struct tha_checkpoint_info {
+    uint32_t version;      /* THA_FILE_VERSION of the file */
+    uint64_t fingerprint;  /* of the schema it carries */
+    uint64_t lineage;
+    uint64_t epoch;
+    uint64_t seq;          /* of the heap when written */
+    uint64_t capacity;
+    uint64_t top;          /* image bytes */
+    uint64_t segments;
+    uint64_t file_bytes;
+} tha_checkpoint_info_t;
+
+/* Reads a checkpoint's header (and, with schema non-NULL, the schema it
+ * carries: a new sealed schema, functions unbound; release it) without
+ * reading the image. Detail of a failure in msg. */
+THA_API int tha_checkpoint_info(const char *path, tha_checkpoint_info_t *out,
+                                tha_schema_t **schema, char *msg, size_t msgcap);
+
+/* All zero (or a NULL pointer) selects every default. */
+typedef struct tha_load_options {
+    tha_schema_t *schema;     /* NULL: the one the file carries (functions
+                                 unbound). Else compared with the file's:
+                                 THA_EMISMATCH names the differing field;
+                                 the heap then uses this one (its bindings) */
+    int tracking;             /* enum tha_tracking of the new heap */
+    const char *log;          /* delta log to replay on top; NULL: none */
+    tha_progress_fn progress; /* while the image streams in; NULL: none */
+    void *progress_ctx;
+    int check;                /* 1: tha_heap_check the result before
+                                 returning it (O(image)) */
+} tha_load_options_t;
+
+/* What a load did. On failure only msg is meaningful. */
+typedef struct tha_load_report {
+    uint64_t checkpoint_seq;  /* seq of the checkpoint */
+    uint64_t seq;             /* seq of the heap returned */
+    uint64_t frames_applied;  /* log frames replayed */
+    uint64_t frames_skipped;  /* log frames the checkpoint already held */
+    uint64_t log_end;         /* offset just past the last good frame */
+    uint64_t log_size;        /* bytes in the log file */
+    int stop_code;            /* 0: the whole log was good; else why replay
+                                 stopped (THA_EFRAME torn, THA_ECHECKSUM
+                                 corrupt, THA_ESEQ gap or another series) */
+    uint64_t stop_offset;     /* where it stopped (the frame's first byte) */
+    uint64_t stop_seq;        /* the seq of that frame, 0 if unreadable */
+    char msg[256];            /* the stop, or the load's failure, in words */
+} tha_load_report_t;
+
+/* A new heap (at an address of the system's choosing) from a checkpoint:
+ * checks the format version, the header, schema and trailer checksums,
+ * every segment (checksums, identity, order, pointers) and the checksum of
+ * the whole file, then (opt->log) replays the log's valid prefix: frames at
+ * or below the checkpoint's seq are skipped, each next delta is applied,
+ * and replay stops at the first torn, corrupt or out-of-sequence frame,
+ * reporting where in *report (may be NULL). A stopped replay is not a
+ * failure: the heap holds the last good state. The loaded heap is at the
+ * checkpoint's (or last replayed frame's) seq, lineage and epoch, so it
+ * continues the same frame series; blocks that were dirty when the
+ * checkpoint was written are dirty again. Returns 0 with *out set, or an
+ * error with *out NULL and the detail in report->msg. */
+THA_API int tha_heap_load(tha_heap_t **out, const char *path,
+                          const tha_load_options_t *opt, tha_load_report_t *report);
+
+#define THA_LOG_FSYNC_ALWAYS 0    /* fdatasync after every frame */
+#define THA_LOG_FSYNC_NEVER (-1)  /* leave it to the kernel */
+
+/* Appends every frame the heap encodes (tha_heap_encode, hence
+ * tha_backlog_encode and tha_net_sync) or applies (tha_heap_apply) to the
+ * log at path, before the frame takes effect. fsync_ms: THA_LOG_FSYNC_ALWAYS,
+ * THA_LOG_FSYNC_NEVER, or N > 0: an fdatasync at the first append N ms or
+ * more after the last one (tha_heap_sync_log forces one).
+ * A new or empty file gets a log header; an existing log must end at the
+ * heap's seq and lineage (as after tha_heap_load of it): its torn tail, if
+ * any, is cut; otherwise THA_ESEQ.
+ * Append failure rule: a frame is made only once it is in the log. If the
+ * write (or the fsync the policy asks for) fails, encode/apply fail with
+ * that error (-ENOSPC, -EIO), the heap is unchanged (seq, dirty bits) and
+ * the log is cut back, so the next call retries. After a failed fsync, or
+ * a cut that fails, the log is broken: every encode/apply fails with
+ * THA_ESTATE until tha_heap_compact or tha_heap_detach_log.
+ * A snapshot of another frame series applied to the heap restarts the log
+ * at that snapshot. The heap owns the log until detach or destroy. */
+THA_API int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_ms);
+/* Syncs and closes the log. */
+THA_API int tha_heap_detach_log(tha_heap_t *h);
+/* fdatasync of what was appended since the last one (no-op if nothing). */
+THA_API int tha_heap_sync_log(tha_heap_t *h);
+/* Folds the log into a checkpoint: tha_heap_checkpoint(path), then the log
+ * is replaced atomically by an empty one that follows the heap's seq. */
+THA_API int tha_heap_compact(tha_heap_t *h, const char *path,
+                             tha_progress_fn progress, void *ctx);
 
 /* ---- replication session (sans-I/O) ----------------------------------- */
 

@@ -118,6 +118,7 @@ fail:
 void tha_heap_destroy(tha_heap_t *h) {
     if (!h) return;
     tha__wp_close(h); /* before the unmap: the signal handler forgets it */
+    tha__log_close(h);
     if (h->base) munmap(h->base, h->capacity);
     if (h->shadow) munmap(h->shadow, h->capacity);
     free(h->dirty);

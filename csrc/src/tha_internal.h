@@ -207,6 +207,7 @@ struct tha_heap {
     uint64_t lineage;       /* random at create; taken from applied snapshots */
     int tracking;
     uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;
+    struct tha__log *log;   /* attached delta log (checkpoint.c); NULL = none */
     char err[256];
 };
 
@@ -328,6 +329,16 @@ uint32_t tha__crc32c_shift(uint32_t crc, uint64_t len);
 uint32_t tha__crc32c_raw(uint32_t raw, const void *buf, size_t len);
 /* The same through the tables only (tests compare it with the fast path). */
 uint32_t tha__crc32c_sw(uint32_t raw, const void *buf, size_t len);
+
+/* ---- durability (checkpoint.c) ---------------------------------------- */
+
+typedef struct tha__log tha__log_t;
+/* Appends a frame the heap is about to commit (encode) or apply to its log,
+ * with the log's fsync policy. On failure the log is cut back to where it
+ * was and the caller must not commit the frame (the detail is in h->err). */
+int tha__log_append(tha_heap_t *h, const void *frame, size_t len);
+/* Syncs and closes h's log, if any (tha_heap_destroy). */
+void tha__log_close(tha_heap_t *h);
 
 /* ---- backlog (backlog.c) --------------------------------------------- */
 
