@@ -89,13 +89,6 @@ def test_ack_none_and_received(schema):
         assert sb.heap.dump() == heap.dump()
 
 
-def test_persisted_is_refused_until_logs_exist(schema):
-    heap = tha.Heap(schema, capacity=8 << 20)
-    with Standby() as sb, Active(heap, [sb.address]) as act:
-        with pytest.raises(tha.Error, match="persisted"):
-            act.sync(ack="persisted")
-
-
 def test_wrong_secret_is_refused_and_state_untouched(schema, caplog):
     caplog.set_level(logging.INFO, logger="tha")
     heap = tha.Heap(schema, capacity=8 << 20)

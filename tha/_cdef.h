@@ -233,6 +233,7 @@ int tha_heap_load(tha_heap_t **out, const char *path,
 int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_ms);
 int tha_heap_detach_log(tha_heap_t *h);
 int tha_heap_sync_log(tha_heap_t *h);
+int tha_heap_log_policy(const tha_heap_t *h, int64_t *fsync_ms);
 int tha_heap_compact(tha_heap_t *h, const char *path,
                      tha_progress_fn progress, void *ctx);
 extern "Python" void tha_py_progress(void *ctx, uint64_t done, uint64_t total);
@@ -310,6 +311,7 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms);
 int tha_session_pump(tha_session_t *s, int ack);
 int tha_session_event(tha_session_t *s, tha_event_t *ev);
 tha_heap_t *tha_session_take_heap(tha_session_t *s);
+int tha_session_persisted(tha_session_t *s, uint64_t seq);
 int tha_session_fence(tha_session_t *s, uint64_t epoch);
 int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
 

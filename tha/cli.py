@@ -20,6 +20,13 @@ line per frame applied. The first line of output is `listening HOST:PORT`
 (useful with port 0). With --promote-after it promotes itself when the
 active has been silent that long: the epoch goes up and the old active is
 fenced. SIGTERM or SIGINT close it cleanly (exit 0).
+
+With --save FILE it keeps what it mirrors on disk: a checkpoint after each
+bulk sync, every --save-every seconds and on SIGTERM/SIGINT; with --log
+also a delta log of every frame (fsync policy --fsync), which lets the
+active wait for ack="persisted". Started again with the same files, it
+loads them and the active resumes it from its backlog (only what it
+missed) instead of a full bulk sync.
 """
 
 
@@ -34,6 +41,16 @@ def add_standby_parser(sub):
                    help="promote after the active is silent this long (1s, 500ms, 2)")
     p.add_argument("--quiet", action="store_true",
                    help="no line per applied frame")
+    p.add_argument("--save", metavar="FILE",
+                   help="checkpoint file: load it at start if it exists, write "
+                        "it after bulk syncs, every --save-every and on exit")
+    p.add_argument("--log", metavar="FILE",
+                   help="delta log beside --save (needed for ack='persisted')")
+    p.add_argument("--save-every", type=parse_duration, default=30.0, metavar="T",
+                   help="checkpoint (with --log: compact) this often (default 30s)")
+    p.add_argument("--fsync", default="always",
+                   help="log fsync policy: always, 'every 100ms', never "
+                        "(default always)")
     p.set_defaults(func=run_standby)
     return p
 
@@ -46,14 +63,22 @@ def run_standby(args) -> int:
     console = Console()
     console.install_signals()
     on_applied = None if args.quiet else print_applied(console)
+    if args.log and not args.save:
+        console.say("python -m tha standby: error: --log needs --save", err=True)
+        return 2
     try:
         sb = Standby(listen=args.listen, secret=secret,
-                     promote_after=args.promote_after, on_applied=on_applied)
+                     promote_after=args.promote_after, on_applied=on_applied,
+                     save=args.save, log=args.log, fsync=args.fsync,
+                     save_every=args.save_every if args.save else None)
     except (Error, OSError) as e:
         console.say(f"python -m tha standby: error: {e}", err=True)
         return 2
+    close_error = None
     try:
         console.say("listening %s:%d" % tuple(sb.address))
+        if sb.load_report is not None:
+            console.say(f"loaded {args.save}: {sb.load_report}")
         announced = False
         while not console.stop.is_set():
             console.pump(0.1)
@@ -65,7 +90,15 @@ def run_standby(args) -> int:
                             "old actives are fenced")
         console.flush()
     finally:
-        sb.close()
+        try:
+            sb.close()  # with --save: the last checkpoint
+        except Error as e:
+            close_error = e
+    if close_error is not None:
+        console.say(f"python -m tha standby: closing: {close_error}", err=True)
+        return 1
+    if args.save:
+        console.say(f"saved seq {sb.applied_seq} to {args.save}")
     console.say("standby closed")
     return 0
 

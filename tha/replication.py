@@ -17,8 +17,13 @@ Ack levels, weakest first (compare DRBD protocols A/B/C and PostgreSQL
   nodes die before it is applied.
 * ``"applied"`` — the standby applied it to its live heap: a failover now
   resumes from this state.
-* ``"persisted"`` — the standby fsync'd it to its delta log (needs the
-  durability layer; refused until then).
+* ``"persisted"`` — the standby has it on disk: in its fsync'd delta log,
+  or in a checkpoint it wrote after a bulk sync. Only a standby that keeps a
+  log (``Standby(save=..., log=...)``) ever acks this level; with its log's
+  fsync policy ``"always"`` the ack comes with the apply, with ``"every N
+  ms"`` after the next fsync (at most N ms later), with ``"never"`` after its
+  next checkpoint (``save_every``). A sync waiting for a standby without a
+  log times out naming it.
 
 ``sync()`` never downgrades: if the required standbys do not answer within
 ``timeout`` it raises :class:`SyncTimeout`. An application holds its replies
@@ -44,6 +49,7 @@ from .heap import Heap
 from .schema import Schema
 
 log = logging.getLogger("tha")
+_logger = log  # for Standby.__init__, whose log= parameter shadows it
 
 ACK_LEVELS = {"none": lib.THA_ACK_NONE, "received": lib.THA_ACK_RECEIVED,
               "applied": lib.THA_ACK_APPLIED, "persisted": lib.THA_ACK_PERSISTED}
@@ -288,6 +294,8 @@ class _Conn:
         return {"peer": self.peer, "state": _STATES.get(st.state, str(st.state)),
                 "peer_seq": st.peer_seq, "sent_seq": st.sent_seq,
                 "acked_received": st.acked[1], "acked_applied": st.acked[2],
+                "acked_persisted": st.acked[3],
+                "resumed": getattr(self, "resumed", None),
                 "bytes_in": st.bytes_in, "bytes_out": st.bytes_out,
                 "bulk_done": st.bulk_done, "bulk_total": st.bulk_total}
 
@@ -403,6 +411,16 @@ class Standby(_Node):
     called, under the heap's lock, each time the live heap moves: after a
     delta (``bulk`` False, ``nbytes`` its size) or when a bulk sync goes
     live at ``seq`` (``bulk`` True, ``nbytes`` the image size). Keep it short.
+
+    On disk: ``save`` — a checkpoint file; ``log`` — a delta log beside it
+    (fsync policy ``fsync``: "always", "every N ms", "never"). If ``save``
+    exists at start, the standby starts from it (``Heap.load(save,
+    log=log)``, then the log is attached again), so the active resumes it
+    from its backlog instead of a bulk sync. The state is checkpointed every
+    ``save_every`` seconds (with a log: compaction, checkpoint + fresh
+    log), after each bulk sync (checkpoint + fresh log, before it is acked
+    persisted) and on ``close()``. Only a standby with ``log`` acks
+    ``ack="persisted"``.
     """
 
     role_name = "standby"
@@ -410,27 +428,52 @@ class Standby(_Node):
     def __init__(self, listen=("127.0.0.1", 0), secret: bytes | None = None,
                  heap: Heap | None = None, promote_after: float | None = None,
                  heartbeat: float = 0.2, timeout: float = 2.0, ssl_context=None,
-                 functions: dict | None = None, on_applied=None):
+                 functions: dict | None = None, on_applied=None,
+                 save=None, log=None, fsync: str = "always",
+                 save_every: float | None = None):
         _check_listen(listen[0], secret)
+        if log is not None and save is None:
+            raise Error("Standby: log= needs save= (the checkpoint the log follows)")
+        if save_every is not None and save_every <= 0:
+            raise Error(f"Standby: save_every must be > 0 seconds, not {save_every}")
         super().__init__(secret, heartbeat, timeout, ssl_context)
+        self.save = None if save is None else os.fspath(save)
+        self.log_path = None if log is None else os.fspath(log)
+        self.fsync = fsync
+        self.save_every = save_every
+        self.functions = functions or {}
+        self.load_report = None   # a tha.LoadReport when resumed from disk
+        self.bulk_syncs = 0       # bulk syncs begun (SNAP_BEGIN received)
+        self._last_save = time.monotonic()
+        self._saved_seq = None
+        from_disk = False
+        if self.save is not None:
+            if self.log_path is not None:
+                from .durability import parse_fsync
+                parse_fsync(fsync)  # a bad policy fails here, not at the first bulk
+            given = heap
+            heap = self._open_disk(heap)
+            from_disk = heap is not None and given is None
+            if heap is not None:
+                self._saved_seq = heap.stats()["seq"] if given is not None else None
         self.heap = heap
         self._lock = heap._lock if heap else threading.RLock()
         self.cond = threading.Condition(self._lock)
         self.promote_after = promote_after
-        self.functions = functions or {}
         self.on_applied = on_applied
         self.promoted_epoch = None
         self.applied_seq = heap.stats()["seq"] if heap else 0
         self.bulk = (0, 0)
         self._last_active = time.monotonic()
-        self._ever_synced = heap is not None
+        # a state from disk may be stale: promote only after an active was seen
+        self._ever_synced = heap is not None and not from_disk
         self._listener = socket.create_server(listen, reuse_port=False)
         self.address = self._listener.getsockname()[:2]
         self._accepting = threading.Thread(target=self._accept, daemon=True,
                                            name="tha-accept")
         self._accepting.start()
         self.ticker.start()
-        log.info("standby listening on %s:%d", *self.address)
+        _logger.info("standby listening on %s:%d", *self.address)
 
     def _accept(self) -> None:
         while not self._stopping:
@@ -467,6 +510,8 @@ class Standby(_Node):
             log.info("standby: active %s connected (its seq %d, ours %d)",
                      conn.peer, ev.seq, ev.a)
             self._last_active = time.monotonic()
+            if self.heap is not None:  # a state from disk counts once an active is seen
+                self._ever_synced = True
             for other in list(self.conns):  # one active at a time: the newest
                 if other is not conn:
                     other.close()
@@ -477,6 +522,7 @@ class Standby(_Node):
                 self.on_applied(ev.seq, ev.a, False)
         elif t == lib.THA_EV_BULK_BEGIN:
             self.bulk = (0, ev.a)
+            self.bulk_syncs += 1
             log.info("standby: bulk sync from %s: %d bytes", conn.peer, ev.a)
         elif t == lib.THA_EV_BULK_PROGRESS:
             self.bulk = (ev.a, ev.b)
@@ -486,6 +532,13 @@ class Standby(_Node):
             self.applied_seq = ev.seq
             self._ever_synced = True
             log.info("standby: bulk sync done, live at seq %d", ev.seq)
+            if self.save is not None:  # the disk follows the new state
+                try:
+                    self._rebase()
+                    self._persisted(self.heap.stats()["seq"])
+                except Error as e:  # the mirror goes on; persisted acks stop
+                    log.error("standby: cannot write the new state to %s: %s",
+                              self.save, e)
             if self.on_applied is not None:
                 self.on_applied(ev.seq, ev.a, True)
         elif t == lib.THA_EV_HEARTBEAT:
@@ -500,9 +553,90 @@ class Standby(_Node):
         """Wraps the heap a bulk sync built; it shares this node's lock."""
         if self.heap is not None and self.heap._h == heap_c:
             return
+        old = self.heap
+        if old is not None and old._log_path is not None:
+            old.detach_log()  # the files stay as they are until _rebase
         self.heap = Heap._adopt(heap_c, self._lock, self.functions)
 
+    # -- on disk (save=, log=) -------------------------------------------
+
+    def _open_disk(self, heap) -> Heap | None:
+        """At start: the state saved by an earlier run, if any, with its log
+        attached again; else ``heap``, written to disk at once."""
+        if not os.path.exists(self.save):
+            if heap is not None:
+                self._rebase(heap)
+            return heap
+        if heap is not None:
+            raise Error(f"Standby: {self.save} exists; pass heap= or a save "
+                        "file to resume from, not both")
+        use_log = self.log_path if (self.log_path is not None
+                                    and os.path.exists(self.log_path)) else None
+        heap = Heap.load(self.save, log=use_log, functions=self.functions)
+        self.load_report = heap.load_report
+        log.info("standby: resuming from %s: %s", self.save, heap.load_report)
+        if self.log_path is not None:
+            try:
+                if use_log is None:
+                    raise Error("no log yet")
+                heap.attach_log(self.log_path, self.fsync)
+            except Error as e:  # not a continuation of this state: start over
+                log.info("standby: starting a fresh log %s (%s)", self.log_path, e)
+                self._rebase(heap)
+        return heap
+
+    def _rebase(self, heap=None) -> None:
+        """Under the lock: puts the current state on disk and restarts the
+        log from it. Order (so the files always hold a real state): the
+        checkpoint replaces the old one atomically first; the old log may
+        then still sit beside it (load skips or stops at its frames); then
+        the old log is removed and a fresh one (header at this seq) made."""
+        heap = heap if heap is not None else self.heap
+        if heap._log_path is not None:  # a continuation: compaction is atomic
+            heap.compact(self.save)
+            return
+        heap.checkpoint(self.save)
+        if self.log_path is not None:
+            try:
+                os.unlink(self.log_path)
+            except FileNotFoundError:
+                pass
+            heap.attach_log(self.log_path, self.fsync)
+
+    def _persisted(self, seq: int) -> None:
+        """Under the lock: the state through seq is on disk (checkpoint plus
+        fresh log): the active may count it as persisted."""
+        if self.log_path is None:
+            return  # no log, no persisted acks (documented)
+        for c in self.conns:
+            if c.s is not None and not c.closed:
+                lib.tha_session_persisted(c.s, seq)
+                c.flush()
+
+    def checkpoint(self) -> None:
+        """Writes the mirrored state to ``save`` now (with a log: compaction,
+        checkpoint + fresh log) and acks it as persisted."""
+        with self.cond:
+            self._save_locked()
+
+    def _save_locked(self) -> None:
+        self._last_save = time.monotonic()
+        if self.save is None or self.heap is None:
+            return
+        seq = self.heap.stats()["seq"]
+        if seq == self._saved_seq and os.path.exists(self.save):
+            return
+        self._rebase()
+        self._saved_seq = seq
+        self._persisted(seq)
+
     def _on_tick(self) -> None:
+        if (self.save_every is not None and self.save is not None
+                and time.monotonic() - self._last_save >= self.save_every):
+            try:
+                self._save_locked()
+            except Error as e:
+                log.error("standby: checkpoint to %s failed: %s", self.save, e)
         if (self.promote_after is not None and self.promoted_epoch is None
                 and self._ever_synced
                 and time.monotonic() - self._last_active > self.promote_after):
@@ -554,7 +688,8 @@ class Standby(_Node):
                     "address": self.address, "epoch": st.get("epoch", 0),
                     "applied_seq": self.applied_seq,
                     "peers": [c.status() for c in self.conns if c.s is not None],
-                    "bulk": self.bulk}
+                    "bulk": self.bulk, "bulk_syncs": self.bulk_syncs,
+                    "save": self.save, "log": self.log_path}
 
     def close(self) -> None:
         self._stopping = True
@@ -565,6 +700,13 @@ class Standby(_Node):
         self._listener.close()
         self._accepting.join(5)
         self._close_all()
+        if self.save is not None and self.heap is not None:
+            with self.cond:  # the last state on disk (also on SIGTERM via the CLI)
+                try:
+                    self._save_locked()
+                finally:
+                    if not self.promoted and self.heap._log_path is not None:
+                        self.heap.detach_log()
 
 
 class Active(_Node):
@@ -642,6 +784,7 @@ class Active(_Node):
         t = ev.type
         msg = _cffi.string(ev.msg).decode(errors="replace")
         if t == lib.THA_EV_READY:
+            conn.resumed = bool(ev.b)
             log.info("active: standby %s ready at seq %d (%s)", conn.peer, ev.seq,
                      "resuming" if ev.b else "bulk sync")
         elif t == lib.THA_EV_FENCED:
@@ -666,9 +809,6 @@ class Active(_Node):
         ack = ack or self.ack
         if ack not in ACK_LEVELS:
             raise Error(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
-        if ack == "persisted":
-            raise Error("ack='persisted' needs standby delta logs, which this "
-                        "version does not have yet; use 'applied'")
         level = ACK_LEVELS[ack]
         timeout = self.sync_timeout if timeout is None else timeout
         with self.cond:
@@ -718,10 +858,20 @@ class Active(_Node):
             if left <= 0:
                 missing = [f"{a[0]}:{a[1]}" for a in self.standbys
                            if f"{a[0]}:{a[1]}" not in acked]
+                hint = ""
+                if level == lib.THA_ACK_PERSISTED:
+                    applied = [c.peer for c in self.conns if c.s is not None
+                               and c.acked(lib.THA_ACK_APPLIED) >= seq
+                               and c.peer in missing]
+                    if applied:
+                        hint = (f" ({', '.join(applied)} applied it but did not "
+                                "persist it: a standby acks 'persisted' only if it "
+                                "keeps a delta log, Standby(save=..., log=...) or "
+                                "--log)")
                 raise SyncTimeout(
                     f"seq {seq}: {len(acked)} of {self.ack_quorum} required "
                     f"standbys acknowledged '{ack}' within {timeout}s; "
-                    f"missing: {', '.join(missing)}")
+                    f"missing: {', '.join(missing)}{hint}")
             wait = min(left, 0.05)
             fds = [c for c in self.conns if c.owner and not c.closed
                    and not c.reading and c.s is not None]

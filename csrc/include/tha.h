@@ -492,6 +492,10 @@ THA_API int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_m
 THA_API int tha_heap_detach_log(tha_heap_t *h);
 /* fdatasync of what was appended since the last one (no-op if nothing). */
 THA_API int tha_heap_sync_log(tha_heap_t *h);
+/* 1 with *fsync_ms (may be NULL) set to its policy if h has a working log
+ * attached (not broken), else 0. A replication standby asks this to know
+ * when an applied frame is in its fsync'd log (ack "persisted"). */
+THA_API int tha_heap_log_policy(const tha_heap_t *h, int64_t *fsync_ms);
 /* Folds the log into a checkpoint: tha_heap_checkpoint(path), then the log
  * is replaced atomically by an empty one that follows the heap's seq. */
 THA_API int tha_heap_compact(tha_heap_t *h, const char *path,
@@ -524,7 +528,7 @@ enum tha_ack {
     THA_ACK_NONE = 0,     /* queued for sending */
     THA_ACK_RECEIVED = 1, /* in the standby's memory, not yet applied */
     THA_ACK_APPLIED = 2,  /* applied to the standby's live heap */
-    THA_ACK_PERSISTED = 3 /* in the standby's fsync'd log (durability issue) */
+    THA_ACK_PERSISTED = 3 /* in the standby's fsync'd log (or checkpoint) */
 };
 
 /* HMAC-SHA256 of data with the shared secret, computed by the driver. */
@@ -576,7 +580,8 @@ typedef struct tha_session_status {
     uint64_t peer_node;
     uint64_t peer_seq;   /* last seq the peer reported */
     uint64_t sent_seq;   /* active: last frame queued to this peer */
-    uint64_t acked[4];   /* active: highest seq acked per enum tha_ack */
+    uint64_t acked[4];   /* active: highest seq acked per enum tha_ack;
+                            standby: [2] last applied, [3] last acked persisted */
     uint64_t bytes_in, bytes_out;
     uint64_t bulk_done, bulk_total; /* bytes of the current bulk sync */
     uint64_t last_heard_ms;
@@ -632,6 +637,13 @@ THA_API int tha_session_event(tha_session_t *s, tha_event_t *ev);
  * THA_EV_BULK_DONE the caller takes ownership of the new heap with this
  * call; the session keeps using it until destroyed. */
 THA_API tha_heap_t *tha_session_take_heap(tha_session_t *s);
+/* Standby: the driver made the live heap durable through seq by other
+ * means than the log (a checkpoint with a fresh log after a bulk sync, a
+ * compaction): acknowledge "persisted" up to seq (capped at the last seq
+ * this session applied or went live at). Frames applied to a heap whose
+ * log fsyncs "always" are acked persisted by the session itself; with
+ * "every N ms" tha_session_tick syncs the log every N ms and acks. */
+THA_API int tha_session_persisted(tha_session_t *s, uint64_t seq);
 /* Refuses the peer (standby: the active after a promotion) with a fencing
  * message carrying the epoch, then closes. */
 THA_API int tha_session_fence(tha_session_t *s, uint64_t epoch);
@@ -721,7 +733,8 @@ THA_API int tha_net_reconnect(tha_net_t *n);
  * queued, nothing is downgraded. THA_ECLOSED or -errno: the connection is
  * gone; the frame stays in the backlog for tha_net_reconnect.
  * THA_EFENCED: a standby was promoted; this and every later call fail.
- * THA_EINVAL for THA_ACK_PERSISTED (no standby delta logs yet).
+ * THA_ACK_PERSISTED waits for a standby that keeps a delta log (one that
+ * keeps none never acknowledges it: THA_ETIMEOUT).
  * An encode failure (THA_EFOREIGN) changes nothing. */
 THA_API int tha_net_sync(tha_net_t *n, int ack, uint32_t timeout_ms, uint64_t *seq);
 /* Either role: serves the connection for wait_ms (heartbeats, acks,

@@ -12,10 +12,12 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -605,6 +607,273 @@ static int replay(tha_heap_t *h, const char *path, tha_load_report_t *rep) {
     return 0;
 }
 
+/* ---- load: segments --------------------------------------------------- */
+
+/* Segment i's place: its first block, blocks, and head (frame header, run
+ * header, mask) bytes. */
+static void seg_geometry(const ckpt_hdr_t *hd, uint64_t next_block, uint64_t *want,
+                         uint64_t *head) {
+    uint64_t top_blocks = hd->top / THA__BLOCK;
+    *want = top_blocks - next_block < hd->segment_blocks ? top_blocks - next_block
+                                                         : hd->segment_blocks;
+    *head = THA_FRAME_HEADER_SIZE + sizeof(tha__run_t) + tha__align_up(*want, 8);
+}
+
+/* The head of the segment expected at next_block: frame header sane, and
+ * the segment the file header says comes there. */
+static int seg_head_ok(const ckpt_hdr_t *hd, const uint8_t *head, uint64_t want,
+                       uint64_t next_block, tha__frame_hdr_t *fh, char *why,
+                       size_t cap) {
+    int rc = frame_hdr_ok(head, fh, why, cap);
+    if (rc) return rc;
+    tha__run_t run;
+    memcpy(&run, head + THA_FRAME_HEADER_SIZE, sizeof run);
+    uint64_t len = THA_FRAME_HEADER_SIZE + sizeof run + tha__align_up(want, 8) +
+                   want * THA__BLOCK;
+    if (fh->kind != THA__FRAME_SEGMENT || fh->length != len || fh->seq != hd->seq ||
+        fh->epoch != hd->epoch || fh->top != hd->top || fh->capacity != hd->capacity ||
+        fh->nruns != 1 || fh->nblocks != want || run.offset != next_block * THA__BLOCK ||
+        run.nblocks != want)
+        return tha__fail(why, cap, THA_EFRAME, "not the segment expected there (blocks "
+                         "%llu..%llu of seq %llu)", (unsigned long long)next_block,
+                         (unsigned long long)(next_block + want),
+                         (unsigned long long)hd->seq);
+    return 0;
+}
+
+/* Load's reader thread: reads segment i's head into slot i % READ_SLOTS and
+ * its data straight into the heap at the segment's offset, up to
+ * READ_SLOTS segments ahead of the loader, which verifies and rebases each
+ * in place (the heap is nobody's until load returns). One copy of each
+ * byte (page cache to heap), and the disk, the copy and the verify overlap. */
+#define READ_SLOTS 4
+typedef struct reader {
+    int fd;
+    tha_heap_t *h;
+    const ckpt_hdr_t *hd;
+    uint64_t pos0, size; /* file offset of segment 0; file size */
+    uint8_t *slots;      /* READ_SLOTS heads of slot_cap bytes */
+    size_t slot_cap;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    uint64_t nread, nused; /* segments read / verified */
+    int stop, failed;      /* loader gave up / segment nread unreadable */
+    int err;               /* -errno, or THA_EFRAME for a short read */
+} reader_t;
+
+static void *reader_main(void *arg) {
+    reader_t *R = arg;
+    const ckpt_hdr_t *hd = R->hd;
+    uint64_t pos = R->pos0, ahead = pos, next_block = 0;
+    for (uint64_t i = 0; i < hd->nsegments; i++) {
+        pthread_mutex_lock(&R->mu);
+        while (!R->stop && R->nread - R->nused >= READ_SLOTS)
+            pthread_cond_wait(&R->cv, &R->mu);
+        int stop = R->stop;
+        pthread_mutex_unlock(&R->mu);
+        if (stop) break;
+        uint64_t want, head;
+        seg_geometry(hd, next_block, &want, &head);
+        uint8_t *data = R->h->base + next_block * THA__BLOCK;
+        size_t dlen = want * THA__BLOCK;
+        /* keep the disk READ_AHEAD bytes ahead of the segment being read */
+        if (ahead < pos + READ_AHEAD / 2 && ahead < R->size) {
+            posix_fadvise(R->fd, (off_t)ahead, READ_AHEAD, POSIX_FADV_WILLNEED);
+            ahead += READ_AHEAD;
+        }
+        struct iovec iov[2] = {{R->slots + (i % READ_SLOTS) * R->slot_cap, head},
+                               {data, dlen}};
+        int err = 0;
+        uint64_t off = pos;
+        for (int k = 0; k < 2 && !err;) {
+            ssize_t n = preadv(R->fd, iov + k, 2 - k, (off_t)off);
+            if (n < 0 && errno == EINTR) continue;
+            if (n <= 0) {
+                err = n < 0 ? -errno : THA_EFRAME;
+                break;
+            }
+            off += (uint64_t)n;
+            size_t m = (size_t)n; /* skip what was filled, resume mid-piece */
+            while (k < 2 && m >= iov[k].iov_len) m -= iov[k++].iov_len;
+            if (k < 2) {
+                iov[k].iov_base = (uint8_t *)iov[k].iov_base + m;
+                iov[k].iov_len -= m;
+            }
+        }
+        pthread_mutex_lock(&R->mu);
+        if (err) {
+            R->failed = 1;
+            R->err = err;
+        } else {
+            R->nread++;
+        }
+        pthread_cond_broadcast(&R->cv);
+        pthread_mutex_unlock(&R->mu);
+        if (err) break;
+        pos += head + dlen;
+        next_block += want;
+    }
+    return NULL;
+}
+
+/* Reads, verifies and applies every segment from *pos on, joining each to
+ * *fcrc. in_place: through a reader thread, straight into the heap (the
+ * heap must take kernel writes: not mprotect tracking); else a segment at a
+ * time through buf and tha__apply_segment. */
+static int load_segments(int fd, const char *path, const ckpt_hdr_t *hd, uint64_t size,
+                         tha_heap_t *h, const tha_load_options_t *opt, uint64_t *pos,
+                         uint32_t *fcrc, char *msg, size_t mcap) {
+    uint64_t seg_cap = THA_FRAME_HEADER_SIZE + sizeof(tha__run_t) +
+                       tha__align_up(hd->segment_blocks, 8);
+    int in_place = h->mech != THA__MECH_MPROTECT;
+    reader_t R;
+    memset(&R, 0, sizeof R);
+    uint8_t *buf = NULL;
+    int rc = 0, started = 0;
+    if (in_place) {
+        rc = tha__commit(h, hd->top);
+        if (rc)
+            return tha__fail(msg, mcap, rc, "checkpoint %s: cannot commit %llu bytes: %s",
+                             path, (unsigned long long)hd->top, tha_strerror(rc));
+        R.fd = fd;
+        R.h = h;
+        R.hd = hd;
+        R.pos0 = *pos;
+        R.size = size;
+        R.slot_cap = tha__align_up(seg_cap, 64);
+        /* Fresh pages cost a fault (and zeroing) each: with no write
+         * tracking to disturb, this thread, whenever it would wait for the
+         * reader, populates the next segment not yet read in one call, so
+         * the reader's copy finds its pages in place. */
+        int populate = h->mech == THA__MECH_EXPLICIT || h->mech == THA__MECH_DIFF;
+        uint64_t pop_next = 0, pop_block = 0;
+        buf = malloc(R.slot_cap * READ_SLOTS);
+        R.slots = buf;
+        if (buf && pthread_mutex_init(&R.mu, NULL) == 0) {
+            if (pthread_cond_init(&R.cv, NULL) == 0) {
+                pthread_t t;
+                if (pthread_create(&t, NULL, reader_main, &R) == 0) {
+                    started = 1;
+                    rc = 0;
+                    uint64_t next_block = 0;
+                    for (uint64_t i = 0; i < hd->nsegments; i++) {
+                        pthread_mutex_lock(&R.mu);
+                        while (R.nread <= i && !R.failed) {
+                            if (populate && pop_next < hd->nsegments) {
+                                /* waiting: fault in pages the reader needs later */
+                                pthread_mutex_unlock(&R.mu);
+                                uint64_t w, hb;
+                                seg_geometry(hd, pop_block, &w, &hb);
+                                if (pop_next > i)
+                                    madvise(h->base + pop_block * THA__BLOCK,
+                                            w * THA__BLOCK, MADV_POPULATE_WRITE);
+                                pop_block += w;
+                                pop_next++;
+                                pthread_mutex_lock(&R.mu);
+                                continue;
+                            }
+                            pthread_cond_wait(&R.cv, &R.mu);
+                        }
+                        int ok = R.nread > i, err = R.err;
+                        pthread_mutex_unlock(&R.mu);
+                        uint64_t want, head;
+                        seg_geometry(hd, next_block, &want, &head);
+                        if (!ok) {
+                            rc = tha__fail(msg, mcap, err, "checkpoint %s: segment %llu "
+                                           "at offset %llu unreadable", path,
+                                           (unsigned long long)i, (unsigned long long)*pos);
+                            break;
+                        }
+                        const uint8_t *hp = R.slots + (i % READ_SLOTS) * R.slot_cap;
+                        tha__frame_hdr_t fh;
+                        char why[160];
+                        rc = seg_head_ok(hd, hp, want, next_block, &fh, why, sizeof why);
+                        if (!rc) {
+                            rc = tha__apply_segment_in_place(h, hp, head, want * THA__BLOCK);
+                            if (rc) snprintf(why, sizeof why, "%s", tha_heap_errmsg(h));
+                        }
+                        if (rc) {
+                            tha__fail(msg, mcap, rc, "checkpoint %s: segment %llu at offset "
+                                      "%llu: %s", path, (unsigned long long)i,
+                                      (unsigned long long)*pos, why);
+                            break;
+                        }
+                        pthread_mutex_lock(&R.mu);
+                        R.nused++;
+                        pthread_cond_broadcast(&R.cv);
+                        pthread_mutex_unlock(&R.mu);
+                        *fcrc = crc_cat(*fcrc, tha_crc32c(0, hp, THA_FRAME_HEADER_SIZE),
+                                        THA_FRAME_HEADER_SIZE);
+                        *fcrc = crc_cat(*fcrc, fh.body_crc, fh.length - THA_FRAME_HEADER_SIZE);
+                        *pos += fh.length;
+                        next_block += want;
+                        if (opt->progress)
+                            opt->progress(opt->progress_ctx, next_block * THA__BLOCK, hd->top);
+                    }
+                    pthread_mutex_lock(&R.mu);
+                    R.stop = 1;
+                    pthread_cond_broadcast(&R.cv);
+                    pthread_mutex_unlock(&R.mu);
+                    pthread_join(t, NULL);
+                }
+                pthread_cond_destroy(&R.cv);
+            }
+            pthread_mutex_destroy(&R.mu);
+        }
+        free(buf);
+        buf = NULL;
+        if (started) return rc;
+        /* no thread or no memory: the copying way below */
+    }
+    size_t bufcap = tha__align_up(seg_cap + hd->segment_blocks * THA__BLOCK, 8);
+    buf = malloc(bufcap);
+    if (!buf)
+        return tha__fail(msg, mcap, THA_ENOMEM, "checkpoint %s: no memory for a segment",
+                         path);
+    uint64_t next_block = 0, ahead = *pos;
+    /* Fresh pages cost a fault each; in explicit mode (no write tracking to
+     * disturb) they are populated in one call. */
+    if (h->mech == THA__MECH_EXPLICIT && tha__commit(h, hd->top) == 0)
+        madvise(h->base, hd->top, MADV_POPULATE_WRITE);
+    for (uint64_t i = 0; i < hd->nsegments; i++) {
+        /* keep the disk READ_AHEAD bytes ahead of the segment being applied */
+        if (ahead < *pos + READ_AHEAD / 2 && ahead < size) {
+            posix_fadvise(fd, (off_t)ahead, READ_AHEAD, POSIX_FADV_WILLNEED);
+            ahead += READ_AHEAD;
+        }
+        uint64_t want, head;
+        seg_geometry(hd, next_block, &want, &head);
+        uint64_t len = head + want * THA__BLOCK;
+        ssize_t n = read_at(fd, buf, len, *pos);
+        if (n != (ssize_t)len) {
+            rc = tha__fail(msg, mcap, n < 0 ? (int)n : THA_EFRAME, "checkpoint %s: "
+                           "segment %llu at offset %llu unreadable", path,
+                           (unsigned long long)i, (unsigned long long)*pos);
+            break;
+        }
+        tha__frame_hdr_t fh;
+        char why[160];
+        rc = seg_head_ok(hd, buf, want, next_block, &fh, why, sizeof why);
+        if (!rc) {
+            rc = tha__apply_segment(h, buf, len);
+            if (rc) snprintf(why, sizeof why, "%s", tha_heap_errmsg(h));
+        }
+        if (rc) {
+            tha__fail(msg, mcap, rc, "checkpoint %s: segment %llu at offset %llu: %s",
+                      path, (unsigned long long)i, (unsigned long long)*pos, why);
+            break;
+        }
+        *fcrc = crc_cat(*fcrc, tha_crc32c(0, buf, THA_FRAME_HEADER_SIZE),
+                        THA_FRAME_HEADER_SIZE);
+        *fcrc = crc_cat(*fcrc, fh.body_crc, len - THA_FRAME_HEADER_SIZE);
+        *pos += len;
+        next_block += want;
+        if (opt->progress) opt->progress(opt->progress_ctx, next_block * THA__BLOCK, hd->top);
+    }
+    free(buf);
+    return rc;
+}
+
 /* ---- load ------------------------------------------------------------- */
 
 int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *opt,
@@ -628,7 +897,6 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
     uint64_t size;
     tha_schema_t *schema = NULL;
     tha_heap_t *h = NULL;
-    uint8_t *buf = NULL;
     uint64_t *dirty = NULL;
     int rc = read_ckpt_hdr(fd, path, &hd, &size, msg, mcap);
     if (rc) goto done;
@@ -676,67 +944,9 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
     h->seq = hd.seq;
     h->epoch = hd.epoch;
     h->epoch_start = hd.epoch_start;
-    size_t bufcap = tha__align_up(THA_FRAME_HEADER_SIZE + 16 +
-                                  tha__align_up(hd.segment_blocks, 8) +
-                                  hd.segment_blocks * THA__BLOCK, 8);
-    buf = malloc(bufcap);
-    if (!buf) {
-        rc = tha__fail(msg, mcap, THA_ENOMEM, "checkpoint %s: no memory for a segment",
-                       path);
-        goto done;
-    }
-    uint64_t next_block = 0, top_blocks = hd.top / THA__BLOCK, ahead = pos;
-    /* Fresh pages cost a fault each; in explicit mode (no write tracking to
-     * disturb) they are populated in one call. */
-    if (h->mech == THA__MECH_EXPLICIT && tha__commit(h, hd.top) == 0)
-        madvise(h->base, hd.top, MADV_POPULATE_WRITE);
-    for (uint64_t i = 0; i < hd.nsegments; i++) {
-        /* keep the disk READ_AHEAD bytes ahead of the segment being applied */
-        if (ahead < pos + READ_AHEAD / 2 && ahead < size) {
-            posix_fadvise(fd, (off_t)ahead, READ_AHEAD, POSIX_FADV_WILLNEED);
-            ahead += READ_AHEAD;
-        }
-        uint64_t want = top_blocks - next_block < hd.segment_blocks
-                            ? top_blocks - next_block : hd.segment_blocks;
-        uint64_t len = THA_FRAME_HEADER_SIZE + 16 + tha__align_up(want, 8) +
-                       want * THA__BLOCK;
-        ssize_t n = read_at(fd, buf, len, pos);
-        if (n != (ssize_t)len) {
-            rc = tha__fail(msg, mcap, n < 0 ? (int)n : THA_EFRAME, "checkpoint %s: "
-                           "segment %llu at offset %llu unreadable", path,
-                           (unsigned long long)i, (unsigned long long)pos);
-            goto done;
-        }
-        tha__frame_hdr_t fh;
-        char why[160];
-        rc = frame_hdr_ok(buf, &fh, why, sizeof why);
-        tha__run_t run;
-        memcpy(&run, buf + THA_FRAME_HEADER_SIZE, sizeof run);
-        if (!rc && (fh.kind != THA__FRAME_SEGMENT || fh.length != len ||
-                    fh.seq != hd.seq || fh.epoch != hd.epoch || fh.top != hd.top ||
-                    fh.capacity != hd.capacity || fh.nruns != 1 || fh.nblocks != want ||
-                    run.offset != next_block * THA__BLOCK || run.nblocks != want))
-            rc = tha__fail(why, sizeof why, THA_EFRAME, "not the segment expected "
-                           "there (blocks %llu..%llu of seq %llu)",
-                           (unsigned long long)next_block,
-                           (unsigned long long)(next_block + want),
-                           (unsigned long long)hd.seq);
-        if (!rc) {
-            rc = tha__apply_segment(h, buf, len);
-            if (rc) snprintf(why, sizeof why, "%s", tha_heap_errmsg(h));
-        }
-        if (rc) {
-            tha__fail(msg, mcap, rc, "checkpoint %s: segment %llu at offset %llu: %s",
-                      path, (unsigned long long)i, (unsigned long long)pos, why);
-            goto done;
-        }
-        fcrc = crc_cat(fcrc, tha_crc32c(0, buf, THA_FRAME_HEADER_SIZE),
-                       THA_FRAME_HEADER_SIZE);
-        fcrc = crc_cat(fcrc, fh.body_crc, len - THA_FRAME_HEADER_SIZE);
-        pos += len;
-        next_block += want;
-        if (opt->progress) opt->progress(opt->progress_ctx, next_block * THA__BLOCK, hd.top);
-    }
+    rc = load_segments(fd, path, &hd, size, h, opt, &pos, &fcrc, msg, mcap);
+    if (rc) goto done;
+    uint64_t top_blocks = hd.top / THA__BLOCK;
     ckpt_trailer_t tr;
     if (read_at(fd, &tr, sizeof tr, pos) != (ssize_t)sizeof tr ||
         tr.magic != TRAILER_MAGIC ||
@@ -786,7 +996,6 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
     h = NULL;
 done:
     close(fd);
-    free(buf);
     free(dirty);
     tha_heap_destroy(h);
     tha_schema_release(schema);
@@ -1010,4 +1219,10 @@ int tha_heap_compact(tha_heap_t *h, const char *path, tha_progress_fn progress,
     if (rc) return tha__hfail(h, rc, "compact: directory fsync of %s failed: %s",
                               L->path, tha_strerror(rc));
     return 0;
+}
+
+int tha_heap_log_policy(const tha_heap_t *h, int64_t *fsync_ms) {
+    if (!h || !h->log || h->log->broken) return 0;
+    if (fsync_ms) *fsync_ms = h->log->fsync_ms;
+    return 1;
 }

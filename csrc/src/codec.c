@@ -1102,3 +1102,72 @@ int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len) {
     copy_runs(h, &hd, body);
     return 0;
 }
+
+int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len,
+                                uint64_t data_len) {
+    tha__frame_hdr_t hd;
+    int rc = parse_header(head, head_len + data_len, &hd, h->err, sizeof h->err);
+    if (rc) return rc;
+    unsigned long long seq = (unsigned long long)hd.seq;
+    if (hd.kind != THA__FRAME_SEGMENT)
+        return tha__hfail(h, THA_EFRAME, "%s seq %llu where a segment was expected",
+                          kind_name(hd.kind), seq);
+    if (hd.fingerprint != tha_schema_fingerprint(h->schema) || hd.lineage != h->lineage)
+        return tha__hfail(h, THA_EMISMATCH, "segment seq %llu belongs to another "
+                          "schema or frame series", seq);
+    if (hd.capacity > h->capacity)
+        return tha__hfail(h, THA_ECAPACITY, "segment seq %llu: source capacity %llu "
+                          "exceeds this heap's %llu", seq,
+                          (unsigned long long)hd.capacity,
+                          (unsigned long long)h->capacity);
+    const uint8_t *body = (const uint8_t *)head + THA_FRAME_HEADER_SIZE;
+    tha__run_t run;
+    if (hd.nruns != 1 || head_len < THA_FRAME_HEADER_SIZE + sizeof run)
+        return tha__hfail(h, THA_EFRAME, "segment seq %llu: not one run", seq);
+    memcpy(&run, body, sizeof run);
+    uint64_t b0 = run.offset / THA__BLOCK, nb = run.nblocks, mlen = tha__align_up(nb, 8);
+    uint64_t top_blocks = hd.top / THA__BLOCK;
+    if (run.offset % THA__BLOCK || nb == 0 || nb != hd.nblocks || b0 > top_blocks ||
+        nb > top_blocks - b0 || head_len != THA_FRAME_HEADER_SIZE + sizeof run + mlen ||
+        data_len != nb * THA__BLOCK || hd.top > h->committed)
+        return tha__hfail(h, THA_EFRAME, "segment seq %llu: run at offset 0x%llx (%llu "
+                          "blocks) does not match the bytes read", seq,
+                          (unsigned long long)run.offset, (unsigned long long)nb);
+    const uint8_t *mask = body + sizeof run;
+    uint8_t *data = h->base + run.offset;
+    /* CRC of the run header and mask, then of the data where it lies */
+    uint32_t raw = tha__crc32c_raw(~0u, body, sizeof run + mlen), at_data = raw;
+    rc = 0;
+    uint64_t npages = hd.capacity / THA__PAGE;
+    uint64_t pm = tha__align_up(sizeof(tha__region_t), THA__BLOCK) +
+                  THA_MAX_ROOTS * sizeof(tha__root_t);
+    uint64_t meta_blocks = tha__align_up(pm + npages * sizeof(tha__page_t), THA__PAGE) /
+                           THA__BLOCK;
+    for (uint64_t j = 0; b0 < meta_blocks && j < nb && !rc; j++)
+        if (mask[j] && b0 + j < meta_blocks)
+            rc = tha__hfail(h, THA_EFRAME, "segment seq %llu: pointer mask on allocator "
+                            "metadata at offset 0x%llx", seq,
+                            (unsigned long long)((b0 + j) * THA__BLOCK));
+    for (uint64_t j = nb; j < mlen && !rc; j++)
+        if (mask[j])
+            rc = tha__hfail(h, THA_EFRAME, "segment seq %llu: run mask padding is not "
+                            "zero", seq);
+    if (!rc) {
+#ifdef FAST_X86
+        if (fast)
+            rc = verify_run(h, &hd, data, mask, b0, nb, &raw);
+        else
+#endif
+            rc = verify_chunked(h, &hd, data, mask, b0, nb, &raw);
+    }
+    if (rc) /* a corrupt frame says so, whatever broke first */
+        raw = tha__crc32c_raw(at_data, data, data_len);
+    if (~raw != hd.body_crc)
+        return tha__hfail(h, THA_ECHECKSUM, "segment seq %llu: body checksum mismatch",
+                          seq);
+    if (rc) return rc;
+    from_wire(h, data, mask, nb);
+    memcpy(h->ptrmap + b0, mask, nb);
+    tha__track_sync_shadow(h, b0, nb);
+    return 0;
+}

@@ -376,9 +376,6 @@ static const char *ack_name(int ack) {
 int tha_net_sync(tha_net_t *n, int ack, uint32_t timeout_ms, uint64_t *seq) {
     if (!n || n->role != THA_ROLE_ACTIVE || ack < THA_ACK_NONE || ack > THA_ACK_PERSISTED)
         return THA_EINVAL;
-    if (ack == THA_ACK_PERSISTED)
-        return NFAIL(n, THA_EINVAL, "ack 'persisted' needs standby delta logs, which "
-                     "this version does not have; use THA_ACK_APPLIED");
     if (n->fenced)
         return NFAIL(n, THA_EFENCED, "fenced: a standby was promoted to epoch %llu; "
                      "this active must stop", (unsigned long long)n->fenced_epoch);

@@ -73,6 +73,10 @@ struct tha_session {
     uint64_t acked[4];
     /* standby */
     uint64_t consistent_at;   /* staging goes live at this seq */
+    uint64_t got_seq;         /* last seq applied (or gone live at) in this
+                                 session: the highest it may ack */
+    uint64_t persisted;       /* last seq acked THA_ACK_PERSISTED */
+    uint64_t log_synced_at;   /* when tick last synced the log (ms) */
     uint64_t bulk_done, bulk_total;
     uint64_t bytes_in, bytes_out;
     char err[256];
@@ -571,6 +575,18 @@ static int send_ack(tha_session_t *s, uint64_t seq, int level) {
     return send_msg(s, M_ACK, 0, p, sizeof p);
 }
 
+/* The live heap's log fsyncs each frame before apply commits it. */
+static bool log_always(const tha_heap_t *h) {
+    int64_t ms;
+    return h && tha_heap_log_policy(h, &ms) && ms == THA_LOG_FSYNC_ALWAYS;
+}
+
+static int ack_persisted(tha_session_t *s, uint64_t seq) {
+    if (seq <= s->persisted) return 0;
+    s->persisted = seq;
+    return send_ack(s, seq, THA_ACK_PERSISTED);
+}
+
 static int send_nack(tha_session_t *s, uint64_t seq, int code, const char *msg) {
     uint8_t p[16 + 200];
     size_t ml = strnlen(msg, 200);
@@ -589,6 +605,10 @@ static int maybe_go_live(tha_session_t *s, int ack) {
     s->owns_heap = 1;
     s->staging = NULL;
     s->state = S_STREAMING;
+    /* The new heap has no log: nothing of it is on disk until the driver
+     * checkpoints it and starts a fresh log (tha_session_persisted). */
+    s->got_seq = s->heap->seq;
+    s->persisted = 0;
     push_event(s, THA_EV_BULK_DONE, 0, s->heap->seq, s->bulk_total, s->bulk_total);
     return send_ack(s, s->heap->seq, ack > THA_ACK_APPLIED ? THA_ACK_APPLIED :
                     (ack < THA_ACK_APPLIED ? THA_ACK_APPLIED : ack));
@@ -656,10 +676,14 @@ static int on_frame(tha_session_t *s, const uint8_t *p, size_t len, int ack) {
         return 0;
     }
     if (s->state == S_CATCHUP) return maybe_go_live(s, ack);
+    s->got_seq = seq;
     push_event(s, THA_EV_APPLIED, 0, seq, (uint64_t)len, 0);
-    if (ack >= THA_ACK_RECEIVED) /* persisted is the log's to confirm */
-        return send_ack(s, seq, THA_ACK_APPLIED);
-    return 0;
+    if (ack < THA_ACK_RECEIVED) return 0;
+    /* With fsync "always" apply appended and fsync'd the frame before it
+     * committed: one ACK at level persisted also says applied. Looser
+     * policies are acked persisted by tha_session_tick. */
+    if (log_always(s->heap)) return ack_persisted(s, seq);
+    return send_ack(s, seq, THA_ACK_APPLIED);
 }
 
 /* ---- input ------------------------------------------------------------ */
@@ -922,6 +946,24 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
         if (e) snprintf(e->msg, sizeof e->msg, "nothing from the peer for %llu ms",
                         (unsigned long long)(now_ms - s->last_heard));
     }
+    int64_t ms;
+    if (s->cfg.role == THA_ROLE_STANDBY && s->state == S_STREAMING && s->heap &&
+        s->got_seq > s->persisted && s->heap->seq == s->got_seq &&
+        tha_heap_log_policy(s->heap, &ms)) {
+        /* Group commit for a looser fsync policy: every ms, sync the log
+         * and ack everything applied so far as persisted. "never" waits
+         * for the driver (tha_session_persisted after a checkpoint). */
+        if (ms == THA_LOG_FSYNC_ALWAYS) {
+            int rc = ack_persisted(s, s->got_seq);
+            if (rc) return rc;
+        } else if (ms > 0 && now_ms - s->log_synced_at >= (uint64_t)ms) {
+            s->log_synced_at = now_ms;
+            if (tha_heap_sync_log(s->heap) == 0) {
+                int rc = ack_persisted(s, s->got_seq);
+                if (rc) return rc;
+            }
+        }
+    }
     if (s->state != S_HANDSHAKE && !s->out_n &&
         now_ms - s->last_sent >= s->cfg.heartbeat_ms) {
         uint8_t p[24];
@@ -931,6 +973,13 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
         return send_msg(s, M_HEARTBEAT, 0, p, sizeof p);
     }
     return 0;
+}
+
+int tha_session_persisted(tha_session_t *s, uint64_t seq) {
+    if (s->cfg.role != THA_ROLE_STANDBY) return THA_EINVAL;
+    if (s->state == S_CLOSED) return THA_ECLOSED;
+    if (s->state != S_STREAMING || !s->got_seq) return 0;
+    return ack_persisted(s, seq < s->got_seq ? seq : s->got_seq);
 }
 
 int tha_session_fence(tha_session_t *s, uint64_t epoch) {
@@ -948,6 +997,10 @@ int tha_session_status(const tha_session_t *s, tha_session_status_t *out) {
     out->peer_seq = s->peer.seq;
     out->sent_seq = s->next_seq ? s->next_seq - 1 : 0;
     memcpy(out->acked, s->acked, sizeof out->acked);
+    if (s->cfg.role == THA_ROLE_STANDBY) { /* what this standby acked */
+        out->acked[THA_ACK_APPLIED] = s->got_seq;
+        out->acked[THA_ACK_PERSISTED] = s->persisted;
+    }
     out->bytes_in = s->bytes_in;
     out->bytes_out = s->bytes_out;
     out->bulk_done = s->cfg.role == THA_ROLE_ACTIVE ? s->bulk_block * THA__BLOCK : s->bulk_done;

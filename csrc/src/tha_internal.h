@@ -321,6 +321,13 @@ size_t tha__segment_size(const tha_heap_t *h, uint64_t from_block, uint64_t max_
  * fingerprint, lineage, run and pointer ranges are checked; sequence and
  * the region header are not (the image is fuzzy until caught up). */
 int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len);
+/* The same for a segment read in two pieces: head (frame header, run header
+ * and mask, head_len bytes) anywhere, its data_len bytes of data already in
+ * place in the heap at the run's offset (a heap not yet visible to anyone,
+ * as while loading). Verified there, then rebased in place; on failure the
+ * data bytes in the heap are garbage. */
+int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len,
+                                uint64_t data_len);
 
 /* crc32c.c: raw CRC (no pre/post inversion) helpers for split streams. */
 uint32_t tha__crc32c_shift(uint32_t crc, uint64_t len);
