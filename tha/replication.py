@@ -112,8 +112,15 @@ class _Conn:
         # waiting for the reader thread to pass them on: one wake-up less per
         # round trip. The reader then waits on rcond; it polls the socket
         # before it reads, so it never sits in a recv that would take the ack.
+        # While syncs keep coming (the last ended less than `idle` ago) the
+        # reader stays off the socket too: else each ack would wake it as
+        # well as sync(), and on few cores that second wake-up (GIL, lock)
+        # costs more than the round trip. What arrives meanwhile is read by
+        # the next sync(), or by the reader at most `idle` later.
         self.reading = False
         self.owner = 0
+        self.owned_until = 0.0     # monotonic: the last sync's end + idle
+        self.idle = min(node.heartbeat, node.timeout) / 4
         self.shared_input = self._inline and role == lib.THA_ROLE_ACTIVE
         self.rcond = threading.Condition(node._lock)
         self.wcond = threading.Condition(node._lock)  # the writer waits here
@@ -158,6 +165,17 @@ class _Conn:
         try:
             while not self.closed:
                 if poller is not None:
+                    with node.cond:
+                        while not self.closed:
+                            if self.owner or self.reading:
+                                self.rcond.wait(self.idle)
+                                continue
+                            left = self.owned_until - time.monotonic()
+                            if left <= 0:
+                                break
+                            self.rcond.wait(left)
+                    if self.closed:
+                        break
                     poller.poll()  # readable, or hung up
                 with node.cond:
                     while (self.owner or self.reading) and not self.closed:
@@ -202,7 +220,6 @@ class _Conn:
         lib.tha_session_received(self.s, n, _now_ms())
         self.node._drain(self)
         self.flush()
-        self.rcond.notify_all()
         self.node.cond.notify_all()
         return self._state() == 4
 
@@ -719,6 +736,9 @@ class Active(_Node):
     """
 
     role_name = "active"
+    # sync() polls its sockets without sleeping for up to this long (seconds)
+    # before it waits in select: 0 never spins.
+    spin = 100e-6
 
     def __init__(self, heap: Heap, standbys, secret: bytes | None = None,
                  ack: str = "applied", ack_quorum: int | None = None,
@@ -837,14 +857,18 @@ class Active(_Node):
             try:
                 return self._wait_acks(result, seq, level, ack, timeout, deadline)
             finally:
+                # No notify: the reader waits with a timeout (see _Conn), and
+                # waking it now would cost the next round trip its wake-up.
+                until = time.monotonic()
                 for c in owned:
                     c.owner -= 1
                     if not c.owner:
-                        c.rcond.notify_all()
+                        c.owned_until = until + c.idle
 
     def _wait_acks(self, result, seq, level, ack, timeout, deadline) -> SyncResult:
         """Under the lock: until enough standbys acked seq at level. Reads
         the sockets it owns itself, with the lock released while it waits."""
+        spin_until = time.perf_counter() + self.spin
         while True:
             if self.fenced_epoch is not None:
                 raise Fenced(f"fenced while waiting for seq {seq}: a standby was "
@@ -875,6 +899,15 @@ class Active(_Node):
             wait = min(left, 0.05)
             fds = [c for c in self.conns if c.owner and not c.closed
                    and not c.reading and c.s is not None]
+            if fds and time.perf_counter() < spin_until:
+                # Polls briefly before sleeping: a small ack is often back
+                # within tens of µs, and waking from select costs about as
+                # much again (far more when the standby runs on another CPU
+                # of a VM). sched_yield lets a standby on this CPU run.
+                os.sched_yield()
+                for c in fds:
+                    c.read_owned()
+                continue
             if not fds:
                 self.cond.wait(wait)
                 continue
