@@ -1,6 +1,8 @@
 """Checkpoint write and load throughput against a plain sequential
 write+fsync / cold read of the same bytes to the same disk, same run
-(tha/bench_checkpoint.py). Printed, not asserted (a shared VM varies 2x):
+(tha/bench_checkpoint.py). The write baseline replaces a file durably the
+way a user would (temp file, fsync, rename over, directory fsync), as
+checkpoint() does. Printed, not asserted (a shared VM varies 2x):
 
     .venv/bin/python -m pytest bench/test_bench_checkpoint.py -q -s
     THA_BENCH_CKPT_SIZE=1G for the issue's 1 GiB heap (default 256M)

@@ -197,6 +197,95 @@ static int frame_hdr_ok(const uint8_t *p, tha__frame_hdr_t *hd, char *msg, size_
 
 /* ---- checkpoint: write ------------------------------------------------ */
 
+/* Checkpoint's writer thread: write()s segment k from buffer k % 2 (and
+ * starts its writeback) while the caller encodes segment k + 1 into the
+ * other buffer, so encoding (copy + CRC) and the kernel's copy into the page
+ * cache overlap. Without a thread (pthread_create failed) the caller writes
+ * each buffer itself. */
+typedef struct writer {
+    int fd;
+    int threaded;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    const uint8_t *buf[2];
+    size_t len[2];       /* bytes queued in buffer k; 0: free */
+    uint64_t off[2];     /* their file offset */
+    uint64_t synced_to;  /* writeback started up to here */
+    int stop;            /* no more buffers will come */
+    int err;             /* first write failure, -errno */
+} writer_t;
+
+static int writer_put(writer_t *W, int k) {
+    int rc = write_all(W->fd, W->buf[k], W->len[k], W->off[k]);
+    uint64_t end = W->off[k] + W->len[k];
+    if (!rc && end - W->synced_to >= WRITEBACK_STEP) {
+        sync_file_range(W->fd, (off_t)W->synced_to, (off_t)(end - W->synced_to),
+                        SYNC_FILE_RANGE_WRITE);
+        W->synced_to = end;
+    }
+    return rc;
+}
+
+static void *writer_main(void *arg) {
+    writer_t *W = arg;
+    for (int k = 0;; k ^= 1) {
+        pthread_mutex_lock(&W->mu);
+        while (!W->len[k] && !W->stop) pthread_cond_wait(&W->cv, &W->mu);
+        size_t n = W->len[k];
+        int go = n && !W->err;
+        pthread_mutex_unlock(&W->mu);
+        if (!n) return NULL; /* stopped, nothing left */
+        int rc = go ? writer_put(W, k) : 0;
+        pthread_mutex_lock(&W->mu);
+        if (rc && !W->err) W->err = rc;
+        W->len[k] = 0;
+        pthread_cond_broadcast(&W->cv);
+        pthread_mutex_unlock(&W->mu);
+    }
+}
+
+/* Waits until buffer k is free; the first write failure, if any. */
+static int writer_wait(writer_t *W, int k) {
+    if (!W->threaded) return W->err;
+    pthread_mutex_lock(&W->mu);
+    while (W->len[k] && !W->err) pthread_cond_wait(&W->cv, &W->mu);
+    int rc = W->err;
+    pthread_mutex_unlock(&W->mu);
+    return rc;
+}
+
+/* Queues len bytes of buffer k (free: writer_wait) for offset off. */
+static int writer_queue(writer_t *W, int k, size_t len, uint64_t off) {
+    if (!W->threaded) {
+        W->len[k] = len;
+        W->off[k] = off;
+        int rc = writer_put(W, k);
+        W->len[k] = 0;
+        if (rc && !W->err) W->err = rc;
+        return W->err;
+    }
+    pthread_mutex_lock(&W->mu);
+    W->len[k] = len;
+    W->off[k] = off;
+    pthread_cond_broadcast(&W->cv);
+    pthread_mutex_unlock(&W->mu);
+    return 0;
+}
+
+/* Writes what is queued (unless a write failed) and ends the thread. */
+static int writer_finish(writer_t *W, pthread_t t) {
+    if (!W->threaded) return W->err;
+    pthread_mutex_lock(&W->mu);
+    W->stop = 1;
+    pthread_cond_broadcast(&W->cv);
+    pthread_mutex_unlock(&W->mu);
+    pthread_join(t, NULL);
+    pthread_cond_destroy(&W->cv);
+    pthread_mutex_destroy(&W->mu);
+    W->threaded = 0;
+    return W->err;
+}
+
 int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progress,
                         void *ctx) {
     if (!h || !path) return THA_EINVAL;
@@ -213,10 +302,15 @@ int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progres
     size_t scap = tha__align_up(slen, 8);
     size_t segcap = tha__segment_size(h, 0, SEG_BLOCKS);
     size_t bufcap = segcap > scap ? segcap : scap;
-    uint8_t *buf = malloc(bufcap);
+    /* two segment buffers: one encoded while the other is written */
+    uint8_t *buf = malloc(2 * bufcap);
     if (!buf) return tha__hfail(h, THA_ENOMEM, "checkpoint: no memory for a segment");
     char tmp[PATH_MAX];
     int fd = make_temp(path, tmp, sizeof tmp);
+    writer_t W;
+    pthread_t wt;
+    memset(&W, 0, sizeof W);
+    memset(&wt, 0, sizeof wt);
     if (fd < 0) {
         free(buf);
         return tha__hfail(h, fd, "checkpoint %s: cannot create a temp file: %s", path,
@@ -247,7 +341,7 @@ int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progres
     /* the dirty words hold no bits at or above top_blocks */
     hd.dirty_crc = tha_crc32c(0, h->dirty, dlen);
     hd.header_crc = tha_crc32c(0, &hd, offsetof(ckpt_hdr_t, header_crc));
-    uint64_t pos = 0, synced_to = 0;
+    uint64_t pos = 0;
     uint32_t fcrc = tha_crc32c(0, &hd, sizeof hd);
     if ((rc = write_all(fd, &hd, sizeof hd, pos))) goto fail;
     pos += sizeof hd;
@@ -257,29 +351,40 @@ int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progres
     fcrc = crc_cat(fcrc, hd.dirty_crc, dlen);
     if ((rc = write_all(fd, h->dirty, dlen, pos))) goto fail;
     pos += dlen;
-    what = "encode";
+    W.fd = fd;
+    W.buf[0] = buf;
+    W.buf[1] = buf + bufcap;
+    if (nseg > 1 && pthread_mutex_init(&W.mu, NULL) == 0) {
+        if (pthread_cond_init(&W.cv, NULL) == 0 &&
+            pthread_create(&wt, NULL, writer_main, &W) == 0)
+            W.threaded = 1;
+        if (!W.threaded) {
+            pthread_cond_destroy(&W.cv); /* harmless if its init failed */
+            pthread_mutex_destroy(&W.mu);
+        }
+    }
     for (uint64_t from = 0, i = 0; i < nseg; i++) {
+        int k = (int)(i & 1);
         size_t len;
-        rc = tha__encode_segment(h, &from, SEG_BLOCKS, buf, bufcap, &len);
+        what = "write";
+        if ((rc = writer_wait(&W, k))) goto fail;
+        what = "encode";
+        uint8_t *sb = buf + (size_t)k * bufcap;
+        rc = tha__encode_segment(h, &from, SEG_BLOCKS, sb, bufcap, &len);
         if (rc) goto fail;
         what = "write";
         /* body CRC from the segment header: no second pass over the bytes */
         tha__frame_hdr_t fh;
-        memcpy(&fh, buf, sizeof fh);
-        fcrc = crc_cat(fcrc, tha_crc32c(0, buf, THA_FRAME_HEADER_SIZE),
+        memcpy(&fh, sb, sizeof fh);
+        fcrc = crc_cat(fcrc, tha_crc32c(0, sb, THA_FRAME_HEADER_SIZE),
                        THA_FRAME_HEADER_SIZE);
         fcrc = crc_cat(fcrc, fh.body_crc, len - THA_FRAME_HEADER_SIZE);
-        if ((rc = write_all(fd, buf, len, pos))) goto fail;
+        if ((rc = writer_queue(&W, k, len, pos))) goto fail;
         pos += len;
-        if (pos - synced_to >= WRITEBACK_STEP) {
-            sync_file_range(fd, (off_t)synced_to, (off_t)(pos - synced_to),
-                            SYNC_FILE_RANGE_WRITE);
-            synced_to = pos;
-        }
         if (progress) progress(ctx, from * THA__BLOCK, top);
-        what = "encode";
     }
     what = "write";
+    if ((rc = writer_finish(&W, wt))) goto fail;
     ckpt_trailer_t tr;
     memset(&tr, 0, sizeof tr);
     tr.magic = TRAILER_MAGIC;
@@ -310,6 +415,12 @@ int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progres
     if (progress && top == 0) progress(ctx, 0, 0);
     return 0;
 fail:
+    if (W.threaded) {
+        pthread_mutex_lock(&W.mu);
+        if (!W.err) W.err = THA_ESTATE; /* the thread writes nothing more */
+        pthread_mutex_unlock(&W.mu);
+        writer_finish(&W, wt);
+    }
     if (fd >= 0) close(fd);
     unlink(tmp);
     free(buf);
