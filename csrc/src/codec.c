@@ -390,6 +390,25 @@ static int put_run(tha_heap_t *h, int kind, uint64_t b0, uint64_t nb,
     return put_chunked(h, kind, data, mask, b0, nb, raw);
 }
 
+/* A frame header stamped with h's identity; counts and CRCs are the
+ * caller's to fill. */
+static void init_header(const tha_heap_t *h, tha__frame_hdr_t *hd, int kind,
+                        uint64_t seq, size_t length) {
+    const tha__region_t *r = tha__reg(h);
+    memset(hd, 0, sizeof *hd);
+    hd->magic = THA__FRAME_MAGIC;
+    hd->version = THA_FRAME_VERSION;
+    hd->kind = (uint16_t)kind;
+    hd->header_size = THA_FRAME_HEADER_SIZE;
+    hd->fingerprint = tha_schema_fingerprint(h->schema);
+    hd->lineage = h->lineage;
+    hd->epoch = h->epoch;
+    hd->seq = seq;
+    hd->capacity = r->capacity;
+    hd->top = r->top;
+    hd->length = length;
+}
+
 int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
     if (!len || (kind != THA_FRAME_SNAPSHOT && kind != THA_FRAME_DELTA))
         return tha__hfail(h, THA_EINVAL, "encode: kind must be snapshot or delta");
@@ -406,18 +425,7 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
     uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
     const uint8_t *crc_from = q;
     tha__frame_hdr_t hd;
-    memset(&hd, 0, sizeof hd);
-    hd.magic = THA__FRAME_MAGIC;
-    hd.version = THA_FRAME_VERSION;
-    hd.kind = (uint16_t)kind;
-    hd.header_size = THA_FRAME_HEADER_SIZE;
-    hd.fingerprint = tha_schema_fingerprint(h->schema);
-    hd.lineage = h->lineage;
-    hd.epoch = h->epoch;
-    hd.seq = h->seq + 1;
-    hd.capacity = r->capacity;
-    hd.top = r->top;
-    hd.length = need;
+    init_header(h, &hd, kind, h->seq + 1, need);
     uint32_t raw = ~0u; /* tha_crc32c(0, ..) == ~raw(~0, ..) */
     uint64_t top_blocks = r->top / THA__BLOCK;
     if (kind == THA_FRAME_SNAPSHOT) {
@@ -1037,22 +1045,10 @@ int tha__encode_segment(tha_heap_t *h, uint64_t *from, uint64_t max, void *buf,
     *len = need;
     if (!buf || cap < need)
         return tha__hfail(h, THA_ETOOSMALL, "segment needs %zu bytes", need);
-    const tha__region_t *r = tha__reg(h);
     uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
     const uint8_t *crc_from = q;
     tha__frame_hdr_t hd;
-    memset(&hd, 0, sizeof hd);
-    hd.magic = THA__FRAME_MAGIC;
-    hd.version = THA_FRAME_VERSION;
-    hd.kind = THA__FRAME_SEGMENT;
-    hd.header_size = THA_FRAME_HEADER_SIZE;
-    hd.fingerprint = tha_schema_fingerprint(h->schema);
-    hd.lineage = h->lineage;
-    hd.epoch = h->epoch;
-    hd.seq = h->seq;
-    hd.capacity = r->capacity;
-    hd.top = r->top;
-    hd.length = need;
+    init_header(h, &hd, THA__FRAME_SEGMENT, h->seq, need);
     uint32_t raw = ~0u;
     if (nb) {
         int rc = put_run(h, THA__FRAME_SEGMENT, *from, nb, &q, &raw, &crc_from);
@@ -1068,22 +1064,31 @@ int tha__encode_segment(tha_heap_t *h, uint64_t *from, uint64_t max, void *buf,
     return 0;
 }
 
+/* A segment must belong to the heap being filled: kind, schema, frame
+ * series, and a source no bigger than this heap. */
+static int check_segment_identity(tha_heap_t *h, const tha__frame_hdr_t *hd) {
+    unsigned long long seq = (unsigned long long)hd->seq;
+    if (hd->kind != THA__FRAME_SEGMENT)
+        return tha__hfail(h, THA_EFRAME, "%s seq %llu where a segment was expected",
+                          kind_name(hd->kind), seq);
+    if (hd->fingerprint != tha_schema_fingerprint(h->schema) || hd->lineage != h->lineage)
+        return tha__hfail(h, THA_EMISMATCH, "segment seq %llu belongs to another "
+                          "schema or frame series", seq);
+    if (hd->capacity > h->capacity)
+        return tha__hfail(h, THA_ECAPACITY, "segment seq %llu: source capacity %llu "
+                          "exceeds this heap's %llu", seq,
+                          (unsigned long long)hd->capacity,
+                          (unsigned long long)h->capacity);
+    return 0;
+}
+
 int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len) {
     tha__frame_hdr_t hd;
     int rc = parse_header(frame, len, &hd, h->err, sizeof h->err);
     if (rc) return rc;
     unsigned long long seq = (unsigned long long)hd.seq;
-    if (hd.kind != THA__FRAME_SEGMENT)
-        return tha__hfail(h, THA_EFRAME, "%s seq %llu where a segment was expected",
-                          kind_name(hd.kind), seq);
-    if (hd.fingerprint != tha_schema_fingerprint(h->schema) || hd.lineage != h->lineage)
-        return tha__hfail(h, THA_EMISMATCH, "segment seq %llu belongs to another "
-                          "schema or frame series", seq);
-    if (hd.capacity > h->capacity)
-        return tha__hfail(h, THA_ECAPACITY, "segment seq %llu: source capacity %llu "
-                          "exceeds this heap's %llu", seq,
-                          (unsigned long long)hd.capacity,
-                          (unsigned long long)h->capacity);
+    rc = check_segment_identity(h, &hd);
+    if (rc) return rc;
     const uint8_t *body = (const uint8_t *)frame + THA_FRAME_HEADER_SIZE;
     uint64_t body_len = len - THA_FRAME_HEADER_SIZE, done = 0;
     uint32_t crc = 0;
@@ -1109,17 +1114,8 @@ int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len
     int rc = parse_header(head, head_len + data_len, &hd, h->err, sizeof h->err);
     if (rc) return rc;
     unsigned long long seq = (unsigned long long)hd.seq;
-    if (hd.kind != THA__FRAME_SEGMENT)
-        return tha__hfail(h, THA_EFRAME, "%s seq %llu where a segment was expected",
-                          kind_name(hd.kind), seq);
-    if (hd.fingerprint != tha_schema_fingerprint(h->schema) || hd.lineage != h->lineage)
-        return tha__hfail(h, THA_EMISMATCH, "segment seq %llu belongs to another "
-                          "schema or frame series", seq);
-    if (hd.capacity > h->capacity)
-        return tha__hfail(h, THA_ECAPACITY, "segment seq %llu: source capacity %llu "
-                          "exceeds this heap's %llu", seq,
-                          (unsigned long long)hd.capacity,
-                          (unsigned long long)h->capacity);
+    rc = check_segment_identity(h, &hd);
+    if (rc) return rc;
     const uint8_t *body = (const uint8_t *)head + THA_FRAME_HEADER_SIZE;
     tha__run_t run;
     if (hd.nruns != 1 || head_len < THA_FRAME_HEADER_SIZE + sizeof run)
