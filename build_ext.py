@@ -20,16 +20,60 @@ def _rel(*parts):
 with open(os.path.join(HERE, "tha", "_cdef.h"), encoding="utf-8") as f:
     CDEF = f.read()
 
+# The replication driver's HMAC-SHA256: OpenSSL's libcrypto (which Python's
+# own ssl module links) when its headers are installed, so the MAC of every
+# message costs no Python call; else tha/replication.py computes it with
+# Python's hmac. libtha itself holds no cryptography.
+HAVE_OPENSSL = any(os.path.exists(os.path.join(d, "openssl", "core_names.h"))
+                   for d in ("/usr/include", "/usr/local/include"))
+MAC_SOURCE = r"""
+#include "tha.h"
+#ifdef THA_PY_OPENSSL
+#include <openssl/core_names.h>
+#include <openssl/evp.h>
+const int tha_py_have_openssl = 1;
+static EVP_MAC *tha_py_hmac;
+static pthread_once_t tha_py_hmac_once = PTHREAD_ONCE_INIT;
+static void tha_py_hmac_fetch(void) { tha_py_hmac = EVP_MAC_fetch(NULL, "HMAC", NULL); }
+/* HMAC-SHA256(key, parts...); all zeros (which fails any check) on error. */
+void tha_py_openssl_mac(void *ctx, const uint8_t *key, size_t key_len,
+                        const tha_mac_part_t *parts, size_t nparts, uint8_t *out) {
+    (void)ctx;
+    pthread_once(&tha_py_hmac_once, tha_py_hmac_fetch);
+    EVP_MAC_CTX *c = tha_py_hmac ? EVP_MAC_CTX_new(tha_py_hmac) : NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end()};
+    size_t n = 0;
+    int ok = c && EVP_MAC_init(c, key, key_len, params);
+    for (size_t i = 0; ok && i < nparts; i++)
+        ok = EVP_MAC_update(c, parts[i].data, parts[i].len);
+    ok = ok && EVP_MAC_final(c, out, &n, THA_MAC_SIZE) && n == THA_MAC_SIZE;
+    if (!ok) memset(out, 0, THA_MAC_SIZE);
+    EVP_MAC_CTX_free(c);
+}
+#else
+const int tha_py_have_openssl = 0;
+void tha_py_openssl_mac(void *ctx, const uint8_t *key, size_t key_len,
+                        const tha_mac_part_t *parts, size_t nparts, uint8_t *out) {
+    (void)ctx; (void)key; (void)key_len; (void)parts; (void)nparts;
+    memset(out, 0, THA_MAC_SIZE);
+}
+#endif
+"""
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "tha._tha",
-    '#include "tha.h"',
+    "#include <pthread.h>\n#include <string.h>\n" + MAC_SOURCE,
     sources=sorted(_rel(p) for p in glob(os.path.join(HERE, "csrc", "src", "*.c"))),
     include_dirs=[_rel("csrc", "include"), _rel("csrc", "src")],
     depends=[_rel("csrc", "include", "tha.h"), _rel("csrc", "src", "tha_internal.h")],
-    extra_compile_args=["-std=c11", "-O2", "-D_GNU_SOURCE", "-fvisibility=hidden", "-pthread"],
+    extra_compile_args=["-std=c11", "-O2", "-D_GNU_SOURCE", "-fvisibility=hidden", "-pthread"]
+    + (["-DTHA_PY_OPENSSL"] if HAVE_OPENSSL else []),
     extra_link_args=["-pthread"],
+    libraries=["crypto"] if HAVE_OPENSSL else [],
 )
 
 if __name__ == "__main__":

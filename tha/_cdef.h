@@ -187,6 +187,8 @@ uint32_t tha_crc32c(uint32_t crc, const void *buf, size_t len);
 int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch);
 int tha_set_threads(int n);
 uint64_t tha_heap_epoch_start(const tha_heap_t *h);
+typedef struct tha_epoch_info { uint64_t epoch, start_seq, id; } tha_epoch_info_t;
+size_t tha_heap_history(const tha_heap_t *h, tha_epoch_info_t *out, size_t cap);
 
 /* ---- durability (checkpoint.c) ---- */
 #define THA_FILE_VERSION ...
@@ -248,11 +250,16 @@ typedef ... tha_backlog_t;
 enum tha_role { THA_ROLE_ACTIVE, THA_ROLE_STANDBY, ... };
 enum tha_ack { THA_ACK_NONE, THA_ACK_RECEIVED, THA_ACK_APPLIED, THA_ACK_PERSISTED, ... };
 
-typedef void (*tha_mac_fn)(void *ctx, const void *data, size_t len, uint8_t *out);
+typedef struct tha_mac_part { const void *data; size_t len; } tha_mac_part_t;
+typedef void (*tha_mac_fn)(void *ctx, const uint8_t *key, size_t key_len,
+                           const tha_mac_part_t *parts, size_t nparts, uint8_t *out);
+#define THA_HANDSHAKE_MAX ...
 
 typedef struct tha_session_config {
     int role;
     uint64_t node_id;
+    const void *secret;
+    size_t secret_len;
     tha_mac_fn mac;
     void *mac_ctx;
     uint64_t heartbeat_ms;
@@ -319,6 +326,8 @@ int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
 typedef ... tha_net_t;
 
 typedef struct tha_net_options {
+    const void *secret;
+    size_t secret_len;
     tha_mac_fn mac;
     void *mac_ctx;
     uint64_t node_id;
@@ -344,6 +353,11 @@ tha_heap_t *tha_net_heap(tha_net_t *n, int take);
 const char *tha_net_errmsg(const tha_net_t *n);
 void tha_net_close(tha_net_t *n);
 
-/* the driver's HMAC, implemented in Python (tha/replication.py) */
-extern "Python" void tha_py_mac(void *ctx, const void *data, size_t len,
-                                uint8_t *out);
+/* the driver's HMAC-SHA256: OpenSSL's, compiled into the extension when
+ * build_ext.py finds its headers (tha_py_have_openssl), else Python's
+ * (tha_py_mac in tha/replication.py) */
+extern "Python" void tha_py_mac(void *ctx, const uint8_t *key, size_t key_len,
+                                const tha_mac_part_t *parts, size_t nparts, uint8_t *out);
+extern const int tha_py_have_openssl;
+void tha_py_openssl_mac(void *ctx, const uint8_t *key, size_t key_len,
+                        const tha_mac_part_t *parts, size_t nparts, uint8_t *out);

@@ -81,11 +81,17 @@ def _now_ms() -> int:
 
 
 @_cffi.def_extern()
-def tha_py_mac(ctx, data, length, out):
-    """HMAC-SHA256 for the C session (no crypto is written in C)."""
-    secret = _cffi.from_handle(ctx)
-    digest = hmac.new(secret, _cffi.buffer(data, length), "sha256").digest()
-    _cffi.memmove(out, digest, len(digest))
+def tha_py_mac(ctx, key, key_len, parts, nparts, out):
+    """HMAC-SHA256(key, parts...) for the C session when the extension was
+    built without OpenSSL's headers (libtha holds no cryptography)."""
+    m = hmac.new(bytes(_cffi.buffer(key, key_len)), digestmod="sha256")
+    for i in range(nparts):
+        m.update(_cffi.buffer(parts[i].data, parts[i].len))
+    _cffi.memmove(out, m.digest(), 32)
+
+
+# The C session calls this for the handshake and for every message.
+_MAC_FN = lib.tha_py_openssl_mac if lib.tha_py_have_openssl else lib.tha_py_mac
 
 
 def _check_listen(host: str, secret) -> None:
@@ -129,16 +135,17 @@ class _Conn:
         self._ev = _cffi.new("tha_event_t *")
         self._st = _cffi.new("tha_session_status_t *")
         self._sock_closed = False
-        self._mac_handle = None
+        self._secret_buf = None
         cfg = _cffi.new("tha_session_config_t *")
         cfg.role = role
         cfg.node_id = node.node_id
         cfg.heartbeat_ms = int(node.heartbeat * 1000)
         cfg.timeout_ms = int(node.timeout * 1000)
         if node.secret:
-            self._mac_handle = _cffi.new_handle(node.secret)
-            cfg.mac = lib.tha_py_mac
-            cfg.mac_ctx = self._mac_handle
+            self._secret_buf = _cffi.from_buffer(node.secret)  # copied by create
+            cfg.secret = self._secret_buf
+            cfg.secret_len = len(node.secret)
+            cfg.mac = _MAC_FN
         out = _cffi.new("tha_session_t **")
         check(lib.tha_session_create(out, cfg, heap_c, backlog_c))
         self.s = out[0]

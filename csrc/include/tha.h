@@ -373,10 +373,24 @@ THA_API int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
                              char *msg, size_t msgcap);
 
 /* Raises the heap's epoch (frames it encodes carry it; frames from older
- * epochs are refused with THA_ESTALE). Records the current seq as the point
- * where the epoch began. epoch must be greater than the current one. */
+ * epochs are refused with THA_ESTALE). Appends (epoch, current seq, a random
+ * id) to the heap's epoch history, which lives in the image and so reaches
+ * its mirrors with the next frame, and its checkpoints. epoch must be
+ * greater than the current one. */
 THA_API int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch);
+/* The seq where the heap's current history entry began. */
 THA_API uint64_t tha_heap_epoch_start(const tha_heap_t *h);
+
+/* One epoch of a heap's history: frames after start_seq (until the next
+ * entry's start_seq) were encoded in epoch by the node that drew id. A
+ * node may resume from another only if its (epoch, id, seq) lies on the
+ * other's history; see docs/protocol.md. */
+typedef struct tha_epoch_info {
+    uint64_t epoch, start_seq, id;
+} tha_epoch_info_t;
+/* Copies up to cap entries of the history, oldest first (the last is the
+ * current epoch; at most 32 are kept) and returns how many there are. */
+THA_API size_t tha_heap_history(const tha_heap_t *h, tha_epoch_info_t *out, size_t cap);
 
 /* ---- durability: checkpoints and the delta log (checkpoint.c) --------- */
 
@@ -519,7 +533,7 @@ THA_API int tha_heap_compact(tha_heap_t *h, const char *path,
 typedef struct tha_session tha_session_t;
 typedef struct tha_backlog tha_backlog_t;
 
-#define THA_PROTOCOL_VERSION 1
+#define THA_PROTOCOL_VERSION 2
 #define THA_MAC_SIZE 32
 
 enum tha_role { THA_ROLE_ACTIVE = 1, THA_ROLE_STANDBY = 2 };
@@ -531,20 +545,42 @@ enum tha_ack {
     THA_ACK_PERSISTED = 3 /* in the standby's fsync'd log (or checkpoint) */
 };
 
-/* HMAC-SHA256 of data with the shared secret, computed by the driver. */
-typedef void (*tha_mac_fn)(void *ctx, const void *data, size_t len,
+/* One piece of the bytes a MAC covers. */
+typedef struct tha_mac_part {
+    const void *data;
+    size_t len;
+} tha_mac_part_t;
+/* HMAC-SHA256 under key of the concatenation of parts, computed by the
+ * driver (libtha holds no cryptography of its own): Python's hmac, or
+ * OpenSSL's HMAC in native programs. */
+typedef void (*tha_mac_fn)(void *ctx, const uint8_t *key, size_t key_len,
+                           const tha_mac_part_t *parts, size_t nparts,
                            uint8_t out[THA_MAC_SIZE]);
 
 typedef struct tha_session_config {
     int role;                 /* enum tha_role */
     uint64_t node_id;         /* any number naming this node in messages */
-    tha_mac_fn mac;           /* NULL: no authentication (peer must agree) */
+    /* The shared secret (copied; NULL/0: no authentication, and the peer
+     * must have none either) and the HMAC that uses it (required with a
+     * secret). With a secret the handshake proves both ends know it and
+     * derives per-direction session keys; every later message carries a
+     * MAC under them, so nothing a peer says is acted on before it proved
+     * the secret, and a relay or an on-path attacker can only drop the
+     * connection. See docs/protocol.md, "Security model". */
+    const void *secret;
+    size_t secret_len;
+    tha_mac_fn mac;
     void *mac_ctx;
     uint64_t heartbeat_ms;    /* send a heartbeat after this much silence; 0 = 200 */
-    uint64_t timeout_ms;      /* peer silent this long: THA_EV_TIMEOUT; 0 = 2000 */
+    uint64_t timeout_ms;      /* peer silent this long: THA_EV_TIMEOUT; also the
+                                 deadline of the handshake; 0 = 2000 */
     uint32_t chunk_bytes;     /* bulk sync message size; 0 = 1 MiB */
-    uint64_t max_message;     /* refuse larger messages; 0 = 4 GiB - 1 */
+    uint64_t max_message;     /* refuse larger messages; 0 = 4 GiB - 1. Before
+                                 the handshake ends, THA_HANDSHAKE_MAX applies */
 } tha_session_config_t;
+
+/* The largest message a session accepts before the peer proved itself. */
+#define THA_HANDSHAKE_MAX 1024u
 
 enum tha_event_type {
     THA_EV_READY = 1,    /* handshake done. active: a = standby's applied seq,
@@ -675,15 +711,17 @@ THA_API int tha_set_threads(int n);
  * tha_net_poll at least every heartbeat_ms, or a standby that promotes on
  * silence will take it for dead.
  *
- * Authentication: the caller supplies the HMAC-SHA256 (a tha_mac_fn over
- * its secret) in the options; libtha has no cryptography of its own and
+ * Authentication: the caller gives the shared secret and an HMAC-SHA256
+ * (a tha_mac_fn) in the options; libtha has no cryptography of its own and
  * does not link libcrypto, so native users without OpenSSL are not forced
  * to have it, and those with another crypto library use that. The example
- * examples/c/active.c uses OpenSSL's HMAC() when the build finds libcrypto.
- * Without a MAC both ends must run without one; the standby then refuses
- * to listen on a non-loopback address. Integrity of the stream against an
- * on-path attacker needs TLS, which this driver does not do (tha.Active
- * and tha.Standby take an ssl.SSLContext).
+ * examples/c/org.h uses OpenSSL's HMAC when the build finds libcrypto.
+ * With a secret every message after the handshake is authenticated under
+ * a per-connection key (docs/protocol.md, "Security model"); without one
+ * both ends must run without, and the standby refuses to listen on a
+ * non-loopback address. The stream is not encrypted: confidentiality
+ * needs TLS, which this driver does not do (tha.Active and tha.Standby
+ * take an ssl.SSLContext).
  *
  * Threads: a tha_net_t and the heap it replicates or mirrors are used by
  * one thread at a time; the heap must not be written during a call. */
@@ -692,7 +730,9 @@ typedef struct tha_net tha_net_t;
 
 /* All zero (or a NULL pointer) selects every default. */
 typedef struct tha_net_options {
-    tha_mac_fn mac;            /* HMAC-SHA256 with the shared secret; NULL: none */
+    const void *secret;        /* the shared secret; NULL: no authentication */
+    size_t secret_len;         /* at most 256 bytes */
+    tha_mac_fn mac;            /* HMAC-SHA256; required with a secret */
     void *mac_ctx;             /* passed to mac */
     uint64_t node_id;          /* names this node in messages; 0: random */
     uint64_t heartbeat_ms;     /* send a heartbeat after this much silence; 0 = 200 */
@@ -744,7 +784,7 @@ THA_API int tha_net_poll(tha_net_t *n, uint32_t wait_ms);
 /* Standby: listens on host:port (*port 0: any free port, written back).
  * heap: the state to start from (not owned; its schema must match the
  * active's) or NULL: the first bulk sync creates one from the schema the
- * active sends. A non-loopback host needs opt->mac (THA_EINVAL otherwise).
+ * active sends. A non-loopback host needs opt->secret (THA_EINVAL otherwise).
  * On failure *out is NULL. */
 THA_API int tha_net_standby_listen(tha_net_t **out, tha_heap_t *heap,
                                    const char *host, uint16_t *port,

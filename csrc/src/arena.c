@@ -146,6 +146,8 @@ int tha__region_init(tha_heap_t *h) {
     r->npages = npages;
     r->roots_off = roots_off;
     r->data_off = data_off;
+    r->nepochs = 1; /* epoch 0 from seq 0, named after the frame series */
+    r->epochs[0] = (tha__epoch_t){.epoch = 0, .start = 0, .id = h->lineage};
     for (uint64_t p = 0; p < data_off / THA__PAGE; p++)
         set_page(h, p, THA__PG_META, 0, 0);
     tha__mark(h, 0, data_off);
@@ -699,9 +701,34 @@ int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch) {
     if (epoch <= h->epoch)
         return tha__hfail(h, THA_EINVAL, "epoch %llu is not newer than the heap's %llu",
                           (unsigned long long)epoch, (unsigned long long)h->epoch);
+    uint64_t id;
+    if (getrandom(&id, sizeof id, 0) != sizeof id)
+        return tha__hfail(h, -errno, "epoch %llu: no randomness for its id: %s",
+                          (unsigned long long)epoch, strerror(errno));
+    tha__region_t *r = tha__reg(h);
+    if (r->nepochs == THA__MAX_EPOCHS) { /* the oldest goes: its nodes bulk sync */
+        memmove(r->epochs, r->epochs + 1, (THA__MAX_EPOCHS - 1) * sizeof r->epochs[0]);
+        r->nepochs--;
+    }
+    r->epochs[r->nepochs++] = (tha__epoch_t){.epoch = epoch, .start = h->seq, .id = id};
+    /* the next frame carries the new history to the mirrors */
+    tha__mark(h, (uint64_t)((uint8_t *)&r->nepochs - h->base),
+              sizeof r->nepochs + sizeof r->epochs);
     h->epoch = epoch;
-    h->epoch_start = h->seq;
     return 0;
 }
 
-uint64_t tha_heap_epoch_start(const tha_heap_t *h) { return h->epoch_start; }
+uint64_t tha_heap_epoch_start(const tha_heap_t *h) {
+    const tha__region_t *r = tha__reg(h);
+    return r->nepochs ? r->epochs[r->nepochs - 1].start : 0;
+}
+
+size_t tha_heap_history(const tha_heap_t *h, tha_epoch_info_t *out, size_t cap) {
+    const tha__region_t *r = tha__reg(h);
+    size_t n = r->nepochs <= THA__MAX_EPOCHS ? (size_t)r->nepochs : 0;
+    for (size_t i = 0; i < n && i < cap; i++)
+        out[i] = (tha_epoch_info_t){.epoch = r->epochs[i].epoch,
+                                    .start_seq = r->epochs[i].start,
+                                    .id = r->epochs[i].id};
+    return n;
+}

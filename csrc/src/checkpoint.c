@@ -327,7 +327,7 @@ int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progres
     hd.fingerprint = tha_schema_fingerprint(h->schema);
     hd.lineage = h->lineage;
     hd.epoch = h->epoch;
-    hd.epoch_start = h->epoch_start;
+    hd.epoch_start = tha_heap_epoch_start(h); /* informative: the image has the history */
     hd.seq = h->seq;
     hd.capacity = r->capacity;
     hd.top = top;
@@ -1054,7 +1054,6 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
     h->lineage = hd.lineage;
     h->seq = hd.seq;
     h->epoch = hd.epoch;
-    h->epoch_start = hd.epoch_start;
     rc = load_segments(fd, path, &hd, size, h, opt, &pos, &fcrc, msg, mcap);
     if (rc) goto done;
     uint64_t top_blocks = hd.top / THA__BLOCK;

@@ -25,7 +25,8 @@
 
 struct tha_net {
     int role;                  /* enum tha_role */
-    tha_net_options_t opt;     /* defaults filled in */
+    tha_net_options_t opt;     /* defaults filled in; opt.secret -> secret */
+    uint8_t secret[256];       /* a copy: the caller's need not outlive n */
     int fd;                    /* the connection; -1 none */
     int lfd;                   /* standby: listening socket; -1 none */
     tha_session_t *s;          /* the connection's session; NULL with fd -1 */
@@ -221,6 +222,7 @@ static int set_socket_options(int fd) {
 
 static int new_session(tha_net_t *n, int fd) {
     tha_session_config_t cfg = {.role = n->role, .node_id = n->opt.node_id,
+                                .secret = n->opt.secret, .secret_len = n->opt.secret_len,
                                 .mac = n->opt.mac, .mac_ctx = n->opt.mac_ctx,
                                 .heartbeat_ms = n->opt.heartbeat_ms,
                                 .timeout_ms = n->opt.timeout_ms};
@@ -300,6 +302,12 @@ static void fill_defaults(tha_net_options_t *o, const tha_net_options_t *given) 
     if (!o->open_timeout_ms) o->open_timeout_ms = 10000;
 }
 
+/* A secret fits the copy and comes with its HMAC. */
+static bool options_ok(const tha_net_options_t *opt) {
+    return !opt || (opt->secret_len <= sizeof ((tha_net_t *)0)->secret &&
+                    (!opt->secret_len || (opt->secret && opt->mac)));
+}
+
 static tha_net_t *net_new(int role, const tha_net_options_t *opt) {
     tha_net_t *n = calloc(1, sizeof *n);
     if (!n) return NULL;
@@ -311,6 +319,13 @@ static tha_net_t *net_new(int role, const tha_net_options_t *opt) {
     n->role = role;
     n->fd = n->lfd = -1;
     fill_defaults(&n->opt, opt);
+    if (n->opt.secret_len > sizeof n->secret || (n->opt.secret_len && !n->opt.mac)) {
+        free(n->rbuf);
+        free(n);
+        return NULL;
+    }
+    if (n->opt.secret_len) memcpy(n->secret, n->opt.secret, n->opt.secret_len);
+    n->opt.secret = n->opt.secret_len ? n->secret : NULL;
     return n;
 }
 
@@ -322,6 +337,7 @@ int tha_net_active_open(tha_net_t **out, tha_heap_t *heap, const char *host,
     *out = NULL;
     if (!heap || !host || !port || strlen(host) >= sizeof ((tha_net_t *)0)->host)
         return THA_EINVAL;
+    if (!options_ok(opt)) return THA_EINVAL;
     tha_net_t *n = net_new(THA_ROLE_ACTIVE, opt);
     if (!n) return THA_ENOMEM;
     int rc = tha_backlog_create(&n->backlog, n->opt.backlog_bytes);
@@ -461,7 +477,7 @@ int tha_net_standby_listen(tha_net_t **out, tha_heap_t *heap, const char *host,
     struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
                              .ai_flags = AI_PASSIVE}, *res;
     if (getaddrinfo(host, service, &hints, &res)) return THA_EINVAL;
-    if (!(opt && opt->mac) && !is_loopback(res->ai_addr)) {
+    if (!(opt && opt->secret_len) && !is_loopback(res->ai_addr)) {
         freeaddrinfo(res); /* anyone who can reach it could replace the state */
         return THA_EINVAL;
     }
@@ -482,6 +498,7 @@ int tha_net_standby_listen(tha_net_t **out, tha_heap_t *heap, const char *host,
         if (fd >= 0) close(fd);
         return rc;
     }
+    if (!options_ok(opt)) return THA_EINVAL;
     tha_net_t *n = net_new(THA_ROLE_STANDBY, opt);
     if (!n) {
         close(fd);
@@ -575,5 +592,6 @@ void tha_net_close(tha_net_t *n) {
     tha_backlog_destroy(n->backlog);
     free(n->frame);
     free(n->rbuf);
+    memset(n->secret, 0, sizeof n->secret);
     free(n);
 }

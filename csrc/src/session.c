@@ -15,35 +15,46 @@
 #define MSG_MAGIC 0x4D414854u /* "THAM" */
 #define MSG_HDR 20u
 #define NONCE 16u
+#define TAG THA_MAC_SIZE /* after the payload of every keyed message */
+#define SECRET_MAX 256u
 
 enum msg_type {
     M_HELLO = 1, M_WELCOME, M_REFUSE, M_SNAP_BEGIN, M_SNAP_DATA, M_SNAP_END,
-    M_FRAME, M_ACK, M_HEARTBEAT, M_NACK, M_LAST
+    M_FRAME, M_ACK, M_HEARTBEAT, M_NACK, M_SCHEMA, M_LAST
 };
 static const char *const msg_names[M_LAST] = {
     "?", "HELLO", "WELCOME", "REFUSE", "SNAP_BEGIN", "SNAP_DATA", "SNAP_END",
-    "FRAME", "ACK", "HEARTBEAT", "NACK"};
+    "FRAME", "ACK", "HEARTBEAT", "NACK", "SCHEMA"};
 
+/* S_HANDSHAKE until the peer proved the secret (active: WELCOME verified;
+ * standby: the active's HELLO verified and its SCHEMA received). Rule:
+ * nothing a peer says before that changes any state (epoch, fencing,
+ * liveness, heap) and it may cost only THA_HANDSHAKE_MAX bytes per
+ * message and timeout_ms of time. */
 enum state { S_HANDSHAKE, S_BULK, S_CATCHUP, S_STREAMING, S_CLOSED };
 
-/* One piece of pending output: owned bytes, or a backlog frame by ref. */
+/* One piece of pending output: owned bytes, or a backlog frame by ref. A
+ * message is one item or several (header, frame by reference, tag). */
 typedef struct outitem {
     uint8_t *own;
     const uint8_t *ptr;
     size_t len, off;
     tha__bframe_t *ref;
+    uint64_t ctr;   /* first item of a tagged message: its counter + 1 */
+    bool cont;      /* continues the message of the item before it */
 } outitem_t;
 
-/* HELLO payload, both directions (little-endian, packed by hand). */
+/* HELLO payload, both directions, fixed size (little-endian, packed by
+ * hand). epoch_start/epoch_id: the sender's current history entry. */
 typedef struct hello {
     uint32_t version, role;
     uint64_t node, epoch, lineage, seq, capacity, fingerprint;
     uint8_t nonce[NONCE], mac[THA_MAC_SIZE];
-    uint32_t flags, schema_len;
-    const uint8_t *schema;
+    uint32_t flags, unused;
+    uint64_t epoch_start, epoch_id;
 } hello_t;
-#define HELLO_FIXED (4 + 4 + 6 * 8 + NONCE + THA_MAC_SIZE + 4 + 4)
 #define HELLO_MAC_AT (4 + 4 + 6 * 8 + NONCE)
+#define HELLO_SIZE (HELLO_MAC_AT + THA_MAC_SIZE + 4 + 4 + 8 + 8)
 
 struct tha_session {
     tha_session_config_t cfg;
@@ -60,11 +71,23 @@ struct tha_session {
     size_t in_len, in_cap;
     outitem_t *out;           /* FIFO of pending output */
     size_t out_head, out_n, out_cap;
+    int out_lent;             /* the head item was handed to the driver by
+                                 tha_session_output: it may be in a send now */
     tha_event_t *ev;          /* FIFO of events for the driver */
     size_t ev_head, ev_n, ev_cap;
     uint8_t nonce[NONCE];
-    uint8_t my_hello[HELLO_FIXED]; /* standby: what its WELCOME MAC covers */
-    hello_t peer;             /* the peer's HELLO (schema pointer not kept) */
+    /* the handshake transcript: the standby's HELLO, then the active's
+     * (with its MAC); every MAC of the handshake covers both */
+    uint8_t hello_s[HELLO_SIZE], hello_a[HELLO_SIZE];
+    hello_t peer;             /* the peer's HELLO */
+    uint8_t secret[SECRET_MAX];
+    size_t secret_len;        /* 0: no authentication */
+    int proven;               /* the peer proved the secret (or none is set):
+                                 what it says may now be acted on */
+    int keyed;                /* messages carry a TAG both ways from here on */
+    uint8_t key_tx[TAG], key_rx[TAG]; /* per-direction session keys */
+    uint64_t ctr_tx, ctr_rx;  /* messages tagged / verified under them */
+    uint64_t started_at;      /* ms: the handshake deadline counts from here */
     /* active */
     int ack_level;            /* level requested for queued frames */
     uint64_t next_seq;        /* next backlog frame to queue */
@@ -139,7 +162,7 @@ static int close_with(tha_session_t *s, int type, int code, const char *fmt, ...
 /* ---- output ----------------------------------------------------------- */
 
 static int out_push(tha_session_t *s, uint8_t *own, const uint8_t *ptr, size_t len,
-                    tha__bframe_t *ref) {
+                    tha__bframe_t *ref, uint64_t ctr, bool cont) {
     if (s->out_n == s->out_cap) {
         size_t cap = s->out_cap ? s->out_cap * 2 : 16;
         outitem_t *o = malloc(cap * sizeof *o);
@@ -151,7 +174,8 @@ static int out_push(tha_session_t *s, uint8_t *own, const uint8_t *ptr, size_t l
         s->out_cap = cap;
     }
     s->out[(s->out_head + s->out_n++) % s->out_cap] =
-        (outitem_t){.own = own, .ptr = ptr, .len = len, .ref = ref};
+        (outitem_t){.own = own, .ptr = ptr, .len = len, .ref = ref, .ctr = ctr,
+                    .cont = cont};
     s->last_sent = s->now;
     return 0;
 }
@@ -171,21 +195,48 @@ static void fill_header(uint8_t *h, int type, int flags, const uint8_t *payload,
     put32(h + 16, tha_crc32c(0, h, 16));
 }
 
+/* The MAC of one keyed message under its direction's session key. It
+ * covers the direction's message counter, so a message dropped, replayed
+ * or moved by anyone on the path fails too. */
+static void msg_tag(const tha_session_t *s, const uint8_t key[TAG], uint64_t ctr,
+                    const uint8_t *hdr, const uint8_t *payload, size_t len,
+                    uint8_t out[TAG]) {
+    uint8_t c[8];
+    put64(c, ctr);
+    tha_mac_part_t parts[3] = {{c, 8}, {hdr, MSG_HDR}, {payload, len}};
+    s->cfg.mac(s->cfg.mac_ctx, key, TAG, parts, 3, out);
+}
+
+/* Bytes of a whole message with a payload of len on this session. */
+static uint64_t msg_total(const tha_session_t *s, uint64_t len) {
+    return MSG_HDR + len + (s->keyed ? TAG : 0);
+}
+
 /* Queues a message whose payload is copied. */
 static int send_msg(tha_session_t *s, int type, int flags, const void *payload,
                     size_t len) {
-    uint8_t *m = malloc(MSG_HDR + len);
+    size_t tl = s->keyed ? TAG : 0;
+    uint8_t *m = malloc(MSG_HDR + len + tl);
     if (!m) return THA_ENOMEM;
     if (len) memcpy(m + MSG_HDR, payload, len);
     fill_header(m, type, flags, m + MSG_HDR, len);
-    int rc = out_push(s, m, m, MSG_HDR + len, NULL);
-    if (rc) free(m);
+    uint64_t ctr = 0;
+    if (tl) {
+        ctr = ++s->ctr_tx;
+        msg_tag(s, s->key_tx, ctr - 1, m, m + MSG_HDR, len, m + MSG_HDR + len);
+    }
+    int rc = out_push(s, m, m, MSG_HDR + len + tl, NULL, ctr, false);
+    if (rc) {
+        free(m);
+        if (tl) s->ctr_tx--;
+    }
     return rc;
 }
 
-/* Queues a backlog frame: a header we own, then the frame by reference.
- * A small frame is copied behind its header instead: one output item, so
- * the driver sends the message in one call (one TCP segment). */
+/* Queues a backlog frame: a header we own, then the frame by reference,
+ * then its tag. A small frame is copied behind its header instead: one
+ * output item, so the driver sends the message in one call (one TCP
+ * segment). */
 #define FRAME_COPY_MAX (64u << 10)
 static int send_frame_ref(tha_session_t *s, tha__bframe_t *f, int ack) {
     if (f->len <= FRAME_COPY_MAX) {
@@ -193,22 +244,61 @@ static int send_frame_ref(tha_session_t *s, tha__bframe_t *f, int ack) {
         tha__bframe_release(f);
         return rc;
     }
-    uint8_t *h = malloc(MSG_HDR);
-    if (!h) return THA_ENOMEM;
+    size_t tl = s->keyed ? TAG : 0;
+    uint8_t *h = malloc(MSG_HDR + tl);
+    if (!h) {
+        tha__bframe_release(f);
+        return THA_ENOMEM;
+    }
     fill_header(h, M_FRAME, ack, f->data, f->len);
-    int rc = out_push(s, h, h, MSG_HDR, NULL);
-    if (!rc) rc = out_push(s, NULL, f->data, f->len, f);
-    if (rc) tha__bframe_release(f);
+    uint64_t ctr = 0;
+    if (tl) {
+        ctr = ++s->ctr_tx;
+        msg_tag(s, s->key_tx, ctr - 1, h, f->data, f->len, h + MSG_HDR);
+    }
+    /* all three items or none: the queue never holds part of a message */
+    size_t n0 = s->out_n;
+    int rc = out_push(s, h, h, MSG_HDR, NULL, ctr, false);
+    if (!rc) rc = out_push(s, NULL, f->data, f->len, f, 0, true);
+    if (!rc && tl) rc = out_push(s, NULL, h + MSG_HDR, TAG, NULL, 0, true);
+    if (rc) {
+        s->out_n = n0; /* the one reference is released once, below */
+        free(h);
+        tha__bframe_release(f);
+        if (tl) s->ctr_tx--;
+    }
     return rc;
 }
 
-static void out_drop_all(tha_session_t *s) {
-    for (size_t i = 0; i < s->out_n; i++) {
-        outitem_t *o = &s->out[(s->out_head + i) % s->out_cap];
-        free(o->own);
-        tha__bframe_release(o->ref);
+static void out_free(outitem_t *o) {
+    free(o->own);
+    tha__bframe_release(o->ref);
+}
+
+/* Drops the queued output that has not begun to go out (a bulk sync
+ * replaces it). The message at the head stays whole if any of it was
+ * handed to the driver (its bytes may be in a send right now); the tag
+ * counter restarts at the first message dropped, so what follows is
+ * still in sequence for the peer. */
+static void out_drop_unsent(tha_session_t *s) {
+    size_t keep = 0;
+    if (s->out_n) {
+        const outitem_t *h = &s->out[s->out_head];
+        if (s->out_lent || h->off || h->cont) {
+            keep = 1;
+            while (keep < s->out_n && s->out[(s->out_head + keep) % s->out_cap].cont) keep++;
+        }
     }
-    s->out_n = 0;
+    bool reset = false;
+    for (size_t i = keep; i < s->out_n; i++) {
+        outitem_t *o = &s->out[(s->out_head + i) % s->out_cap];
+        if (o->ctr && !reset) {
+            s->ctr_tx = o->ctr - 1;
+            reset = true;
+        }
+        out_free(o);
+    }
+    s->out_n = keep;
 }
 
 /* ---- lifecycle -------------------------------------------------------- */
@@ -218,6 +308,8 @@ int tha_session_create(tha_session_t **out, const tha_session_config_t *cfg,
     if (!out || !cfg || (cfg->role != THA_ROLE_ACTIVE && cfg->role != THA_ROLE_STANDBY))
         return THA_EINVAL;
     if (cfg->role == THA_ROLE_ACTIVE && (!heap || !backlog)) return THA_EINVAL;
+    if (cfg->secret_len > SECRET_MAX || (cfg->secret_len && (!cfg->secret || !cfg->mac)))
+        return THA_EINVAL;
     tha_session_t *s = calloc(1, sizeof *s);
     if (!s) return THA_ENOMEM;
     s->cfg = *cfg;
@@ -225,10 +317,14 @@ int tha_session_create(tha_session_t **out, const tha_session_config_t *cfg,
     if (!s->cfg.timeout_ms) s->cfg.timeout_ms = 2000;
     if (!s->cfg.chunk_bytes) s->cfg.chunk_bytes = 1u << 20;
     if (s->cfg.chunk_bytes < THA__BLOCK * 16) s->cfg.chunk_bytes = THA__BLOCK * 16;
-    if (!s->cfg.max_message) s->cfg.max_message = 0xffffffffu;
+    if (!s->cfg.max_message || s->cfg.max_message > 0xffffffffu)
+        s->cfg.max_message = 0xffffffffu;
     s->heap = heap;
     s->backlog = backlog;
     s->ack_level = THA_ACK_APPLIED;
+    s->secret_len = cfg->secret_len;
+    if (cfg->secret_len) memcpy(s->secret, cfg->secret, cfg->secret_len);
+    s->cfg.secret = NULL; /* the copy above is the one used */
     if (getrandom(s->nonce, NONCE, 0) != (ssize_t)NONCE) {
         free(s);
         return THA_EINVAL;
@@ -239,13 +335,16 @@ int tha_session_create(tha_session_t **out, const tha_session_config_t *cfg,
 
 void tha_session_destroy(tha_session_t *s) {
     if (!s) return;
-    out_drop_all(s);
+    for (size_t i = 0; i < s->out_n; i++) out_free(&s->out[(s->out_head + i) % s->out_cap]);
     free(s->out);
     free(s->in);
     free(s->ev);
     tha_heap_destroy(s->staging);
     if (s->owns_heap) tha_heap_destroy(s->heap);
     tha_schema_release(s->peer_schema);
+    memset(s->secret, 0, sizeof s->secret);
+    memset(s->key_tx, 0, TAG);
+    memset(s->key_rx, 0, TAG);
     free(s);
 }
 
@@ -258,10 +357,11 @@ tha_heap_t *tha_session_take_heap(tha_session_t *s) {
 
 /* ---- handshake -------------------------------------------------------- */
 
-static size_t hello_pack(const tha_session_t *s, uint8_t *p, const uint8_t *schema,
-                         size_t schema_len) {
+static void hello_pack(const tha_session_t *s, uint8_t *p) {
     const tha_heap_t *h = s->heap;
     const tha__region_t *r = h ? tha__reg(h) : NULL;
+    const tha__epoch_t *e = r && r->nepochs && r->nepochs <= THA__MAX_EPOCHS
+                                ? &r->epochs[r->nepochs - 1] : NULL;
     put32(p, THA_PROTOCOL_VERSION);
     put32(p + 4, (uint32_t)s->cfg.role);
     put64(p + 8, s->cfg.node_id);
@@ -272,14 +372,15 @@ static size_t hello_pack(const tha_session_t *s, uint8_t *p, const uint8_t *sche
     put64(p + 48, h ? tha_schema_fingerprint(h->schema) : 0);
     memcpy(p + 56, s->nonce, NONCE);
     memset(p + HELLO_MAC_AT, 0, THA_MAC_SIZE);
-    put32(p + HELLO_MAC_AT + THA_MAC_SIZE, h ? 1u : 0u);
-    put32(p + HELLO_MAC_AT + THA_MAC_SIZE + 4, (uint32_t)schema_len);
-    if (schema_len) memcpy(p + HELLO_FIXED, schema, schema_len);
-    return HELLO_FIXED + schema_len;
+    size_t q = HELLO_MAC_AT + THA_MAC_SIZE;
+    put32(p + q, h ? 1u : 0u);
+    put32(p + q + 4, 0);
+    put64(p + q + 8, e ? e->start : 0);
+    put64(p + q + 16, e ? e->id : 0);
 }
 
 static int hello_parse(const uint8_t *p, size_t len, hello_t *o) {
-    if (len < HELLO_FIXED) return THA_EPROTO;
+    if (len != HELLO_SIZE) return THA_EPROTO;
     o->version = get32(p);
     o->role = get32(p + 4);
     o->node = get64(p + 8);
@@ -290,27 +391,22 @@ static int hello_parse(const uint8_t *p, size_t len, hello_t *o) {
     o->fingerprint = get64(p + 48);
     memcpy(o->nonce, p + 56, NONCE);
     memcpy(o->mac, p + HELLO_MAC_AT, THA_MAC_SIZE);
-    o->flags = get32(p + HELLO_MAC_AT + THA_MAC_SIZE);
-    o->schema_len = get32(p + HELLO_MAC_AT + THA_MAC_SIZE + 4);
-    if (o->schema_len != len - HELLO_FIXED) return THA_EPROTO;
-    o->schema = p + HELLO_FIXED;
+    size_t q = HELLO_MAC_AT + THA_MAC_SIZE;
+    o->flags = get32(p + q);
+    o->unused = get32(p + q + 4);
+    o->epoch_start = get64(p + q + 8);
+    o->epoch_id = get64(p + q + 16);
     return 0;
 }
 
-/* MAC of label || nonce || data (mac field inside data zeroed by caller);
- * all zeros without a secret. */
-static void mac_of(const tha_session_t *s, const char *label, const uint8_t *nonce,
-                   const uint8_t *data, size_t len, uint8_t out[THA_MAC_SIZE]) {
-    memset(out, 0, THA_MAC_SIZE);
-    if (!s->cfg.mac) return;
-    size_t ll = strlen(label) + 1;
-    uint8_t *buf = malloc(ll + NONCE + len);
-    if (!buf) return; /* a zero MAC fails verification: fails closed */
-    memcpy(buf, label, ll);
-    memcpy(buf + ll, nonce, NONCE);
-    memcpy(buf + ll + NONCE, data, len);
-    s->cfg.mac(s->cfg.mac_ctx, buf, ll + NONCE + len, out);
-    free(buf);
+/* HMAC(secret, label || standby's HELLO || active's HELLO): binds a MAC
+ * to both nonces, both roles and everything both ends said, so it is good
+ * for this one connection only (a relayed or replayed handshake fails). */
+static void transcript_mac(const tha_session_t *s, const char *label,
+                           const uint8_t *hello_a, uint8_t out[THA_MAC_SIZE]) {
+    tha_mac_part_t parts[3] = {{label, strlen(label) + 1}, {s->hello_s, HELLO_SIZE},
+                               {hello_a, HELLO_SIZE}};
+    s->cfg.mac(s->cfg.mac_ctx, s->secret, s->secret_len, parts, 3, out);
 }
 
 static bool mac_equal(const uint8_t *a, const uint8_t *b) {
@@ -319,13 +415,30 @@ static bool mac_equal(const uint8_t *a, const uint8_t *b) {
     return d == 0;
 }
 
+/* Once both HELLOs are known and the peer proved the secret: one session
+ * key per direction, derived from the secret and the transcript; every
+ * later message carries a tag under it. */
+static void derive_keys(tha_session_t *s) {
+    if (!s->secret_len) return;
+    uint8_t a2s[TAG], s2a[TAG];
+    transcript_mac(s, "tha2 key active to standby", s->hello_a, a2s);
+    transcript_mac(s, "tha2 key standby to active", s->hello_a, s2a);
+    bool active = s->cfg.role == THA_ROLE_ACTIVE;
+    memcpy(s->key_tx, active ? a2s : s2a, TAG);
+    memcpy(s->key_rx, active ? s2a : a2s, TAG);
+    memset(a2s, 0, TAG);
+    memset(s2a, 0, TAG);
+    s->ctr_tx = s->ctr_rx = 0;
+    s->keyed = 1;
+}
+
 int tha_session_start(tha_session_t *s, uint64_t now_ms) {
     if (s->started) return THA_ESTATE;
     s->started = 1;
-    s->now = s->last_heard = s->last_sent = now_ms;
+    s->now = s->last_heard = s->last_sent = s->started_at = now_ms;
     if (s->cfg.role == THA_ROLE_ACTIVE) return 0; /* the standby speaks first */
-    size_t n = hello_pack(s, s->my_hello, NULL, 0);
-    return send_msg(s, M_HELLO, 0, s->my_hello, n);
+    hello_pack(s, s->hello_s);
+    return send_msg(s, M_HELLO, 0, s->hello_s, HELLO_SIZE);
 }
 
 static int refuse(tha_session_t *s, int code, uint64_t epoch, const char *fmt, ...)
@@ -346,7 +459,8 @@ static int refuse(tha_session_t *s, int code, uint64_t epoch, const char *fmt, .
     return close_with(s, THA_EV_ERROR, code, "refused the peer: %s", msg);
 }
 
-/* Standby: the active introduced itself. */
+/* Standby: the active answered our HELLO. Nothing it says counts until
+ * its MAC over both HELLOs checks out. */
 static int on_active_hello(tha_session_t *s, const uint8_t *p, size_t len) {
     hello_t *a = &s->peer;
     if (hello_parse(p, len, a) || a->role != THA_ROLE_ACTIVE)
@@ -354,76 +468,83 @@ static int on_active_hello(tha_session_t *s, const uint8_t *p, size_t len) {
     if (a->version != THA_PROTOCOL_VERSION)
         return refuse(s, THA_EVERSION, 0, "protocol version %u; this standby speaks %d",
                       a->version, THA_PROTOCOL_VERSION);
-    uint8_t want[THA_MAC_SIZE], *copy = malloc(len);
-    if (!copy) return THA_ENOMEM;
-    memcpy(copy, p, len);
-    memset(copy + HELLO_MAC_AT, 0, THA_MAC_SIZE);
-    mac_of(s, "tha-active-hello", s->nonce, copy, len, want);
-    free(copy);
-    if (s->cfg.mac && !mac_equal(want, a->mac))
-        return refuse(s, THA_EAUTH, 0, "authentication failed: the active does "
-                      "not know the shared secret");
+    memcpy(s->hello_a, p, HELLO_SIZE);
+    uint8_t w[THA_MAC_SIZE] = {0};
+    if (s->secret_len) {
+        uint8_t zeroed[HELLO_SIZE], want[THA_MAC_SIZE];
+        memcpy(zeroed, p, HELLO_SIZE);
+        memset(zeroed + HELLO_MAC_AT, 0, THA_MAC_SIZE);
+        transcript_mac(s, "tha2 active hello", zeroed, want);
+        if (!mac_equal(want, a->mac))
+            return refuse(s, THA_EAUTH, 0, "authentication failed: the active does "
+                          "not know the shared secret");
+        transcript_mac(s, "tha2 standby welcome", s->hello_a, w);
+    } else if (!mac_equal(w, a->mac)) {
+        return refuse(s, THA_EAUTH, 0, "authentication failed: the active uses a "
+                      "shared secret and this standby has none");
+    }
+    /* the active proved itself: WELCOME proves us, then keyed messages */
+    int rc = send_msg(s, M_WELCOME, 0, w, sizeof w);
+    if (rc) return rc;
+    derive_keys(s);
+    s->proven = 1;
     uint64_t mine = s->heap ? s->heap->epoch : 0;
     if (a->epoch < mine)
         return refuse(s, THA_EFENCED, mine, "fenced: the active is at epoch %llu, "
                       "this node is at epoch %llu", (unsigned long long)a->epoch,
                       (unsigned long long)mine);
+    return 0; /* its SCHEMA comes next */
+}
+
+/* Standby: the active's schema, its first keyed message. */
+static int on_schema(tha_session_t *s, const uint8_t *p, size_t len) {
+    const hello_t *a = &s->peer;
     tha_schema_t *theirs = NULL;
     char why[200];
-    int rc = tha_schema_deserialize(a->schema, a->schema_len, &theirs, why, sizeof why);
+    int rc = tha_schema_deserialize(p, len, &theirs, why, sizeof why);
     if (rc) return refuse(s, THA_EPROTO, 0, "unreadable schema from the active: %s", why);
-    if (s->heap && tha_schema_fingerprint(theirs) != tha_schema_fingerprint(s->heap->schema)) {
+    if (tha_schema_fingerprint(theirs) != a->fingerprint) {
+        tha_schema_release(theirs);
+        return refuse(s, THA_EPROTO, 0, "the active's schema does not match the "
+                      "fingerprint in its HELLO");
+    }
+    if (s->heap && a->fingerprint != tha_schema_fingerprint(s->heap->schema)) {
         tha_schema_compare(theirs, s->heap->schema, why, sizeof why);
         tha_schema_release(theirs);
         return refuse(s, THA_EMISMATCH, 0, "schema mismatch (active vs standby): %s", why);
     }
     tha_schema_release(s->peer_schema);
     s->peer_schema = theirs;
-    /* WELCOME: our MAC over the active's nonce and our own HELLO */
-    uint8_t w[THA_MAC_SIZE];
-    mac_of(s, "tha-standby-welcome", a->nonce, s->my_hello, HELLO_FIXED, w);
-    rc = send_msg(s, M_WELCOME, 0, w, sizeof w);
-    if (rc) return rc;
     s->state = S_STREAMING; /* until the active starts a bulk sync */
     tha_event_t *e = push_event(s, THA_EV_READY, 0, a->seq, s->heap ? s->heap->seq : 0, 0);
     if (e) e->epoch = a->epoch;
     return 0;
 }
 
-/* Active: the standby introduced itself; answer with our HELLO. */
+/* Active: the standby introduced itself; answer with our HELLO, whose MAC
+ * covers both HELLOs. Nothing in the standby's counts before WELCOME. */
 static int on_standby_hello(tha_session_t *s, const uint8_t *p, size_t len) {
     hello_t *b = &s->peer;
-    if (hello_parse(p, len, b) || b->role != THA_ROLE_STANDBY || b->schema_len)
+    if (hello_parse(p, len, b) || b->role != THA_ROLE_STANDBY)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed HELLO from the standby");
     if (b->version != THA_PROTOCOL_VERSION)
         return close_with(s, THA_EV_ERROR, THA_EVERSION, "standby speaks protocol "
                           "version %u; this node speaks %d", b->version,
                           THA_PROTOCOL_VERSION);
-    memcpy(s->my_hello, p, HELLO_FIXED); /* the WELCOME MAC covers it */
-    if (b->epoch > s->heap->epoch) {
-        tha_event_t *e;
-        close_with(s, THA_EV_FENCED, THA_EFENCED, "fenced: the standby knows epoch "
-                   "%llu, this active is at epoch %llu", (unsigned long long)b->epoch,
-                   (unsigned long long)s->heap->epoch);
-        e = &s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap];
-        e->epoch = b->epoch;
-        return THA_EFENCED;
+    memcpy(s->hello_s, p, HELLO_SIZE);
+    hello_pack(s, s->hello_a);
+    if (s->secret_len) {
+        uint8_t mac[THA_MAC_SIZE];
+        transcript_mac(s, "tha2 active hello", s->hello_a, mac);
+        memcpy(s->hello_a + HELLO_MAC_AT, mac, THA_MAC_SIZE);
     }
-    size_t slen;
-    int rc = tha_schema_serialize(s->heap->schema, NULL, 0, &slen);
-    if (rc) return rc;
-    uint8_t *m = malloc(HELLO_FIXED + slen);
-    if (!m) return THA_ENOMEM;
-    tha_schema_serialize(s->heap->schema, m + HELLO_FIXED, slen, &slen);
-    size_t n = hello_pack(s, m, m + HELLO_FIXED, slen);
-    mac_of(s, "tha-active-hello", b->nonce, m, n, m + HELLO_MAC_AT);
-    rc = send_msg(s, M_HELLO, 0, m, n);
-    free(m);
-    return rc;
+    return send_msg(s, M_HELLO, 0, s->hello_a, HELLO_SIZE);
 }
-
-static int start_bulk(tha_session_t *s) {
-    out_drop_all(s); /* only called at message boundaries */
+/* Starts a bulk sync; replaces: drops the frames queued so far (the image
+ * carries their content), unless the caller keeps its queue (the schema
+ * queued by the handshake). */
+static int start_bulk(tha_session_t *s, bool drop_queued) {
+    if (drop_queued) out_drop_unsent(s);
     s->state = S_BULK;
     s->bulk_phase = 1;
     s->bulk_block = 0;
@@ -432,21 +553,58 @@ static int start_bulk(tha_session_t *s) {
     return 0;
 }
 
+/* Rule: a node may resume only if its (epoch, epoch id, seq) lies on this
+ * heap's epoch history (as PostgreSQL timelines): its epoch is one of ours,
+ * begun by the same node at the same seq, and its seq is not past the
+ * point where our history left that epoch. Anything else may hold writes
+ * this heap never had: bulk sync. */
+static bool on_history(const tha_heap_t *h, const hello_t *b) {
+    const tha__region_t *r = tha__reg(h);
+    uint64_t n = r->nepochs <= THA__MAX_EPOCHS ? r->nepochs : 0;
+    for (uint64_t i = 0; i < n; i++) {
+        const tha__epoch_t *e = &r->epochs[i];
+        if (e->epoch != b->epoch || e->id != b->epoch_id || e->start != b->epoch_start)
+            continue;
+        uint64_t end = i + 1 < n ? r->epochs[i + 1].start : h->seq;
+        return b->seq >= e->start && b->seq <= end && end <= h->seq;
+    }
+    return false;
+}
+
 /* Active: the standby proved itself; resume from the backlog or bulk. */
 static int on_welcome(tha_session_t *s, const uint8_t *p, size_t len) {
     if (len != THA_MAC_SIZE)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed WELCOME");
-    uint8_t want[THA_MAC_SIZE];
-    mac_of(s, "tha-standby-welcome", s->nonce, s->my_hello, HELLO_FIXED, want);
-    if (s->cfg.mac && !mac_equal(want, p))
-        return close_with(s, THA_EV_ERROR, THA_EAUTH, "authentication failed: the "
-                          "standby does not know the shared secret");
+    uint8_t want[THA_MAC_SIZE] = {0};
+    if (s->secret_len) transcript_mac(s, "tha2 standby welcome", s->hello_a, want);
+    if (!mac_equal(want, p))
+        return refuse(s, THA_EAUTH, 0, "authentication failed: the standby %s",
+                      s->secret_len ? "does not know the shared secret"
+                                    : "uses a shared secret and this active has none");
+    derive_keys(s);
+    s->proven = 1;
+    /* from here on what the standby said in its HELLO is authenticated */
     const hello_t *b = &s->peer;
     tha_heap_t *h = s->heap;
+    if (b->epoch > h->epoch) {
+        close_with(s, THA_EV_FENCED, THA_EFENCED, "fenced: the standby knows epoch "
+                   "%llu, this active is at epoch %llu", (unsigned long long)b->epoch,
+                   (unsigned long long)h->epoch);
+        s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap].epoch = b->epoch;
+        return THA_EFENCED;
+    }
+    size_t slen;
+    int rc = tha_schema_serialize(h->schema, NULL, 0, &slen);
+    uint8_t *sch = rc ? NULL : malloc(slen ? slen : 1);
+    if (!rc && !sch) rc = THA_ENOMEM;
+    if (!rc) rc = tha_schema_serialize(h->schema, sch, slen, &slen);
+    if (!rc) rc = send_msg(s, M_SCHEMA, 0, sch, slen);
+    free(sch);
+    if (rc) return close_with(s, THA_EV_ERROR, rc, "cannot send the schema: %s",
+                              tha_strerror(rc));
     uint64_t first = 0, last = 0, bytes;
     tha_backlog_range(s->backlog, &first, &last, &bytes);
-    bool same_history = b->flags && b->lineage == h->lineage && b->seq <= h->seq &&
-                        (b->epoch == h->epoch || b->seq <= h->epoch_start);
+    bool same_history = (b->flags & 1) && b->lineage == h->lineage && on_history(h, b);
     bool have = b->seq == h->seq || (last && first <= b->seq + 1 && b->seq + 1 <= last);
     tha_event_t *e = push_event(s, THA_EV_READY, 0, b->seq, b->seq, same_history && have);
     if (e) e->epoch = b->epoch;
@@ -458,7 +616,7 @@ static int on_welcome(tha_session_t *s, const uint8_t *p, size_t len) {
         s->next_seq = b->seq + 1;
         return tha_session_pump(s, s->ack_level);
     }
-    return start_bulk(s);
+    return start_bulk(s, false);
 }
 
 /* ---- bulk sync: active ------------------------------------------------ */
@@ -488,10 +646,11 @@ static int bulk_step(tha_session_t *s) {
     if (s->bulk_phase == 2 && s->bulk_block < top_blocks) {
         uint64_t max_blocks = s->cfg.chunk_bytes / THA__BLOCK;
         size_t need = tha__segment_size(h, s->bulk_block, max_blocks), len;
+        size_t tl = s->keyed ? TAG : 0;
         /* the codec writes 8-byte words: the payload must be 8-aligned, so
          * the 20-byte header starts PAD bytes into the buffer */
         enum { PAD = 4 };
-        uint8_t *buf = malloc(PAD + MSG_HDR + need), *m = buf + PAD;
+        uint8_t *buf = malloc(PAD + MSG_HDR + need + tl), *m = buf + PAD;
         if (!buf) return THA_ENOMEM;
         int rc = tha__encode_segment(h, &s->bulk_block, max_blocks, m + MSG_HDR, need, &len);
         if (rc) {
@@ -499,9 +658,15 @@ static int bulk_step(tha_session_t *s) {
             return close_with(s, THA_EV_ERROR, rc, "bulk sync: %s", tha_heap_errmsg(h));
         }
         fill_header(m, M_SNAP_DATA, 0, m + MSG_HDR, len);
-        rc = out_push(s, buf, m, MSG_HDR + len, NULL);
+        uint64_t ctr = 0;
+        if (tl) {
+            ctr = ++s->ctr_tx;
+            msg_tag(s, s->key_tx, ctr - 1, m, m + MSG_HDR, len, m + MSG_HDR + len);
+        }
+        rc = out_push(s, buf, m, MSG_HDR + len + tl, NULL, ctr, false);
         if (rc) {
             free(buf);
+            if (tl) s->ctr_tx--;
             return rc;
         }
         push_event(s, THA_EV_BULK_PROGRESS, 0, s->bulk_seq, s->bulk_block * THA__BLOCK,
@@ -540,7 +705,7 @@ int tha_session_pump(tha_session_t *s, int ack) {
             if (e) snprintf(e->msg, sizeof e->msg, "standby fell behind the backlog "
                             "(needs seq %llu, backlog starts at %llu): bulk sync",
                             (unsigned long long)s->next_seq, (unsigned long long)first);
-            return start_bulk(s);
+            return start_bulk(s, true);
         }
         int rc = send_frame_ref(s, f, ack);
         if (rc) return rc;
@@ -664,15 +829,24 @@ static int on_frame(tha_session_t *s, const uint8_t *p, size_t len, int ack) {
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "FRAME before the standby "
                           "has a heap to apply it to");
     tha_frame_info_t info;
+    char why[200];
+    uint64_t seq = 0;
     int rc = tha_frame_info(p, len, &info);
-    uint64_t seq = rc ? 0 : info.seq;
-    if (!rc && ack == THA_ACK_RECEIVED) rc = send_ack(s, seq, THA_ACK_RECEIVED);
-    if (!rc) rc = tha_heap_apply(target, p, len);
-    if (rc) { /* the heap is unchanged; the active decides what to resend */
-        send_nack(s, seq, rc, tha_heap_errmsg(target));
+    if (rc) {
+        snprintf(why, sizeof why, "unreadable frame header: %s", tha_strerror(rc));
+    } else {
+        seq = info.seq;
+        if (ack == THA_ACK_RECEIVED && (rc = send_ack(s, seq, THA_ACK_RECEIVED)))
+            snprintf(why, sizeof why, "cannot queue the ack: %s", tha_strerror(rc));
+        else if ((rc = tha_heap_apply(target, p, len)))
+            snprintf(why, sizeof why, "%s", tha_heap_errmsg(target));
+    }
+    if (rc) { /* the heap is unchanged; the active decides what to resend.
+                 The reason is this frame's own, never an older message. */
+        send_nack(s, seq, rc, why);
         tha_event_t *e = push_event(s, THA_EV_ERROR, rc, seq, 0, 0);
         if (e) snprintf(e->msg, sizeof e->msg, "frame seq %llu refused: %s",
-                        (unsigned long long)seq, tha_heap_errmsg(target));
+                        (unsigned long long)seq, why);
         return 0;
     }
     if (s->state == S_CATCHUP) return maybe_go_live(s, ack);
@@ -690,28 +864,34 @@ static int on_frame(tha_session_t *s, const uint8_t *p, size_t len, int ack) {
 
 static int dispatch(tha_session_t *s, int type, int flags, const uint8_t *p, size_t len) {
     bool active = s->cfg.role == THA_ROLE_ACTIVE;
-    if (type == M_HEARTBEAT) {
-        if (len != 24) return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed HEARTBEAT");
-        s->peer.seq = get64(p);
-        push_event(s, THA_EV_HEARTBEAT, 0, get64(p), get64(p), get64(p + 8));
-        return 0;
-    }
     if (type == M_REFUSE) {
         if (len < 16 || get32(p + 12) != len - 16)
             return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed REFUSE");
         int code = (int)get32(p);
         uint64_t epoch = get64(p + 4);
-        close_with(s, code == THA_EFENCED ? THA_EV_FENCED : THA_EV_REFUSED, code,
-                   "the peer refused: %.*s", (int)(len - 16), (const char *)p + 16);
-        s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap].epoch = epoch;
+        /* a refusal ends the connection either way, but only a proven peer
+         * can fence us: before that it is just a peer going away */
+        bool fenced = code == THA_EFENCED && s->proven;
+        close_with(s, fenced ? THA_EV_FENCED : THA_EV_REFUSED, code,
+                   "the peer refused%s: %.*s", s->proven ? "" : " (before proving "
+                   "the shared secret)", (int)(len - 16), (const char *)p + 16);
+        s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap].epoch = fenced ? epoch : 0;
         return code;
     }
     if (s->state == S_HANDSHAKE) {
         if (active && type == M_HELLO && !s->peer.role) return on_standby_hello(s, p, len);
-        if (active && type == M_WELCOME && s->peer.role) return on_welcome(s, p, len);
-        if (!active && type == M_HELLO) return on_active_hello(s, p, len);
+        if (active && type == M_WELCOME && s->peer.role && !s->proven)
+            return on_welcome(s, p, len);
+        if (!active && type == M_HELLO && !s->proven) return on_active_hello(s, p, len);
+        if (!active && type == M_SCHEMA && s->proven) return on_schema(s, p, len);
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "unexpected %s during the handshake",
                           msg_names[type]);
+    }
+    if (type == M_HEARTBEAT) {
+        if (len != 24) return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed HEARTBEAT");
+        s->peer.seq = get64(p);
+        push_event(s, THA_EV_HEARTBEAT, 0, get64(p), get64(p), get64(p + 8));
+        return 0;
     }
     if (active) {
         if (type == M_ACK && len == 12) {
@@ -731,7 +911,7 @@ static int dispatch(tha_session_t *s, int type, int flags, const uint8_t *p, siz
             if (e) snprintf(e->msg, sizeof e->msg, "standby refused seq %llu: %.*s; "
                             "bulk sync", (unsigned long long)get64(p), (int)(len - 16),
                             (const char *)p + 16);
-            return start_bulk(s);
+            return start_bulk(s, true);
         }
     } else {
         switch (type) {
@@ -756,21 +936,37 @@ static int64_t message_length(tha_session_t *s, const uint8_t *p, size_t avail) 
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "garbage from the peer (not a "
                           "tha message header)");
     uint64_t len = get32(p + 8);
+    if (!s->proven && len > THA_HANDSHAKE_MAX) /* costs nothing before proof */
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "%s of %llu bytes before the "
+                          "peer proved the shared secret (the handshake allows %u)",
+                          msg_names[type], (unsigned long long)len, THA_HANDSHAKE_MAX);
     if (len > s->cfg.max_message)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "%s of %llu bytes exceeds the "
                           "limit of %llu", msg_names[type], (unsigned long long)len,
                           (unsigned long long)s->cfg.max_message);
-    return avail >= MSG_HDR + len ? (int64_t)(MSG_HDR + len) : 0;
+    uint64_t total = msg_total(s, len);
+    return avail >= total ? (int64_t)total : 0;
 }
 
 static int handle(tha_session_t *s, const uint8_t *m, size_t total) {
     uint16_t type, flags;
     memcpy(&type, m + 4, 2);
     memcpy(&flags, m + 6, 2);
-    if (!self_checked(type) && tha_crc32c(0, m + MSG_HDR, total - MSG_HDR) != get32(m + 12))
+    size_t len = total - MSG_HDR - (s->keyed ? TAG : 0);
+    if (s->keyed) { /* verified before anything in it is looked at */
+        uint8_t want[TAG];
+        msg_tag(s, s->key_rx, s->ctr_rx, m, m + MSG_HDR, len, want);
+        if (!mac_equal(want, m + MSG_HDR + len))
+            return close_with(s, THA_EV_ERROR, THA_EAUTH, "%s (message %llu from the "
+                              "peer) fails its MAC: forged, replayed or reordered on "
+                              "the way; closing", msg_names[type],
+                              (unsigned long long)s->ctr_rx);
+        s->ctr_rx++;
+    }
+    if (!self_checked(type) && tha_crc32c(0, m + MSG_HDR, len) != get32(m + 12))
         return close_with(s, THA_EV_ERROR, THA_ECHECKSUM, "%s payload checksum mismatch",
                           msg_names[type]);
-    return dispatch(s, type, flags, m + MSG_HDR, total - MSG_HDR);
+    return dispatch(s, type, flags, m + MSG_HDR, len);
 }
 
 int tha_session_feed(tha_session_t *s, const void *data, size_t len, uint64_t now_ms) {
@@ -800,7 +996,7 @@ int tha_session_feed(tha_session_t *s, const void *data, size_t len, uint64_t no
         if (!want) {
             need = message_length(s, s->in, s->in_len);
             if (need < 0) return (int)need;
-            want = need ? (size_t)need : MSG_HDR + get32(s->in + 8);
+            want = need ? (size_t)need : (size_t)msg_total(s, get32(s->in + 8));
         }
         if (want > s->in_cap) {
             uint8_t *in = realloc(s->in, want);
@@ -850,7 +1046,7 @@ int tha_session_recv_buffer(tha_session_t *s, void **buf, size_t *cap) {
     if (s->in_len >= MSG_HDR) { /* a message is under way: its size is known */
         int64_t need = message_length(s, s->in, s->in_len);
         if (need < 0) return (int)need;
-        size_t total = MSG_HDR + (size_t)get32(s->in + 8);
+        size_t total = (size_t)msg_total(s, get32(s->in + 8));
         if (total > RECV_EXACT) {
             int rc = in_reserve(s, total);
             if (rc) return rc;
@@ -915,6 +1111,7 @@ int tha_session_output(tha_session_t *s, const void **data, size_t *len) {
     outitem_t *o = &s->out[s->out_head];
     *data = o->ptr + o->off;
     *len = o->len - o->off;
+    s->out_lent = 1;
     return 0;
 }
 
@@ -926,10 +1123,10 @@ int tha_session_advance(tha_session_t *s, size_t n) {
         n -= take;
         s->bytes_out += take;
         if (o->off == o->len) {
-            free(o->own);
-            tha__bframe_release(o->ref);
+            out_free(o);
             s->out_head = (s->out_head + 1) % s->out_cap;
             s->out_n--;
+            s->out_lent = 0;
         }
     }
     return n ? THA_EINVAL : 0;
@@ -939,6 +1136,9 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
     if (s->state == S_CLOSED) return THA_ECLOSED;
     if (!s->started) return 0; /* no clock yet: nothing can have timed out */
     s->now = now_ms;
+    if (s->state == S_HANDSHAKE && now_ms - s->started_at >= s->cfg.timeout_ms)
+        return close_with(s, THA_EV_TIMEOUT, THA_ETIMEOUT, "the handshake did not finish "
+                          "within %llu ms", (unsigned long long)s->cfg.timeout_ms);
     if (!s->timed_out && now_ms - s->last_heard >= s->cfg.timeout_ms) {
         s->timed_out = 1;
         tha_event_t *e = push_event(s, THA_EV_TIMEOUT, 0, s->peer.seq,

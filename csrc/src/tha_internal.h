@@ -106,7 +106,19 @@ void tha__schema_describe(const tha_schema_t *s, uint32_t id, uint64_t off,
 #define THA__NCLASSES 32u
 #define THA__GRANULE (64u << 10) /* capacity is a multiple of this */
 #define THA__COMMIT_STEP (1u << 20) /* commit growth, bytes */
-#define THA__REGION_MAGIC 0x314e474552414854ull /* "THAREGN1" */
+#define THA__REGION_MAGIC 0x324e474552414854ull /* "THAREGN2" */
+#define THA__MAX_EPOCHS 32u      /* epoch history entries kept in the region */
+
+/* One epoch of the heap's history: frames with seq > start (up to the next
+ * entry's start) were encoded in this epoch by the node that drew id when
+ * it began the epoch (ids tell apart two nodes that promoted to the same
+ * epoch number). Kept in the region so that it travels with every image,
+ * delta, bulk sync and checkpoint: a mirror's history is its source's. */
+typedef struct tha__epoch {
+    uint64_t epoch;
+    uint64_t start;  /* seq the epoch began at */
+    uint64_t id;     /* random */
+} tha__epoch_t;
 
 /* At offset 0 of the region. Every reference is an offset from the base
  * (0 = none), so the image means the same at any address. */
@@ -123,6 +135,8 @@ typedef struct tha__region {
     uint64_t live_bytes;       /* payload bytes */
     uint64_t nroots;           /* root entries in use, packed at the start */
     uint64_t class_slabs[THA__NCLASSES]; /* slabs with a free slot, per class */
+    uint64_t nepochs;          /* entries of epochs in use, oldest first; >= 1 */
+    tha__epoch_t epochs[THA__MAX_EPOCHS]; /* the last one is the current epoch */
 } tha__region_t;
 
 /* Page map entry, one per page of the capacity. */
@@ -202,8 +216,8 @@ struct tha_heap {
                                writable; diff all of it at the next frame */
     uint64_t nblocks;       /* capacity / THA__BLOCK */
     uint64_t seq;           /* last frame encoded or applied */
-    uint64_t epoch;
-    uint64_t epoch_start;   /* seq when this epoch began (tha_heap_set_epoch) */
+    uint64_t epoch;         /* == the region's last history entry's epoch
+                               once a frame of that epoch is encoded/applied */
     uint64_t lineage;       /* random at create; taken from applied snapshots */
     int tracking;
     uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;

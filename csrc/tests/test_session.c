@@ -121,11 +121,13 @@ static bool mirrors(tha_heap_t *a, tha_heap_t *b) {
 
 /* A keyed stand-in for HMAC-SHA256: the session only compares MACs, so any
  * keyed function exercises it; real drivers use a real HMAC. */
-static void toy_mac(void *ctx, const void *data, size_t len, uint8_t out[THA_MAC_SIZE]) {
-    const char *key = ctx;
-    uint32_t c = tha_crc32c(0, key, strlen(key));
+static void toy_mac(void *ctx, const uint8_t *key, size_t key_len,
+                    const tha_mac_part_t *parts, size_t nparts, uint8_t out[THA_MAC_SIZE]) {
+    (void)ctx;
+    uint32_t c = tha_crc32c(0, key, key_len);
     for (uint32_t i = 0; i < THA_MAC_SIZE / 4; i++) {
-        c = tha_crc32c(c ^ i, data, len);
+        c ^= i;
+        for (size_t j = 0; j < nparts; j++) c = tha_crc32c(c, parts[j].data, parts[j].len);
         memcpy(out + 4 * i, &c, 4);
     }
 }
@@ -145,7 +147,8 @@ typedef struct tape {
 static end_t *end_new(int role, const char *key, tha_heap_t *heap, tha_backlog_t *bl) {
     end_t *e = calloc(1, sizeof *e);
     tha_session_config_t cfg = {.role = role, .node_id = (uint64_t)role,
-                                .mac = key ? toy_mac : NULL, .mac_ctx = (void *)key,
+                                .secret = key, .secret_len = key ? strlen(key) : 0,
+                                .mac = key ? toy_mac : NULL,
                                 .chunk_bytes = 4096};
     CHECK_OK(tha_session_create(&e->s, &cfg, heap, bl));
     CHECK_OK(tha_session_start(e->s, 0));
@@ -481,15 +484,29 @@ static void test_wrong_mac(void) {
     end_free(a);
     end_free(b);
 
-    /* a standby without the secret: the active finds its MAC wrong */
+    /* a standby without the secret: it finds the active's MAC set */
     a = end_new(THA_ROLE_ACTIVE, "right", h, bl);
     b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
     exchange(a, b, 1, SIZE_MAX, NULL);
-    e = last_ev(a, THA_EV_ERROR);
+    e = last_ev(b, THA_EV_ERROR);
     CHECK(e && e->code == THA_EAUTH);
+    CHECK_CONTAINS(e ? e->msg : NULL, "this standby has none");
     CHECK(!last_ev(a, THA_EV_READY) && !last_ev(b, THA_EV_BULK_BEGIN));
     end_free(a);
     end_free(b);
+
+    /* an active without the secret: the standby finds its MAC missing */
+    tha_backlog_t *bl0;
+    CHECK_OK(tha_backlog_create(&bl0, 0));
+    a = end_new(THA_ROLE_ACTIVE, NULL, h, bl0);
+    b = end_new(THA_ROLE_STANDBY, "right", NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    e = last_ev(b, THA_EV_ERROR);
+    CHECK(e && e->code == THA_EAUTH);
+    CHECK(!last_ev(a, THA_EV_READY) && !last_ev(b, THA_EV_READY));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl0);
 
     /* the same secret: through, with split bytes */
     a = end_new(THA_ROLE_ACTIVE, "right", h, bl);
@@ -508,6 +525,213 @@ static void test_wrong_mac(void) {
 }
 
 /* ---- resume, fencing, time ------------------------------------------- */
+
+/* ---- what a peer that has not proven the secret can do: nothing -------- */
+
+static void put32le(uint8_t *p, uint32_t v) { memcpy(p, &v, 4); }
+static void put64le(uint8_t *p, uint64_t v) { memcpy(p, &v, 8); }
+
+/* A well-formed untagged message (what anyone can write). */
+static size_t craft(uint8_t *m, int type, const void *payload, uint32_t len) {
+    uint16_t t = (uint16_t)type, f = 0;
+    put32le(m, 0x4D414854u);
+    memcpy(m + 4, &t, 2);
+    memcpy(m + 6, &f, 2);
+    put32le(m + 8, len);
+    if (len) memcpy(m + 20, payload, len);
+    put32le(m + 12, tha_crc32c(0, m + 20, len));
+    put32le(m + 16, tha_crc32c(0, m, 16));
+    return 20 + len;
+}
+
+/* The first message a fresh end queued, copied out (and consumed). */
+static size_t take_output(end_t *e, uint8_t *buf, size_t cap) {
+    const void *d;
+    size_t n;
+    CHECK_OK(tha_session_output(e->s, &d, &n));
+    CHECK(n <= cap);
+    memcpy(buf, d, n);
+    CHECK_OK(tha_session_advance(e->s, n));
+    return n;
+}
+
+static void test_unproven_peer(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    uint8_t m[4096], hb[24] = {0};
+
+    /* heartbeats before the handshake do not keep the peer alive */
+    end_t *b = end_new(THA_ROLE_STANDBY, "k", NULL, NULL);
+    size_t n = craft(m, 9 /* HEARTBEAT */, hb, sizeof hb);
+    tha_session_feed(b->s, m, n, 5);
+    drain(b);
+    CHECK(!last_ev(b, THA_EV_HEARTBEAT) && state_of(b) == 4);
+    end_free(b);
+
+    /* nor does trickling bytes: the handshake has a deadline */
+    b = end_new(THA_ROLE_STANDBY, "k", NULL, NULL);
+    tha_session_feed(b->s, m, 3, 1999);
+    tha_session_tick(b->s, 2000);
+    drain(b);
+    const tha_event_t *e = last_ev(b, THA_EV_TIMEOUT);
+    CHECK(e && state_of(b) == 4);
+    CHECK_CONTAINS(e ? e->msg : NULL, "handshake");
+    end_free(b);
+
+    /* a header announcing 4 GiB costs nothing before proof */
+    b = end_new(THA_ROLE_STANDBY, "k", NULL, NULL);
+    n = craft(m, 1 /* HELLO */, NULL, 0);
+    put32le(m + 8, 0xffffffffu);
+    put32le(m + 16, tha_crc32c(0, m, 16));
+    void *buf;
+    size_t cap;
+    CHECK_OK(tha_session_recv_buffer(b->s, &buf, &cap));
+    memcpy(buf, m, 20);
+    tha_session_received(b->s, 20, 1);
+    drain(b);
+    e = last_ev(b, THA_EV_ERROR);
+    CHECK(e && e->code == THA_EPROTO && state_of(b) == 4);
+    CHECK_CONTAINS(e ? e->msg : NULL, "before the peer proved");
+    CHECK(tha_session_recv_buffer(b->s, &buf, &cap) < 0);
+    end_free(b);
+
+    /* the active: a stranger's HELLO claiming a newer epoch, then a
+     * REFUSE(EFENCED), then a WELCOME it cannot sign: never fenced */
+    for (int variant = 0; variant < 2; variant++) {
+        end_t *a = end_new(THA_ROLE_ACTIVE, "k", h, bl);
+        end_t *stranger = end_new(THA_ROLE_STANDBY, "not-k", NULL, NULL);
+        n = take_output(stranger, m, sizeof m);
+        put64le(m + 20 + 16, 99);                  /* its HELLO's epoch */
+        put32le(m + 12, tha_crc32c(0, m + 20, (uint32_t)(n - 20)));
+        put32le(m + 16, tha_crc32c(0, m, 16));
+        tha_session_feed(a->s, m, n, 1);
+        drain(a);
+        CHECK(!last_ev(a, THA_EV_FENCED) && !last_ev(a, THA_EV_READY));
+        if (variant == 0) {
+            uint8_t r[16 + 8] = {0};
+            put32le(r, (uint32_t)THA_EFENCED);
+            put64le(r + 4, 99);
+            put32le(r + 12, 8);
+            memcpy(r + 16, "go away!", 8);
+            n = craft(m, 3 /* REFUSE */, r, sizeof r);
+            tha_session_feed(a->s, m, n, 2);
+            drain(a);
+            e = last_ev(a, THA_EV_REFUSED);
+            CHECK(e && e->epoch == 0);
+            CHECK_CONTAINS(e ? e->msg : NULL, "before proving");
+        } else {
+            uint8_t w[THA_MAC_SIZE] = {1};
+            n = craft(m, 2 /* WELCOME */, w, sizeof w);
+            tha_session_feed(a->s, m, n, 2);
+            drain(a);
+            e = last_ev(a, THA_EV_ERROR);
+            CHECK(e && e->code == THA_EAUTH);
+        }
+        CHECK(!last_ev(a, THA_EV_FENCED) && !last_ev(a, THA_EV_READY));
+        CHECK(state_of(a) == 4);
+        end_free(a);
+        end_free(stranger);
+    }
+
+    /* a relay that passes the handshake through verbatim, then speaks for
+     * itself: every forged, replayed or dropped message is refused */
+    for (int variant = 0; variant < 3; variant++) {
+        end_t *a = end_new(THA_ROLE_ACTIVE, "k", h, bl);
+        b = end_new(THA_ROLE_STANDBY, "k", NULL, NULL);
+        tape_t t = {0};
+        exchange(a, b, 1, SIZE_MAX, &t);
+        sync_one(h, bl, a, THA_ACK_APPLIED); /* live after a frame, if not at once */
+        exchange(a, b, 1, SIZE_MAX, &t);
+        CHECK(last_ev(a, THA_EV_READY) && last_ev(b, THA_EV_BULK_DONE));
+        int nev = b->nev;
+        if (variant == 0) { /* a forged heartbeat, tag of zeros */
+            n = craft(m, 9, hb, sizeof hb);
+            memset(m + n, 0, THA_MAC_SIZE);
+            tha_session_feed(b->s, m, n + THA_MAC_SIZE, 3);
+        } else if (variant == 1) { /* the last message replayed */
+            sync_one(h, bl, a, THA_ACK_APPLIED);
+            const void *d;
+            size_t len;
+            CHECK_OK(tha_session_output(a->s, &d, &len));
+            uint8_t *copy = malloc(len);
+            memcpy(copy, d, len);
+            move(a, b, 3, SIZE_MAX, NULL);
+            nev = b->nev;
+            tha_session_feed(b->s, copy, len, 4);
+            free(copy);
+        } else { /* a message dropped on the way */
+            sync_one(h, bl, a, THA_ACK_APPLIED);
+            const void *d;
+            size_t len;
+            CHECK_OK(tha_session_output(a->s, &d, &len));
+            CHECK_OK(tha_session_advance(a->s, len)); /* never delivered */
+            sync_one(h, bl, a, THA_ACK_APPLIED);
+            move(a, b, 4, SIZE_MAX, NULL);
+        }
+        drain(b);
+        e = last_ev(b, THA_EV_ERROR);
+        CHECK(e && e->code == THA_EAUTH && state_of(b) == 4);
+        CHECK_CONTAINS(e ? e->msg : NULL, "fails its MAC");
+        for (int i = nev; i < b->nev; i++)
+            CHECK(b->ev[i].type != THA_EV_HEARTBEAT && b->ev[i].type != THA_EV_APPLIED);
+        /* a forged fencing REFUSE to the active fails the same way */
+        uint8_t r[16] = {0};
+        put32le(r, (uint32_t)THA_EFENCED);
+        put64le(r + 4, 99);
+        n = craft(m, 3, r, sizeof r);
+        memset(m + n, 0xee, THA_MAC_SIZE);
+        tha_session_feed(a->s, m, n + THA_MAC_SIZE, 5);
+        drain(a);
+        CHECK(!last_ev(a, THA_EV_FENCED));
+        e = last_ev(a, THA_EV_ERROR);
+        CHECK(e && e->code == THA_EAUTH);
+        tha_heap_destroy(tha_session_take_heap(b->s));
+        free(t.data);
+        end_free(a);
+        end_free(b);
+    }
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
+/* Each NACK gives its own frame's reason, never an earlier one's. */
+static void test_nack_reasons(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    mutate(h, es, 1);
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    const void *d;
+    size_t len;
+    CHECK_OK(tha_session_output(a->s, &d, &len));
+    uint8_t *frame = malloc(len);
+    memcpy(frame, d, len);
+    move(a, b, 2, SIZE_MAX, NULL);
+    tha_session_feed(b->s, frame, len, 3); /* again: out of sequence */
+    drain(b);
+    const tha_event_t *e = last_ev(b, THA_EV_ERROR);
+    CHECK_CONTAINS(e ? e->msg : NULL, "out of sequence");
+    uint8_t junk[64], m[128];
+    memset(junk, 0x5a, sizeof junk);
+    size_t n = craft(m, 7 /* FRAME */, junk, sizeof junk);
+    tha_session_feed(b->s, m, n, 4);
+    drain(b);
+    e = last_ev(b, THA_EV_ERROR);
+    CHECK_CONTAINS(e ? e->msg : NULL, "unreadable frame header");
+    CHECK(e && !strstr(e->msg, "out of sequence"));
+    free(frame);
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
 
 static void test_resume(void) {
     /* the reference pair reconnects: the standby resumes from the backlog,
@@ -685,6 +909,8 @@ int main(void) {
     RUN(test_truncated_prefixes);
     RUN(test_garbage);
     RUN(test_wrong_mac);
+    RUN(test_unproven_peer);
+    RUN(test_nack_reasons);
     RUN(test_resume);
     RUN(test_fencing);
     RUN(test_heartbeat_and_timeout);

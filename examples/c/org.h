@@ -20,8 +20,8 @@
 #include "tha.h"
 
 #ifdef THA_HAVE_OPENSSL
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
 #endif
 
 struct dept {
@@ -74,11 +74,24 @@ typedef struct secret {
 } secret_t;
 
 #ifdef THA_HAVE_OPENSSL
-static void org_hmac(void *ctx, const void *data, size_t len, uint8_t out[THA_MAC_SIZE]) {
-    const secret_t *k = ctx;
-    unsigned int n = THA_MAC_SIZE;
-    if (!HMAC(EVP_sha256(), k->bytes, (int)k->len, data, len, out, &n))
-        memset(out, 0, THA_MAC_SIZE); /* a zero MAC fails verification */
+/* HMAC-SHA256(key, parts...) through OpenSSL 3's EVP_MAC. */
+static void org_hmac(void *ctx, const uint8_t *key, size_t key_len,
+                     const tha_mac_part_t *parts, size_t nparts,
+                     uint8_t out[THA_MAC_SIZE]) {
+    (void)ctx;
+    EVP_MAC *mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    EVP_MAC_CTX *c = mac ? EVP_MAC_CTX_new(mac) : NULL;
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, (char *)"SHA256", 0),
+        OSSL_PARAM_construct_end()};
+    size_t n = 0;
+    int ok = c && EVP_MAC_init(c, key, key_len, params);
+    for (size_t i = 0; ok && i < nparts; i++)
+        ok = EVP_MAC_update(c, parts[i].data, parts[i].len);
+    ok = ok && EVP_MAC_final(c, out, &n, THA_MAC_SIZE) && n == THA_MAC_SIZE;
+    if (!ok) memset(out, 0, THA_MAC_SIZE); /* fails verification: fails closed */
+    EVP_MAC_CTX_free(c);
+    EVP_MAC_free(mac);
 }
 #define ORG_MAC_SUPPORT "THA_SECRET=<shared secret> enables HMAC-SHA256 (OpenSSL)"
 #else
@@ -93,6 +106,8 @@ static int org_secret(tha_net_options_t *opt, secret_t *k) {
 #ifdef THA_HAVE_OPENSSL
     k->bytes = env;
     k->len = strlen(env);
+    opt->secret = k->bytes;
+    opt->secret_len = k->len;
     opt->mac = org_hmac;
     opt->mac_ctx = k;
     return 0;
