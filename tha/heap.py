@@ -377,6 +377,23 @@ class Heap:
         d["base"] = self._base
         return d
 
+    def history(self) -> list:
+        """The heap's epoch history, oldest first: ``{"epoch", "start_seq",
+        "id"}`` per epoch (frames after start_seq, up to the next entry's,
+        were encoded in it). It is part of the image: mirrors, bulk syncs
+        and checkpoints carry it; a node resumes from another only along it."""
+        out = _cffi.new("tha_epoch_info_t[32]")
+        with self._lock:
+            n = lib.tha_heap_history(self._h, out, 32)
+            return [{"epoch": out[i].epoch, "start_seq": out[i].start_seq,
+                     "id": out[i].id} for i in range(min(n, 32))]
+
+    def set_epoch(self, epoch: int) -> None:
+        """Begins a newer epoch at the current seq (what a promotion does):
+        frames of older epochs are refused from now on."""
+        with self._lock:
+            self._check(lib.tha_heap_set_epoch(self._h, epoch))
+
     def __repr__(self) -> str:
         st = self.stats()
         return (f"<tha.Heap {st['live_objects']} objects, {st['top']} of "
