@@ -185,3 +185,25 @@ def test_silent_peer_is_dropped_after_the_handshake_deadline(schema):
         s.close()
     finally:
         sb.close()
+
+
+def test_python_hmac_and_openssl_hmac_interoperate(schema):
+    """The extension's MAC (OpenSSL when built with its headers) and the
+    Python fallback are the same HMAC-SHA256: a node on each agrees."""
+    from tha._ffi import lib
+
+    class PythonMacActive(Active):
+        mac_fn = lib.tha_py_mac
+
+    heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
+    es = company(heap)
+    sb = Standby(secret=b"k")  # the default MAC
+    try:
+        with PythonMacActive(heap, [sb.address], secret=b"k") as act:
+            for rnd in range(1, 4):
+                mutate(heap, es, rnd)
+                r = act.sync()
+            assert sb.wait_for(r.seq, 10)
+            assert sb.heap.dump() == heap.dump()
+    finally:
+        sb.close()

@@ -145,7 +145,7 @@ class _Conn:
             self._secret_buf = _cffi.from_buffer(node.secret)  # copied by create
             cfg.secret = self._secret_buf
             cfg.secret_len = len(node.secret)
-            cfg.mac = _MAC_FN
+            cfg.mac = node.mac_fn or _MAC_FN
         out = _cffi.new("tha_session_t **")
         check(lib.tha_session_create(out, cfg, heap_c, backlog_c))
         self.s = out[0]
@@ -357,6 +357,7 @@ class _Node:
     """What Active and Standby share: lock, ticker, connections, secret."""
 
     role_name = "node"
+    mac_fn = None  # the HMAC callback: None picks _MAC_FN (tests set another)
 
     def __init__(self, secret, heartbeat, timeout, ssl_context):
         self.secret = secret if secret else None

@@ -793,9 +793,11 @@ THA_API int tha_net_standby_listen(tha_net_t **out, tha_heap_t *heap,
  * replacing any current connection. THA_ETIMEOUT if none came. */
 THA_API int tha_net_standby_accept(tha_net_t *n, uint32_t timeout_ms);
 /* Standby: applies what the active sends and acknowledges it, until the
- * active goes away: 0 when it closed the connection, THA_ETIMEOUT when it
- * fell silent for opt.timeout_ms (the failover signal), another THA_E* or
- * -errno when the connection broke (wrong secret, garbage, ...). With
+ * active goes away: 0 when it closed the connection, THA_ETIMEOUT when a
+ * proven active fell silent for opt.timeout_ms (the failover signal),
+ * another THA_E* or -errno when the connection broke (THA_EAUTH: wrong
+ * secret, or a peer that did not finish the handshake within timeout_ms;
+ * garbage, ...): accept again, it says nothing about the active. With
  * timeout_ms > 0 returns 1 after that long if the active is still there;
  * 0 serves until it goes away. Frames refused by the heap are reported
  * to the active (it bulk syncs) and do not end the call. */

@@ -1136,9 +1136,12 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
     if (s->state == S_CLOSED) return THA_ECLOSED;
     if (!s->started) return 0; /* no clock yet: nothing can have timed out */
     s->now = now_ms;
+    /* Not THA_EV_TIMEOUT, which is the failover signal: a stranger who
+     * connects and says nothing must not look like a silent active. */
     if (s->state == S_HANDSHAKE && now_ms - s->started_at >= s->cfg.timeout_ms)
-        return close_with(s, THA_EV_TIMEOUT, THA_ETIMEOUT, "the handshake did not finish "
-                          "within %llu ms", (unsigned long long)s->cfg.timeout_ms);
+        return close_with(s, THA_EV_ERROR, THA_EAUTH, "the peer did not finish the "
+                          "handshake (prove the shared secret) within %llu ms",
+                          (unsigned long long)s->cfg.timeout_ms);
     if (!s->timed_out && now_ms - s->last_heard >= s->cfg.timeout_ms) {
         s->timed_out = 1;
         tha_event_t *e = push_event(s, THA_EV_TIMEOUT, 0, s->peer.seq,

@@ -575,8 +575,9 @@ static void test_unproven_peer(void) {
     tha_session_feed(b->s, m, 3, 1999);
     tha_session_tick(b->s, 2000);
     drain(b);
-    const tha_event_t *e = last_ev(b, THA_EV_TIMEOUT);
-    CHECK(e && state_of(b) == 4);
+    const tha_event_t *e = last_ev(b, THA_EV_ERROR);
+    CHECK(e && e->code == THA_EAUTH && state_of(b) == 4);
+    CHECK(!last_ev(b, THA_EV_TIMEOUT)); /* not the failover signal */
     CHECK_CONTAINS(e ? e->msg : NULL, "handshake");
     end_free(b);
 
