@@ -256,6 +256,27 @@ static void squeeze_spaces(const char *in, char *out) {
     out[n] = 0;
 }
 
+/* A function pointer type in one spelling: squeezed, and an empty parameter
+ * list written "(void)" (cffi prints "void(*)()" for "void (*)(void)").
+ * -1 if the result does not fit cap bytes with its NUL. */
+static int canonical_sig(const char *in, char *out, size_t cap) {
+    char tmp[SIG_MAX];
+    if (strnlen(in, sizeof tmp) >= sizeof tmp)
+        return -1;
+    squeeze_spaces(in, tmp);
+    size_t n = 0;
+    for (const char *p = tmp; *p; p++) {
+        const char *add = (p[0] == '(' && p[1] == ')') ? "(void" : NULL;
+        size_t k = add ? 5 : 1;
+        if (n + k >= cap)
+            return -1;
+        memcpy(out + n, add ? add : p, k);
+        n += k;
+    }
+    out[n] = 0;
+    return 0;
+}
+
 static uint32_t int_prim(size_t size, int is_signed) {
     switch (size) {
     case 1: return is_signed ? THA_T_I8 : THA_T_U8;
@@ -452,7 +473,10 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
             return tha__fail(s->err, sizeof s->err, THA_EINVAL,
                              "%s %s field %s: signature longer than %u characters",
                              kw(t), t->name, fname, SIG_MAX - 1);
-        squeeze_spaces(field->sig, nf.sig);
+        if (canonical_sig(field->sig, nf.sig, sizeof nf.sig) != 0)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: signature longer than %u characters",
+                             kw(t), t->name, fname, SIG_MAX - 1);
         if (strcmp(nf.sig, "void(*)(void)") == 0)
             nf.sig[0] = 0;
     }

@@ -431,10 +431,16 @@ static void test_alias_errors(void) {
              THA_EINVAL);
     CHECK_CONTAINS(tha_schema_errmsg(s), "unsigned float");
     CHECK_OK(THA_FIELD_PTR(s, id, struct ll_node, next, "  long   long ", 0));
+    /* cffi prints "void(*)()" for void (*)(void): the same signature */
+    tha_field_t v = {.name = "visit", .offset = offsetof(struct ll_node, visit),
+                     .kind = THA_K_FUNC, .sig = "void (*) ( )"};
+    CHECK_OK(tha_schema_add_field(s, id, &v));
     CHECK_OK(tha_schema_seal(s));
     tha_field_t f = {0};
     CHECK_OK(tha_schema_field_info(s, id, 0, &f));
     CHECK(f.target && strcmp(f.target, "int64_t") == 0);
+    CHECK_OK(tha_schema_field_info(s, id, 1, &f));
+    CHECK(f.sig && f.sig[0] == 0);
     tha_schema_release(s);
 }
 
