@@ -35,6 +35,7 @@ enum tha_kind {
     THA_K_SCALAR, THA_K_STRUCT, THA_K_PTR, THA_K_FUNC, THA_K_BITS, ...
 };
 
+#define THA_T_HANDLE ...
 #define THA_MAX_DIMS ...
 #define THA_NAME_MAX ...
 
@@ -79,6 +80,7 @@ typedef struct tha_type_info {
 } tha_type_info_t;
 
 uint32_t tha_schema_type_count(const tha_schema_t *s);
+uint32_t tha_schema_type_id(const tha_schema_t *s, uint32_t id);
 int tha_schema_type_info(const tha_schema_t *s, uint32_t id,
                          tha_type_info_t *out);
 int tha_schema_type_by_name(const tha_schema_t *s, const char *name,

@@ -247,11 +247,16 @@ class Schema:
         def s(p) -> str:
             return _cffi.string(p).decode() if p != _cffi.NULL else ""
 
+        # The carried schema lists types in canonical (name) order, not in
+        # an order C accepts: a struct held by value must be complete before
+        # the struct holding it. Every type is forward-declared first (enough
+        # for pointers), then definitions follow in dependency order.
+        bodies, needs = {}, {}
         for tid in range(lib.THA_T_FIRST_USER, lib.tha_schema_type_count(c)):
             if lib.tha_schema_type_info(c, tid, info) != 0:
                 continue
             name = s(info.name)
-            lines = []
+            lines, needs[name] = [], []
             for i in range(info.nfields):
                 check(lib.tha_schema_field_info(c, tid, i, f))
                 fname = s(f.name)
@@ -263,6 +268,7 @@ class Schema:
                     lines.append(f"{_PRIM_NAMES[f.prim]} {fname} : {f.bits[1]};")
                 elif f.kind == lib.THA_K_STRUCT:
                     lines.append(f"{kinds[target]} {target} {fname}{dims};")
+                    needs[name].append(target)
                 elif f.kind == lib.THA_K_PTR:
                     base = (f"{kinds[target]} {target}" if target in kinds
                             else target.replace("bool", "_Bool"))
@@ -270,7 +276,23 @@ class Schema:
                 elif f.kind == lib.THA_K_FUNC:
                     sig = s(f.sig) or "void(*)(void)"
                     lines.append(sig.replace("(*)", f"(*{fname}{dims})", 1) + ";")
-            decls.append(f"{kinds[name]} {name} {{ " + " ".join(lines) + " };")
+            bodies[name] = f"{kinds[name]} {name} {{ " + " ".join(lines) + " };"
+        decls = [f"{kinds[name]} {name};" for name in bodies]
+        done: set = set()
+        for root in bodies:  # depth first, without recursion (deep nesting)
+            if root in done:
+                continue
+            done.add(root)
+            stack = [(root, iter(needs[root]))]
+            while stack:  # sealing refused by-value cycles: this ends
+                name, deps = stack[-1]
+                dep = next(deps, None)
+                if dep is None:
+                    stack.pop()
+                    decls.append(bodies[name])
+                elif dep not in done:
+                    done.add(dep)
+                    stack.append((dep, iter(needs[dep])))
         return "\n".join(decls)
 
     def _check_regenerated(self) -> None:

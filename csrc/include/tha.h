@@ -84,14 +84,29 @@ THA_API const char *tha_version(void);
 typedef struct tha_schema tha_schema_t;
 
 /* Primitive types. Their values are also their type ids, so an allocation
- * of raw bytes is tha_heap_alloc(h, THA_T_CHAR, n, &p). Struct and union
- * ids start at THA_T_FIRST_USER in registration order. */
+ * of raw bytes is tha_heap_alloc(h, THA_T_CHAR, n, &p).
+ *
+ * One canonical schema: the same structs give the same type ids, byte form
+ * and fingerprint whatever order they were registered in and whichever
+ * language declared them. Sealing numbers struct and union ids from
+ * THA_T_FIRST_USER in canonical order (structs by name, then unions by
+ * name) and sorts the function registry by name; these ids are what object
+ * headers, frames and every reporting call (tha_obj_t, tha_leak_t,
+ * tha_type_info_t.id, tha_schema_type_by_name) carry.
+ *
+ * tha_schema_add_struct cannot know the final id yet: it hands out a
+ * registration handle, THA_T_HANDLE + n for the n-th struct registered.
+ * Handles are accepted by every call that takes a type id, before and after
+ * seal (tha_schema_add_field, tha_heap_alloc, tha_schema_type_info, ...);
+ * to compare one with an id a heap reports, map it with
+ * tha_schema_type_id. */
 enum tha_prim {
     THA_T_CHAR = 1, THA_T_I8, THA_T_U8, THA_T_I16, THA_T_U16, THA_T_I32,
     THA_T_U32, THA_T_I64, THA_T_U64, THA_T_F32, THA_T_F64, THA_T_BOOL,
     THA_T_VOID, /* only as a pointer target: void * */
     THA_T_FIRST_USER = 32
 };
+#define THA_T_HANDLE 0x40000000u
 
 /* Field kinds. */
 enum tha_kind {
@@ -113,12 +128,20 @@ typedef struct tha_field {
     uint32_t prim;                 /* THA_K_SCALAR/THA_K_BITS: enum tha_prim */
     const char *target;            /* THA_K_STRUCT: type name ("emp");
                                       THA_K_PTR: type name or primitive name
-                                      ("emp", "char", "void", "uint8_t") */
+                                      ("emp", "char", "void", "uint8_t").
+                                      "struct emp"/"union u" and C spellings
+                                      of primitives ("unsigned int", "_Bool",
+                                      "long") are accepted and stored as the
+                                      canonical name ("uint32_t") */
     uint32_t dims[THA_MAX_DIMS];   /* array dimensions, 0-terminated; all 0:
                                       not an array */
     uint32_t bits[2];              /* THA_K_BITS: shift, width */
     const char *sig;               /* THA_K_FUNC: C type text, e.g.
-                                      "int(*)(int)"; NULL = "void(*)(void)" */
+                                      "int(*)(int)"; NULL = "void(*)(void)".
+                                      Stored with whitespace only between two
+                                      identifier characters, one space:
+                                      "int (*)(int, char *)" is
+                                      "int(*)(int,char*)" */
 } tha_field_t;
 
 /* A schema is built (add_struct/add_field/add_func) then sealed; only a
@@ -129,14 +152,16 @@ THA_API int tha_schema_create(tha_schema_t **out);
 /* Drops the caller's reference; heaps keep their own. NULL is ignored. */
 THA_API void tha_schema_release(tha_schema_t *s);
 THA_API const char *tha_schema_errmsg(const tha_schema_t *s);
-/* is_union: 0 struct, 1 union. size/align as the C compiler lays it out. */
+/* is_union: 0 struct, 1 union. size/align as the C compiler lays it out.
+ * *type_id receives a registration handle (see THA_T_HANDLE). */
 THA_API int tha_schema_add_struct(tha_schema_t *s, const char *name,
                                   size_t size, size_t align, int is_union,
                                   uint32_t *type_id);
 THA_API int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
                                  const tha_field_t *field);
-/* Declares a function name for THA_K_FUNC slots (ids in call order); fn may
- * be NULL and bound later. Only declared names are fingerprinted. */
+/* Declares a function name for THA_K_FUNC slots; fn may be NULL and bound
+ * later. Only declared names are fingerprinted. Sealing sorts the registry
+ * by name: a function's id (its index in tha_schema_func_info) is its rank. */
 THA_API int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void));
 THA_API int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void));
 THA_API int tha_schema_seal(tha_schema_t *s);
@@ -166,6 +191,10 @@ typedef struct tha_type_info {
 } tha_type_info_t;
 
 THA_API uint32_t tha_schema_type_count(const tha_schema_t *s); /* highest id + 1 */
+/* The canonical id of a registration handle or of a canonical id (itself);
+ * primitives are themselves. 0 if id names no type, or names a struct of a
+ * schema not sealed yet (it has no canonical id before seal). */
+THA_API uint32_t tha_schema_type_id(const tha_schema_t *s, uint32_t id);
 THA_API int tha_schema_type_info(const tha_schema_t *s, uint32_t id,
                                  tha_type_info_t *out);
 THA_API int tha_schema_type_by_name(const tha_schema_t *s, const char *name,

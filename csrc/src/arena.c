@@ -473,9 +473,14 @@ int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out) {
 /* ---- alloc and free --------------------------------------------------- */
 
 int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count, void **out) {
+    /* a registration handle or a canonical id; headers hold the canonical */
+    uint32_t given = type_id;
+    type_id = tha_schema_type_id(h->schema, type_id);
     const tha__type_t *t = tha__schema_type(h->schema, type_id);
     if (!t || t->size == 0)
-        return tha__hfail(h, THA_EINVAL, "type id %u cannot be allocated", type_id);
+        return tha__hfail(h, THA_EINVAL, "type id %u cannot be allocated%s", given,
+                          given >= THA_T_HANDLE && !t
+                              ? " (a registration handle of another schema?)" : "");
     if (count == 0) return tha__hfail(h, THA_EINVAL, "count must be at least 1");
     tha__region_t *r = tha__reg(h);
     uint64_t bytes = t->size * (uint64_t)count;

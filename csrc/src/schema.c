@@ -60,6 +60,10 @@ static int grow_types(tha_schema_t *s, uint32_t need) {
     uint32_t cap = s->types_cap ? s->types_cap : 64;
     while (cap < need)
         cap *= 2;
+    uint32_t *hs = realloc(s->handles, (size_t)cap * sizeof *hs);
+    if (!hs)
+        return THA_ENOMEM;
+    s->handles = hs;
     tha__type_t *t = realloc(s->types, (size_t)cap * sizeof *t);
     if (!t)
         return THA_ENOMEM;
@@ -77,6 +81,8 @@ int tha_schema_create(tha_schema_t **out) {
     if (!s)
         return THA_ENOMEM;
     if (grow_types(s, THA_T_FIRST_USER) != 0) {
+        free(s->handles);
+        free(s->types);
         free(s);
         return THA_ENOMEM;
     }
@@ -103,6 +109,7 @@ static void free_schema(tha_schema_t *s) {
         free(s->types[i].slots);
     }
     free(s->types);
+    free(s->handles);
     free(s->funcs);
     free(s);
 }
@@ -143,6 +150,42 @@ static tha__func_t *find_func(const tha_schema_t *s, const char *name) {
     return NULL;
 }
 
+/* Index in s->types of a type id given by a caller: a primitive, a
+ * registration handle (THA_T_HANDLE + n, from add_struct) or, once sealed,
+ * a canonical id. 0 if it names nothing. Before seal there are no canonical
+ * struct ids yet: the indexes are registration order, not the ids sealing
+ * will give, so only handles name structs then. */
+static uint32_t resolve_id(const tha_schema_t *s, uint32_t id) {
+    if (id >= THA_T_HANDLE) {
+        uint32_t n = id - THA_T_HANDLE;
+        if (n >= s->nhandles || (s->sealed && s->internal_handles))
+            return 0;
+        return s->handles[n];
+    }
+    if (id >= s->ntypes || !s->types[id].defined)
+        return 0;
+    if (id >= THA_T_FIRST_USER && !s->sealed)
+        return 0;
+    return id;
+}
+
+/* The id a caller sees for types[i]: canonical once sealed, else the
+ * registration handle (primitives are themselves). */
+static uint32_t public_id(const tha_schema_t *s, const tha__type_t *t) {
+    if (t->is_prim || s->sealed)
+        return t->id;
+    return THA_T_HANDLE + t->handle;
+}
+
+uint32_t tha_schema_type_id(const tha_schema_t *s, uint32_t id) {
+    if (!s)
+        return 0;
+    uint32_t i = resolve_id(s, id);
+    if (i >= THA_T_FIRST_USER && !s->sealed)
+        return 0;
+    return i;
+}
+
 /* 0 if name is usable: non-empty, shorter than THA_NAME_MAX, printable
  * ASCII without spaces. */
 static int check_name(tha_schema_t *s, const char *what, const char *name) {
@@ -177,6 +220,108 @@ static const char *strip_keyword(const char *name, int *keyword) {
             *keyword = 1;
         return name + 6;
     }
+    return name;
+}
+
+/* ---- canonical spellings ------------------------------------------------ */
+
+/* The rule these enforce: a schema does not depend on how a declaration was
+ * spelled. Python writes what cffi prints ("int(*)(int, char *)", "uint32_t")
+ * and C callers write what they like ("int (*)(int,char*)", "unsigned int");
+ * both are stored in one form, so byte form and fingerprint agree. */
+
+static int ident_char(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||
+           (c >= '0' && c <= '9') || c == '_' || c == '$';
+}
+
+/* Copies in to out (as long as in, with the NUL), dropping whitespace except
+ * one space between two identifier characters: "int (*) (int, char *)" ->
+ * "int(*)(int,char*)", " unsigned  int " -> "unsigned int". */
+static void squeeze_spaces(const char *in, char *out) {
+    size_t n = 0;
+    int gap = 0;
+    for (; *in; in++) {
+        char c = *in;
+        if (c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' ||
+            c == '\f') {
+            gap = 1;
+            continue;
+        }
+        if (gap && n > 0 && ident_char(out[n - 1]) && ident_char(c))
+            out[n++] = ' ';
+        gap = 0;
+        out[n++] = c;
+    }
+    out[n] = 0;
+}
+
+/* A function pointer type in one spelling: squeezed, and an empty parameter
+ * list written "(void)" (cffi prints "void(*)()" for "void (*)(void)").
+ * -1 if the result does not fit cap bytes with its NUL. */
+static int canonical_sig(const char *in, char *out, size_t cap) {
+    char tmp[SIG_MAX];
+    if (strnlen(in, sizeof tmp) >= sizeof tmp)
+        return -1;
+    squeeze_spaces(in, tmp);
+    size_t n = 0;
+    for (const char *p = tmp; *p; p++) {
+        const char *add = (p[0] == '(' && p[1] == ')') ? "(void" : NULL;
+        size_t k = add ? 5 : 1;
+        if (n + k >= cap)
+            return -1;
+        memcpy(out + n, add ? add : p, k);
+        n += k;
+    }
+    out[n] = 0;
+    return 0;
+}
+
+static uint32_t int_prim(size_t size, int is_signed) {
+    switch (size) {
+    case 1: return is_signed ? THA_T_I8 : THA_T_U8;
+    case 2: return is_signed ? THA_T_I16 : THA_T_U16;
+    case 4: return is_signed ? THA_T_I32 : THA_T_U32;
+    default: return is_signed ? THA_T_I64 : THA_T_U64;
+    }
+}
+
+/* C spellings of the fixed-width primitives, sized by this compiler (the
+ * same ABI cffi lays structs out with); Python's Schema maps the same names
+ * by size and signedness. */
+static const struct {
+    const char *name;
+    size_t size;
+    int is_signed;
+} prim_aliases[] = {
+    {"signed char", 1, 1}, {"unsigned char", 1, 0},
+    {"short", sizeof(short), 1}, {"short int", sizeof(short), 1},
+    {"signed short", sizeof(short), 1}, {"signed short int", sizeof(short), 1},
+    {"unsigned short", sizeof(short), 0}, {"unsigned short int", sizeof(short), 0},
+    {"int", sizeof(int), 1}, {"signed", sizeof(int), 1},
+    {"signed int", sizeof(int), 1}, {"unsigned", sizeof(int), 0},
+    {"unsigned int", sizeof(int), 0},
+    {"long", sizeof(long), 1}, {"long int", sizeof(long), 1},
+    {"signed long", sizeof(long), 1}, {"signed long int", sizeof(long), 1},
+    {"unsigned long", sizeof(long), 0}, {"unsigned long int", sizeof(long), 0},
+    {"long long", sizeof(long long), 1}, {"long long int", sizeof(long long), 1},
+    {"signed long long", sizeof(long long), 1},
+    {"signed long long int", sizeof(long long), 1},
+    {"unsigned long long", sizeof(long long), 0},
+    {"unsigned long long int", sizeof(long long), 0},
+    {"size_t", sizeof(size_t), 0}, {"ssize_t", sizeof(size_t), 1},
+    {"ptrdiff_t", sizeof(ptrdiff_t), 1}, {"intptr_t", sizeof(intptr_t), 1},
+    {"uintptr_t", sizeof(uintptr_t), 0},
+};
+
+/* The canonical name of a pointer target spelled as a C primitive, or name
+ * itself: "unsigned int" -> "uint32_t", "_Bool" -> "bool". */
+static const char *canonical_target(const char *name) {
+    if (strcmp(name, "_Bool") == 0)
+        return prims[THA_T_BOOL].name;
+    for (size_t i = 0; i < sizeof prim_aliases / sizeof prim_aliases[0]; i++)
+        if (strcmp(name, prim_aliases[i].name) == 0)
+            return prims[int_prim(prim_aliases[i].size, prim_aliases[i].is_signed)].name;
     return name;
 }
 
@@ -229,9 +374,11 @@ int tha_schema_add_struct(tha_schema_t *s, const char *name, size_t size,
     t->defined = 1;
     t->size = size;
     t->align = align;
+    t->handle = s->nhandles;
+    s->handles[s->nhandles++] = id;
     s->ntypes = id + 1;
     if (type_id)
-        *type_id = id;
+        *type_id = THA_T_HANDLE + t->handle;
     return 0;
 }
 
@@ -264,10 +411,12 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
                          "schema is sealed: cannot add fields");
     if (!field)
         return tha__fail(s->err, sizeof s->err, THA_EINVAL, "field is NULL");
-    if (type_id >= s->ntypes || !s->types[type_id].defined)
+    uint32_t ix = resolve_id(s, type_id);
+    if (!ix)
         return tha__fail(s->err, sizeof s->err, THA_ENOTFOUND,
-                         "no type with id %u", type_id);
-    tha__type_t *t = &s->types[type_id];
+                         "no type with id %u (pass the id tha_schema_add_struct returned)",
+                         type_id);
+    tha__type_t *t = &s->types[ix];
     if (t->is_prim)
         return tha__fail(s->err, sizeof s->err, THA_EINVAL,
                          "type %s is a primitive and has no fields", t->name);
@@ -306,7 +455,13 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
             return tha__fail(s->err, sizeof s->err, THA_EINVAL,
                              "%s %s field %s: %s field needs a target type",
                              kw(t), t->name, fname, kind_name(kind));
-        tg = strip_keyword(tg, NULL);
+        char squeezed[SIG_MAX];
+        if (strnlen(tg, SIG_MAX) < SIG_MAX) {
+            squeeze_spaces(tg, squeezed);
+            tg = strip_keyword(squeezed, NULL);
+            if (kind == THA_K_PTR)
+                tg = canonical_target(tg);
+        }
         rc = check_name(s, "target", tg);
         if (rc)
             return rc;
@@ -318,8 +473,12 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
             return tha__fail(s->err, sizeof s->err, THA_EINVAL,
                              "%s %s field %s: signature longer than %u characters",
                              kw(t), t->name, fname, SIG_MAX - 1);
-        if (strcmp(field->sig, "void(*)(void)") != 0)
-            memcpy(nf.sig, field->sig, n + 1);
+        if (canonical_sig(field->sig, nf.sig, sizeof nf.sig) != 0)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: signature longer than %u characters",
+                             kw(t), t->name, fname, SIG_MAX - 1);
+        if (strcmp(nf.sig, "void(*)(void)") == 0)
+            nf.sig[0] = 0;
     }
     if (kind == THA_K_BITS) {
         uint32_t shift = field->bits[0], width = field->bits[1];
@@ -715,11 +874,44 @@ static int seal_type(tha_schema_t *s, const name_index_t *ix, tha__type_t *t) {
     return 0;
 }
 
+/* Canonical order of user types: structs by name, then unions by name
+ * (names are unique across both). */
+static int cmp_canonical(const void *a, const void *b) {
+    const tha__type_t *x = a, *y = b;
+    if (x->is_union != y->is_union)
+        return x->is_union ? 1 : -1;
+    return strcmp(x->name, y->name);
+}
+
+static int cmp_func(const void *a, const void *b) {
+    return strcmp(((const tha__func_t *)a)->name, ((const tha__func_t *)b)->name);
+}
+
+/* One canonical schema: the same structs give the same ids, byte form and
+ * fingerprint in whatever order they were registered. Sealing sorts the
+ * user types (cmp_canonical) and renumbers them; nothing refers to a type
+ * by id before seal except registration handles, which follow their type
+ * here, so there is nothing else to rewrite (field targets are names,
+ * resolved after this; relocation tables are built after this). Functions
+ * are sorted by name: their ids travel in function pointer slots. */
+static void canonical_order(tha_schema_t *s) {
+    if (s->ntypes > THA_T_FIRST_USER + 1)
+        qsort(s->types + THA_T_FIRST_USER, s->ntypes - THA_T_FIRST_USER,
+              sizeof *s->types, cmp_canonical);
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
+        s->types[id].id = id;
+        s->handles[s->types[id].handle] = id;
+    }
+    if (s->nfuncs > 1)
+        qsort(s->funcs, s->nfuncs, sizeof *s->funcs, cmp_func);
+}
+
 int tha_schema_seal(tha_schema_t *s) {
     if (!s)
         return THA_EINVAL;
     if (s->sealed)
         return 0;
+    canonical_order(s);
     for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++)
         s->types[id].seal_state = 0;
     name_index_t ix = {malloc((size_t)s->ntypes * sizeof(tha__type_t *)), 0};
@@ -842,6 +1034,16 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
         if (r.bad)                                                             \
             return TRUNC();                                                    \
     } while (0)
+    /* Handles made here are never handed out: a caller's handle (from its
+     * own registration) must not silently name one of these types. */
+    s->internal_handles = 1;
+    /* The blob lists types and functions in canonical order (see
+     * canonical_order); their position is their id, which object headers
+     * and function slots of the image that came with it use. A blob out of
+     * that order (an older writer's registration order) would be renumbered
+     * under its image: refuse it. */
+    char prev[THA_NAME_MAX] = "";
+    uint32_t prev_union = 0;
     for (uint32_t i = 0; i < ntypes; i++) {
         STR(name, "type name");
         uint32_t is_union = r_u32(&r);
@@ -861,15 +1063,20 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
             return tha__fail(msg, msgcap, THA_EFRAME,
                              "schema blob: type %s: absurd size or alignment",
                              name);
+        if (i > 0 && (is_union < prev_union ||
+                      (is_union == prev_union && strcmp(name, prev) <= 0)))
+            return tha__fail(msg, msgcap, THA_EFRAME,
+                             "schema blob: %s %s after %s %s: types are not in "
+                             "canonical order (structs, then unions, each by name)",
+                             is_union ? "union" : "struct", name,
+                             prev_union ? "union" : "struct", prev);
+        memcpy(prev, name, sizeof prev);
+        prev_union = is_union;
         uint32_t id;
         int rc = tha_schema_add_struct(s, name, (size_t)size, (size_t)align,
                                        (int)is_union, &id);
         if (rc)
             return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s", s->err);
-        if (id != THA_T_FIRST_USER + i)
-            return tha__fail(msg, msgcap, THA_EFRAME,
-                             "schema blob: type %s got id %u, expected %u",
-                             name, id, THA_T_FIRST_USER + i);
         for (uint32_t j = 0; j < nfields; j++) {
             tha_field_t f;
             memset(&f, 0, sizeof f);
@@ -898,6 +1105,11 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
     }
     for (uint32_t i = 0; i < nfuncs; i++) {
         STR(name, "function name");
+        if (i > 0 && strcmp(name, prev) <= 0)
+            return tha__fail(msg, msgcap, THA_EFRAME,
+                             "schema blob: function %s after %s: functions are "
+                             "not in canonical order (by name)", name, prev);
+        memcpy(prev, name, sizeof prev);
         int rc = tha_schema_add_func(s, name, NULL);
         if (rc)
             return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s", s->err);
@@ -1090,12 +1302,13 @@ int tha_schema_type_info(const tha_schema_t *s, uint32_t id,
                          tha_type_info_t *out) {
     if (!s || !out)
         return THA_EINVAL;
-    const tha__type_t *t = tha__schema_type(s, id);
-    if (!t)
+    uint32_t ix = resolve_id(s, id);
+    if (!ix)
         return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
                          "no type with id %u", id);
+    const tha__type_t *t = &s->types[ix];
     out->name = t->name;
-    out->id = t->id;
+    out->id = public_id(s, t);
     out->is_union = t->is_union;
     out->is_prim = t->is_prim;
     out->nfields = t->nfields;
@@ -1116,7 +1329,7 @@ int tha_schema_type_by_name(const tha_schema_t *s, const char *name,
         return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
                          "no type named '%s'", name);
     if (id)
-        *id = t->id;
+        *id = public_id(s, t);
     return 0;
 }
 
@@ -1124,10 +1337,11 @@ int tha_schema_field_info(const tha_schema_t *s, uint32_t id, uint32_t i,
                           tha_field_t *out) {
     if (!s || !out)
         return THA_EINVAL;
-    const tha__type_t *t = tha__schema_type(s, id);
-    if (!t)
+    uint32_t ix = resolve_id(s, id);
+    if (!ix)
         return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
                          "no type with id %u", id);
+    const tha__type_t *t = &s->types[ix];
     if (i >= t->nfields)
         return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
                          "%s %s has no field %u (%u fields)", kw(t), t->name, i,

@@ -67,6 +67,7 @@ typedef struct tha__type {
     tha__slot_t *slots;         /* relocation table of one element */
     uint32_t nslots;
     uint32_t seal_state;        /* 0 unvisited, 1 in progress, 2 done */
+    uint32_t handle;            /* registration order (THA_T_HANDLE + it) */
 } tha__type_t;
 
 typedef struct tha__func {
@@ -82,6 +83,11 @@ struct tha_schema {
     uint32_t types_cap;
     tha__func_t *funcs;
     uint32_t nfuncs, funcs_cap;
+    uint32_t *handles;          /* registration handle n -> index in types
+                                   (moves when seal sorts the types) */
+    uint32_t nhandles;          /* == user types registered */
+    int internal_handles;       /* deserialized: handles were never handed
+                                   out, so callers' handles are refused */
     uint64_t fingerprint;       /* valid once sealed */
     char err[256];
 };

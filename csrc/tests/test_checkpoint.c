@@ -41,6 +41,8 @@ static tha_schema_t *make_schema(int salary_is_float) {
     CHECK_OK(THA_FIELD_FUNC(s, EMP, struct emp, on_raise, 0));
     CHECK_OK(tha_schema_add_func(s, "raise_a", raise_a));
     CHECK_OK(tha_schema_seal(s));
+    /* canonical ids, as the heap reports them (handles work as input) */
+    EMP = tha_schema_type_id(s, EMP);
     return s;
 }
 

@@ -48,6 +48,9 @@ static tha_schema_t *make_schema(void) {
     CHECK_OK(tha_schema_add_func(s, "raise_a", raise_a));
     CHECK_OK(tha_schema_add_func(s, "raise_b", raise_b));
     CHECK_OK(tha_schema_seal(s));
+    /* canonical ids, as the heap reports them (handles work as input) */
+    EMP = tha_schema_type_id(s, EMP);
+    DEPT = tha_schema_type_id(s, DEPT);
     return s;
 }
 

@@ -50,6 +50,10 @@ static tha_schema_t *make_schema(void) {
     CHECK_OK(THA_FIELD_STRUCT(s, HOLDER, struct holder, p, "pair", 2));
     CHECK_OK(tha_schema_add_func(s, "hello", hello));
     CHECK_OK(tha_schema_seal(s));
+    /* canonical ids, as the heap reports them (handles work as input) */
+    NODE = tha_schema_type_id(s, NODE);
+    PAIR = tha_schema_type_id(s, PAIR);
+    HOLDER = tha_schema_type_id(s, HOLDER);
     return s;
 }
 

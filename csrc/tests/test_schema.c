@@ -93,6 +93,20 @@ static tha_schema_t *build_emp(void) {
     return s;
 }
 
+/* The internals take canonical ids; the tests hold registration handles. */
+static const tha__type_t *type_of(const tha_schema_t *s, uint32_t id) {
+    return tha__schema_type(s, tha_schema_type_id(s, id));
+}
+static void describe(const tha_schema_t *s, uint32_t id, uint64_t off,
+                     char *buf, size_t cap) {
+    tha__schema_describe(s, tha_schema_type_id(s, id), off, buf, cap);
+}
+static uint32_t id_of(const tha_schema_t *s, const char *name) {
+    uint32_t id = 0;
+    CHECK_OK(tha_schema_type_by_name(s, name, &id));
+    return id;
+}
+
 /* ---- tests -------------------------------------------------------------- */
 
 static void test_primitives(void) {
@@ -117,13 +131,13 @@ static void test_primitives(void) {
         CHECK(strcmp(ti.name, want[i].name) == 0);
         CHECK(ti.size == want[i].size);
         CHECK(ti.is_prim == 1 && ti.nfields == 0 && ti.nslots == 0);
-        CHECK(tha__schema_type(s, want[i].id) != NULL);
+        CHECK(type_of(s, want[i].id) != NULL);
     }
     tha_type_info_t ti;
     CHECK_RC(tha_schema_type_info(s, 0, &ti), THA_ENOTFOUND);
     for (uint32_t id = 14; id < 32; id++) {
         CHECK_RC(tha_schema_type_info(s, id, &ti), THA_ENOTFOUND);
-        CHECK(tha__schema_type(s, id) == NULL);
+        CHECK(type_of(s, id) == NULL);
     }
     CHECK_RC(tha_schema_type_info(s, 1000, &ti), THA_ENOTFOUND);
     CHECK(tha_schema_type_count(s) == THA_T_VOID + 1);
@@ -131,7 +145,7 @@ static void test_primitives(void) {
     CHECK_RC(tha_schema_type_by_name(s, "nope", NULL), THA_ENOTFOUND);
     CHECK(sizeof(bool) == 1);
     char buf[64];
-    tha__schema_describe(s, THA_T_U32, 2, buf, sizeof buf);
+    describe(s, THA_T_U32, 2, buf, sizeof buf);
     CHECK(strcmp(buf, "uint32_t") == 0);
     tha_schema_release(s);
 }
@@ -141,29 +155,33 @@ static void test_emp_dept(void) {
     uint32_t e, d;
     CHECK_OK(tha_schema_create(&s));
     CHECK_OK(register_emp_dept(s, &e, &d));
-    CHECK(e == THA_T_FIRST_USER && d == THA_T_FIRST_USER + 1);
+    /* registration handles, in registration order */
+    CHECK(e == THA_T_HANDLE && d == THA_T_HANDLE + 1);
     CHECK(tha_schema_type_count(s) == THA_T_FIRST_USER + 2);
     CHECK(tha_schema_fingerprint(s) == 0);
     CHECK_OK(tha_schema_seal(s));
     CHECK_OK(tha_schema_seal(s)); /* idempotent */
     CHECK(tha_schema_fingerprint(s) != 0);
+    /* canonical ids: by name, whatever the registration order */
+    uint32_t ce = tha_schema_type_id(s, e), cd = tha_schema_type_id(s, d);
+    CHECK(cd == THA_T_FIRST_USER && ce == THA_T_FIRST_USER + 1);
 
     uint32_t id;
     CHECK_OK(tha_schema_type_by_name(s, "emp", &id));
-    CHECK(id == e);
+    CHECK(id == ce);
     CHECK_OK(tha_schema_type_by_name(s, "struct emp", &id));
-    CHECK(id == e);
+    CHECK(id == ce);
     CHECK_RC(tha_schema_type_by_name(s, "union emp", &id), THA_ENOTFOUND);
     CHECK_OK(tha_schema_type_by_name(s, "struct dept", &id));
-    CHECK(id == d);
+    CHECK(id == cd);
 
     tha_type_info_t ti;
     CHECK_OK(tha_schema_type_info(s, e, &ti));
-    CHECK(strcmp(ti.name, "emp") == 0 && ti.id == e && !ti.is_union &&
+    CHECK(strcmp(ti.name, "emp") == 0 && ti.id == ce && !ti.is_union &&
           !ti.is_prim && ti.nfields == 6 && ti.size == sizeof(struct emp) &&
           ti.align == _Alignof(struct emp) && ti.nslots == 6);
 
-    const tha__type_t *t = tha__schema_type(s, e);
+    const tha__type_t *t = type_of(s, e);
     CHECK(t && t->nslots == 6);
     if (t && t->nslots == 6) {
         uint32_t want[6] = {offsetof(struct emp, mgr), offsetof(struct emp, dept),
@@ -177,18 +195,18 @@ static void test_emp_dept(void) {
         }
     }
     /* resolved targets and sizes */
-    CHECK(t && t->fields[4].target_id == d && t->fields[4].elem_size == 8);
+    CHECK(t && t->fields[4].target_id == cd && t->fields[4].elem_size == 8);
     CHECK(t && t->fields[0].count == 32 && t->fields[0].elem_size == 1);
     CHECK(t && t->fields[5].count == 4);
 
-    const tha__type_t *td = tha__schema_type(s, d);
+    const tha__type_t *td = type_of(s, d);
     CHECK(td && td->nslots == 2);
     if (td && td->nslots == 2) {
         CHECK(td->slots[0].offset == offsetof(struct dept, head) &&
               !td->slots[0].is_func);
         CHECK(td->slots[1].offset == offsetof(struct dept, on_change) &&
               td->slots[1].is_func);
-        CHECK(td->fields[1].target_id == e);
+        CHECK(td->fields[1].target_id == ce);
     }
 
     tha_field_t f;
@@ -249,13 +267,13 @@ static void test_nested_slots(void) {
     CHECK_OK(THA_FIELD_FUNC(s, in, struct inner, cb, 0));
     CHECK_OK(tha_schema_seal(s));
 
-    const tha__type_t *ti = tha__schema_type(s, in);
+    const tha__type_t *ti = type_of(s, in);
     CHECK(ti && ti->nslots == 2 && ti->slots[0].offset == 8 &&
           !ti->slots[0].is_func && ti->slots[1].offset == 16 &&
           ti->slots[1].is_func);
     CHECK(ti && ti->fields[1].target_id == THA_T_VOID);
 
-    const tha__type_t *tm = tha__schema_type(s, mid);
+    const tha__type_t *tm = type_of(s, mid);
     CHECK(tm && tm->nslots == 4);
     if (tm && tm->nslots == 4) {
         size_t b = offsetof(struct mid, in);
@@ -265,7 +283,7 @@ static void test_nested_slots(void) {
             CHECK(tm->slots[i].is_func == (uint32_t)(i & 1));
         }
     }
-    const tha__type_t *to = tha__schema_type(s, out);
+    const tha__type_t *to = type_of(s, out);
     CHECK(to && to->nslots == 9 && to->size == sizeof(struct outer));
     if (to && to->nslots == 9) {
         uint32_t want[9];
@@ -293,11 +311,11 @@ static void test_nested_slots(void) {
     /* outer.m[1].in[0].cb */
     size_t off = offsetof(struct outer, m) + sizeof(struct mid) +
                  offsetof(struct mid, in) + offsetof(struct inner, cb) + 3;
-    tha__schema_describe(s, out, off, buf, sizeof buf);
+    describe(s, out, off, buf, sizeof buf);
     CHECK(strcmp(buf, "struct outer field m[1].in[0].cb") == 0);
-    tha__schema_describe(s, mid, 5, buf, sizeof buf);
+    describe(s, mid, 5, buf, sizeof buf);
     CHECK(strcmp(buf, "struct mid (padding at 5)") == 0);
-    tha__schema_describe(s, out, 4 + sizeof(struct mid), buf, sizeof buf);
+    describe(s, out, 4 + sizeof(struct mid), buf, sizeof buf);
     CHECK_CONTAINS(buf, "struct outer field m[1] (padding at 4 of struct mid)");
     tha_schema_release(s);
 }
@@ -305,26 +323,26 @@ static void test_nested_slots(void) {
 static void test_describe(void) {
     tha_schema_t *s = build_emp();
     char buf[128];
-    tha__schema_describe(s, THA_T_FIRST_USER, offsetof(struct emp, reports) + 16,
+    describe(s, id_of(s, "emp"), offsetof(struct emp, reports) + 16,
                          buf, sizeof buf);
     CHECK(strcmp(buf, "struct emp field reports[2]") == 0);
-    tha__schema_describe(s, THA_T_FIRST_USER, offsetof(struct emp, reports) + 23,
+    describe(s, id_of(s, "emp"), offsetof(struct emp, reports) + 23,
                          buf, sizeof buf);
     CHECK(strcmp(buf, "struct emp field reports[2]") == 0);
-    tha__schema_describe(s, THA_T_FIRST_USER, 3, buf, sizeof buf);
+    describe(s, id_of(s, "emp"), 3, buf, sizeof buf);
     CHECK(strcmp(buf, "struct emp field name[3]") == 0);
-    tha__schema_describe(s, THA_T_FIRST_USER, offsetof(struct emp, salary), buf,
+    describe(s, id_of(s, "emp"), offsetof(struct emp, salary), buf,
                          sizeof buf);
     CHECK(strcmp(buf, "struct emp field salary") == 0);
-    tha__schema_describe(s, THA_T_FIRST_USER, 36, buf, sizeof buf);
+    describe(s, id_of(s, "emp"), 36, buf, sizeof buf);
     CHECK(strcmp(buf, "struct emp (padding at 36)") == 0);
-    tha__schema_describe(s, THA_T_FIRST_USER, 1000, buf, sizeof buf);
+    describe(s, id_of(s, "emp"), 1000, buf, sizeof buf);
     CHECK_CONTAINS(buf, "beyond size");
     tha__schema_describe(s, 99, 0, buf, sizeof buf);
     CHECK_CONTAINS(buf, "99");
     /* tiny buffers are NUL-terminated */
     char small[8];
-    tha__schema_describe(s, THA_T_FIRST_USER, 80, small, sizeof small);
+    describe(s, id_of(s, "emp"), 80, small, sizeof small);
     CHECK(strlen(small) < sizeof small);
     tha_schema_release(s);
 
@@ -340,12 +358,12 @@ static void test_describe(void) {
     CHECK_OK(THA_FIELD_SCALAR(s, a, struct address, street, THA_T_CHAR, 24));
     CHECK_OK(THA_FIELD_SCALAR(s, a, struct address, zip, THA_T_U32, 0));
     CHECK_OK(tha_schema_seal(s));
-    tha__schema_describe(s, p, offsetof(struct person, addr) + 3, buf, sizeof buf);
+    describe(s, p, offsetof(struct person, addr) + 3, buf, sizeof buf);
     CHECK(strcmp(buf, "struct person field addr.street[3]") == 0);
-    tha__schema_describe(s, p, offsetof(struct person, grid[1][2]) + 1, buf,
+    describe(s, p, offsetof(struct person, grid[1][2]) + 1, buf,
                          sizeof buf);
     CHECK(strcmp(buf, "struct person field grid[1][2]") == 0);
-    const tha__type_t *tp = tha__schema_type(s, p);
+    const tha__type_t *tp = type_of(s, p);
     CHECK(tp && tp->nslots == 0 && tp->fields[2].count == 6);
     tha_schema_release(s);
 }
@@ -378,12 +396,12 @@ static void test_bits_union(void) {
     CHECK_OK(tha_schema_seal(s));
     uint32_t x;
     CHECK_OK(tha_schema_type_by_name(s, "union num", &x));
-    CHECK(x == u);
+    CHECK(x == tha_schema_type_id(s, u));
     CHECK_RC(tha_schema_type_by_name(s, "struct num", &x), THA_ENOTFOUND);
     char buf[64];
-    tha__schema_describe(s, u, 4, buf, sizeof buf);
+    describe(s, u, 4, buf, sizeof buf);
     CHECK(strcmp(buf, "union num field i") == 0);
-    tha__schema_describe(s, id, 2, buf, sizeof buf);
+    describe(s, id, 2, buf, sizeof buf);
     CHECK(strcmp(buf, "struct flags field a") == 0);
     tha_schema_release(s);
 }
@@ -402,7 +420,7 @@ static void test_fingerprint(void) {
     CHECK_OK(tha_schema_add_struct(c, "emp", sizeof(struct emp), 8, 0, &e));
     tha_field_t f;
     for (uint32_t i = 0; i < 6; i++) {
-        CHECK_OK(tha_schema_field_info(a, THA_T_FIRST_USER, i, &f));
+        CHECK_OK(tha_schema_field_info(a, id_of(a, "emp"), i, &f));
         if (i == 2)
             f.offset = 36;
         CHECK_OK(tha_schema_add_field(c, e, &f));
@@ -410,7 +428,7 @@ static void test_fingerprint(void) {
     uint32_t d;
     CHECK_OK(tha_schema_add_struct(c, "dept", sizeof(struct dept), 8, 0, &d));
     for (uint32_t i = 0; i < 4; i++) {
-        CHECK_OK(tha_schema_field_info(a, THA_T_FIRST_USER + 1, i, &f));
+        CHECK_OK(tha_schema_field_info(a, id_of(a, "dept"), i, &f));
         CHECK_OK(tha_schema_add_field(c, d, &f));
     }
     CHECK_OK(tha_schema_add_func(c, "fn_a", NULL));
@@ -448,8 +466,8 @@ static void test_serialize_roundtrip(void) {
         CHECK_OK(tha_schema_compare(s, r, msg, sizeof msg));
         uint32_t id;
         CHECK_OK(tha_schema_type_by_name(r, "dept", &id));
-        CHECK(id == THA_T_FIRST_USER + 1);
-        const tha__type_t *t = tha__schema_type(r, THA_T_FIRST_USER);
+        CHECK(id == THA_T_FIRST_USER); /* dept < emp */
+        const tha__type_t *t = type_of(r, id_of(r, "emp"));
         CHECK(t && t->nslots == 6);
         void (*fn)(void) = fn_a;
         const char *name;
@@ -516,7 +534,7 @@ static void test_deserialize_errors(void) {
     buf[16] = 200; /* first type name length */
     CHECK_RC(tha_schema_deserialize(buf, len, &r, msg, sizeof msg), THA_EFRAME);
     CHECK_CONTAINS(msg, "bad type name string");
-    buf[16] = 3;
+    buf[16] = 4; /* "dept" */
     CHECK_OK(tha_schema_deserialize(buf, len, &r, NULL, 0));
     tha_schema_release(r);
     CHECK_RC(tha_schema_deserialize(NULL, 0, &r, NULL, 0), THA_EFRAME);
@@ -929,7 +947,7 @@ static void test_compare(void) {
     expect_diff(BASE(), one_struct("dept", 0, 32, base, 2, "on_tick"),
                 "type 32: struct emp vs struct dept");
     expect_diff(one_struct("u", 1, 8, base, 1, NULL),
-                one_struct("u", 0, 8, base, 1, NULL), "type 32: union u vs struct u");
+                one_struct("u", 0, 8, base, 1, NULL), "type 33: union u vs struct u"); /* other < u */
     expect_diff(BASE(), one_struct("emp", 0, 32, base, 3, "on_tock"),
                 "function 0: 'on_tick' vs 'on_tock'");
     expect_diff(BASE(), one_struct("emp", 0, 32, base, 3, NULL),
@@ -1003,7 +1021,7 @@ static void test_many_types(void) {
         snprintf(prev, sizeof prev, "t%d", i - 1);
         uint32_t id;
         CHECK_OK(tha_schema_add_struct(s, name, i ? 16 : 8, 8, 0, &id));
-        CHECK(id == THA_T_FIRST_USER + (uint32_t)i);
+        CHECK(id == THA_T_HANDLE + (uint32_t)i);
         tha_field_t f = {.name = "next", .kind = THA_K_PTR, .target = next};
         CHECK_OK(tha_schema_add_field(s, id, &f));
         if (i) {

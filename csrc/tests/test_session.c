@@ -42,6 +42,9 @@ static tha_schema_t *make_schema(void) {
     CHECK_OK(THA_FIELD_SCALAR(s, DEPT, struct dept, name, THA_T_CHAR, 32));
     CHECK_OK(THA_FIELD_SCALAR(s, DEPT, struct dept, id, THA_T_U32, 0));
     CHECK_OK(tha_schema_seal(s));
+    /* canonical ids, as the heap reports them (handles work as input) */
+    EMP = tha_schema_type_id(s, EMP);
+    DEPT = tha_schema_type_id(s, DEPT);
     return s;
 }
 

@@ -4,9 +4,9 @@
  * no cryptography of its own: the MAC is the application's to supply).
  *
  * The layout is the one tests/test_replication.py declares in Python, so
- * a C node and a Python node mirror the same heap. dept is registered
- * before emp because the Python side registers structs sorted by name and
- * the canonical schema (and its fingerprint) follows registration order.
+ * a C node and a Python node mirror the same heap. Registration order does
+ * not matter: sealing puts the schema in canonical order (and gives the
+ * canonical ids), so any order gives the fingerprint Python computes.
  */
 #ifndef ORG_H
 #define ORG_H
@@ -53,9 +53,6 @@ static uint32_t EMP, DEPT;
 static tha_schema_t *org_schema(void) {
     tha_schema_t *s;
     TRY(tha_schema_create(&s));
-    TRY(THA_STRUCT(s, struct dept, "dept", &DEPT));
-    TRY(THA_FIELD_SCALAR(s, DEPT, struct dept, name, THA_T_CHAR, 32));
-    TRY(THA_FIELD_SCALAR(s, DEPT, struct dept, id, THA_T_U32, 0));
     TRY(THA_STRUCT(s, struct emp, "emp", &EMP));
     TRY(THA_FIELD_SCALAR(s, EMP, struct emp, name, THA_T_CHAR, 32));
     TRY(THA_FIELD_SCALAR(s, EMP, struct emp, id, THA_T_U32, 0));
@@ -63,7 +60,14 @@ static tha_schema_t *org_schema(void) {
     TRY(THA_FIELD_PTR(s, EMP, struct emp, mgr, "emp", 0));
     TRY(THA_FIELD_PTR(s, EMP, struct emp, dept, "dept", 0));
     TRY(THA_FIELD_PTR(s, EMP, struct emp, reports, "emp", 4));
+    TRY(THA_STRUCT(s, struct dept, "dept", &DEPT));
+    TRY(THA_FIELD_SCALAR(s, DEPT, struct dept, name, THA_T_CHAR, 32));
+    TRY(THA_FIELD_SCALAR(s, DEPT, struct dept, id, THA_T_U32, 0));
     TRY(tha_schema_seal(s));
+    /* EMP and DEPT are registration handles; they keep working, but the
+     * ids heaps report are the canonical ones */
+    EMP = tha_schema_type_id(s, EMP);
+    DEPT = tha_schema_type_id(s, DEPT);
     return s;
 }
 
