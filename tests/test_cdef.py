@@ -38,7 +38,9 @@ def test_every_api_function_is_in_cdef_and_lib():
 
 
 def test_cdef_declares_nothing_extra():
-    extra = cdef_functions() - set(api_functions())
+    # the extension's own C (the driver's HMAC) is defined in build_ext.py
+    own = set(_DECL.findall((ROOT / "build_ext.py").read_text()))
+    extra = cdef_functions() - set(api_functions()) - own
     assert not extra, f"in tha/_cdef.h but not THA_API in tha.h: {extra}"
 
 

@@ -870,8 +870,11 @@ static int dispatch(tha_session_t *s, int type, int flags, const uint8_t *p, siz
         int code = (int)get32(p);
         uint64_t epoch = get64(p + 4);
         /* a refusal ends the connection either way, but only a proven peer
-         * can fence us: before that it is just a peer going away */
-        bool fenced = code == THA_EFENCED && s->proven;
+         * that names an epoch newer than ours can fence us: before proof it
+         * is just a peer going away, and a node of an older epoch (a stale
+         * promoted node still listening) has no say over a newer one */
+        uint64_t mine = s->heap ? s->heap->epoch : 0;
+        bool fenced = code == THA_EFENCED && s->proven && epoch > mine;
         close_with(s, fenced ? THA_EV_FENCED : THA_EV_REFUSED, code,
                    "the peer refused%s: %.*s", s->proven ? "" : " (before proving "
                    "the shared secret)", (int)(len - 16), (const char *)p + 16);

@@ -839,6 +839,28 @@ static void test_fencing(void) {
     CHECK(state_of(a) == 4 && state_of(b) == 4);
     end_free(a);
     end_free(b);
+    /* a node promoted to an older epoch than the active's (it kept
+     * listening after a later promotion elsewhere) cannot fence it */
+    {
+        struct emp *es3;
+        tha_heap_t *h3 = company(&es3);
+        tha_backlog_t *bl3;
+        CHECK_OK(tha_backlog_create(&bl3, 0));
+        CHECK_OK(tha_heap_set_epoch(h3, 9));
+        end_t *a3 = end_new(THA_ROLE_ACTIVE, "k", h3, bl3);
+        end_t *b3 = end_new(THA_ROLE_STANDBY, "k", NULL, NULL);
+        exchange(a3, b3, 1, SIZE_MAX, NULL);
+        CHECK(last_ev(a3, THA_EV_READY) != NULL);
+        CHECK_OK(tha_session_fence(b3->s, 8));
+        exchange(a3, b3, 2, SIZE_MAX, NULL);
+        CHECK(!last_ev(a3, THA_EV_FENCED));
+        const tha_event_t *r = last_ev(a3, THA_EV_REFUSED);
+        CHECK(r && r->code == THA_EFENCED && r->epoch == 0);
+        end_free(a3);
+        end_free(b3);
+        tha_backlog_destroy(bl3);
+        tha_heap_destroy(h3);
+    }
     /* a frame of the old epoch against the promoted heap: ESTALE, unchanged */
     mutate(old, es, 3);
     size_t size, len;
