@@ -55,6 +55,9 @@ def test_heap_delta_on_an_active_heap_is_refused(schema, tracking):
         for make in (heap.delta, heap.snapshot):
             with pytest.raises(tha.StateError, match=r"Active\.sync\(\)"):
                 make()
+        other = tha.Heap(schema, capacity=8 << 20, tracking=tracking)
+        with pytest.raises(tha.StateError, match="backlog"):
+            heap.apply(other.snapshot())  # nor does it take frames from elsewhere
         st = heap.stats()
         assert st["seq"] == seq and st["dirty_blocks"] > 0  # nothing changed
         r = act.sync()

@@ -373,7 +373,8 @@ THA_API int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap,
 /* Verifies the whole frame (checksums, fingerprint, lineage and sequence,
  * every offset and pointer) before writing anything, then applies it.
  * A snapshot replaces the whole state; a delta needs seq == last + 1 from
- * the same lineage. On error the heap is unchanged. */
+ * the same lineage. On error the heap is unchanged. THA_ESTATE while a
+ * backlog makes the heap's frames (see tha_backlog_encode). */
 THA_API int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len);
 /* Parses and checks a frame header only (no body checksum). */
 THA_API int tha_frame_info(const void *frame, size_t len, tha_frame_info_t *out);

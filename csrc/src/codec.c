@@ -1002,6 +1002,12 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
     if (hd.kind == THA__FRAME_SEGMENT)
         return tha__hfail(h, THA_EFRAME, "segment seq %llu: segments are applied by "
                           "bulk sync only", (unsigned long long)hd.seq);
+    /* one series, one maker (see tha_heap_encode): a frame applied to a
+     * source would leave its backlog behind the heap for good */
+    if (h->backlog)
+        return tha__hfail(h, THA_ESTATE, "apply: this heap is replicated through a "
+                          "backlog, which makes its frames; it takes none from "
+                          "elsewhere (stop replicating it first)");
     const uint8_t *f = frame, *body = f + THA_FRAME_HEADER_SIZE;
     uint64_t body_len = len - THA_FRAME_HEADER_SIZE, done = 0;
     rc = check_identity(h, &hd, f, len);

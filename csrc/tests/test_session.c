@@ -708,6 +708,23 @@ static void test_backlog_owns_the_series(void) {
     CHECK(seq2 == seq + 1);
     CHECK_OK(tha_heap_stats(h, &after));
     CHECK(after.seq == seq2 && after.dirty_blocks == 0);
+    /* nor does it take frames from elsewhere: after an apply the next
+     * tha_backlog_encode could only fail */
+    {
+        struct emp *es2;
+        tha_heap_t *other_src = company(&es2);
+        size_t n2, l2;
+        CHECK_OK(tha_heap_frame_size(other_src, THA_FRAME_SNAPSHOT, &n2));
+        void *snap = malloc(n2);
+        CHECK_OK(tha_heap_encode(other_src, THA_FRAME_SNAPSHOT, snap, n2, &l2));
+        CHECK_OK(tha_heap_stats(h, &before));
+        CHECK_RC(tha_heap_apply(h, snap, l2), THA_ESTATE);
+        CHECK_CONTAINS(tha_heap_errmsg(h), "backlog");
+        CHECK_OK(tha_heap_stats(h, &after));
+        CHECK(after.seq == before.seq && after.lineage == before.lineage);
+        free(snap);
+        tha_heap_destroy(other_src);
+    }
     /* another backlog cannot take the heap over */
     tha_backlog_t *other;
     CHECK_OK(tha_backlog_create(&other, 0));
