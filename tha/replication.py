@@ -44,7 +44,7 @@ import time
 from dataclasses import dataclass, field
 
 from ._ffi import ffi as _cffi, lib
-from .errors import Error, check
+from .errors import Error, StateError, check
 from .heap import Heap
 from .schema import Schema
 
@@ -843,6 +843,8 @@ class Active(_Node):
             if self.fenced_epoch is not None:
                 raise Fenced(f"this active is fenced: a standby was promoted to "
                              f"epoch {self.fenced_epoch}; stop and rejoin as a standby")
+            if self._backlog is None:
+                raise StateError("this active is closed: sync() needs a new Active")
             # Encoded straight into the backlog, which reuses the memory of the
             # frame it last dropped: no copy, no fresh pages per sync.
             seq_p = _cffi.new("uint64_t *")
@@ -937,7 +939,8 @@ class Active(_Node):
         with self.cond:
             st = self.heap.stats()
             first, last, nbytes = (_cffi.new("uint64_t *") for _ in range(3))
-            lib.tha_backlog_range(self._backlog, first, last, nbytes)
+            if self._backlog is not None:
+                lib.tha_backlog_range(self._backlog, first, last, nbytes)
             peers = []
             for c in self.conns:
                 if c.s is None:
@@ -955,6 +958,13 @@ class Active(_Node):
         for t in self._connectors:
             t.join(5)
         self._close_all()
+        # The backlog makes the heap's frames while it exists (the heap
+        # refuses delta()/snapshot() meanwhile): freed once its sessions
+        # are, so the heap is the application's own again.
+        with self.cond:
+            if self._backlog is not None:
+                _cffi.release(self._backlog)
+                self._backlog = None
 
 
 __all__ = ["Active", "Standby", "SyncResult", "Fenced", "SyncTimeout",

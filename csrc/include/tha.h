@@ -379,21 +379,31 @@ typedef struct tha_frame_info {
     uint64_t nblocks;      /* data blocks carried */
 } tha_frame_info_t;
 
-/* Exact bytes tha_heap_encode(kind) will need now. In diff mode this is
- * where the heap looks for changes; the encode that follows uses what it
- * found (a write in between goes in the next frame). */
+/* Exact bytes tha_heap_encode(kind) will need now. In diff and wp modes
+ * this is where the heap looks for changes; the encode that follows uses
+ * what it found (a write in between, from any thread, goes in the next
+ * frame), so a buffer of *size bytes is always enough for it unless a heap
+ * call in between (alloc, free, touch, roots) changes more blocks. */
 THA_API int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size);
 /* Encodes a snapshot (the whole image) or a delta (every block dirtied
  * since the previous frame) into buf, then clears the dirty bits and bumps
- * the sequence number. On any error nothing changes (THA_ETOOSMALL: *len
- * holds the size needed). A pointer slot holding neither NULL, an address in
- * the region nor a registered function fails with THA_EFOREIGN. */
+ * the sequence number. On any error nothing changes: seq, dirty bits and
+ * every pending change stay (in diff and wp modes the changes the call
+ * found are kept as dirty bits: the same changes, carried by the next
+ * frame). THA_ETOOSMALL: *len holds the size needed, and as after
+ * tha_heap_frame_size an encode with *len bytes fits whatever other
+ * threads write meanwhile. A pointer slot holding neither NULL, an address
+ * in the region nor a registered function fails with THA_EFOREIGN.
+ * THA_ESTATE while a backlog makes the heap's frames (tha_backlog_encode:
+ * an active replicating it): a frame made here would be a seq its standbys
+ * never get. */
 THA_API int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap,
                             size_t *len);
 /* Verifies the whole frame (checksums, fingerprint, lineage and sequence,
  * every offset and pointer) before writing anything, then applies it.
  * A snapshot replaces the whole state; a delta needs seq == last + 1 from
- * the same lineage. On error the heap is unchanged. */
+ * the same lineage. On error the heap is unchanged. THA_ESTATE while a
+ * backlog makes the heap's frames (see tha_backlog_encode). */
 THA_API int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len);
 /* Parses and checks a frame header only (no body checksum). */
 THA_API int tha_frame_info(const void *frame, size_t len, tha_frame_info_t *out);
@@ -660,7 +670,13 @@ THA_API void tha_backlog_destroy(tha_backlog_t *b);
 THA_API int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len);
 /* Encodes h's next delta straight into the backlog (no copy; the memory of
  * a dropped big frame is reused). What tha_heap_encode does to h; on error
- * the detail is in tha_heap_errmsg(h) and nothing changed. */
+ * the detail is in tha_heap_errmsg(h) and nothing changed (seq, dirty bits:
+ * the next call carries the changes). Never fails because other threads
+ * write the heap meanwhile. From the first success the backlog makes h's
+ * frames: tha_heap_encode(h) refuses (THA_ESTATE), another backlog too,
+ * until the backlog or h is destroyed. THA_ESEQ if h is not at the
+ * backlog's last seq and lineage (a frame of h made and not pushed, a
+ * snapshot applied to h). */
 THA_API int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq,
                                size_t *len);
 THA_API int tha_backlog_range(const tha_backlog_t *b, uint64_t *first_seq,

@@ -117,6 +117,7 @@ fail:
 
 void tha_heap_destroy(tha_heap_t *h) {
     if (!h) return;
+    if (h->backlog) h->backlog->heap = NULL; /* it may serve another heap now */
     tha__wp_close(h); /* before the unmap: the signal handler forgets it */
     tha__log_close(h);
     if (h->base) munmap(h->base, h->capacity);

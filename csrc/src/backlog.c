@@ -48,6 +48,7 @@ static tha__bframe_t *bframe_alloc(tha_backlog_t *b, size_t len) {
 
 void tha_backlog_destroy(tha_backlog_t *b) {
     if (!b) return;
+    if (b->heap) b->heap->backlog = NULL; /* the heap makes its own frames again */
     for (uint64_t i = 0; i < b->n; i++) {
         tha__bframe_t *f = b->ring[(b->head + i) % b->cap];
         f->owner = NULL; /* a session may still hold it; it frees it then */
@@ -66,6 +67,20 @@ static void drop_oldest(tha_backlog_t *b) {
     tha__bframe_release(f);
 }
 
+/* Room in the ring for one more frame. */
+static int reserve(tha_backlog_t *b) {
+    if (b->n < b->cap) return 0;
+    uint64_t cap = b->cap ? b->cap * 2 : 64;
+    tha__bframe_t **ring = malloc(cap * sizeof *ring);
+    if (!ring) return THA_ENOMEM;
+    for (uint64_t i = 0; i < b->n; i++) ring[i] = b->ring[(b->head + i) % b->cap];
+    free(b->ring);
+    b->ring = ring;
+    b->head = 0;
+    b->cap = cap;
+    return 0;
+}
+
 /* Appends frame f (refs 1, data filled, len set) as the newest. */
 static int append(tha_backlog_t *b, tha__bframe_t *f) {
     tha_frame_info_t info;
@@ -74,16 +89,7 @@ static int append(tha_backlog_t *b, tha__bframe_t *f) {
     if (info.kind != THA_FRAME_DELTA) return THA_EINVAL;
     if (b->n && (info.seq != b->last_seq + 1 || info.lineage != b->lineage))
         return THA_ESEQ;
-    if (b->n == b->cap) {
-        uint64_t cap = b->cap ? b->cap * 2 : 64;
-        tha__bframe_t **ring = malloc(cap * sizeof *ring);
-        if (!ring) return THA_ENOMEM;
-        for (uint64_t i = 0; i < b->n; i++) ring[i] = b->ring[(b->head + i) % b->cap];
-        free(b->ring);
-        b->ring = ring;
-        b->head = 0;
-        b->cap = cap;
-    }
+    if ((rc = reserve(b))) return rc;
     f->seq = info.seq;
     f->epoch = info.epoch;
     b->ring[(b->head + b->n) % b->cap] = f;
@@ -110,36 +116,58 @@ int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len) {
  * sizes the frame itself, so asking first would scan the dirty map twice. */
 #define GUESS (32u << 10)
 
+/* Rule: everything that can refuse the frame is checked before the heap
+ * commits it (seq bump, dirty bits cleared), so a failure here leaves the
+ * heap as it was and its changes go in the next frame. */
 int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *len) {
-    size_t need = 0;
+    if (h->backlog && h->backlog != b)
+        return tha__hfail(h, THA_ESTATE, "backlog: this heap is replicated through "
+                          "another backlog, which makes its frames");
+    if (b->heap && b->heap != h)
+        return tha__hfail(h, THA_EINVAL, "backlog: it holds the frames of another heap");
+    if (b->n && (h->seq != b->last_seq || h->lineage != b->lineage))
+        return tha__hfail(h, THA_ESEQ, "backlog: the heap is at seq %llu%s but the "
+                          "backlog's last frame is seq %llu: a frame was made without "
+                          "it (tha_heap_encode) and not pushed, or the heap took "
+                          "another frame series", (unsigned long long)h->seq,
+                          h->lineage != b->lineage ? " of another lineage" : "",
+                          (unsigned long long)b->last_seq);
+    if (reserve(b)) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for its ring");
     tha__bframe_t *f = malloc(sizeof *f + GUESS);
     if (!f) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for a frame");
     f->cap = GUESS;
     f->refs = 1;
     f->owner = b;
-    int rc = tha_heap_encode(h, THA_FRAME_DELTA, f->data, GUESS, &f->len);
-    if (rc == THA_ETOOSMALL) { /* nothing changed; need is the size */
-        need = f->len;
-        free(f);
+    int rc = tha__encode(h, THA_FRAME_DELTA, f->data, GUESS, &f->len);
+    /* Too small: nothing changed and f->len is the size the next encode
+     * needs (the codec keeps the changes it counted), so one retry fits
+     * whatever other threads write; the loop only guards that rule. */
+    while (rc == THA_ETOOSMALL) {
+        size_t need = f->len;
+        tha__bframe_release(f);
         f = bframe_alloc(b, need);
         if (!f) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for a %zu-byte frame",
                                   need);
-        rc = tha_heap_encode(h, THA_FRAME_DELTA, f->data, need, &f->len);
-    } else if (!rc && f->len < GUESS / 2) { /* give back what it did not use */
+        rc = tha__encode(h, THA_FRAME_DELTA, f->data, need, &f->len);
+    }
+    if (rc) {
+        tha__bframe_release(f);
+        return rc;
+    }
+    if (f->cap == GUESS && f->len < GUESS / 2) { /* give back what it did not use */
         tha__bframe_t *g = realloc(f, sizeof *f + f->len);
         if (g) {
             f = g;
             f->cap = f->len;
         }
     }
-    if (!rc) {
-        rc = append(b, f);
-        if (rc) tha__hfail(h, rc, "backlog: the delta does not follow its frames");
-    }
-    if (rc) {
-        tha__bframe_release(f);
-        return rc;
-    }
+    /* Committed: the frame is next in sequence and the ring has room, so
+     * append cannot refuse it. */
+    rc = append(b, f);
+    THA_ASSERT(rc == 0);
+    (void)rc;
+    b->heap = h;
+    h->backlog = b;
     *seq = f->seq;
     *len = f->len;
     return 0;

@@ -409,7 +409,16 @@ static void init_header(const tha_heap_t *h, tha__frame_hdr_t *hd, int kind,
     hd->length = length;
 }
 
-int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
+/* Rule (sizing): the size frame_size or a THA_ETOOSMALL reports is the size
+ * the next encode needs. Both collect (diff, wp) and leave h->collected
+ * set, so that encode works on the changes they found instead of looking
+ * again: plain writes from other threads in between go in the frame after,
+ * never into a second THA_ETOOSMALL. Only heap calls (alloc, touch, ...)
+ * change dirty bits otherwise, and those are serialised with encode.
+ * Rule (failure): nothing is committed before the frame is whole; a failed
+ * encode leaves seq and every pending change as it was (a collect only
+ * turns pending writes into dirty bits, which the next frame carries). */
+int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
     if (!len || (kind != THA_FRAME_SNAPSHOT && kind != THA_FRAME_DELTA))
         return tha__hfail(h, THA_EINVAL, "encode: kind must be snapshot or delta");
     size_t need;
@@ -418,9 +427,11 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
     int rc = frame_size_now(h, kind, &need);
     if (rc) return tha__hfail(h, rc, "encode: %s", tha_strerror(rc));
     *len = need;
-    if (!buf || cap < need)
+    if (!buf || cap < need) {
+        h->collected = h->mech != THA__MECH_EXPLICIT; /* keep what need counts */
         return tha__hfail(h, THA_ETOOSMALL, "encode: the %s needs %zu bytes, buffer "
                     "has %zu", kind_name(kind), need, buf ? cap : 0);
+    }
     const tha__region_t *r = tha__reg(h);
     uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
     const uint8_t *crc_from = q;
@@ -466,6 +477,19 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
     h->frames_encoded++;
     h->bytes_encoded += need;
     return 0;
+}
+
+/* Rule (one series, one maker): a heap's frames are numbered one series;
+ * once tha_backlog_encode makes them (an active replicating the heap), a
+ * frame made here would take a seq the backlog, hence every standby, never
+ * gets, and clear the dirty bits of changes they would never see. */
+int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
+    if (h->backlog)
+        return tha__hfail(h, THA_ESTATE, "encode: this heap is replicated through a "
+                          "backlog, which makes its frames: use tha_backlog_encode "
+                          "(Python: Active.sync()); a %s made here would be a seq "
+                          "the standbys never get", kind_name(kind));
+    return tha__encode(h, kind, buf, cap, len);
 }
 
 /* ---- header ----------------------------------------------------------- */
@@ -978,6 +1002,12 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
     if (hd.kind == THA__FRAME_SEGMENT)
         return tha__hfail(h, THA_EFRAME, "segment seq %llu: segments are applied by "
                           "bulk sync only", (unsigned long long)hd.seq);
+    /* one series, one maker (see tha_heap_encode): a frame applied to a
+     * source would leave its backlog behind the heap for good */
+    if (h->backlog)
+        return tha__hfail(h, THA_ESTATE, "apply: this heap is replicated through a "
+                          "backlog, which makes its frames; it takes none from "
+                          "elsewhere (stop replicating it first)");
     const uint8_t *f = frame, *body = f + THA_FRAME_HEADER_SIZE;
     uint64_t body_len = len - THA_FRAME_HEADER_SIZE, done = 0;
     rc = check_identity(h, &hd, f, len);

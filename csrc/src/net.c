@@ -36,8 +36,6 @@ struct tha_net {
     char host[256];            /* active: where the standby listens */
     uint16_t port;
     char peer[300];            /* "host:port" for messages */
-    uint8_t *frame;            /* active: encode buffer */
-    size_t frame_cap;
     uint8_t *rbuf;             /* RBUF bytes */
     int status;                /* why the connection ended; 0 while it lives */
     int eof;                   /* the peer closed the connection cleanly */
@@ -395,29 +393,19 @@ int tha_net_sync(tha_net_t *n, int ack, uint32_t timeout_ms, uint64_t *seq) {
     if (n->fenced)
         return NFAIL(n, THA_EFENCED, "fenced: a standby was promoted to epoch %llu; "
                      "this active must stop", (unsigned long long)n->fenced_epoch);
-    size_t size, len;
-    int rc = tha_heap_frame_size(n->heap, THA_FRAME_DELTA, &size);
+    /* Encoded straight into the backlog, which checks everything that could
+     * refuse the frame before the heap commits it: a failure leaves the heap
+     * as it was (a frame encoded here and then refused by the backlog would
+     * be a seq no standby ever gets, and every later sync would fail). */
+    uint64_t fseq;
+    size_t len;
+    int rc = tha_backlog_encode(n->backlog, n->heap, &fseq, &len);
     if (rc) return NFAIL(n, rc, "%s", tha_heap_errmsg(n->heap));
-    if (size > n->frame_cap) {
-        uint8_t *f = malloc(size);
-        if (!f) return NFAIL(n, THA_ENOMEM, "no memory for a %zu-byte frame", size);
-        free(n->frame);
-        n->frame = f;
-        n->frame_cap = size;
-    }
-    rc = tha_heap_encode(n->heap, THA_FRAME_DELTA, n->frame, n->frame_cap, &len);
-    if (rc) return NFAIL(n, rc, "%s", tha_heap_errmsg(n->heap));
-    tha_frame_info_t info;
-    tha_frame_info(n->frame, len, &info);
-    if (seq) *seq = info.seq;
-    rc = tha_backlog_push(n->backlog, n->frame, len);
-    if (rc)
-        return NFAIL(n, rc, "seq %llu: cannot keep it in the backlog: %s",
-                     (unsigned long long)info.seq, tha_strerror(rc));
+    if (seq) *seq = fseq;
     if (n->fd < 0)
         return NFAIL(n, n->status ? n->status : THA_ECLOSED, "seq %llu is in the backlog "
                      "but %s is not connected (tha_net_reconnect resumes)%s%s",
-                     (unsigned long long)info.seq, n->peer, n->err[0] ? ": " : "", n->err);
+                     (unsigned long long)fseq, n->peer, n->err[0] ? ": " : "", n->err);
     /* the standby acknowledges at least reception, so acks keep flowing */
     rc = tha_session_pump(n->s, ack > THA_ACK_RECEIVED ? ack : THA_ACK_RECEIVED);
     if (rc && (rc = drain_events(n)) != 0) return drop(n, rc, NULL);
@@ -428,11 +416,11 @@ int tha_net_sync(tha_net_t *n, int ack, uint32_t timeout_ms, uint64_t *seq) {
         tha_session_status_t st;
         if (tha_session_output(n->s, &d, &pending)) pending = 1;
         tha_session_status(n->s, &st);
-        if (!pending && (ack == THA_ACK_NONE || st.acked[ack] >= info.seq)) return 0;
+        if (!pending && (ack == THA_ACK_NONE || st.acked[ack] >= fseq)) return 0;
         uint64_t now = now_ms();
         if (now >= deadline)
             return NFAIL(n, THA_ETIMEOUT, "seq %llu: %s did not acknowledge '%s' within "
-                         "%llu ms (it has %llu)", (unsigned long long)info.seq, n->peer,
+                         "%llu ms (it has %llu)", (unsigned long long)fseq, n->peer,
                          ack_name(ack), (unsigned long long)limit,
                          (unsigned long long)st.acked[ack ? ack : 1]);
         int moved = 0;
@@ -590,7 +578,6 @@ void tha_net_close(tha_net_t *n) {
     if (n->lfd >= 0) close(n->lfd);
     if (n->owns_heap) tha_heap_destroy(n->heap);
     tha_backlog_destroy(n->backlog);
-    free(n->frame);
     free(n->rbuf);
     memset(n->secret, 0, sizeof n->secret);
     free(n);

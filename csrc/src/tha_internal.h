@@ -228,6 +228,10 @@ struct tha_heap {
     int tracking;
     uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;
     struct tha__log *log;   /* attached delta log (checkpoint.c); NULL = none */
+    struct tha_backlog *backlog; /* the backlog whose tha_backlog_encode makes
+                               this heap's frames (tha_heap_encode refuses
+                               while set); it points back (tha_backlog.heap)
+                               and whichever is destroyed first unlinks both */
     char err[256];
 };
 
@@ -333,6 +337,10 @@ typedef struct tha__run {
 /* Encodes blocks from *from_block on (at most max_blocks, never past the
  * current top) as a segment frame stamped with the heap's seq; advances
  * *from_block. Dirty bits and seq are untouched. */
+/* tha_heap_encode without the backlog-ownership check: the backlog's own
+ * encode. */
+int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len);
+
 int tha__encode_segment(tha_heap_t *h, uint64_t *from_block, uint64_t max_blocks,
                         void *buf, size_t cap, size_t *len);
 /* Bytes a segment of up to max_blocks from from_block needs. */
@@ -387,6 +395,8 @@ struct tha_backlog {
     uint64_t lineage;
     tha__bframe_t *spare; /* a released big frame buffer, reused by encode
                              (a fresh one costs a page fault per 4 KiB) */
+    tha_heap_t *heap;     /* the heap tha_backlog_encode makes frames of
+                             (tha_heap.backlog points back); NULL until then */
 };
 
 /* The frame seq with a reference taken, or NULL if not held. */

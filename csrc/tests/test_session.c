@@ -928,7 +928,99 @@ static void test_tick_before_start(void) {
     tha_session_destroy(s);
 }
 
+/* A heap whose frames tha_backlog_encode makes belongs to that backlog:
+ * tha_heap_encode refuses it (a frame made there is a seq the backlog, and
+ * so every standby, would never get), and every failure of
+ * tha_backlog_encode leaves seq and dirty bits as they were. */
+static void test_backlog_owns_the_series(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    uint64_t seq = 0;
+    size_t len = 0;
+    CHECK_OK(tha_backlog_encode(bl, h, &seq, &len));
+    mutate(h, es, 1);
+    tha_stats_t before, after;
+    CHECK_OK(tha_heap_stats(h, &before));
+    CHECK(before.dirty_blocks > 0);
+    size_t size;
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &size)); /* sizing is harmless */
+    char *f = malloc(size);
+    CHECK_RC(tha_heap_encode(h, THA_FRAME_DELTA, f, size, &len), THA_ESTATE);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "tha_backlog_encode");
+    CHECK_RC(tha_heap_encode(h, THA_FRAME_SNAPSHOT, NULL, 0, &len), THA_ESTATE);
+    CHECK_OK(tha_heap_stats(h, &after));
+    CHECK(after.seq == before.seq && after.dirty_blocks == before.dirty_blocks);
+    /* the backlog goes on, the change included */
+    uint64_t seq2 = 0;
+    CHECK_OK(tha_backlog_encode(bl, h, &seq2, &len));
+    CHECK(seq2 == seq + 1);
+    CHECK_OK(tha_heap_stats(h, &after));
+    CHECK(after.seq == seq2 && after.dirty_blocks == 0);
+    /* nor does it take frames from elsewhere: after an apply the next
+     * tha_backlog_encode could only fail */
+    {
+        struct emp *es2;
+        tha_heap_t *other_src = company(&es2);
+        size_t n2, l2;
+        CHECK_OK(tha_heap_frame_size(other_src, THA_FRAME_SNAPSHOT, &n2));
+        void *snap = malloc(n2);
+        CHECK_OK(tha_heap_encode(other_src, THA_FRAME_SNAPSHOT, snap, n2, &l2));
+        CHECK_OK(tha_heap_stats(h, &before));
+        CHECK_RC(tha_heap_apply(h, snap, l2), THA_ESTATE);
+        CHECK_CONTAINS(tha_heap_errmsg(h), "backlog");
+        CHECK_OK(tha_heap_stats(h, &after));
+        CHECK(after.seq == before.seq && after.lineage == before.lineage);
+        free(snap);
+        tha_heap_destroy(other_src);
+    }
+    /* another backlog cannot take the heap over */
+    tha_backlog_t *other;
+    CHECK_OK(tha_backlog_create(&other, 0));
+    mutate(h, es, 2);
+    CHECK_OK(tha_heap_stats(h, &before));
+    CHECK_RC(tha_backlog_encode(other, h, &seq, &len), THA_ESTATE);
+    CHECK_OK(tha_heap_stats(h, &after));
+    CHECK(after.seq == before.seq && after.dirty_blocks == before.dirty_blocks);
+    /* once the backlog is gone the heap makes its own frames again */
+    tha_backlog_destroy(bl);
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &size));
+    f = realloc(f, size);
+    CHECK_OK(tha_heap_encode(h, THA_FRAME_DELTA, f, size, &len));
+    /* ...and a heap destroyed first leaves the backlog usable (ASan) */
+    CHECK_OK(tha_backlog_encode(other, h, &seq, &len));
+    tha_heap_destroy(h);
+    h = company(&es);
+    CHECK_RC(tha_backlog_encode(other, h, &seq, &len), THA_ESEQ); /* new series */
+    tha_backlog_destroy(other);
+
+    /* tha_backlog_push: the caller encodes. A frame it made and did not
+     * push leaves a gap: tha_backlog_encode refuses it and changes nothing
+     * (seq, dirty bits): the heap's changes are not lost */
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    sync_one(h, bl, NULL, 0);
+    mutate(h, es, 3);
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &size));
+    f = realloc(f, size);
+    CHECK_OK(tha_heap_encode(h, THA_FRAME_DELTA, f, size, &len)); /* not pushed */
+    mutate(h, es, 4);
+    CHECK_OK(tha_heap_stats(h, &before));
+    CHECK(before.dirty_blocks > 0);
+    CHECK_RC(tha_backlog_encode(bl, h, &seq, &len), THA_ESEQ);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "seq");
+    CHECK_OK(tha_heap_stats(h, &after));
+    CHECK(after.seq == before.seq && after.dirty_blocks == before.dirty_blocks);
+    CHECK_OK(tha_backlog_push(bl, f, len)); /* the gap filled: it goes on */
+    CHECK_OK(tha_backlog_encode(bl, h, &seq, &len));
+    CHECK(seq == before.seq + 1);
+    free(f);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
 int main(void) {
+    RUN(test_backlog_owns_the_series);
     RUN(test_tick_before_start);
     RUN(test_handshake_bulk_deltas);
     RUN(test_every_split);
