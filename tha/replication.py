@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from ._ffi import ffi as _cffi, lib
 from .errors import Error, check
-from .heap import Heap
+from .heap import Heap, _TRACKING
 from .schema import Schema
 
 log = logging.getLogger("tha")
@@ -429,6 +429,13 @@ class Standby(_Node):
     delta (``bulk`` False, ``nbytes`` its size) or when a bulk sync goes
     live at ``seq`` (``bulk`` True, ``nbytes`` the image size). Keep it short.
 
+    ``tracking`` — how the heap finds changes once this standby is promoted
+    ("auto", "wp", "diff", "explicit", as for ``tha.Heap``; default "auto":
+    plain writes by the application that carries on are replicated). While
+    a standby, the mirror needs no write tracking of its own (it only
+    applies frames), so a heap made by bulk sync or loaded from ``save``
+    runs in "explicit" until ``promote()`` switches it.
+
     On disk: ``save`` — a checkpoint file; ``log`` — a delta log beside it
     (fsync policy ``fsync``: "always", "every N ms", "never"). If ``save``
     exists at start, the standby starts from it (``Heap.load(save,
@@ -447,8 +454,12 @@ class Standby(_Node):
                  heartbeat: float = 0.2, timeout: float = 2.0, ssl_context=None,
                  functions: dict | None = None, on_applied=None,
                  save=None, log=None, fsync: str = "always",
-                 save_every: float | None = None):
+                 save_every: float | None = None, tracking: str = "auto"):
         _check_listen(listen[0], secret)
+        if tracking not in _TRACKING:
+            raise Error(f"Standby: tracking must be one of {sorted(_TRACKING)}, "
+                        f"not {tracking!r}")
+        self.tracking = tracking
         if log is not None and save is None:
             raise Error("Standby: log= needs save= (the checkpoint the log follows)")
         if save_every is not None and save_every <= 0:
@@ -589,7 +600,9 @@ class Standby(_Node):
                         "file to resume from, not both")
         use_log = self.log_path if (self.log_path is not None
                                     and os.path.exists(self.log_path)) else None
-        heap = Heap.load(self.save, log=use_log, functions=self.functions)
+        # a mirror tracks nothing itself; promote() switches to self.tracking
+        heap = Heap.load(self.save, log=use_log, functions=self.functions,
+                         tracking="explicit")
         self.load_report = heap.load_report
         log.info("standby: resuming from %s: %s", self.save, heap.load_report)
         if self.log_path is not None:
@@ -677,6 +690,9 @@ class Standby(_Node):
             raise Error("cannot promote: this standby never received a state")
         if self.promoted_epoch is None:
             epoch = self.heap.stats()["epoch"] + 1
+            # The application writes this heap from now on: it must find
+            # those writes the way it asked (a bulk-synced heap is explicit).
+            self.heap.set_tracking(self.tracking)
             check(lib.tha_heap_set_epoch(self.heap._h, epoch))
             self.promoted_epoch = epoch
             for c in list(self.conns):
