@@ -53,7 +53,10 @@ class Heap:
     @classmethod
     def _adopt(cls, heap_c, lock, functions=None) -> "Heap":
         """Wraps a C heap made elsewhere (a bulk sync); the wrapper owns it
-        and uses ``lock``. Its schema comes from the heap itself."""
+        and uses ``lock``. Its schema comes from the heap itself. The heap is
+        owned from the first line: if this raises (a schema this process
+        cannot lay out), it is destroyed with the exception."""
+        heap_c = _cffi.gc(heap_c, lib.tha_heap_destroy)
         size = _cffi.new("size_t *")
         c_schema = lib.tha_heap_schema(heap_c)
         check(lib.tha_schema_serialize(c_schema, _cffi.NULL, 0, size))
@@ -65,7 +68,7 @@ class Heap:
         heap = cls.__new__(cls)
         heap.schema = schema
         heap._lock = lock
-        heap._h = _cffi.gc(heap_c, lib.tha_heap_destroy)
+        heap._h = heap_c
         heap._base = int(_cffi.cast("uintptr_t", lib.tha_heap_base(heap._h)))
         heap.roots = Roots(heap)
         return heap
