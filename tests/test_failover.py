@@ -416,6 +416,12 @@ def test_standby_cli_help_and_bad_input(spawn, tmp_path):
                           "127.0.0.1:0", "--secret-file", str(tmp_path / "empty")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "is empty" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "tha", "demo", "--role", "standby",
+                          "--listen", "127.0.0.1:0", "--secret-file",
+                          str(tmp_path / "missing")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert f"cannot read secret file {tmp_path / 'missing'}" in out.stderr
 
 
 def test_durations_and_secrets(tmp_path):
