@@ -321,6 +321,15 @@ def test_promoted_standby_fences_the_restarted_active(spawn, tmp_path):
     assert "epoch 1" in m.group(1)
     assert again.p.wait(10) == 3
     assert sb.ask("state")[0] == seq  # nothing from the old active landed
+    # the promoted process is an active like any other: plain writes travel
+    assert st["tracking"] in ("uffd-wp-async", "shadow-diff")
+    second = spawn(*helper("standby", "--secret", "k"), name="second")
+    fseq, salary = sb.ask(f"feed {fmt(second.address())}")
+    assert fseq > seq
+    got_seq, got = second.ask("state")
+    assert got_seq == fseq
+    staff = next(o for o in got["objects"] if o["offset"] == got["roots"]["staff"])
+    assert staff["value"][7]["salary"] == salary
 
 
 def test_wrong_secret_is_logged_and_the_cli_standby_keeps_running(spawn, tmp_path):
@@ -391,7 +400,9 @@ def test_demo_standby_takes_over_and_feeds_a_new_standby(spawn):
     third.wait_line(r"^bulk sync live at seq \d+ ")
     third.wait_line(rf"^applied seq {resumed + 3} \(")
     # its active finished and left: the third promotes in turn
-    third.wait_line(rf"^promoted: epoch 2 at seq {resumed + 3};")
+    # the generic standby's promoted heap tracks plain writes (default auto)
+    third.wait_line(rf"^promoted: epoch 2 at seq {resumed + 3};.*; tracking "
+                    r"(uffd-wp-async|shadow-diff)$")
 
 
 def test_standby_cli_help_and_bad_input(spawn, tmp_path):
@@ -405,6 +416,12 @@ def test_standby_cli_help_and_bad_input(spawn, tmp_path):
                           "127.0.0.1:0", "--secret-file", str(tmp_path / "empty")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "is empty" in out.stderr
+    out = subprocess.run([sys.executable, "-m", "tha", "demo", "--role", "standby",
+                          "--listen", "127.0.0.1:0", "--secret-file",
+                          str(tmp_path / "missing")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "Traceback" not in out.stderr
+    assert f"cannot read secret file {tmp_path / 'missing'}" in out.stderr
 
 
 def test_durations_and_secrets(tmp_path):

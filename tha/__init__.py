@@ -13,6 +13,7 @@ from .durability import LoadReport
 from .heap import Heap, Roots
 from .reach import Leak
 from .schema import Schema
+from .replication import Active, AuthError, Fenced, Standby, SyncResult, SyncTimeout
 
 __version__ = "0.1.0"
 
@@ -23,6 +24,7 @@ def set_threads(n: int) -> None:
     check(_lib.tha_set_threads(n))
 
 __all__ = [
+    "Active", "Standby", "SyncResult", "SyncTimeout", "Fenced", "AuthError",
     "Heap", "Leak", "LoadReport", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
     "CorruptHeap", "Timeout",
     "FrameError", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",

@@ -102,6 +102,7 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
 void tha_heap_destroy(tha_heap_t *h);
 const char *tha_heap_errmsg(const tha_heap_t *h);
 const char *tha_heap_tracking_name(const tha_heap_t *h);
+int tha_heap_set_tracking(tha_heap_t *h, int tracking);
 const tha_schema_t *tha_heap_schema(const tha_heap_t *h);
 void *tha_heap_base(const tha_heap_t *h);
 

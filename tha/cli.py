@@ -48,6 +48,9 @@ def add_standby_parser(sub):
                    help="delta log beside --save (needed for ack='persisted')")
     p.add_argument("--save-every", type=parse_duration, default=30.0, metavar="T",
                    help="checkpoint (with --log: compact) this often (default 30s)")
+    p.add_argument("--tracking", choices=("auto", "wp", "diff", "explicit"),
+                   default="auto", help="how the heap finds changes once promoted "
+                   "(default auto)")
     p.add_argument("--fsync", default="always",
                    help="log fsync policy: always, 'every 100ms', never "
                         "(default always)")
@@ -70,7 +73,8 @@ def run_standby(args) -> int:
         sb = Standby(listen=args.listen, secret=secret,
                      promote_after=args.promote_after, on_applied=on_applied,
                      save=args.save, log=args.log, fsync=args.fsync,
-                     save_every=args.save_every if args.save else None)
+                     save_every=args.save_every if args.save else None,
+                     tracking=args.tracking)
     except (Error, OSError) as e:
         console.say(f"python -m tha standby: error: {e}", err=True)
         return 2
@@ -86,8 +90,9 @@ def run_standby(args) -> int:
             if sb.promoted and not announced:
                 announced = True
                 st = sb.status()
+                mech = sb.heap.stats()["tracking_mechanism"]
                 console.say(f"promoted: epoch {st['epoch']} at seq {st['applied_seq']}; "
-                            "old actives are fenced")
+                            f"old actives are fenced; tracking {mech}")
         console.flush()
     finally:
         try:

@@ -199,8 +199,10 @@ def run_standby(args) -> int:
     console = Console()
     console.install_signals()
     try:
+        # the rounds touch what they change, like the active's (explicit) heap
         sb = Standby(listen=args.listen or ("127.0.0.1", 7400), secret=secret,
-                     promote_after=args.promote_after, on_applied=print_applied(console))
+                     promote_after=args.promote_after, on_applied=print_applied(console),
+                     tracking="explicit")
     except (Error, OSError) as e:
         console.say(f"python -m tha demo: error: {e}", err=True)
         return 2

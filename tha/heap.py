@@ -22,6 +22,11 @@ _TRACKING = {"auto": lib.THA_TRACK_AUTO, "explicit": lib.THA_TRACK_EXPLICIT,
 _TRACKING_NAMES = {v: k for k, v in _TRACKING.items()}
 
 
+def _check_tracking(tracking) -> None:
+    if tracking not in _TRACKING:
+        raise Error(f"tracking must be one of {sorted(_TRACKING)}, not {tracking!r}")
+
+
 class Heap:
     """A tracked region of ``capacity`` bytes holding objects of ``schema``."""
 
@@ -34,9 +39,7 @@ class Heap:
 
     def __init__(self, schema: Schema, capacity: int = 64 << 20,
                  tracking: str = "auto", log=None, fsync: str = "always"):
-        if tracking not in _TRACKING:
-            raise Error(f"tracking must be one of {sorted(_TRACKING)}, "
-                        f"not {tracking!r}")
+        _check_tracking(tracking)
         self.schema = schema
         self._lock = threading.RLock()  # replication drivers re-enter it
         out = _cffi.new("tha_heap_t **")
@@ -50,7 +53,10 @@ class Heap:
     @classmethod
     def _adopt(cls, heap_c, lock, functions=None) -> "Heap":
         """Wraps a C heap made elsewhere (a bulk sync); the wrapper owns it
-        and uses ``lock``. Its schema comes from the heap itself."""
+        and uses ``lock``. Its schema comes from the heap itself. The heap is
+        owned from the first line: if this raises (a schema this process
+        cannot lay out), it is destroyed with the exception."""
+        heap_c = _cffi.gc(heap_c, lib.tha_heap_destroy)
         size = _cffi.new("size_t *")
         c_schema = lib.tha_heap_schema(heap_c)
         check(lib.tha_schema_serialize(c_schema, _cffi.NULL, 0, size))
@@ -62,17 +68,20 @@ class Heap:
         heap = cls.__new__(cls)
         heap.schema = schema
         heap._lock = lock
-        heap._h = _cffi.gc(heap_c, lib.tha_heap_destroy)
+        heap._h = heap_c
         heap._base = int(_cffi.cast("uintptr_t", lib.tha_heap_base(heap._h)))
         heap.roots = Roots(heap)
         return heap
 
     @classmethod
     def from_snapshot(cls, frame, capacity: int | None = None,
-                      functions: dict | None = None) -> "Heap":
+                      functions: dict | None = None,
+                      tracking: str = "auto") -> "Heap":
         """A new heap holding a snapshot frame; the schema comes from the frame.
         ``functions`` binds the frame's function names in this process (a
-        function-pointer field that holds one cannot be applied unbound)."""
+        function-pointer field that holds one cannot be applied unbound).
+        ``tracking`` as for ``Heap()``."""
+        _check_tracking(tracking)
         buf = _cffi.from_buffer(frame)
         info = _cffi.new("tha_frame_info_t *")
         msg = _cffi.new("char[256]")
@@ -80,7 +89,7 @@ class Heap:
         check(lib.tha_frame_schema(buf, len(buf), out, msg, 256), lambda: msg)
         schema = Schema("", functions, _c=_cffi.gc(out[0], lib.tha_schema_release))
         check(lib.tha_frame_info(buf, len(buf), info))
-        heap = cls(schema, capacity or info.capacity)
+        heap = cls(schema, capacity or info.capacity, tracking=tracking)
         heap.apply(frame)
         return heap
 
@@ -180,6 +189,17 @@ class Heap:
         """Frees the allocation that ``p`` (as returned by new()) starts."""
         with self._lock:
             self._check(lib.tha_heap_free(self._h, _cffi.cast("void *", self._addr(p))))
+
+    def set_tracking(self, tracking: str) -> None:
+        """Switches how this heap finds changes ("auto", "wp", "diff",
+        "explicit", as for ``Heap()``), e.g. a mirror that becomes an active.
+        Changes count from now: diff and wp take the image as it is as
+        their baseline; blocks already dirty (touched, or found by the old
+        mode) still travel in the next frame. No other thread may write the
+        heap during the call."""
+        _check_tracking(tracking)
+        with self._lock:
+            self._check(lib.tha_heap_set_tracking(self._h, _TRACKING[tracking]))
 
     def touch(self, p, field: str | None = None) -> None:
         """Marks what ``p`` points to as changed (only needed with

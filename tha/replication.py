@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 
 from ._ffi import ffi as _cffi, lib
 from .errors import Error, StateError, check
-from .heap import Heap
+from .heap import Heap, _TRACKING
 from .schema import Schema
 
 log = logging.getLogger("tha")
@@ -110,6 +110,8 @@ class _Conn:
     def __init__(self, node, sock, role, heap_c, backlog_c, peer: str):
         self.node, self.sock, self.peer = node, sock, peer
         self.closed = False        # no more reading; the writer flushes and ends
+        self.aborted = False       # closed without sending what is queued
+        self.keep = None           # a heap the session points at, kept till destroy
         self.sending = False       # the writer is sending an output item, unlocked
         self._inline = not isinstance(sock, ssl.SSLSocket)  # see send_now
         self._fd = sock.fileno()
@@ -258,6 +260,8 @@ class _Conn:
                 rc = 0
                 with node.cond:
                     while True:
+                        if self.aborted:  # what is queued is not true: drop it
+                            return
                         if self.closed:
                             lib.tha_session_output(self.s, data, size)
                             if not size[0]:
@@ -327,6 +331,16 @@ class _Conn:
         st = self._st
         lib.tha_session_status(self.s, st)
         return st.acked[level]
+
+    def abort(self, reason: str) -> None:
+        """Under the lock: ends the connection without sending anything
+        still queued (acks for a state this node did not make live): the
+        peer learns nothing more from this session."""
+        if not self.aborted:
+            log.error("%s: aborting the connection to %s without sending its "
+                      "queued output: %s", self.node.role_name, self.peer, reason)
+        self.aborted = True
+        self.close()
 
     def close(self) -> None:
         with self.node.cond:
@@ -402,7 +416,8 @@ class _Node:
 
     def _drain(self, conn: _Conn) -> None:
         ev = conn._ev
-        while conn.s is not None and lib.tha_session_event(conn.s, ev):
+        while (conn.s is not None and not conn.aborted
+               and lib.tha_session_event(conn.s, ev)):
             self._on_event(conn, ev)
 
     def _on_event(self, conn, ev) -> None:
@@ -436,6 +451,21 @@ class Standby(_Node):
     called, under the heap's lock, each time the live heap moves: after a
     delta (``bulk`` False, ``nbytes`` its size) or when a bulk sync goes
     live at ``seq`` (``bulk`` True, ``nbytes`` the image size). Keep it short.
+    It runs before the active hears of that state: no ack (received,
+    applied, persisted) for it leaves until the callback returned and, with
+    ``save``, the checkpoint after a bulk sync is written. If it raises, or
+    the bulk sync's heap cannot be taken (``Heap._adopt`` refuses it) or
+    written to ``save``, the connection is aborted without sending what it
+    had queued (the active sees no ack), the reason is logged, and the
+    standby keeps its previous live state (a delta already applied stays
+    applied: the active learns of it when it reconnects).
+
+    ``tracking`` — how the heap finds changes once this standby is promoted
+    ("auto", "wp", "diff", "explicit", as for ``tha.Heap``; default "auto":
+    plain writes by the application that carries on are replicated). While
+    a standby, the mirror needs no write tracking of its own (it only
+    applies frames), so a heap made by bulk sync or loaded from ``save``
+    runs in "explicit" until ``promote()`` switches it.
 
     On disk: ``save`` — a checkpoint file; ``log`` — a delta log beside it
     (fsync policy ``fsync``: "always", "every N ms", "never"). If ``save``
@@ -455,8 +485,12 @@ class Standby(_Node):
                  heartbeat: float = 0.2, timeout: float = 2.0, ssl_context=None,
                  functions: dict | None = None, on_applied=None,
                  save=None, log=None, fsync: str = "always",
-                 save_every: float | None = None):
+                 save_every: float | None = None, tracking: str = "auto"):
         _check_listen(listen[0], secret)
+        if tracking not in _TRACKING:
+            raise Error(f"Standby: tracking must be one of {sorted(_TRACKING)}, "
+                        f"not {tracking!r}")
+        self.tracking = tracking
         if log is not None and save is None:
             raise Error("Standby: log= needs save= (the checkpoint the log follows)")
         if save_every is not None and save_every <= 0:
@@ -525,6 +559,19 @@ class Standby(_Node):
                 self.conns.append(conn)
 
     def _on_event(self, conn, ev) -> None:
+        """Under the lock, before anything the session queued while making
+        these events goes out (received() flushes after the drain): a
+        handler that fails aborts the connection, so the active never hears
+        an ack for a state this standby did not take (see _go_live)."""
+        try:
+            self._handle(conn, ev)
+        except Exception as e:  # any failure: nothing queued may leave
+            what = {lib.THA_EV_APPLIED: f"applying seq {ev.seq}",
+                    lib.THA_EV_BULK_DONE: f"taking the bulk sync live at seq {ev.seq}"}
+            conn.abort(f"{what.get(ev.type, 'handling an event')} failed: "
+                       f"{type(e).__name__}: {e}")
+
+    def _handle(self, conn, ev) -> None:
         t = ev.type
         msg = _cffi.string(ev.msg).decode(errors="replace")
         if t == lib.THA_EV_READY:
@@ -541,6 +588,8 @@ class Standby(_Node):
                 if other is not conn:
                     other.close()
         elif t == lib.THA_EV_APPLIED:
+            # The frame is in the live heap (apply is all-or-nothing); the
+            # callback sees it before the ack the session queued goes out.
             self.applied_seq = ev.seq
             self._last_active = time.monotonic()
             if self.on_applied is not None:
@@ -553,19 +602,7 @@ class Standby(_Node):
             self.bulk = (ev.a, ev.b)
             self._last_active = time.monotonic()
         elif t == lib.THA_EV_BULK_DONE:
-            self._adopt(lib.tha_session_take_heap(conn.s))
-            self.applied_seq = ev.seq
-            self._ever_synced = True
-            log.info("standby: bulk sync done, live at seq %d", ev.seq)
-            if self.save is not None:  # the disk follows the new state
-                try:
-                    self._rebase()
-                    self._persisted(self.heap.stats()["seq"])
-                except Error as e:  # the mirror goes on; persisted acks stop
-                    log.error("standby: cannot write the new state to %s: %s",
-                              self.save, e)
-            if self.on_applied is not None:
-                self.on_applied(ev.seq, ev.a, True)
+            self._go_live(conn, ev)
         elif t == lib.THA_EV_HEARTBEAT:
             self._last_active = time.monotonic()
         elif t in (lib.THA_EV_ERROR, lib.THA_EV_REFUSED, lib.THA_EV_FENCED):
@@ -574,14 +611,48 @@ class Standby(_Node):
             log.warning("standby: %s: %s", conn.peer, msg)
             conn.close()
 
-    def _adopt(self, heap_c) -> None:
-        """Wraps the heap a bulk sync built; it shares this node's lock."""
-        if self.heap is not None and self.heap._h == heap_c:
-            return
-        old = self.heap
-        if old is not None and old._log_path is not None:
-            old.detach_log()  # the files stay as they are until _rebase
-        self.heap = Heap._adopt(heap_c, self._lock, self.functions)
+    def _go_live(self, conn, ev) -> None:
+        """Under the lock: the bulk sync's heap is consistent and the session
+        has queued its applied ack. In order: wrap it (Heap._adopt, which
+        may refuse), make it the live heap, on_applied, then with ``save``
+        the checkpoint + fresh log and the persisted ack. The acks leave
+        after all that (received() flushes after the drain). If any step
+        fails the previous live heap (and its log) is put back and the
+        exception propagates: _on_event aborts the connection unsent."""
+        old, old_seq = self.heap, self.applied_seq
+        heap_c = lib.tha_session_take_heap(conn.s)
+        new = Heap._adopt(heap_c, self._lock, self.functions)
+        conn.keep = new  # the session points at it until it is destroyed
+        detached = False
+        try:
+            self.heap, self.applied_seq = new, ev.seq
+            if self.on_applied is not None:
+                self.on_applied(ev.seq, ev.a, True)
+            if self.save is not None:  # the disk follows the new state
+                if old is not None and old._log_path is not None:
+                    old.detach_log()  # the files stay as they are until _rebase
+                    detached = True
+                try:
+                    self._rebase(new)
+                except Error as e:
+                    raise Error(f"cannot write the new state to {self.save}: {e}") from e
+                self._persisted(new.stats()["seq"], flush=False)
+        except BaseException:
+            self.heap, self.applied_seq = old, old_seq
+            if detached:
+                self._reattach(old)
+            raise
+        self._ever_synced = True
+        log.info("standby: bulk sync done, live at seq %d", ev.seq)
+
+    def _reattach(self, heap) -> None:
+        """The old heap's log again, after a failed rebase: its files were
+        left as they were unless the new checkpoint already replaced them."""
+        try:
+            heap.attach_log(self.log_path, self.fsync)
+        except Error as e:  # no log: this standby stops acking persisted
+            log.error("standby: cannot attach %s to the previous state again: %s",
+                      self.log_path, e)
 
     # -- on disk (save=, log=) -------------------------------------------
 
@@ -597,7 +668,9 @@ class Standby(_Node):
                         "file to resume from, not both")
         use_log = self.log_path if (self.log_path is not None
                                     and os.path.exists(self.log_path)) else None
-        heap = Heap.load(self.save, log=use_log, functions=self.functions)
+        # a mirror tracks nothing itself; promote() switches to self.tracking
+        heap = Heap.load(self.save, log=use_log, functions=self.functions,
+                         tracking="explicit")
         self.load_report = heap.load_report
         log.info("standby: resuming from %s: %s", self.save, heap.load_report)
         if self.log_path is not None:
@@ -628,15 +701,17 @@ class Standby(_Node):
                 pass
             heap.attach_log(self.log_path, self.fsync)
 
-    def _persisted(self, seq: int) -> None:
+    def _persisted(self, seq: int, flush: bool = True) -> None:
         """Under the lock: the state through seq is on disk (checkpoint plus
-        fresh log): the active may count it as persisted."""
+        fresh log): the active may count it as persisted. ``flush`` False
+        from an event handler: the ack leaves with the rest after the drain."""
         if self.log_path is None:
             return  # no log, no persisted acks (documented)
         for c in self.conns:
             if c.s is not None and not c.closed:
                 lib.tha_session_persisted(c.s, seq)
-                c.flush()
+                if flush:
+                    c.flush()
 
     def checkpoint(self) -> None:
         """Writes the mirrored state to ``save`` now (with a log: compaction,
@@ -685,6 +760,9 @@ class Standby(_Node):
             raise Error("cannot promote: this standby never received a state")
         if self.promoted_epoch is None:
             epoch = self.heap.stats()["epoch"] + 1
+            # The application writes this heap from now on: it must find
+            # those writes the way it asked (a bulk-synced heap is explicit).
+            self.heap.set_tracking(self.tracking)
             check(lib.tha_heap_set_epoch(self.heap._h, epoch))
             self.promoted_epoch = epoch
             for c in list(self.conns):

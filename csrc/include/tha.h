@@ -267,6 +267,15 @@ THA_API const char *tha_heap_errmsg(const tha_heap_t *h);
  * "shadow-diff" (diff, or wp after its mechanism failed), "explicit".
  * Static string. */
 THA_API const char *tha_heap_tracking_name(const tha_heap_t *h);
+/* Changes how a live heap finds changes (a mirror promoted to active, a
+ * heap loaded in one mode and run in another). Changes count from this
+ * call: the image as it is now is the baseline of diff and wp; dirty bits
+ * already set (library writes, touches, and what the old mode had found
+ * and not yet shipped) stay set and travel in the next frame. Call it
+ * while no other thread writes the heap. A mode the heap already has (auto
+ * resolving to the mechanism in use) changes nothing. On failure (no
+ * memory for the shadow, wp unavailable) the heap keeps its old mode. */
+THA_API int tha_heap_set_tracking(tha_heap_t *h, int tracking);
 THA_API const tha_schema_t *tha_heap_schema(const tha_heap_t *h);
 THA_API void *tha_heap_base(const tha_heap_t *h);
 

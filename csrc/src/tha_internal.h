@@ -280,6 +280,12 @@ const char *tha__mech_name(int mech);
  * sets h->mech and h->tracking. Before the first commit. */
 int tha__wp_open(tha_heap_t *h, int requested);
 void tha__wp_close(tha_heap_t *h);
+/* The mechanism THA_TRACK_AUTO picks in this process (uffd or diff). */
+int tha__wp_auto_mech(void);
+/* After tha__wp_open on a heap already committed: protects what is. */
+int tha__wp_start(tha_heap_t *h);
+/* Ends wp on a live heap (pages writable again); h->mech becomes diff. */
+void tha__wp_stop(tha_heap_t *h);
 /* [from, to) was just committed: protect it. */
 int tha__wp_committed(tha_heap_t *h, uint64_t from, uint64_t to);
 /* [off, off+len) was just dropped with MADV_DONTNEED. */

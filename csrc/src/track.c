@@ -11,6 +11,9 @@
  */
 #include "tha_internal.h"
 
+#include <errno.h>
+#include <sys/mman.h>
+
 /* Summary bits for dirty words wb..we. */
 static void sum_set(tha_heap_t *h, uint64_t wb, uint64_t we) {
     uint64_t sb = wb / 64, se = we / 64;
@@ -116,4 +119,71 @@ void tha__track_collect(tha_heap_t *h) {
 void tha__track_sync_shadow(tha_heap_t *h, uint64_t b0, uint64_t n) {
     if (h->shadow)
         memcpy(h->shadow + b0 * THA__BLOCK, h->base + b0 * THA__BLOCK, n * THA__BLOCK);
+}
+
+/* ---- changing the mode of a live heap ---------------------------------- */
+
+static int mech_of_request(int tracking, int mech_now) {
+    switch (tracking) {
+    case THA_TRACK_EXPLICIT: return THA__MECH_EXPLICIT;
+    case THA_TRACK_DIFF: return THA__MECH_DIFF;
+    case THA_TRACK_AUTO: return tha__wp_auto_mech();
+    default: /* wp: a heap already under either wp mechanism keeps it */
+        return mech_now == THA__MECH_UFFD || mech_now == THA__MECH_MPROTECT
+                   ? mech_now : -1; /* -1: whatever tha__wp_open finds */
+    }
+}
+
+int tha_heap_set_tracking(tha_heap_t *h, int tracking) {
+    if (!h || tracking < THA_TRACK_AUTO || tracking > THA_TRACK_WP) return THA_EINVAL;
+    int want = mech_of_request(tracking, h->mech);
+    if (want == h->mech) return 0;
+    const int old_mech = h->mech;
+    /* What the old mechanism saw so far becomes dirty bits: they travel in
+     * the next frame whatever the new mode finds. */
+    tha__track_collect(h);
+    h->collected = 0;
+    int made_shadow = 0;
+    if (want != THA__MECH_EXPLICIT && !h->shadow) {
+        void *sh = mmap(NULL, h->capacity, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+        if (sh == MAP_FAILED)
+            return tha__hfail(h, -errno, "tracking: cannot map a %llu-byte shadow",
+                              (unsigned long long)h->capacity);
+        h->shadow = sh;
+        made_shadow = 1;
+        /* The baseline is the image as it is now: changes count from here. */
+        memcpy(h->shadow, h->base, tha__reg(h)->top);
+    }
+    if (old_mech == THA__MECH_UFFD || old_mech == THA__MECH_MPROTECT)
+        tha__wp_stop(h); /* now diff, the shadow up to date */
+    else if (old_mech == THA__MECH_EXPLICIT && h->shadow)
+        h->mech = THA__MECH_DIFF;
+    if (want == THA__MECH_EXPLICIT) {
+        munmap(h->shadow, h->capacity);
+        h->shadow = NULL;
+        h->mech = THA__MECH_EXPLICIT;
+        h->tracking = THA_TRACK_EXPLICIT;
+        return 0;
+    }
+    if (want == THA__MECH_DIFF) {
+        h->tracking = THA_TRACK_DIFF;
+        return 0;
+    }
+    /* wp (or auto finding uffd): set up on the committed pages */
+    int rc = tha__wp_open(h, tracking);
+    if (!rc) rc = tha__wp_start(h);
+    if (rc) { /* back to what it was: old was explicit or diff here */
+        tha__wp_close(h);
+        if (made_shadow) {
+            munmap(h->shadow, h->capacity);
+            h->shadow = NULL;
+        }
+        h->mech = old_mech;
+        h->tracking = old_mech == THA__MECH_EXPLICIT ? THA_TRACK_EXPLICIT : THA_TRACK_DIFF;
+        return tha__hfail(h, rc, "tracking wp: cannot start on a live heap: %s",
+                          tha_strerror(rc));
+    }
+    if (h->mech == THA__MECH_DIFF) h->tracking = THA_TRACK_DIFF; /* auto, no uffd */
+    return 0;
 }

@@ -371,6 +371,49 @@ void tha__wp_close(tha_heap_t *h) {
     h->wpages = h->wtaken = NULL;
 }
 
+static void degrade(tha_heap_t *h, int err);
+
+/* What THA_TRACK_AUTO gives in this process: uffd, else diff. */
+int tha__wp_auto_mech(void) {
+    const char *force = getenv("THA_WP_MECHANISM");
+    if (force && strcmp(force, "mprotect") == 0) return THA__MECH_DIFF;
+    return uffd_works() ? THA__MECH_UFFD : THA__MECH_DIFF;
+}
+
+/* A heap whose pages are already committed (and may hold data) starts
+ * wp tracking: every committed page is protected, so the first write to
+ * each from now on is recorded. */
+int tha__wp_start(tha_heap_t *h) {
+    if (h->mech == THA__MECH_UFFD) {
+        int rc = uffd_protect(h->uffd, h->base, h->committed);
+        if (rc) degrade(h, rc);
+    } else if (h->mech == THA__MECH_MPROTECT) {
+        __atomic_store_n(&slots[h->slot].end, h->committed, __ATOMIC_RELEASE);
+        if (h->committed && mprotect(h->base, h->committed, PROT_READ) != 0) {
+            int rc = -errno;
+            tha__wp_stop(h);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+/* Ends wp tracking on a live heap: its pages become plainly writable
+ * first (a write between the two is then neither faulted nor lost), then
+ * the mechanism is closed; h->mech becomes diff (the shadow stays). */
+void tha__wp_stop(tha_heap_t *h) {
+    if (h->mech == THA__MECH_MPROTECT && h->committed)
+        mprotect(h->base, h->committed, PROT_READ | PROT_WRITE);
+    if (h->mech == THA__MECH_UFFD && h->committed) {
+        struct uffdio_writeprotect wp = {
+            .range = {.start = (uint64_t)(uintptr_t)h->base, .len = h->committed},
+            .mode = 0};
+        ioctl(h->uffd, UFFDIO_WRITEPROTECT, &wp);
+    }
+    tha__wp_close(h);
+    h->mech = THA__MECH_DIFF;
+}
+
 /* Falls back to comparing everything with the shadow from now on. */
 static void degrade(tha_heap_t *h, int err) {
     (void)err;

@@ -441,12 +441,79 @@ static void test_size_then_fill(void) {
     size_then_fill(THA_TRACK_WP, "mprotect");
 }
 
+/* A mirror made in explicit mode switched to mode on a live heap: what it
+ * applied is not a change, plain writes from the switch on are found, and
+ * the switch back to explicit stops finding them. */
+static void switched(int mode, const char *force) {
+    if (force) setenv("THA_WP_MECHANISM", force, 1);
+    else unsetenv("THA_WP_MECHANISM");
+    tha_schema_t *s = make_schema();
+    tha_heap_t *a, *b, *c;
+    CHECK_OK(tha_heap_create(&a, s, 16 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, s, 16 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&c, s, 16 << 20, THA_TRACK_EXPLICIT));
+    tha_schema_release(s);
+    struct emp *team;
+    CHECK_OK(tha_heap_alloc(a, EMP, 50, (void **)&team));
+    CHECK_OK(tha_root_set(a, "team", team));
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    CHECK(mirrors(a, b));
+    /* b is promoted: it becomes a source for c */
+    CHECK(tha_heap_set_tracking(b, 99) == THA_EINVAL);
+    CHECK_OK(tha_heap_set_tracking(b, mode));
+    unsetenv("THA_WP_MECHANISM");
+    tha_stats_t st;
+    CHECK_OK(tha_heap_stats(b, &st));
+    CHECK(st.tracking == THA_TRACK_DIFF || st.tracking == THA_TRACK_WP);
+    if (force) CHECK(strcmp(tha_heap_tracking_name(b), force) == 0);
+    size_t n;
+    CHECK_OK(tha_heap_frame_size(b, THA_FRAME_DELTA, &n));
+    CHECK(n == THA_FRAME_HEADER_SIZE); /* nothing changed by switching */
+    CHECK_OK(tha_heap_set_tracking(b, mode)); /* again: nothing to do */
+    CHECK_OK(ship(b, c, THA_FRAME_SNAPSHOT));
+    struct emp *bt, *ct;
+    CHECK_OK(tha_root_get(b, "team", (void **)&bt));
+    for (int round = 0; round < 10; round++) {
+        bt[round].salary = 100 + round;    /* plain writes, no touch */
+        bt[round + 1].mgr = &bt[round];
+        if (round == 5) { /* a big allocation commits fresh pages */
+            struct emp *big;
+            CHECK_OK(tha_heap_alloc(b, EMP, 20000, (void **)&big));
+            big[19999].salary = 7;
+        }
+        CHECK_OK(ship(b, c, THA_FRAME_DELTA));
+        CHECK(mirrors(b, c));
+    }
+    CHECK_OK(tha_heap_check(b));
+    /* back to explicit: plain writes are no longer found, touches are */
+    bt[20].salary = 1;                        /* found: before the switch */
+    CHECK_OK(tha_heap_set_tracking(b, THA_TRACK_EXPLICIT));
+    CHECK(strcmp(tha_heap_tracking_name(b), "explicit") == 0);
+    bt[21].salary = 2;                        /* not found */
+    CHECK_OK(ship(b, c, THA_FRAME_DELTA));
+    CHECK_OK(tha_root_get(c, "team", (void **)&ct));
+    CHECK(ct[20].salary == 1 && ct[21].salary == 0);
+    CHECK_OK(tha_heap_touch(b, &bt[21], sizeof bt[21]));
+    CHECK_OK(ship(b, c, THA_FRAME_DELTA));
+    CHECK(mirrors(b, c));
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_heap_destroy(c);
+}
+
+static void test_set_tracking_diff(void) { switched(THA_TRACK_DIFF, NULL); }
+static void test_set_tracking_auto(void) { switched(THA_TRACK_AUTO, NULL); }
+static void test_set_tracking_mprotect(void) { switched(THA_TRACK_WP, "mprotect"); }
+
 int main(void) {
     RUN(test_size_then_fill);
     RUN(test_diff_mode);
     RUN(test_auto_mode);
     RUN(test_wp_mode);
     RUN(test_wp_mprotect);
+    RUN(test_set_tracking_diff);
+    RUN(test_set_tracking_auto);
+    RUN(test_set_tracking_mprotect);
     RUN(test_alloc_free_lookup);
     RUN(test_reuse_after_full);
     RUN(test_mirror_random);

@@ -3,7 +3,10 @@
     node.py standby --listen H:P [--secret S] [--promote-after T]
         first line `listening HOST:PORT`; then answers one line per stdin
         command: `state` (applied seq + dump), `log` (every (seq, bulk) the
-        live heap moved to), `status`; each answer is `OK <base64 pickle>`.
+        live heap moved to), `status`, `feed H:P` (once promoted: a
+        tha.Active on the promoted heap to the standby at H:P, a plain write
+        without touch(), sync(ack="applied"); answers (seq, salary written));
+        each answer is `OK <base64 pickle>`.
     node.py active --standby H:P [--secret S] [--ack A] [--seed N]
         --interactive: `round` on stdin mutates, syncs and answers
             `OK <base64 pickle of (seq, dump)>`;
@@ -54,13 +57,27 @@ def run_standby(args) -> int:
                 elif cmd == "log":
                     answer(list(log))
                 elif cmd == "status":
+                    st = sb.heap.stats() if sb.heap else {}
                     answer({"applied_seq": sb.applied_seq, "promoted": sb.promoted,
-                            "epoch": sb.heap.stats()["epoch"] if sb.heap else 0})
+                            "epoch": st.get("epoch", 0),
+                            "tracking": st.get("tracking_mechanism")})
+                elif cmd.startswith("feed "):
+                    feed(sb, addr(cmd.split()[1]), args.secret)
                 elif cmd == "quit":
                     break
     finally:
         sb.close()
     return 0
+
+
+def feed(sb, standby, secret) -> None:
+    heap = sb.heap
+    with Active(heap, [standby], secret=secret, timeout=10.0) as act:
+        act.sync(ack="applied")  # bulk sync of the promoted heap
+        salary = 123456.25
+        heap.roots["staff"][7].salary = salary  # plain write, no touch()
+        r = act.sync(ack="applied")
+        answer((r.seq, salary))
 
 
 def write_atomic(path: str, data: bytes) -> None:

@@ -1,0 +1,152 @@
+"""Every code block of README.md runs: the ```python blocks in order, in one
+namespace, in a temporary directory (they continue each other, as a reader
+would type them); the ```sh blocks' commands as processes, except the ones
+that install the package or run this very suite (listed in SKIP)."""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text()
+
+BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.M | re.S)
+
+# sh commands the tests do not run, and why
+SKIP = {
+    "python3 -m venv .venv": "makes the virtualenv the tests run in",
+    ".venv/bin/pip install -e .": "installs the package the tests run",
+    ".venv/bin/pip install -e '.[test]'": "installs the package the tests run",
+    ".venv/bin/python -m pytest -q": "runs this suite",
+}
+
+
+def blocks(lang):
+    return [body for kind, body in BLOCK.findall(README) if kind == lang]
+
+
+def commands(body):
+    """The commands of an sh block: one per line, split at &&, comments off."""
+    out = []
+    for line in body.splitlines():
+        line = re.sub(r"\s+#.*$", "", line).strip()
+        if line:
+            out.extend(c.strip() for c in line.split("&&"))
+    return out
+
+
+def argv(cmd, port=None):
+    """A README command as argv for this interpreter (and a free port)."""
+    if port is not None:
+        cmd = cmd.replace("127.0.0.1:7400", f"127.0.0.1:{port}")
+    words = cmd.split()
+    assert words[0] in ("python", "python3", ".venv/bin/python"), cmd
+    return [sys.executable] + words[1:]
+
+
+def test_every_block_is_python_or_sh():
+    kinds = [kind for kind, _ in BLOCK.findall(README)]
+    assert set(kinds) <= {"python", "sh", ""}, kinds
+    # plain blocks are not code (the architecture's layouts live in docs/)
+    assert kinds.count("python") >= 4 and kinds.count("sh") == 2, kinds
+
+
+def test_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
+    import tha
+    monkeypatch.chdir(tmp_path)
+    ns = {"__name__": "readme"}
+    try:
+        for i, body in enumerate(blocks("python")):
+            try:
+                exec(compile(body, f"README.md python block {i + 1}", "exec"), ns)
+            except Exception as e:
+                pytest.fail(f"README python block {i + 1} fails: "
+                            f"{type(e).__name__}: {e}\n{body}")
+    finally:
+        for v in list(ns.values()):
+            if isinstance(v, (tha.Active, tha.Standby)):
+                v.close()
+    assert "ann" not in capsys.readouterr().err
+
+
+def test_sh_block_one_runs_the_local_demo(tmp_path):
+    cmds = commands(blocks("sh")[0])
+    ran = 0
+    for cmd in cmds:
+        if cmd in SKIP:
+            continue
+        out = subprocess.run(argv(cmd), cwd=tmp_path, capture_output=True, text=True,
+                             timeout=120)
+        assert out.returncode == 0, (cmd, out.stderr)
+        assert "mirror matches active: yes" in out.stdout, out.stdout
+        ran += 1
+    assert ran == 1, cmds
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def read_until(p, pattern, lines, timeout=30.0):
+    """Reads p's stdout until a line matches (the process ends the wait by
+    exiting or printing; the timeout only bounds a hang)."""
+    deadline = time.monotonic() + timeout
+    os.set_blocking(p.stdout.fileno(), True)
+    while time.monotonic() < deadline:
+        line = p.stdout.readline()
+        if not line:
+            break
+        lines.append(line.rstrip("\n"))
+        m = re.search(pattern, line)
+        if m:
+            return m
+    pytest.fail(f"no line matching {pattern!r}; got:\n" + "\n".join(lines))
+
+
+def test_sh_block_two_failover_as_described(tmp_path):
+    """Both terminals; kill terminal 2, terminal 1 promotes and carries on."""
+    cmds = commands(blocks("sh")[1])
+    port = free_port()
+    procs, out = [], {}
+    try:
+        for cmd in cmds:
+            if "--role" not in cmd:  # setup, e.g. the secret file
+                subprocess.run(cmd, shell=True, cwd=tmp_path, check=True, timeout=30)
+                continue
+            role = "standby" if "--role standby" in cmd else "active"
+            p = subprocess.Popen(argv(cmd, port), cwd=tmp_path, text=True,
+                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                 stderr=subprocess.STDOUT)
+            procs.append(p)
+            out[role] = (p, [])
+            if role == "standby":
+                read_until(p, r"^listening ", out[role][1])
+        sb, sb_lines = out["standby"]
+        act, act_lines = out["active"]
+        read_until(act, r"^bulk sync: seq 1,", act_lines)
+        read_until(act, r"^\s+1\s+2\s+", act_lines)        # round 1 synced
+        read_until(sb, r"^applied seq 2 ", sb_lines)
+        act.kill()                                        # "kill terminal 2"
+        act.wait(10)
+        m = read_until(sb, r"^promoted: resuming as the active at seq (\d+), epoch 1$",
+                       sb_lines)
+        seq = int(m.group(1))
+        assert seq >= 2
+        read_until(sb, rf"^\s+\d+\s+{seq + 1}\s+", sb_lines)  # carries on the rounds
+        sb.send_signal(signal.SIGTERM)
+        assert sb.wait(10) == 0
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait(10)
+            p.stdout.close()
