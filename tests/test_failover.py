@@ -332,8 +332,9 @@ def test_wrong_secret_is_logged_and_the_cli_standby_keeps_running(spawn, tmp_pat
     bad = spawn(*helper("active", "--standby", addr, "--secret", "wrong", "--timeout",
                         "1", "--rounds", "1", "--record", str(tmp_path / "r1")),
                 name="bad")
-    bad.wait_line(r"^TIMEOUT .*0 of 1")
-    assert bad.p.wait(10) == 4
+    m = bad.wait_line(r"^REFUSED AuthError (.*)$")
+    assert addr in m.group(1) and "authentication failed" in m.group(1)
+    assert bad.p.wait(10) == 5
     assert wait_until(lambda: "authentication failed" in sb.stderr())
     assert sb.p.poll() is None
     (tmp_path / "r2").mkdir()
@@ -344,6 +345,27 @@ def test_wrong_secret_is_logged_and_the_cli_standby_keeps_running(spawn, tmp_pat
     sb.p.send_signal(signal.SIGTERM)  # clean shutdown: says so, exits 0
     sb.wait_line(r"^standby closed$")
     assert sb.p.wait(10) == 0
+
+
+# ---- the standby's listener out of file descriptors -----------------------------
+
+def test_standby_out_of_fds_goes_on_accepting_once_they_free_up(spawn, tmp_path):
+    sb = spawn(*helper("standby", "--nofile-spare", "6"), name="standby")
+    addr = sb.address()
+    burst = []
+    try:
+        for _ in range(30):  # more than it has fds for: accept() fails EMFILE
+            burst.append(socket.create_connection(addr, timeout=10))
+        assert wait_until(lambda: "Too many open files" in sb.stderr(), 15), sb.stderr()
+    finally:
+        for s in burst:
+            s.close()
+    # fds free up: a real active connects and syncs
+    app = node.App(1)
+    with Active(app.heap, [addr], timeout=15.0) as act:
+        r = act.sync()
+    assert sb.ask("state")[0] == r.seq
+    assert sb.p.poll() is None
 
 
 # ---- the CLI roles ---------------------------------------------------------------
