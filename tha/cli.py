@@ -97,8 +97,12 @@ def run_standby(args) -> int:
     if close_error is not None:
         console.say(f"python -m tha standby: closing: {close_error}", err=True)
         return 1
-    if args.save:
-        console.say(f"saved seq {sb.applied_seq} to {args.save}")
+    if args.save:  # say what is on disk, only that
+        if sb.heap is None:
+            console.say(f"nothing to save: no state was received ({args.save} "
+                        "not written)")
+        else:
+            console.say(f"saved seq {sb.heap.stats()['seq']} to {args.save}")
     console.say("standby closed")
     return 0
 

@@ -45,8 +45,12 @@ def read_secret(path: str | None) -> bytes | None:
     """The shared secret: the file's raw bytes without the trailing newline."""
     if path is None:
         return None
-    with open(path, "rb") as f:
-        secret = f.read()
+    try:
+        with open(path, "rb") as f:
+            secret = f.read()
+    except OSError as e:
+        raise SystemExit(f"python -m tha: error: cannot read the secret file {path}: "
+                         f"{e.strerror or e}") from None
     secret = secret.rstrip(b"\r\n")
     if not secret:
         raise SystemExit(f"python -m tha: error: secret file {path} is empty")
