@@ -503,3 +503,16 @@ def test_durations_and_secrets(tmp_path):
     assert parse_duration("2") == 2.0
     (tmp_path / "k").write_bytes(b"\x00ab\r\n")
     assert read_secret(str(tmp_path / "k")) == b"\x00ab"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for argv, needle in ((("demo", "--local", "--capacity", "99999999"), "error:"),
+                         (("demo", "--role", "active", "--employees", "0",
+                           "--standby", "127.0.0.1:9"), "count"),
+                         (("standby", "--listen", "127.0.0.1:0", "--save", str(tmp_path)),
+                          str(tmp_path))):
+        p = subprocess.run([sys.executable, "-m", "tha", *argv], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode not in (0, None), p.stdout
+        lines = _one_line_error(p.stderr)
+        assert len(lines) == 1 and needle in lines[0], p.stderr

@@ -2,6 +2,7 @@
 Cross-process tests (kill -9, cut links) are in test_failover.py."""
 
 import logging
+import os
 import socket
 import time
 
@@ -461,3 +462,53 @@ def test_tls_active_gives_up_on_a_standby_that_never_answers_tls(schema):
             pass
     for s in accepted:
         s.close()
+
+
+def test_a_peer_that_breaks_the_handshake_is_retried_with_back_off_logged_once(
+        schema, caplog):
+    caplog.set_level(logging.INFO, logger="tha")
+    heap = tha.Heap(schema, capacity=8 << 20)
+    accepted = []
+    with socket.create_server(("127.0.0.1", 0)) as fake:  # not a tha standby
+        def serve():
+            try:
+                while True:
+                    s = fake.accept()[0]
+                    accepted.append(s)
+                    s.sendall(b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(64))
+                    s.close()
+            except OSError:
+                pass
+        import threading
+        threading.Thread(target=serve, daemon=True).start()
+        with Active(heap, [fake.getsockname()[:2]], timeout=1.0) as act:
+            assert wait_until(lambda: len(accepted) >= 4, 20)
+            with pytest.raises(SyncTimeout, match="garbage"):  # says why
+                act.sync()
+        try:
+            fake.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    garbage = [r for r in caplog.records if r.levelno >= logging.WARNING
+               and "garbage" in r.getMessage()]
+    assert len(garbage) == 1, [r.getMessage() for r in garbage]
+
+
+def test_fenced_names_the_standby_that_fenced(schema):
+    heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
+    es = company(heap)
+    with Standby() as sb, Active(heap, [sb.address], timeout=5.0) as act:
+        r = act.sync()
+        assert sb.wait_for(r.seq)
+        sb.promote()
+        assert wait_until(lambda: act.fenced, 10)
+        mutate(heap, es, 9)
+        with pytest.raises(Fenced, match="%s:%d" % sb.address):
+            act.sync()
+
+
+def test_an_os_failure_says_what_failed_and_why():
+    e = tha.errors.error_for(-21, "checkpoint /some/dir: cannot open")
+    assert isinstance(e, tha.OSFailure)
+    assert "checkpoint /some/dir" in str(e) and os.strerror(21) in str(e)
+    assert e.errno == 21 and e.code == -21

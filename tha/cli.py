@@ -118,7 +118,11 @@ def main(argv=None) -> int:
     inspect_cli.add_parsers(sub)
     bench.add_parser(sub)
     args = parser.parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except Error as e:  # a tha error the subcommand did not expect: one line
+        print(f"python -m tha {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

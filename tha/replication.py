@@ -956,6 +956,7 @@ class Active(_Node):
             raise Error(f"ack_quorum {ack_quorum} is not within 0..{len(self.standbys)}")
         self.sync_timeout = timeout
         self.fenced_epoch = None
+        self.fenced_by = None  # the standby that said so
         self._by_addr: dict = {}
         self._peers = {a: _Peer(a) for a in self.standbys}
         out = _cffi.new("tha_backlog_t **")
@@ -975,9 +976,18 @@ class Active(_Node):
             with self.cond:
                 current = self._by_addr.get(addr)
                 refused_at = peer.refused_at if peer.refused is not None else None
+                if current is not None and current.closed:
+                    del self._by_addr[addr]
             if current is not None and not current.closed:
                 self._wake.wait(0.05)
                 continue
+            if current is not None:
+                if getattr(current, "ready", False):
+                    delay = 0.05  # it worked: reconnect at once
+                else:  # it failed before the handshake ended: back off
+                    self._wake.wait(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
             if refused_at is not None:  # a definite refusal: the slow pace
                 left = refused_at + self.refused_retry - time.monotonic()
                 if left > 0:
@@ -999,7 +1009,6 @@ class Active(_Node):
                 self._wake.wait(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            delay = 0.05
             with self.cond:
                 if self._stopping:
                     sock.close()
@@ -1028,7 +1037,8 @@ class Active(_Node):
                 log.debug("active: %s: %s", peer.where, reason)
                 return
             peer.logged = reason
-        log.warning("active: standby %s: %s; retrying", peer.where, reason)
+        log.warning("active: standby %s: %s; retrying (with a back-off up to 1s)",
+                    peer.where, reason)
 
     def _on_event(self, conn, ev) -> None:
         t = ev.type
@@ -1036,6 +1046,7 @@ class Active(_Node):
         peer = self._peers.get(getattr(conn, "addr", None))
         if t == lib.THA_EV_READY:
             conn.resumed = bool(ev.b)
+            conn.ready = True
             log.info("active: standby %s ready at seq %d (%s)", conn.peer, ev.seq,
                      "resuming" if ev.b else "bulk sync")
             if peer is not None:
@@ -1049,16 +1060,20 @@ class Active(_Node):
             # standby proved the secret (see docs/protocol.md); deciding
             # that belongs to the session, not to this driver.
             self.fenced_epoch = ev.epoch or -1
+            self.fenced_by = conn.peer
             log.error("active: fenced by %s: %s", conn.peer, msg)
         elif t in (lib.THA_EV_REFUSED, lib.THA_EV_ERROR) and ev.code in _DEFINITE \
                 and peer is not None:
             conn.last_error = msg
             self._refused(peer, _DEFINITE[ev.code], msg)
+        elif t in (lib.THA_EV_REFUSED, lib.THA_EV_ERROR) and peer is not None \
+                and not getattr(conn, "ready", False):
+            # in the handshake: the connect loop backs off; logged once per reason
+            conn.last_error = msg
+            self._link_error(peer, msg)
         elif t == lib.THA_EV_REFUSED:
             log.error("active: %s refused: %s", conn.peer, msg)
             conn.last_error = msg
-            if peer is not None:
-                peer.error = msg
         elif t == lib.THA_EV_ERROR:
             log.warning("active: %s: %s", conn.peer, msg)
             conn.last_error = msg
@@ -1121,8 +1136,9 @@ class Active(_Node):
         timeout = self.sync_timeout if timeout is None else timeout
         with self.cond:
             if self.fenced_epoch is not None:
-                raise Fenced(f"this active is fenced: a standby was promoted to "
-                             f"epoch {self.fenced_epoch}; stop and rejoin as a standby")
+                raise Fenced(f"this active is fenced: standby {self.fenced_by} was "
+                             f"promoted to epoch {self.fenced_epoch}; stop and rejoin "
+                             "as a standby")
             # Encoded straight into the backlog, which reuses the memory of the
             # frame it last dropped: no copy, no fresh pages per sync.
             seq_p = _cffi.new("uint64_t *")
@@ -1159,8 +1175,8 @@ class Active(_Node):
         spin_until = time.perf_counter() + self.spin
         while True:
             if self.fenced_epoch is not None:
-                raise Fenced(f"fenced while waiting for seq {seq}: a standby was "
-                             f"promoted to epoch {self.fenced_epoch}")
+                raise Fenced(f"fenced while waiting for seq {seq}: standby "
+                             f"{self.fenced_by} was promoted to epoch {self.fenced_epoch}")
             acked = [c.peer for c in self.conns
                      if c.s is not None and c.acked(level) >= seq]
             if len(acked) >= self.ack_quorum:
