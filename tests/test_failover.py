@@ -341,8 +341,9 @@ def test_wrong_secret_is_logged_and_the_cli_standby_keeps_running(spawn, tmp_pat
     bad = spawn(*helper("active", "--standby", addr, "--secret", "wrong", "--timeout",
                         "1", "--rounds", "1", "--record", str(tmp_path / "r1")),
                 name="bad")
-    bad.wait_line(r"^TIMEOUT .*0 of 1")
-    assert bad.p.wait(10) == 4
+    m = bad.wait_line(r"^REFUSED AuthError (.*)$")
+    assert addr in m.group(1) and "authentication failed" in m.group(1)
+    assert bad.p.wait(10) == 5
     assert wait_until(lambda: "authentication failed" in sb.stderr())
     assert sb.p.poll() is None
     (tmp_path / "r2").mkdir()
@@ -353,6 +354,95 @@ def test_wrong_secret_is_logged_and_the_cli_standby_keeps_running(spawn, tmp_pat
     sb.p.send_signal(signal.SIGTERM)  # clean shutdown: says so, exits 0
     sb.wait_line(r"^standby closed$")
     assert sb.p.wait(10) == 0
+
+
+# ---- the standby's listener out of file descriptors -----------------------------
+
+def test_standby_out_of_fds_goes_on_accepting_once_they_free_up(spawn, tmp_path):
+    sb = spawn(*helper("standby", "--nofile-spare", "6"), name="standby")
+    addr = sb.address()
+    burst = []
+    try:
+        for _ in range(30):  # more than it has fds for: accept() fails EMFILE
+            burst.append(socket.create_connection(addr, timeout=10))
+        assert wait_until(lambda: "Too many open files" in sb.stderr(), 15), sb.stderr()
+    finally:
+        for s in burst:
+            s.close()
+    # fds free up: a real active connects and syncs
+    app = node.App(1)
+    with Active(app.heap, [addr], timeout=15.0) as act:
+        r = act.sync()
+    assert sb.ask("state")[0] == r.seq
+    assert sb.p.poll() is None
+
+
+# ---- the CLI says why it stops, in one line --------------------------------------
+
+def _one_line_error(text):
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    assert "Traceback" not in text, text
+    return lines
+
+
+def test_demo_active_with_a_wrong_secret_exits_with_the_reason(spawn, tmp_path):
+    (tmp_path / "right").write_bytes(b"right\n")
+    (tmp_path / "wrong").write_bytes(b"wrong\n")
+    sb = spawn("-m", "tha", "standby", "--listen", "127.0.0.1:0", "--secret-file",
+               str(tmp_path / "right"), name="cli-standby")
+    addr = fmt(sb.address())
+    p = subprocess.run([sys.executable, "-m", "tha", "demo", "--role", "active",
+                        "--standby", addr, "--secret-file", str(tmp_path / "wrong"),
+                        "--employees", "100", "--timeout", "30"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode not in (0, None)
+    errs = [ln for ln in _one_line_error(p.stderr) if "error:" in ln]
+    assert len(errs) == 1 and addr in errs[0] and "authentication failed" in errs[0], \
+        p.stderr
+    assert len(p.stderr.splitlines()) <= 3, p.stderr  # no retry log flood
+    assert sb.p.poll() is None  # the standby is not bothered by a wrong active
+
+
+def test_demo_active_names_a_schema_mismatch(spawn, tmp_path):
+    # a standby resumed from a file of another layout refuses this schema
+    import tha
+    other = tha.Heap(tha.Schema("struct other { int x; };"), capacity=1 << 20)
+    other.new("struct other", x=1)
+    other.checkpoint(str(tmp_path / "other.ckpt"))
+    sb = spawn("-m", "tha", "standby", "--listen", "127.0.0.1:0", "--save",
+               str(tmp_path / "other.ckpt"), name="cli-standby")
+    addr = fmt(sb.address())
+    p = subprocess.run([sys.executable, "-m", "tha", "demo", "--role", "active",
+                        "--standby", addr, "--employees", "100", "--timeout", "30"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert p.returncode not in (0, None)
+    errs = [ln for ln in _one_line_error(p.stderr) if "error:" in ln]
+    assert len(errs) == 1 and addr in errs[0] and "schema" in errs[0], p.stderr
+
+
+def test_cli_missing_secret_file_is_one_line(tmp_path):
+    missing = str(tmp_path / "no-such-key")
+    for argv in (("standby", "--listen", "127.0.0.1:0"),
+                 ("demo", "--role", "active", "--standby", "127.0.0.1:9"),
+                 ("demo", "--role", "standby", "--listen", "127.0.0.1:0")):
+        p = subprocess.run([sys.executable, "-m", "tha", *argv, "--secret-file", missing],
+                           cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert p.returncode != 0
+        lines = _one_line_error(p.stderr)
+        assert len(lines) == 1 and missing in lines[0], p.stderr
+
+
+def test_standby_cli_says_only_what_it_saved(spawn, tmp_path):
+    save = tmp_path / "state.ckpt"
+    sb = spawn("-m", "tha", "standby", "--listen", "127.0.0.1:0", "--save", str(save),
+               name="cli-standby")
+    sb.address()
+    sb.p.send_signal(signal.SIGTERM)
+    sb.wait_line(r"^standby closed$")
+    assert sb.p.wait(10) == 0
+    assert not save.exists()
+    assert not any(line.startswith("saved") for line in sb.seen), sb.seen
+    assert any("nothing" in line and str(save) in line for line in sb.seen), sb.seen
 
 
 # ---- the CLI roles ---------------------------------------------------------------
@@ -421,7 +511,7 @@ def test_standby_cli_help_and_bad_input(spawn, tmp_path):
                           str(tmp_path / "missing")],
                          cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert out.returncode != 0 and "Traceback" not in out.stderr
-    assert f"cannot read secret file {tmp_path / 'missing'}" in out.stderr
+    assert f"cannot read the secret file {tmp_path / 'missing'}" in out.stderr
 
 
 def test_durations_and_secrets(tmp_path):
@@ -430,3 +520,16 @@ def test_durations_and_secrets(tmp_path):
     assert parse_duration("2") == 2.0
     (tmp_path / "k").write_bytes(b"\x00ab\r\n")
     assert read_secret(str(tmp_path / "k")) == b"\x00ab"
+
+
+def test_cli_errors_are_one_line(tmp_path):
+    for argv, needle in ((("demo", "--local", "--capacity", "99999999"), "error:"),
+                         (("demo", "--role", "active", "--employees", "0",
+                           "--standby", "127.0.0.1:9"), "count"),
+                         (("standby", "--listen", "127.0.0.1:0", "--save", str(tmp_path)),
+                          str(tmp_path))):
+        p = subprocess.run([sys.executable, "-m", "tha", *argv], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+        assert p.returncode not in (0, None), p.stdout
+        lines = _one_line_error(p.stderr)
+        assert len(lines) == 1 and needle in lines[0], p.stderr

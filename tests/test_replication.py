@@ -2,13 +2,14 @@
 Cross-process tests (kill -9, cut links) are in test_failover.py."""
 
 import logging
+import os
 import socket
 import time
 
 import pytest
 
 import tha
-from tha.replication import Active, Fenced, Standby, SyncTimeout
+from tha.replication import Active, AuthError, Fenced, Standby, SyncTimeout
 
 CDEF = """
 struct dept { char name[32]; uint32_t id; };
@@ -89,6 +90,11 @@ def test_ack_none_and_received(schema):
         assert sb.heap.dump() == heap.dump()
 
 
+def _refusal_logs(caplog, needle):
+    return [r for r in caplog.records if r.name == "tha"
+            and r.getMessage().startswith("active:") and needle in r.getMessage()]
+
+
 def test_wrong_secret_is_refused_and_state_untouched(schema, caplog):
     caplog.set_level(logging.INFO, logger="tha")
     heap = tha.Heap(schema, capacity=8 << 20)
@@ -97,18 +103,31 @@ def test_wrong_secret_is_refused_and_state_untouched(schema, caplog):
     mine.new("struct dept", name=b"kept")
     before = mine.dump()
     with Standby(secret=b"right", heap=mine) as sb, \
-            Active(heap, [sb.address], secret=b"wrong", timeout=1.0) as act:
-        with pytest.raises(SyncTimeout, match="0 of 1"):
+            Active(heap, [sb.address], secret=b"wrong", timeout=20.0) as act:
+        where = "%s:%d" % sb.address
+        # a definite refusal: raised at once (not after the 20 s timeout),
+        # naming the standby and the reason
+        with pytest.raises(AuthError, match=where + ".*authentication failed"):
+            act.sync()
+        with pytest.raises(AuthError):  # and again, without a new attempt
             act.sync()
         assert sb.heap.dump() == before
+        peer = act.status()["standbys"][where]
+        assert "authentication failed" in peer["refused"]
     assert "authentication failed" in caplog.text
+    assert len(_refusal_logs(caplog, "authentication failed")) == 1  # logged once
 
 
 def test_no_secret_on_one_side_is_refused(schema, caplog):
     caplog.set_level(logging.INFO, logger="tha")
     heap = tha.Heap(schema, capacity=8 << 20)
-    with Standby(secret=b"k") as sb, Active(heap, [sb.address], timeout=1.0) as act:
-        with pytest.raises(SyncTimeout):
+    with Standby(secret=b"k") as sb, Active(heap, [sb.address], timeout=20.0) as act:
+        with pytest.raises(AuthError, match="%s:%d" % sb.address):
+            act.sync()
+        assert sb.heap is None
+    # the other way round: the active has a secret, the standby has none
+    with Standby() as sb, Active(heap, [sb.address], secret=b"k", timeout=20.0) as act:
+        with pytest.raises(AuthError, match="%s:%d" % sb.address):
             act.sync()
         assert sb.heap is None
     assert "authentication failed" in caplog.text
@@ -121,11 +140,40 @@ def test_schema_mismatch_names_the_field(schema, caplog):
     mine.new("struct dept", name=b"kept")
     before = mine.dump()
     heap = tha.Heap(schema, capacity=8 << 20)
-    with Standby(heap=mine) as sb, Active(heap, [sb.address], timeout=1.0) as act:
-        with pytest.raises(SyncTimeout):
+    with Standby(heap=mine) as sb, Active(heap, [sb.address], timeout=20.0) as act:
+        with pytest.raises(tha.SchemaMismatch, match="%s:%d.*salary" % sb.address):
             act.sync()
         assert sb.heap.dump() == before
     assert "schema mismatch" in caplog.text and "salary" in caplog.text
+
+
+def test_a_refused_standby_does_not_block_a_quorum_of_others(schema):
+    heap = tha.Heap(schema, capacity=8 << 20)
+    company(heap)
+    with Standby(secret=b"k") as good, Standby(secret=b"other") as bad, \
+            Active(heap, [good.address, bad.address], secret=b"k", ack_quorum=1,
+                   timeout=20.0) as act:
+        r = act.sync()
+        assert r.acked_by == ["%s:%d" % good.address]
+        assert bad.heap is None
+        # with both required, the refusal is raised (not a timeout)
+        with pytest.raises(AuthError, match="%s:%d" % bad.address):
+            _sync_all(act)
+
+
+def _sync_all(act):
+    act.ack_quorum = len(act.standbys)
+    return act.sync()
+
+
+def test_unreachable_standby_is_named_with_the_os_error(schema):
+    heap = tha.Heap(schema, capacity=8 << 20)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with Active(heap, [("127.0.0.1", port)], timeout=1.0) as act:
+        with pytest.raises(SyncTimeout, match=r"127\.0\.0\.1:%d \(.*refused" % port):
+            act.sync()
 
 
 def test_garbage_bytes_are_refused(schema, caplog):
@@ -277,3 +325,190 @@ def test_slow_standby_is_dropped_not_waited_for(schema, caplog):
             r = act.sync(timeout=10)
             assert slow.wait_for(r.seq, 20)
             assert slow.heap.dump() == heap.dump() == fast.heap.dump()
+
+
+# ---- the listener against idle, slow and too many connections -------------------
+
+def _tls_pair():
+    trustme = pytest.importorskip("trustme")
+    import ssl
+    ca = trustme.CA()
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server)
+    client = ssl.create_default_context()
+    ca.configure_trust(client)
+    return server, client
+
+
+def _closed_by_peer(s, timeout):
+    """True once the peer closed s (EOF or reset) within timeout; what it
+    sent meanwhile (its HELLO, heartbeats) is read and dropped."""
+    s.settimeout(timeout)
+    try:
+        while s.recv(4096):
+            pass
+    except socket.timeout:
+        return False
+    except OSError:
+        pass
+    return True
+
+
+def _still_open(s):
+    """Point check: s has no EOF or reset pending (reads what is there)."""
+    s.setblocking(False)
+    try:
+        while True:
+            if not s.recv(4096):
+                return False
+    except BlockingIOError:
+        return True
+    except OSError:
+        return False
+
+
+def test_an_idle_tcp_connection_does_not_block_a_tls_standby(schema):
+    server, client = _tls_pair()
+    heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
+    company(heap)
+    # a long handshake deadline: only per-connection handshakes can help
+    with Standby(secret=b"k", ssl_context=server, timeout=30.0) as sb:
+        with socket.create_connection(sb.address) as idle:  # says nothing
+            with Active(heap, [sb.address], secret=b"k", ssl_context=client,
+                        timeout=10.0) as act:
+                r = act.sync()
+                assert sb.wait_for(r.seq, 10)
+                assert sb.heap.dump() == heap.dump()
+            assert _still_open(idle)  # not closed before its deadline either
+
+
+def test_a_silent_tls_client_is_closed_after_the_handshake_deadline(schema):
+    server, _client = _tls_pair()
+    with Standby(ssl_context=server, timeout=0.5) as sb:
+        with socket.create_connection(sb.address) as idle:
+            assert _closed_by_peer(idle, 15)
+
+
+def test_a_silent_plain_peer_is_closed_after_the_handshake_deadline(schema):
+    with Standby(timeout=0.5) as sb:
+        with socket.create_connection(sb.address) as idle:
+            assert _closed_by_peer(idle, 15)
+
+
+def test_a_trickling_peer_is_closed_after_the_handshake_deadline(schema):
+    # one byte every 0.3 s keeps the session's silence timeout quiet; a
+    # message header (20 bytes) would take 6 s: the 0.5 s handshake
+    # deadline must end it before.
+    with Standby(timeout=0.5) as sb:
+        with socket.create_connection(sb.address) as s:
+            closed = False
+            for _ in range(19):
+                try:
+                    s.send(b"\0")
+                except OSError:
+                    closed = True
+                    break
+                if _closed_by_peer(s, 0.3):
+                    closed = True
+                    break
+            assert closed
+
+
+def test_unauthenticated_connections_are_bounded_the_oldest_closed(schema):
+    heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
+    company(heap)
+    limit = Standby.max_unauthenticated
+    socks = []
+    try:
+        with Standby(secret=b"k", timeout=30.0) as sb:
+            for _ in range(limit + 4):
+                s = socket.create_connection(sb.address)
+                s.settimeout(10)
+                assert s.recv(20)  # its HELLO: accepted, in order
+                socks.append(s)
+            for s in socks[:4]:  # the oldest made room for the newest
+                assert _closed_by_peer(s, 10)
+            assert all(_still_open(s) for s in socks[4:])
+            # a real active still gets in (the oldest idle one goes)
+            with Active(heap, [sb.address], secret=b"k", timeout=10.0) as act:
+                r = act.sync()
+                assert sb.wait_for(r.seq, 10)
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_tls_active_gives_up_on_a_standby_that_never_answers_tls(schema):
+    _server, client = _tls_pair()
+    heap = tha.Heap(schema, capacity=8 << 20)
+    accepted = []
+    with socket.create_server(("127.0.0.1", 0)) as mute:  # accepts, says nothing
+        def accept():
+            try:
+                while True:
+                    accepted.append(mute.accept()[0])
+            except OSError:
+                pass
+        import threading
+        threading.Thread(target=accept, daemon=True).start()
+        with Active(heap, [mute.getsockname()[:2]], ssl_context=client,
+                    peer_timeout=0.5, timeout=1.0) as act:
+            assert wait_until(lambda: len(accepted) >= 2, 15)  # it tried again
+            with pytest.raises(SyncTimeout, match="timed out"):
+                act.sync()
+        try:
+            mute.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    for s in accepted:
+        s.close()
+
+
+def test_a_peer_that_breaks_the_handshake_is_retried_with_back_off_logged_once(
+        schema, caplog):
+    caplog.set_level(logging.INFO, logger="tha")
+    heap = tha.Heap(schema, capacity=8 << 20)
+    accepted = []
+    with socket.create_server(("127.0.0.1", 0)) as fake:  # not a tha standby
+        def serve():
+            try:
+                while True:
+                    s = fake.accept()[0]
+                    accepted.append(s)
+                    s.sendall(b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(64))
+                    s.close()
+            except OSError:
+                pass
+        import threading
+        threading.Thread(target=serve, daemon=True).start()
+        with Active(heap, [fake.getsockname()[:2]], timeout=1.0) as act:
+            assert wait_until(lambda: len(accepted) >= 4, 20)
+            with pytest.raises(SyncTimeout, match="garbage"):  # says why
+                act.sync()
+        try:
+            fake.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    garbage = [r for r in caplog.records if r.levelno >= logging.WARNING
+               and "garbage" in r.getMessage()]
+    assert len(garbage) == 1, [r.getMessage() for r in garbage]
+
+
+def test_fenced_names_the_standby_that_fenced(schema):
+    heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
+    es = company(heap)
+    with Standby() as sb, Active(heap, [sb.address], timeout=5.0) as act:
+        r = act.sync()
+        assert sb.wait_for(r.seq)
+        sb.promote()
+        assert wait_until(lambda: act.fenced, 10)
+        mutate(heap, es, 9)
+        with pytest.raises(Fenced, match="%s:%d" % sb.address):
+            act.sync()
+
+
+def test_an_os_failure_says_what_failed_and_why():
+    e = tha.errors.error_for(-21, "checkpoint /some/dir: cannot open")
+    assert isinstance(e, tha.OSFailure)
+    assert "checkpoint /some/dir" in str(e) and os.strerror(21) in str(e)
+    assert e.errno == 21 and e.code == -21

@@ -102,8 +102,12 @@ def run_standby(args) -> int:
     if close_error is not None:
         console.say(f"python -m tha standby: closing: {close_error}", err=True)
         return 1
-    if args.save:
-        console.say(f"saved seq {sb.applied_seq} to {args.save}")
+    if args.save:  # say what is on disk, only that
+        if sb.heap is None:
+            console.say(f"nothing to save: no state was received ({args.save} "
+                        "not written)")
+        else:
+            console.say(f"saved seq {sb.heap.stats()['seq']} to {args.save}")
     console.say("standby closed")
     return 0
 
@@ -119,7 +123,11 @@ def main(argv=None) -> int:
     inspect_cli.add_parsers(sub)
     bench.add_parser(sub)
     args = parser.parse_args(argv)
-    return args.func(args) or 0
+    try:
+        return args.func(args) or 0
+    except Error as e:  # a tha error the subcommand did not expect: one line
+        print(f"python -m tha {args.command}: error: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

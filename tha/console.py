@@ -49,7 +49,7 @@ def read_secret(path: str | None) -> bytes | None:
         with open(path, "rb") as f:
             secret = f.read()
     except OSError as e:  # a message naming the file, not a traceback
-        raise SystemExit(f"python -m tha: error: cannot read secret file {path}: "
+        raise SystemExit(f"python -m tha: error: cannot read the secret file {path}: "
                          f"{e.strerror or e}") from None
     secret = secret.rstrip(b"\r\n")
     if not secret:

@@ -129,7 +129,9 @@ def _count(heap: Heap, p) -> int:
 
 
 def _rounds(console: Console, heap: Heap, act, args, rng: random.Random) -> int:
-    """Mutate, sync, print; until --rounds are done or a signal stops it."""
+    """Mutate, sync, print; until --rounds are done or a signal stops it.
+    A timeout is reported and the rounds go on; a fence (exit 3) or a
+    definite refusal (wrong secret, other schema: exit 2) ends them."""
     from .replication import Fenced, SyncTimeout
 
     ds, es = heap.roots["depts"], heap.roots["staff"]
@@ -149,6 +151,9 @@ def _rounds(console: Console, heap: Heap, act, args, rng: random.Random) -> int:
         except Fenced as e:
             console.say(f"round {rnd}: {e}", err=True)
             return 3
+        except Error as e:
+            console.say(f"python -m tha demo: error: {e}", err=True)
+            return 2
         dt = time.perf_counter() - t0
         console.say(f"{rnd:>6} {r.seq:>6} {dirty:>6} {r.bytes:>10,} {dt * 1e3:>8.2f}ms")
         console.pump(args.interval)
@@ -168,7 +173,11 @@ def run_active(args) -> int:
     build(heap, args.employees, args.depts, rng)
     standbys = args.standby or [("127.0.0.1", 7400)]
     where = ", ".join("%s:%d" % a for a in standbys)
-    act = Active(heap, standbys, secret=secret, ack=args.ack, timeout=args.timeout)
+    try:
+        act = Active(heap, standbys, secret=secret, ack=args.ack, timeout=args.timeout)
+    except Error as e:
+        console.say(f"python -m tha demo: error: {e}", err=True)
+        return 2
     try:
         console.say(f"active: {args.employees} employees in {args.depts} departments, "
                     f"replicating to {where} (ack={args.ack})")
@@ -177,11 +186,14 @@ def run_active(args) -> int:
             try:
                 r = act.sync()
                 break
-            except SyncTimeout:
-                console.say(f"waiting for the standby at {where}", err=True)
+            except SyncTimeout as e:  # names each missing standby and why
+                console.say(f"waiting for the standby: {e}", err=True)
             except Fenced as e:
                 console.say(str(e), err=True)
                 return 3
+            except Error as e:  # refused: wrong secret, other schema, ...
+                console.say(f"python -m tha demo: error: {e}", err=True)
+                return 2
         else:
             return 0
         console.say(f"bulk sync: seq {r.seq}, {heap.stats()['top']:,} bytes of image, "
@@ -220,7 +232,11 @@ def run_standby(args) -> int:
         console.say(f"promoted: resuming as the active at seq {st['seq']}, "
                     f"epoch {st['epoch']}")
         standbys = args.standby or []
-        act = Active(heap, standbys, secret=secret, ack=args.ack, timeout=args.timeout)
+        try:
+            act = Active(heap, standbys, secret=secret, ack=args.ack, timeout=args.timeout)
+        except Error as e:
+            console.say(f"python -m tha demo: error: {e}", err=True)
+            return 2
         if standbys:
             console.say("replicating to " + ", ".join("%s:%d" % a for a in standbys))
         rng = random.Random(args.seed * 1000 + st["epoch"])

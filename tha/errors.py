@@ -75,6 +75,9 @@ class Timeout(Error, TimeoutError):
 class OSFailure(Error, OSError):
     """The operating system refused (mmap, mprotect, ...)."""
 
+    def __str__(self) -> str:  # OSError would print only "[Errno N] strerror"
+        return str(self.args[0]) if self.args else ""
+
 
 _BY_CODE = {
     lib.THA_EINVAL: Error,
@@ -103,8 +106,11 @@ def error_for(code: int, detail: str = "") -> Error:
     """The exception for C status ``code`` with the handle's detail message."""
     message = detail or ffi.string(lib.tha_strerror(code)).decode()
     if -4096 < code < 0:
-        exc = OSFailure(-code, f"{message} ({os.strerror(-code)})")
-        exc.code = code
+        # the message first (OSFailure(errno, text) would make str() the
+        # bare number: Error.__init__ takes (message, code))
+        why = os.strerror(-code)
+        exc = OSFailure(message if why in message else f"{message} ({why})", code)
+        exc.errno, exc.strerror = -code, why
         if -code == _errno.ENOMEM:
             return CapacityError(message, code)
         return exc

@@ -32,6 +32,7 @@ to clients until ``sync()`` returns.
 
 from __future__ import annotations
 
+import errno
 import hmac
 import ipaddress
 import logging
@@ -44,7 +45,7 @@ import time
 from dataclasses import dataclass, field
 
 from ._ffi import ffi as _cffi, lib
-from .errors import Error, StateError, check
+from .errors import Error, SchemaMismatch, StateError, check
 from .heap import Heap, _TRACKING
 from .schema import Schema
 
@@ -67,6 +68,24 @@ class SyncTimeout(Error, TimeoutError):
 
 class AuthError(Error, PermissionError):
     """The peer does not know the shared secret."""
+
+
+class VersionMismatch(Error, ValueError):
+    """The peer speaks another protocol version."""
+
+
+# A standby refused this active (or this active refused it) for a reason
+# another attempt in a second will not change: see Active.refused_retry.
+_DEFINITE = {lib.THA_EAUTH: AuthError, lib.THA_EMISMATCH: SchemaMismatch,
+             lib.THA_EVERSION: VersionMismatch}
+
+
+def _os_reason(e: BaseException) -> str:
+    """'Connection refused', 'timed out', '[SSL: ...] ...': what the OS or
+    TLS said, without the errno noise."""
+    if isinstance(e, OSError) and e.strerror:
+        return e.strerror
+    return str(e) or type(e).__name__
 
 
 @dataclass
@@ -109,6 +128,7 @@ class _Conn:
 
     def __init__(self, node, sock, role, heap_c, backlog_c, peer: str):
         self.node, self.sock, self.peer = node, sock, peer
+        self.born = time.monotonic()  # the handshake must end by born + timeout
         self.closed = False        # no more reading; the writer flushes and ends
         self.aborted = False       # closed without sending what is queued
         self.keep = None           # a heap the session points at, kept till destroy
@@ -217,6 +237,8 @@ class _Conn:
         except (OSError, ValueError) as e:
             if not self.closed:
                 log.info("%s: connection to %s lost: %s", node.role_name, self.peer, e)
+        except Exception:  # a bug or a callback's error: say so, then close
+            log.exception("%s: reading from %s", node.role_name, self.peer)
         finally:
             if not by_protocol:
                 self.close()
@@ -285,8 +307,12 @@ class _Conn:
                         self.sending = False
                         if sent:
                             lib.tha_session_advance(self.s, sent)
-        except (OSError, ValueError):
-            pass
+        except (OSError, ValueError) as e:
+            if not self.closed:
+                log.info("%s: connection to %s lost (sending): %s", node.role_name,
+                         self.peer, _os_reason(e))
+        except Exception:
+            log.exception("%s: writing to %s", node.role_name, self.peer)
         finally:
             self.close()
 
@@ -367,6 +393,27 @@ class _Conn:
             self.s = None
 
 
+class _TlsPending:
+    """A standby's TLS handshake, run by its own thread (so one peer that
+    connects and says nothing cannot stop the accepting of others)."""
+
+    def __init__(self, node, sock, peer: str):
+        self.node, self.sock, self.peer = node, sock, peer
+        self.born = time.monotonic()
+        self.aborted = False
+
+    def close(self) -> None:
+        """Under the node's lock, from any thread: ends the handshake (its
+        thread wakes with an error and closes the socket)."""
+        self.aborted = True
+        if self in self.node._tls_pending:
+            self.node._tls_pending.remove(self)
+        try:  # the plain socket's shutdown: SSLSocket.shutdown drops its state
+            socket.socket.shutdown(self.sock, socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class _Node:
     """What Active and Standby share: lock, ticker, connections, secret."""
 
@@ -381,7 +428,9 @@ class _Node:
         self.node_id = int.from_bytes(os.urandom(8), "little")
         self.conns: list[_Conn] = []
         self._dead: list[_Conn] = []
+        self._tls_pending: list[_TlsPending] = []  # standby: TLS handshakes running
         self._stopping = False
+        self._wake = threading.Event()  # set on close: ends every back-off wait
         self.ticker = threading.Thread(target=self._tick, daemon=True,
                                        name=f"tha-tick-{self.role_name}")
 
@@ -397,6 +446,7 @@ class _Node:
                             self._drain(c)
                             c.flush()
                     self._on_tick()
+                    self._reap_handshakes()
                     self.cond.notify_all()
                     dead, self._dead = self._dead, []
                 for c in dead:
@@ -406,6 +456,27 @@ class _Node:
 
     def _on_tick(self) -> None:
         pass
+
+    def _unauthenticated(self) -> list:
+        """Under the lock: connections not past the handshake yet (TLS or
+        tha's), oldest first."""
+        pending = [c for c in self.conns
+                   if c.s is not None and not c.closed and c._state() == 0]
+        pending += [h for h in self._tls_pending if not h.aborted]
+        pending.sort(key=lambda c: c.born)
+        return pending
+
+    def _reap_handshakes(self) -> None:
+        """Under the lock: closes what is still in the handshake ``timeout``
+        after it connected. The session's silence timeout alone would let a
+        peer that trickles a byte a second hold a connection for ever."""
+        limit = time.monotonic() - self.timeout
+        for c in self._unauthenticated():
+            if c.born > limit:
+                break
+            log.warning("%s: %s did not finish the handshake within %gs: closing",
+                        self.role_name, c.peer, self.timeout)
+            c.close()
 
     def _forget(self, conn: _Conn) -> None:
         with self.cond:
@@ -425,6 +496,10 @@ class _Node:
 
     def _close_all(self) -> None:
         self._stopping = True
+        self._wake.set()
+        with self.cond:
+            for h in list(self._tls_pending):
+                h.close()
         for c in list(self.conns):
             c.close()
         if self.ticker.is_alive():
@@ -534,29 +609,119 @@ class Standby(_Node):
         self.ticker.start()
         _logger.info("standby listening on %s:%d", *self.address)
 
+    # Connections not past the handshake (TLS, then tha's HELLO/WELCOME)
+    # at once. Beyond it the oldest is closed, not the newcomer refused: a
+    # flood of idle connections then only delays a real active by the
+    # moment it takes to authenticate (it would be closed only after this
+    # many newer connections arrived during its own handshake), whereas
+    # refusing new ones would lock it out until the flood's connections
+    # reach their handshake deadline (``timeout``), again and again.
+    max_unauthenticated = 16
+
     def _accept(self) -> None:
+        """The accept thread: never ends before close(). An accept error
+        (EMFILE: out of fds, ENOBUFS, ...) is logged once, then retried
+        with a back-off up to 1 s; out of fds, the oldest unauthenticated
+        connection is closed to make room."""
+        backoff, failing = 0.0, None
         while not self._stopping:
             try:
                 sock, addr = self._listener.accept()
-            except OSError:
-                return
+            except OSError as e:
+                if self._stopping:
+                    return
+                if e.errno in (errno.ECONNABORTED, errno.EINTR, errno.EPROTO):
+                    continue  # that one peer gave up before we took it
+                reason = _os_reason(e)
+                if reason != failing:
+                    log.error("standby: cannot accept connections on %s:%d: %s; "
+                              "retrying", self.address[0], self.address[1], reason)
+                    failing = reason
+                if e.errno in (errno.EMFILE, errno.ENFILE):
+                    with self.cond:
+                        pending = self._unauthenticated()
+                        if pending:
+                            log.warning("standby: out of file descriptors: closing "
+                                        "%s (not authenticated)", pending[0].peer)
+                            pending[0].close()
+                backoff = min(backoff * 2, 1.0) if backoff else 0.01
+                self._wake.wait(backoff)
+                continue
+            if failing is not None:
+                log.warning("standby: accepting connections again")
+                backoff, failing = 0.0, None
             if self._stopping:
                 sock.close()
                 return
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self.ssl_context is not None:
-                try:
-                    sock = self.ssl_context.wrap_socket(sock, server_side=True)
-                except OSError as e:
-                    log.warning("standby: TLS handshake with %s failed: %s", addr, e)
-                    sock.close()
-                    continue
+            try:
+                self._admit(sock, f"{addr[0]}:{addr[1]}")
+            except Exception:  # never let the listener die with one connection
+                log.exception("standby: cannot take the connection from %s:%d", *addr[:2])
+                sock.close()
+
+    def _admit(self, sock, peer: str) -> None:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with self.cond:
+            pending = self._unauthenticated()
+            for old in pending[:max(0, len(pending) - self.max_unauthenticated + 1)]:
+                log.warning("standby: %d connections not authenticated: closing the "
+                            "oldest, %s", len(pending), old.peer)
+                old.close()
+            if self.ssl_context is None:
+                self._start_conn(sock, peer)
+                return
+            # no I/O yet (do_handshake_on_connect=False): that is the thread's
+            tls = self.ssl_context.wrap_socket(sock, server_side=True,
+                                               do_handshake_on_connect=False)
+            hs = _TlsPending(self, tls, peer)
+            self._tls_pending.append(hs)
+        try:
+            threading.Thread(target=self._tls_handshake, args=(hs,), daemon=True,
+                             name=f"tha-tls-{peer}").start()
+        except RuntimeError:  # can't start a thread: drop this one connection
             with self.cond:
-                heap_c = self.heap._h if self.heap is not None else _cffi.NULL
-                conn = _Conn(self, sock, lib.THA_ROLE_STANDBY, heap_c, _cffi.NULL,
-                             f"{addr[0]}:{addr[1]}")
-                conn.start()
-                self.conns.append(conn)
+                hs.close()
+            tls.close()
+            raise
+
+    def _tls_handshake(self, hs: _TlsPending) -> None:
+        """Its own thread: the TLS handshake, bounded by ``timeout`` per
+        read (and, for a peer that trickles, by the ticker's handshake
+        deadline, which closes it)."""
+        sock = hs.sock
+        try:
+            sock.settimeout(self.timeout)
+            sock.do_handshake()
+            sock.settimeout(None)
+        except (OSError, ValueError) as e:
+            with self.cond:
+                aborted = hs.aborted
+                hs.close()
+            if not aborted and not self._stopping:
+                log.warning("standby: TLS handshake with %s failed: %s", hs.peer,
+                            _os_reason(e))
+            sock.close()
+            return
+        with self.cond:
+            if hs.aborted or self._stopping:
+                sock.close()
+                return
+            self._tls_pending.remove(hs)  # it is a connection now
+            try:
+                conn = self._start_conn(sock, hs.peer)
+            except Exception:
+                log.exception("standby: cannot take the connection from %s", hs.peer)
+                sock.close()
+                return
+            conn.born = hs.born  # one deadline for both handshakes
+
+    def _start_conn(self, sock, peer: str) -> _Conn:
+        """Under the lock: a session for an accepted socket."""
+        heap_c = self.heap._h if self.heap is not None else _cffi.NULL
+        conn = _Conn(self, sock, lib.THA_ROLE_STANDBY, heap_c, _cffi.NULL, peer)
+        conn.start()
+        self.conns.append(conn)
+        return conn
 
     def _on_event(self, conn, ev) -> None:
         """Under the lock, before anything the session queued while making
@@ -796,6 +961,7 @@ class Standby(_Node):
 
     def close(self) -> None:
         self._stopping = True
+        self._wake.set()
         try:  # wakes the accept thread; close() alone would leave it blocked
             self._listener.shutdown(socket.SHUT_RDWR)
         except OSError:
@@ -812,6 +978,19 @@ class Standby(_Node):
                         self.heap.detach_log()
 
 
+class _Peer:
+    """An active's view of one configured standby address, across its
+    connections: why it is not (yet) usable."""
+
+    def __init__(self, addr):
+        self.addr = addr
+        self.where = f"{addr[0]}:{addr[1]}"
+        self.refused: Error | None = None  # a definite refusal, until READY
+        self.refused_at = 0.0
+        self.error: str | None = None      # the last connect/session failure
+        self.logged: str | None = None     # the last reason logged (log once)
+
+
 class Active(_Node):
     """Replicates ``heap`` to standbys; ``sync()`` ships what changed.
 
@@ -819,12 +998,31 @@ class Active(_Node):
     many standbys must reach it (default: all). ``backlog_bytes`` bounds the
     deltas kept for resume and how far a standby may lag before it is
     dropped to bulk sync.
+
+    The constructor does not block: a thread per standby connects (and
+    reconnects) in the background. A standby that refuses for a reason that
+    will not change by itself — a wrong or missing secret on either side
+    (:class:`AuthError`), another schema (:class:`tha.SchemaMismatch`, naming
+    the field), another protocol version (:class:`VersionMismatch`) — is
+    logged once and retried only every ``refused_retry`` seconds (so a
+    standby fixed meanwhile is picked up); while too few standbys are left
+    to reach ``ack_quorum``, ``sync()`` raises that refusal at once, naming
+    the standby, instead of a :class:`SyncTimeout`. The first ``sync()``
+    after the constructor thus raises the refusal as soon as the standby
+    answers. A standby that cannot be reached is named, with the OS's
+    reason, in the :class:`SyncTimeout`.
     """
 
     role_name = "active"
     # sync() polls its sockets without sleeping for up to this long (seconds)
     # before it waits in select: 0 never spins.
     spin = 100e-6
+    # Seconds between attempts at a standby that refused definitely (see the
+    # class doc). Such a refusal comes before the standby proved it knows
+    # the secret, so it changes nothing but this pace and what sync() says:
+    # whoever holds the standby's address could deny us that standby anyway
+    # (by not answering), so trusting its "no" costs no extra security.
+    refused_retry = 15.0
 
     def __init__(self, heap: Heap, standbys, secret: bytes | None = None,
                  ack: str = "applied", ack_quorum: int | None = None,
@@ -844,7 +1042,9 @@ class Active(_Node):
             raise Error(f"ack_quorum {ack_quorum} is not within 0..{len(self.standbys)}")
         self.sync_timeout = timeout
         self.fenced_epoch = None
+        self.fenced_by = None  # the standby that said so
         self._by_addr: dict = {}
+        self._peers = {a: _Peer(a) for a in self.standbys}
         out = _cffi.new("tha_backlog_t **")
         check(lib.tha_backlog_create(out, backlog_bytes))
         self._backlog = _cffi.gc(out[0], lib.tha_backlog_destroy)
@@ -856,57 +1056,160 @@ class Active(_Node):
         self.ticker.start()
 
     def _connect_loop(self, addr) -> None:
+        peer = self._peers[addr]
         delay = 0.05
         while not self._stopping and self.fenced_epoch is None:
             with self.cond:
                 current = self._by_addr.get(addr)
+                refused_at = peer.refused_at if peer.refused is not None else None
+                if current is not None and current.closed:
+                    del self._by_addr[addr]
             if current is not None and not current.closed:
-                time.sleep(0.05)
+                self._wake.wait(0.05)
                 continue
+            if current is not None:
+                if getattr(current, "ready", False):
+                    delay = 0.05  # it worked: reconnect at once
+                else:  # it failed before the handshake ended: back off
+                    self._wake.wait(delay)
+                    delay = min(delay * 2, 1.0)
+                    continue
+            if refused_at is not None:  # a definite refusal: the slow pace
+                left = refused_at + self.refused_retry - time.monotonic()
+                if left > 0:
+                    self._wake.wait(min(left, 1.0))
+                    continue
             try:
+                # self.timeout bounds the connect and the TLS handshake
                 sock = socket.create_connection(addr, timeout=self.timeout)
-                sock.settimeout(None)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                if self.ssl_context is not None:
-                    sock = self.ssl_context.wrap_socket(sock, server_hostname=addr[0])
-            except OSError as e:
-                log.debug("active: cannot reach %s:%d: %s", addr[0], addr[1], e)
-                time.sleep(delay)
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                    if self.ssl_context is not None:
+                        sock = self.ssl_context.wrap_socket(sock, server_hostname=addr[0])
+                    sock.settimeout(None)
+                except BaseException:
+                    sock.close()
+                    raise
+            except (OSError, ValueError) as e:
+                self._link_error(peer, f"cannot connect: {_os_reason(e)}")
+                self._wake.wait(delay)
                 delay = min(delay * 2, 1.0)
                 continue
-            delay = 0.05
             with self.cond:
                 if self._stopping:
                     sock.close()
                     return
-                conn = _Conn(self, sock, lib.THA_ROLE_ACTIVE, self.heap._h,
-                             self._backlog, f"{addr[0]}:{addr[1]}")
-                conn.addr = addr
-                conn.start()
+                if peer.refused is not None:  # keeps the slow pace if this fails
+                    peer.refused_at = time.monotonic()
+                try:
+                    conn = _Conn(self, sock, lib.THA_ROLE_ACTIVE, self.heap._h,
+                                 self._backlog, peer.where)
+                    conn.addr = addr
+                    conn.start()
+                except Exception as e:  # never let this standby's thread die
+                    log.error("active: cannot start a session with %s: %s", peer.where, e)
+                    sock.close()
+                    self._wake.wait(1.0)
+                    continue
                 self.conns.append(conn)
                 self._by_addr[addr] = conn
+
+    def _link_error(self, peer, reason: str) -> None:
+        """A connection attempt failed: logged when the reason changes (the
+        retries behind it at debug level), kept for SyncTimeout's message."""
+        with self.cond:
+            peer.error = reason
+            if reason == peer.logged:
+                log.debug("active: %s: %s", peer.where, reason)
+                return
+            peer.logged = reason
+        log.warning("active: standby %s: %s; retrying (with a back-off up to 1s)",
+                    peer.where, reason)
 
     def _on_event(self, conn, ev) -> None:
         t = ev.type
         msg = _cffi.string(ev.msg).decode(errors="replace")
+        peer = self._peers.get(getattr(conn, "addr", None))
         if t == lib.THA_EV_READY:
             conn.resumed = bool(ev.b)
+            conn.ready = True
             log.info("active: standby %s ready at seq %d (%s)", conn.peer, ev.seq,
                      "resuming" if ev.b else "bulk sync")
+            if peer is not None:
+                if peer.refused is not None:
+                    log.warning("active: standby %s accepts this active now", peer.where)
+                elif peer.logged is not None:
+                    log.warning("active: standby %s reached", peer.where)
+                peer.refused = peer.error = peer.logged = None
         elif t == lib.THA_EV_FENCED:
+            # NOTE: like the rest of the handshake this comes before the
+            # standby proved the secret (see docs/protocol.md); deciding
+            # that belongs to the session, not to this driver.
             self.fenced_epoch = ev.epoch or -1
+            self.fenced_by = conn.peer
             log.error("active: fenced by %s: %s", conn.peer, msg)
+        elif t in (lib.THA_EV_REFUSED, lib.THA_EV_ERROR) and ev.code in _DEFINITE \
+                and peer is not None:
+            conn.last_error = msg
+            self._refused(peer, _DEFINITE[ev.code], msg)
+        elif t in (lib.THA_EV_REFUSED, lib.THA_EV_ERROR) and peer is not None \
+                and not getattr(conn, "ready", False):
+            # in the handshake: the connect loop backs off; logged once per reason
+            conn.last_error = msg
+            self._link_error(peer, msg)
         elif t == lib.THA_EV_REFUSED:
             log.error("active: %s refused: %s", conn.peer, msg)
             conn.last_error = msg
         elif t == lib.THA_EV_ERROR:
             log.warning("active: %s: %s", conn.peer, msg)
             conn.last_error = msg
+            if peer is not None:
+                peer.error = msg
         elif t == lib.THA_EV_TIMEOUT:
             log.warning("active: %s: %s", conn.peer, msg)
             conn.close()
         elif t == lib.THA_EV_BULK_DONE:
             log.info("active: bulk sync of %d bytes sent to %s", ev.a, conn.peer)
+
+    def _refused(self, peer, cls, msg: str) -> None:
+        """Under the lock: a definite refusal (ev.code decides; the text is
+        only shown). Logged once per distinct reason."""
+        peer.refused = cls(f"standby {peer.where}: {msg}")
+        peer.refused_at = time.monotonic()
+        peer.error = msg
+        if peer.logged == msg:
+            log.debug("active: %s still refuses: %s", peer.where, msg)
+            return
+        peer.logged = msg
+        log.error("active: standby %s: %s; not retrying it for %gs", peer.where, msg,
+                  self.refused_retry)
+
+    def _refusal(self, acked) -> Error | None:
+        """Under the lock: the error to raise if the standbys that refused
+        definitely leave too few to reach the quorum."""
+        refused = [p for p in self._peers.values()
+                   if p.refused is not None and p.where not in acked]
+        if not refused or len(self._peers) - len(refused) >= self.ack_quorum:
+            return None
+        first = refused[0].refused
+        if len(refused) == 1:
+            return type(first)(str(first))
+        return type(first)("; ".join(str(p.refused) for p in refused))
+
+    def _why(self, where: str) -> str:
+        """Under the lock: why a standby has not acked, for SyncTimeout."""
+        peer = next((p for p in self._peers.values() if p.where == where), None)
+        if peer is None:
+            return ""
+        conn = self._by_addr.get(peer.addr)
+        if conn is None or conn.closed or conn.s is None:
+            return f" ({peer.error or 'not connected'})"
+        state = conn._state()
+        if state == 0:
+            return " (connected; the handshake has not finished)"
+        if state == 1:
+            return " (bulk sync in progress)"
+        return ""
 
     def sync(self, ack: str | None = None, timeout: float | None = None) -> SyncResult:
         """Encodes what changed since the last sync and ships it; returns once
@@ -919,8 +1222,9 @@ class Active(_Node):
         timeout = self.sync_timeout if timeout is None else timeout
         with self.cond:
             if self.fenced_epoch is not None:
-                raise Fenced(f"this active is fenced: a standby was promoted to "
-                             f"epoch {self.fenced_epoch}; stop and rejoin as a standby")
+                raise Fenced(f"this active is fenced: standby {self.fenced_by} was "
+                             f"promoted to epoch {self.fenced_epoch}; stop and rejoin "
+                             "as a standby")
             if self._backlog is None:
                 raise StateError("this active is closed: sync() needs a new Active")
             # Encoded straight into the backlog, which reuses the memory of the
@@ -959,13 +1263,16 @@ class Active(_Node):
         spin_until = time.perf_counter() + self.spin
         while True:
             if self.fenced_epoch is not None:
-                raise Fenced(f"fenced while waiting for seq {seq}: a standby was "
-                             f"promoted to epoch {self.fenced_epoch}")
+                raise Fenced(f"fenced while waiting for seq {seq}: standby "
+                             f"{self.fenced_by} was promoted to epoch {self.fenced_epoch}")
             acked = [c.peer for c in self.conns
                      if c.s is not None and c.acked(level) >= seq]
             if len(acked) >= self.ack_quorum:
                 result.acked_by = acked
                 return result
+            refusal = self._refusal(acked)
+            if refusal is not None:
+                raise refusal
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = [f"{a[0]}:{a[1]}" for a in self.standbys
@@ -983,7 +1290,7 @@ class Active(_Node):
                 raise SyncTimeout(
                     f"seq {seq}: {len(acked)} of {self.ack_quorum} required "
                     f"standbys acknowledged '{ack}' within {timeout}s; "
-                    f"missing: {', '.join(missing)}{hint}")
+                    f"missing: {', '.join(m + self._why(m) for m in missing)}{hint}")
             wait = min(left, 0.05)
             fds = [c for c in self.conns if c.owner and not c.closed
                    and not c.reading and c.s is not None]
@@ -1026,13 +1333,21 @@ class Active(_Node):
                 p = c.status()
                 p["lag_frames"] = st["seq"] - p["acked_applied"]
                 peers.append(p)
+            standbys = {}
+            for p in self._peers.values():
+                conn = self._by_addr.get(p.addr)
+                standbys[p.where] = {
+                    "connected": conn is not None and not conn.closed,
+                    "refused": None if p.refused is None else str(p.refused),
+                    "error": p.error}
             return {"role": "fenced" if self.fenced else "active",
                     "epoch": st["epoch"], "seq": st["seq"],
                     "backlog": {"first": first[0], "last": last[0], "bytes": nbytes[0]},
-                    "peers": peers}
+                    "peers": peers, "standbys": standbys}
 
     def close(self) -> None:
         self._stopping = True
+        self._wake.set()
         for t in self._connectors:
             t.join(5)
         self._close_all()
@@ -1046,4 +1361,4 @@ class Active(_Node):
 
 
 __all__ = ["Active", "Standby", "SyncResult", "Fenced", "SyncTimeout",
-           "AuthError", "ACK_LEVELS", "Schema"]
+           "AuthError", "VersionMismatch", "ACK_LEVELS", "Schema"]

@@ -15,11 +15,15 @@
             sync and DIR/returned (the seq) after it returns, both fsync'd,
             then printing `round K seq S`.
     Fenced -> `FENCED <message>`, exit 3; SyncTimeout -> `TIMEOUT <message>`,
-    exit 4.
+    exit 4; a definite refusal (AuthError, SchemaMismatch, ...) -> `REFUSED
+    <type> <message>`, exit 5.
+    standby --nofile-spare N: lowers RLIMIT_NOFILE to the fds open now + N
+    (after listening), so a burst of connections runs it out of fds.
 """
 
 import argparse
 import base64
+import logging
 import os
 import pickle
 import random
@@ -47,6 +51,11 @@ def run_standby(args) -> int:
     sb = Standby(listen=addr(args.listen), secret=args.secret,
                  promote_after=args.promote_after,
                  on_applied=lambda seq, n, bulk: log.append((seq, bulk)))
+    if args.nofile_spare is not None:
+        import resource
+        in_use = len(os.listdir("/proc/self/fd"))
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (in_use + args.nofile_spare, hard))
     print("listening %s:%d" % tuple(sb.address), flush=True)
     try:
         for line in sys.stdin:
@@ -145,6 +154,9 @@ def run_active(args) -> int:
     except SyncTimeout as e:
         print(f"TIMEOUT {e}", flush=True)
         return 4
+    except tha.Error as e:
+        print(f"REFUSED {type(e).__name__} {e}", flush=True)
+        return 5
     finally:
         act.close()
 
@@ -162,7 +174,10 @@ def main() -> int:
     p.add_argument("--interactive", action="store_true")
     p.add_argument("--rounds", type=int, default=50)
     p.add_argument("--record")
+    p.add_argument("--nofile-spare", type=int)
     args = p.parse_args()
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr,
+                        format="%(name)s %(levelname)s %(message)s")
     return run_standby(args) if args.role == "standby" else run_active(args)
 
 
