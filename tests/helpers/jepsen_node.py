@@ -51,6 +51,10 @@ struct rec { uint64_t op; uint64_t val; struct rec *prev; };
 struct table { uint64_t count; uint64_t last; struct rec *head; struct rec *slots[64]; };
 """
 NSLOTS = 64
+# A workaround for exploring past the mutual-fencing bug (default off):
+# once this node's Active is fenced, close its promoted Standby (whose
+# listener fences every active that connects, newer ones too). It narrows
+# the window; it does not close it (see the report in test_jepsen.py).
 CLOSE_FENCED = os.environ.get("THA_JEPSEN_CLOSE_FENCED") == "1"
 MASK64 = (1 << 64) - 1
 
