@@ -1,0 +1,138 @@
+"""A loopback TCP proxy for one directed link between two cluster nodes.
+
+The test controls it: ``cut()`` drops the connections it carries and
+refuses new ones (accepted, then closed at once) until ``heal()``;
+``set_upstream()`` points it at another listening port (a node restarted,
+or an imposter) and drops the current connections; ``flaky(max_bytes)``
+drops each connection after a random number of bytes (log-uniform in
+[1, max_bytes)) until ``heal()``. Everything stays on 127.0.0.1.
+"""
+
+import random
+import socket
+import threading
+
+
+class LinkProxy:
+    def __init__(self, name: str, rng: random.Random):
+        self.name = name
+        self.rng = rng
+        self.upstream = None          # (host, port) or None: refuse
+        self.is_cut = False
+        self.flaky_max = None
+        self.lock = threading.Lock()
+        self.links: list = []
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.address = self.server.getsockname()[:2]
+        self.closed = False
+        self.accepted = 0
+        self.thread = threading.Thread(target=self._accept, daemon=True,
+                                       name=f"proxy-{name}")
+        self.thread.start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                a, _ = self.server.accept()
+            except OSError:
+                return
+            with self.lock:
+                up, refuse = self.upstream, self.is_cut or self.closed
+                budget = (int(self.flaky_max ** self.rng.random())
+                          if self.flaky_max else None)
+            if refuse or up is None:
+                a.close()
+                continue
+            try:
+                b = socket.create_connection(up, timeout=2)
+                b.settimeout(None)
+                for s in (a, b):
+                    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                a.close()
+                continue
+            link = {"socks": (a, b), "left": budget, "dead": False}
+            with self.lock:
+                if self.is_cut or self.closed or self.upstream != up:
+                    refuse = True
+                else:
+                    self.links.append(link)
+                    self.accepted += 1
+            if refuse:
+                self._kill(link)
+                continue
+            for src, dst in ((a, b), (b, a)):
+                threading.Thread(target=self._pump, args=(link, src, dst),
+                                 daemon=True).start()
+
+    def _pump(self, link, src, dst) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                with self.lock:
+                    if link["dead"]:
+                        return
+                    cut = False
+                    if link["left"] is not None:
+                        data = data[:link["left"]]
+                        link["left"] -= len(data)
+                        cut = link["left"] == 0
+                dst.sendall(data)
+                if cut:
+                    break
+        except OSError:
+            pass
+        self._kill(link)
+
+    def _kill(self, link) -> None:
+        with self.lock:
+            link["dead"] = True
+            if link in self.links:
+                self.links.remove(link)
+        for s in link["socks"]:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def _drop_all(self) -> None:
+        with self.lock:
+            links = list(self.links)
+        for link in links:
+            self._kill(link)
+
+    def set_upstream(self, up) -> None:
+        with self.lock:
+            self.upstream = up
+        self._drop_all()
+
+    def cut(self) -> None:
+        with self.lock:
+            self.is_cut = True
+        self._drop_all()
+
+    def flaky(self, max_bytes: int) -> None:
+        with self.lock:
+            self.flaky_max = max_bytes
+        self._drop_all()  # the current connections start over with a budget
+
+    def heal(self) -> None:
+        with self.lock:
+            self.is_cut = False
+            self.flaky_max = None
+
+    def close(self) -> None:
+        self.closed = True
+        try:  # wakes the accept thread; close() alone leaves it blocked
+            self.server.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        try:
+            self.server.close()
+        except OSError:
+            pass
+        self._drop_all()
+        self.thread.join(5)
