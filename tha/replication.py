@@ -741,6 +741,13 @@ class Standby(_Node):
         msg = _cffi.string(ev.msg).decode(errors="replace")
         if t == lib.THA_EV_READY:
             if self.promoted_epoch is not None:
+                # The session fences only an active older than this epoch;
+                # one of a newer epoch ignores it: then this node is the
+                # stale one, and its own Active will be fenced.
+                if ev.epoch > self.promoted_epoch:
+                    log.warning("standby: active %s of epoch %d connected to this "
+                                "node promoted to epoch %d: refused (this node is "
+                                "stale)", conn.peer, ev.epoch, self.promoted_epoch)
                 lib.tha_session_fence(conn.s, self.promoted_epoch)
                 conn.flush()
                 return
@@ -987,6 +994,7 @@ class _Peer:
         self.where = f"{addr[0]}:{addr[1]}"
         self.refused: Error | None = None  # a definite refusal, until READY
         self.refused_at = 0.0
+        self.proven = False                # the refusal came after proof
         self.error: str | None = None      # the last connect/session failure
         self.logged: str | None = None     # the last reason logged (log once)
 
@@ -1004,8 +1012,10 @@ class Active(_Node):
     will not change by itself — a wrong or missing secret on either side
     (:class:`AuthError`), another schema (:class:`tha.SchemaMismatch`, naming
     the field), another protocol version (:class:`VersionMismatch`) — is
-    logged once and retried only every ``refused_retry`` seconds (so a
-    standby fixed meanwhile is picked up); while too few standbys are left
+    logged once and retried only every ``refused_retry`` seconds, or every
+    ``unproven_retry`` if it came before the standby proved the secret (so
+    a standby fixed meanwhile is picked up, and a stranger at its address
+    cannot deny it for longer than it stays); while too few standbys are left
     to reach ``ack_quorum``, ``sync()`` raises that refusal at once, naming
     the standby, instead of a :class:`SyncTimeout`. The first ``sync()``
     after the constructor thus raises the refusal as soon as the standby
@@ -1018,11 +1028,15 @@ class Active(_Node):
     # before it waits in select: 0 never spins.
     spin = 100e-6
     # Seconds between attempts at a standby that refused definitely (see the
-    # class doc). Such a refusal comes before the standby proved it knows
-    # the secret, so it changes nothing but this pace and what sync() says:
-    # whoever holds the standby's address could deny us that standby anyway
-    # (by not answering), so trusting its "no" costs no extra security.
+    # class doc). A refusal by a standby that proved the secret (another
+    # schema) waits refused_retry; one before proof (a wrong secret, another
+    # version) only unproven_retry: anyone at the standby's address could
+    # have sent it, so it may change nothing but this short pace and what
+    # sync() says — whoever holds the address can deny us that standby
+    # anyway (by not answering), but must not deny it for longer than it
+    # stays there.
     refused_retry = 15.0
+    unproven_retry = 1.0
 
     def __init__(self, heap: Heap, standbys, secret: bytes | None = None,
                  ack: str = "applied", ack_quorum: int | None = None,
@@ -1075,7 +1089,8 @@ class Active(_Node):
                     delay = min(delay * 2, 1.0)
                     continue
             if refused_at is not None:  # a definite refusal: the slow pace
-                left = refused_at + self.refused_retry - time.monotonic()
+                pace = self.refused_retry if peer.proven else self.unproven_retry
+                left = refused_at + pace - time.monotonic()
                 if left > 0:
                     self._wake.wait(min(left, 1.0))
                     continue
@@ -1142,16 +1157,16 @@ class Active(_Node):
                     log.warning("active: standby %s reached", peer.where)
                 peer.refused = peer.error = peer.logged = None
         elif t == lib.THA_EV_FENCED:
-            # NOTE: like the rest of the handshake this comes before the
-            # standby proved the secret (see docs/protocol.md); deciding
-            # that belongs to the session, not to this driver.
+            # The session reports this only for a standby that proved the
+            # secret and names an epoch newer than ours (docs/protocol.md).
             self.fenced_epoch = ev.epoch or -1
             self.fenced_by = conn.peer
             log.error("active: fenced by %s: %s", conn.peer, msg)
         elif t in (lib.THA_EV_REFUSED, lib.THA_EV_ERROR) and ev.code in _DEFINITE \
                 and peer is not None:
             conn.last_error = msg
-            self._refused(peer, _DEFINITE[ev.code], msg)
+            self._refused(peer, _DEFINITE[ev.code], msg,
+                          proven=t == lib.THA_EV_REFUSED and bool(ev.a))
         elif t in (lib.THA_EV_REFUSED, lib.THA_EV_ERROR) and peer is not None \
                 and not getattr(conn, "ready", False):
             # in the handshake: the connect loop backs off; logged once per reason
@@ -1171,18 +1186,19 @@ class Active(_Node):
         elif t == lib.THA_EV_BULK_DONE:
             log.info("active: bulk sync of %d bytes sent to %s", ev.a, conn.peer)
 
-    def _refused(self, peer, cls, msg: str) -> None:
+    def _refused(self, peer, cls, msg: str, proven: bool) -> None:
         """Under the lock: a definite refusal (ev.code decides; the text is
         only shown). Logged once per distinct reason."""
         peer.refused = cls(f"standby {peer.where}: {msg}")
         peer.refused_at = time.monotonic()
+        peer.proven = proven
         peer.error = msg
         if peer.logged == msg:
             log.debug("active: %s still refuses: %s", peer.where, msg)
             return
         peer.logged = msg
-        log.error("active: standby %s: %s; not retrying it for %gs", peer.where, msg,
-                  self.refused_retry)
+        log.error("active: standby %s: %s; retrying it every %gs", peer.where, msg,
+                  self.refused_retry if proven else self.unproven_retry)
 
     def _refusal(self, acked) -> Error | None:
         """Under the lock: the error to raise if the standbys that refused

@@ -641,7 +641,9 @@ enum tha_event_type {
     THA_EV_ACK,          /* active: standby has seq at level a (enum tha_ack) */
     THA_EV_FENCED,       /* the peer knows a newer epoch (epoch); an active
                             must stop: a newer active exists */
-    THA_EV_REFUSED,      /* the peer refused the connection: code, msg */
+    THA_EV_REFUSED,      /* the peer refused the connection: code, msg; a = 1
+                            if the peer had proven the secret (else anyone
+                            could have sent it: trust it no further) */
     THA_EV_ERROR,        /* the peer broke the protocol or a frame failed:
                             code, msg; the connection must be closed */
     THA_EV_TIMEOUT,      /* nothing from the peer for timeout_ms */

@@ -878,7 +878,9 @@ static int dispatch(tha_session_t *s, int type, int flags, const uint8_t *p, siz
         close_with(s, fenced ? THA_EV_FENCED : THA_EV_REFUSED, code,
                    "the peer refused%s: %.*s", s->proven ? "" : " (before proving "
                    "the shared secret)", (int)(len - 16), (const char *)p + 16);
-        s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap].epoch = fenced ? epoch : 0;
+        tha_event_t *e = &s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap];
+        e->epoch = fenced ? epoch : 0;
+        e->a = (uint64_t)s->proven; /* 1: the refusal is authenticated */
         return code;
     }
     if (s->state == S_HANDSHAKE) {
@@ -1142,7 +1144,7 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
     /* Not THA_EV_TIMEOUT, which is the failover signal: a stranger who
      * connects and says nothing must not look like a silent active. */
     if (s->state == S_HANDSHAKE && now_ms - s->started_at >= s->cfg.timeout_ms)
-        return close_with(s, THA_EV_ERROR, THA_EAUTH, "the peer did not finish the "
+        return close_with(s, THA_EV_ERROR, THA_EPROTO, "the peer did not finish the "
                           "handshake (prove the shared secret) within %llu ms",
                           (unsigned long long)s->cfg.timeout_ms);
     if (!s->timed_out && now_ms - s->last_heard >= s->cfg.timeout_ms) {
