@@ -207,3 +207,10 @@ def test_python_hmac_and_openssl_hmac_interoperate(schema):
             assert sb.heap.dump() == heap.dump()
     finally:
         sb.close()
+
+
+@pytest.mark.parametrize("secret, why", [("text", "must be bytes"),
+                                         (b"x" * 300, "at most 256")])
+def test_bad_secret_is_a_clear_error(secret, why):
+    with pytest.raises(tha.Error, match=why):
+        Standby(secret=secret)

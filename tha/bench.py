@@ -318,6 +318,9 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    "(default: the temp directory)")
     p.add_argument("--small", type=int, default=200, metavar="M",
                    help="with --replication: small syncs and ping-pongs per round")
+    p.add_argument("--secret", action="store_true",
+                   help="with --replication: authenticate the link (a shared "
+                   "secret: every message carries a MAC)")
     p.set_defaults(func=run)
     return p
 
@@ -358,6 +361,8 @@ def run(args) -> int:
             bt.report(res, args.repeat)
         return 0
     if args.replication:
+        if args.secret:  # the peer processes read it too
+            os.environ["THA_BENCH_SECRET"] = os.urandom(16).hex()
         from . import bench_replication as br
         res = br.run(args.objects, args.repeat, args.small)
         if args.json:

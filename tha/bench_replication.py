@@ -87,11 +87,18 @@ def _serve(handler) -> None:
         threading.Thread(target=handler, args=(conn,), daemon=True).start()
 
 
+def _secret() -> bytes | None:
+    """THA_BENCH_SECRET: measure with an authenticated link (every message
+    MAC'd, see docs/protocol.md); unset: no secret."""
+    s = os.environ.get("THA_BENCH_SECRET")
+    return s.encode() if s else None
+
+
 def peer(mode: str) -> None:
     """Runs until stdin closes (the benchmark process ended)."""
     if mode == "standby":
         from .replication import Standby
-        sb = Standby(("127.0.0.1", 0), timeout=30.0)
+        sb = Standby(("127.0.0.1", 0), timeout=30.0, secret=_secret())
         print(sb.address[1], flush=True)
     else:
         threading.Thread(target=_serve, args=({"sink": _sink, "echo": _echo}[mode],),
@@ -151,7 +158,7 @@ class Bench:
         self.large_bytes = g.heap.frame_size("delta")
         self.tx = bytearray(b"\x5a") * self.large_bytes  # pre-faulted
         self.backlog_frames = 4
-        self.active = Active(g.heap, [sb.address], timeout=60.0,
+        self.active = Active(g.heap, [sb.address], timeout=60.0, secret=_secret(),
                              backlog_bytes=self.backlog_frames * self.large_bytes + (64 << 20),
                              peer_timeout=30.0)
         self.active.sync(ack="applied", timeout=60)  # bulk sync first
@@ -163,7 +170,8 @@ class Bench:
         for _ in range(self.backlog_frames + 1):
             g.heap.touch(g.emps)
             self.active.sync(ack="applied", timeout=60)
-        self.tiny_active = Active(self.tiny.heap, [sb2.address], timeout=60.0)
+        self.tiny_active = Active(self.tiny.heap, [sb2.address], timeout=60.0,
+                                  secret=_secret())
         self.tiny_active.sync(ack="applied")
         self._i = 0
         self._thread_echo = None
@@ -318,7 +326,7 @@ def run(objects: int, repeat: int, small: int) -> dict:
         b.close()
     summary = summarize(res["times"], res["large_bytes"], res["stream_bytes"])
     info = {"objects": objects, "repeat": repeat, "large_bytes": res["large_bytes"],
-            "machine": machine()}
+            "secret": _secret() is not None, "machine": machine()}
     return {"summary": summary, "info": info}
 
 

@@ -421,7 +421,13 @@ class _Node:
     mac_fn = None  # the HMAC callback: None picks _MAC_FN (tests set another)
 
     def __init__(self, secret, heartbeat, timeout, ssl_context):
-        self.secret = secret if secret else None
+        if secret and not isinstance(secret, (bytes, bytearray, memoryview)):
+            raise Error(f"{self.role_name}: secret must be bytes, not "
+                        f"{type(secret).__name__}")
+        if secret and len(secret) > 256:
+            raise Error(f"{self.role_name}: a secret of {len(secret)} bytes; at most "
+                        "256 (hash a longer one first)")
+        self.secret = bytes(secret) if secret else None
         self.heartbeat = heartbeat
         self.timeout = timeout
         self.ssl_context = ssl_context
