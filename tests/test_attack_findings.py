@@ -2,11 +2,13 @@
 drivers (docs/protocol.md, "Security model"): each test shows one way an
 attacker WITHOUT the shared secret gets what the model says it cannot.
 
-Every test here fails on the code it was written against and is marked
-xfail(strict=True): it documents the flaw without turning the suite red,
-and turns into an XPASS (a failure, because strict) once the flaw is
-fixed, so whoever fixes it removes the mark. Everything runs on 127.0.0.1,
-with bounded loops and timeouts.
+Every test here failed on the code it was written against (a review by
+someone who did not build it) and passes since the fix: a quorum counts
+proven nodes, not connections; the native driver takes neither an
+unproven "fenced" nor an unproven hang-up for the active's word; a
+session reserves one handshake message of memory before proof; peer text
+is made printable; status() shows no unproven claims. Everything runs on
+127.0.0.1, with bounded loops and timeouts.
 
 Tried and held (no test here): pre-handshake HELLO/WELCOME/REFUSE/
 HEARTBEAT/SCHEMA, bad versions/roles/MACs, oversized and garbage headers
@@ -119,11 +121,6 @@ class Relay:
 # F1 (high): one standby counted as two toward ack_quorum
 # ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F1: the handshake proves 'someone who knows the secret', not which "
-    "standby: an attacker at standby B's address relays the active's "
-    "connection to standby A and the active counts A twice toward "
-    "ack_quorum (acked_by names B, which never got the frame)"))
 def test_relay_to_another_standby_does_not_fake_a_quorum(schema):
     """Active replicating to standbys [A, B] with ack_quorum=2. B is down;
     an attacker without the secret answers at B's address and relays the
@@ -198,11 +195,6 @@ def _net_options(keep):
     return opt
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F2: net.c drain_events returns the code of an unauthenticated REFUSE "
-    "verbatim: tha_net_active_open/tha_net_reconnect return THA_EFENCED "
-    "('this active was replaced and must stop', tha.h) to anyone who "
-    "answers at the standby's address"))
 def test_native_active_not_told_fenced_by_a_stranger(schema):
     heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
     company(heap)
@@ -231,11 +223,6 @@ def test_native_active_not_told_fenced_by_a_stranger(schema):
 # "the active closed the connection"; the example standby exits on it
 # ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F3: tha_net_standby_serve returns 0 ('the active closed the "
-    "connection', the clean end of a proven active) when a peer that never "
-    "proved the secret connects and closes; examples/c/standby.c then "
-    "stops serving, so one TCP connect ends a native standby"))
 def test_native_standby_does_not_take_a_stranger_for_the_active():
     keep = []
     out = ffi.new("tha_net_t **")
@@ -258,11 +245,6 @@ def test_native_standby_does_not_take_a_stranger_for_the_active():
 # F4 (low): 1 MiB reserved per connection before the peer proved anything
 # ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F4: tha_session_recv_buffer reserves RECV_MIN (1 MiB) on a session "
-    "whose peer has proven nothing; the Python driver calls it before the "
-    "first recv of every connection (the model: at most one 1 KiB message "
-    "per connection before proof)"))
 @pytest.mark.parametrize("role", ["standby", "active"])
 def test_unproven_session_reserves_about_a_handshake(schema, role):
     heap = bl = None
@@ -302,10 +284,6 @@ def test_unproven_session_reserves_about_a_handshake(schema, role):
 FORGED = "x\nERROR tha: active: fenced by 10.0.0.9: forged line"
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F5: the text of an unauthenticated REFUSE reaches the active's log "
-    "(and sync()'s AuthError, and status()) verbatim, newlines included: "
-    "a stranger at a standby's address forges log lines"))
 def test_stranger_cannot_write_lines_into_the_log(schema, caplog):
     text = FORGED.encode()
     srv, stop, t = _rogue_server(
@@ -334,10 +312,6 @@ def test_stranger_cannot_write_lines_into_the_log(schema, caplog):
 # F6 (low): status() shows what an unproven standby claims in its HELLO
 # ---------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "F6: on_standby_hello stores the standby's HELLO in s->peer before "
-    "WELCOME proves it; Active.status() reports its peer_seq for the whole "
-    "handshake (up to the deadline): a stranger sets what operators see"))
 def test_active_status_ignores_an_unproven_hello(schema):
     claimed = 0x7EEDBEEF0000
 

@@ -358,6 +358,12 @@ class _Conn:
         lib.tha_session_status(self.s, st)
         return st.acked[level]
 
+    def peer_node(self) -> int:
+        """The node id the peer proved itself with (0 before proof)."""
+        st = self._st
+        lib.tha_session_status(self.s, st)
+        return st.peer_node
+
     def abort(self, reason: str) -> None:
         """Under the lock: ends the connection without sending anything
         still queued (acks for a state this node did not make live): the
@@ -1287,8 +1293,17 @@ class Active(_Node):
             if self.fenced_epoch is not None:
                 raise Fenced(f"fenced while waiting for seq {seq}: standby "
                              f"{self.fenced_by} was promoted to epoch {self.fenced_epoch}")
-            acked = [c.peer for c in self.conns
-                     if c.s is not None and c.acked(level) >= seq]
+            # A quorum counts nodes, not connections: the handshake proves
+            # "knows the secret", not "is the standby at this address", so a
+            # relay at one standby's address to another must not make that
+            # other count twice (one node, one vote: the first address).
+            acked, nodes = [], set()
+            for c in self.conns:
+                if c.s is not None and c.acked(level) >= seq:
+                    node = c.peer_node()
+                    if node not in nodes:
+                        nodes.add(node)
+                        acked.append(c.peer)
             if len(acked) >= self.ack_quorum:
                 result.acked_by = acked
                 return result

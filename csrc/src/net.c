@@ -145,6 +145,9 @@ static int drain_events(tha_net_t *n) {
         case THA_EV_REFUSED:
             NFAIL(n, ev.code, "%s refused: %s", n->peer, ev.msg);
             status = ev.code ? ev.code : THA_EPROTO;
+            /* "fenced" from a peer that never proved the secret is not the
+             * word of a newer active: nothing to stop for */
+            if (!ev.a && status == THA_EFENCED) status = THA_EPROTO;
             break;
         case THA_EV_ERROR: /* fatal only if it closed the session (below) */
             NFAIL(n, ev.code, "%s: %s", n->peer, ev.msg);
@@ -200,6 +203,11 @@ static int pass(tha_net_t *n, int wait_ms, int *moved) {
         } else if (r == 0) {
             int st = drain_events(n);
             if (st) return drop(n, st, NULL);
+            tha_session_status_t ss;
+            tha_session_status(n->s, &ss);
+            if (ss.state == 0) /* never proven: not "the active went away" */
+                return drop(n, THA_EPROTO, "%s closed the connection during the "
+                            "handshake", n->peer);
             n->eof = 1;
             return drop(n, THA_ECLOSED, "%s closed the connection", n->peer);
         } else if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR) {

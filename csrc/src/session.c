@@ -409,6 +409,15 @@ static void transcript_mac(const tha_session_t *s, const char *label,
     s->cfg.mac(s->cfg.mac_ctx, s->secret, s->secret_len, parts, 3, out);
 }
 
+/* Text a peer sent (REFUSE, NACK reasons), made safe to log: control and
+ * non-ASCII bytes become '?', so no peer can forge log lines. */
+static void peer_text(char *dst, size_t cap, const uint8_t *src, size_t len) {
+    size_t n = len < cap - 1 ? len : cap - 1;
+    for (size_t i = 0; i < n; i++)
+        dst[i] = src[i] >= 0x20 && src[i] < 0x7f ? (char)src[i] : '?';
+    dst[n] = 0;
+}
+
 static bool mac_equal(const uint8_t *a, const uint8_t *b) {
     uint8_t d = 0;
     for (unsigned i = 0; i < THA_MAC_SIZE; i++) d |= a[i] ^ b[i];
@@ -875,9 +884,11 @@ static int dispatch(tha_session_t *s, int type, int flags, const uint8_t *p, siz
          * promoted node still listening) has no say over a newer one */
         uint64_t mine = s->heap ? s->heap->epoch : 0;
         bool fenced = code == THA_EFENCED && s->proven && epoch > mine;
+        char text[200];
+        peer_text(text, sizeof text, p + 16, len - 16);
         close_with(s, fenced ? THA_EV_FENCED : THA_EV_REFUSED, code,
-                   "the peer refused%s: %.*s", s->proven ? "" : " (before proving "
-                   "the shared secret)", (int)(len - 16), (const char *)p + 16);
+                   "the peer refused%s: %s", s->proven ? "" : " (before proving "
+                   "the shared secret)", text);
         tha_event_t *e = &s->ev[(s->ev_head + s->ev_n - 1) % s->ev_cap];
         e->epoch = fenced ? epoch : 0;
         e->a = (uint64_t)s->proven; /* 1: the refusal is authenticated */
@@ -913,9 +924,10 @@ static int dispatch(tha_session_t *s, int type, int flags, const uint8_t *p, siz
         if (type == M_NACK && len >= 16 && get32(p + 12) == len - 16) {
             if (s->state == S_BULK) return 0; /* about a frame the bulk replaces */
             tha_event_t *e = push_event(s, THA_EV_ERROR, (int)get32(p + 8), get64(p), 0, 0);
-            if (e) snprintf(e->msg, sizeof e->msg, "standby refused seq %llu: %.*s; "
-                            "bulk sync", (unsigned long long)get64(p), (int)(len - 16),
-                            (const char *)p + 16);
+            char text[200];
+            peer_text(text, sizeof text, p + 16, len - 16);
+            if (e) snprintf(e->msg, sizeof e->msg, "standby refused seq %llu: %s; "
+                            "bulk sync", (unsigned long long)get64(p), text);
             return start_bulk(s, true);
         }
     } else {
@@ -1047,7 +1059,9 @@ int tha_session_recv_buffer(tha_session_t *s, void **buf, size_t *cap) {
     *buf = NULL;
     *cap = 0;
     if (s->state == S_CLOSED) return THA_ECLOSED;
-    size_t room = RECV_MIN;
+    /* before proof a peer gets room for one handshake message, no more */
+    size_t floor = s->proven ? RECV_MIN : MSG_HDR + THA_HANDSHAKE_MAX + TAG;
+    size_t room = floor;
     if (s->in_len >= MSG_HDR) { /* a message is under way: its size is known */
         int64_t need = message_length(s, s->in, s->in_len);
         if (need < 0) return (int)need;
@@ -1060,7 +1074,7 @@ int tha_session_recv_buffer(tha_session_t *s, void **buf, size_t *cap) {
             return 0;
         }
     }
-    int rc = in_reserve(s, s->in_len + room > RECV_MIN ? s->in_len + room : RECV_MIN);
+    int rc = in_reserve(s, s->in_len + room > floor ? s->in_len + room : floor);
     if (rc) return rc;
     *buf = s->in + s->in_len;
     *cap = s->in_cap - s->in_len;
@@ -1201,8 +1215,9 @@ int tha_session_status(const tha_session_t *s, tha_session_status_t *out) {
     memset(out, 0, sizeof *out);
     out->role = s->cfg.role;
     out->state = s->state;
-    out->peer_node = s->peer.node;
-    out->peer_seq = s->peer.seq;
+    /* what an unproven peer claims is nobody's business yet */
+    out->peer_node = s->proven ? s->peer.node : 0;
+    out->peer_seq = s->proven ? s->peer.seq : 0;
     out->sent_seq = s->next_seq ? s->next_seq - 1 : 0;
     memcpy(out->acked, s->acked, sizeof out->acked);
     if (s->cfg.role == THA_ROLE_STANDBY) { /* what this standby acked */
