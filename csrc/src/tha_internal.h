@@ -363,6 +363,9 @@ int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len);
 int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len,
                                 uint64_t data_len);
 
+/* Threads big work may use (tha_set_threads): 1 or 2. */
+int tha__threads(void);
+
 /* crc32c.c: raw CRC (no pre/post inversion) helpers for split streams. */
 uint32_t tha__crc32c_shift(uint32_t crc, uint64_t len);
 /* Raw register after buf: no pre/post inversion;
