@@ -24,3 +24,15 @@ def test_c_unit_tests():
 
 def test_c_examples():
     _make("examples")
+
+
+def test_c_under_valgrind():
+    """Every C test and example under valgrind memcheck: no error, no
+    definite leak (.ci/run installs valgrind; write-protect tracking is left
+    to the ASan run, see csrc/Makefile)."""
+    import shutil
+
+    import pytest
+    if shutil.which("valgrind") is None:
+        pytest.skip("valgrind is not installed (apt-get install valgrind)")
+    _make("valgrind")
