@@ -125,6 +125,7 @@ void tha_heap_destroy(tha_heap_t *h) {
     free(h->dirty);
     free(h->dsum);
     free(h->ptrmap);
+    free(h->scratch);
     tha_schema_release(h->schema);
     free(h);
 }

@@ -242,6 +242,32 @@ static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
     a->objects++;
     a->bytes += t->size * oh.count;
     *words += (uint64_t)t->nslots * oh.count;
+    uint64_t nw = t->size / 8, mapb = v->limit / THA__BLOCK;
+    if (t->nslots && !v->nruns && !(v->values && v->wire) && t->size % 8 == 0 && nw <= 56 &&
+        (payload + t->size * oh.count) / 64 + 8 <= mapb) {
+        /* fast: each element's bits of the map, as one word, are its pattern */
+        uint64_t pat = 0;
+        for (uint32_t k = 0; k < t->nslots; k++) pat |= 1ull << (t->slots[k].offset / 8);
+        uint64_t lowmask = nw == 64 ? ~0ull : (1ull << nw) - 1;
+        for (uint64_t e = 0, w0 = payload / 8; e < oh.count; e++, w0 += nw) {
+            uint64_t bits;
+            memcpy(&bits, v->map + w0 / 8, 8);
+            if (((bits >> (w0 % 8)) & lowmask) != pat)
+                BAD("%s at 0x%llx: element %llu: pointer map bits 0x%llx, the layout "
+                    "has 0x%llx", t->name, (ull)payload, (ull)e,
+                    (ull)((bits >> (w0 % 8)) & lowmask), (ull)pat);
+            if (!v->values) continue;
+            for (uint32_t k = 0; k < t->nslots; k++) {
+                uint64_t at = w0 * 8 + t->slots[k].offset, w, top = v->r.top;
+                memcpy(&w, v->base + at, 8);
+                if (w && w - v->pbase - 1 >= top) {
+                    int rc = check_value(v, t, payload, at);
+                    if (rc) return rc;
+                }
+            }
+        }
+        return 0;
+    }
     for (uint32_t e = 0; e < oh.count && t->nslots; e++)
         for (uint32_t k = 0; k < t->nslots; k++) {
             uint64_t at = payload + e * t->size + t->slots[k].offset;
@@ -741,8 +767,14 @@ static int walk_cluster(dstate_t *d, const span_set_t *pmt, size_t ci, uint64_t 
 int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
     const tha__region_t *old = tha__reg(h);
     if (hd->nruns == 0) return 0;
-    vrun_t *runs = malloc(hd->nruns * sizeof *runs);
-    if (!runs) return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
+    size_t need = hd->nruns * sizeof(vrun_t);
+    if (h->scratch_cap < need) { /* kept: a fresh buffer costs page faults */
+        void *nb = realloc(h->scratch, need);
+        if (!nb) return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
+        h->scratch = nb;
+        h->scratch_cap = need;
+    }
+    vrun_t *runs = h->scratch;
     const uint8_t *p = body;
     for (uint32_t i = 0; i < hd->nruns; i++) {
         tha__run_t run;
@@ -829,7 +861,6 @@ int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *b
     if (roots_touched || hdr_touched || d.structural)
         rc = check_roots(&v, roots_touched || v.r.nroots != old->nroots);
 out:
-    free(runs);
     free(pmt.a);
     free(d.checked.a);
     free(d.dirty);

@@ -209,6 +209,8 @@ struct tha_heap {
     uint8_t *shadow;        /* diff and wp modes: the image as of the last
                                frame (capacity bytes reserved; else NULL) */
     int collected;          /* diff/wp: frame_size just collected changes */
+    void *scratch;          /* heapcheck.c: a delta's run index, kept */
+    size_t scratch_cap;
     int fuzzy;              /* a staging heap being filled by bulk sync: not
                                consistent until tha__check_staging passes, so
                                deltas are not checked against it */
