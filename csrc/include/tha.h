@@ -495,8 +495,11 @@ typedef struct tha_load_options {
     const char *log;          /* delta log to replay on top; NULL: none */
     tha_progress_fn progress; /* while the image streams in; NULL: none */
     void *progress_ctx;
-    int check;                /* 1: tha_heap_check the result before
-                                 returning it (O(image)) */
+    int check;                /* the checkpoint's image is always checked
+                                 (tha_heap_check) before the log is
+                                 replayed, and every replayed frame is
+                                 checked as tha_heap_apply does; 1: the
+                                 result is checked whole once more */
 } tha_load_options_t;
 
 /* What a load did. On failure only msg is meaningful. */

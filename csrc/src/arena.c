@@ -125,6 +125,7 @@ void tha_heap_destroy(tha_heap_t *h) {
     free(h->dirty);
     free(h->dsum);
     free(h->ptrmap);
+    free(h->scratch);
     tha_schema_release(h->schema);
     free(h);
 }
@@ -712,7 +713,8 @@ int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch) {
         return tha__hfail(h, -errno, "epoch %llu: no randomness for its id: %s",
                           (unsigned long long)epoch, strerror(errno));
     tha__region_t *r = tha__reg(h);
-    if (r->nepochs == THA__MAX_EPOCHS) { /* the oldest goes: its nodes bulk sync */
+    if (r->nepochs >= THA__MAX_EPOCHS) { /* the oldest goes: its nodes bulk sync */
+        r->nepochs = THA__MAX_EPOCHS;
         memmove(r->epochs, r->epochs + 1, (THA__MAX_EPOCHS - 1) * sizeof r->epochs[0]);
         r->nepochs--;
     }
@@ -726,7 +728,7 @@ int tha_heap_set_epoch(tha_heap_t *h, uint64_t epoch) {
 
 uint64_t tha_heap_epoch_start(const tha_heap_t *h) {
     const tha__region_t *r = tha__reg(h);
-    return r->nepochs ? r->epochs[r->nepochs - 1].start : 0;
+    return r->nepochs && r->nepochs <= THA__MAX_EPOCHS ? r->epochs[r->nepochs - 1].start : 0;
 }
 
 size_t tha_heap_history(const tha_heap_t *h, tha_epoch_info_t *out, size_t cap) {

@@ -1077,6 +1077,13 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
                        "header disagrees with the file header", path);
         goto done;
     }
+    /* Whatever load returns is a sound heap, and the log's frames are
+     * checked against a sound base: the whole image, before the replay. */
+    rc = tha_heap_check(h);
+    if (rc) {
+        tha__fail(msg, mcap, rc, "checkpoint %s: %s", path, tha_heap_errmsg(h));
+        goto done;
+    }
     /* The blocks dirty at checkpoint time are dirty again: a standby that
      * holds this seq has not seen them yet. */
     tha__clear_dirty(h);
@@ -1095,7 +1102,7 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
         rc = replay(h, opt->log, rep);
         if (rc) goto done;
     }
-    if (opt->check) {
+    if (opt->check && rep->frames_applied) { /* each was checked; again whole */
         rc = tha_heap_check(h);
         if (rc) {
             tha__fail(msg, mcap, rc, "checkpoint %s: %s", path, tha_heap_errmsg(h));

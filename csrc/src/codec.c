@@ -1028,6 +1028,20 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
                     kind_name(hd.kind), (unsigned long long)hd.seq);
     rc = check_region_header(h, &hd, body, body_len);
     if (rc) return rc;
+    /* The allocator metadata the frame writes must stay consistent. */
+    const uint8_t *runs = body + tha__align_up(hd.schema_len, 8);
+    if (hd.kind == THA_FRAME_SNAPSHOT)
+        rc = tha__check_snapshot(h, &hd, runs + sizeof(tha__run_t) +
+                                 tha__align_up(hd.nblocks, 8), runs + sizeof(tha__run_t));
+    else if (!h->fuzzy)
+        rc = tha__check_delta(h, &hd, runs);
+    if (rc) {
+        if (rc != THA_ECORRUPT) return rc;
+        char why[sizeof h->err];
+        snprintf(why, sizeof why, "%s", h->err);
+        return tha__hfail(h, THA_EFRAME, "%s seq %llu refused, it would corrupt the "
+                          "heap: %s", kind_name(hd.kind), (unsigned long long)hd.seq, why);
+    }
     rc = tha__commit(h, hd.top);
     if (rc)
         return tha__hfail(h, rc, "%s seq %llu: cannot commit %llu bytes: %s",

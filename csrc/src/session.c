@@ -834,6 +834,17 @@ static int send_nack(tha_session_t *s, uint64_t seq, int code, const char *msg) 
 /* Staging becomes the live heap once it reached a consistent frame. */
 static int maybe_go_live(tha_session_t *s, int ack) {
     if (s->state != S_CATCHUP || s->staging->seq < s->consistent_at) return 0;
+    /* Nothing goes live that is not a sound heap (O(image), like the bulk). */
+    int rc = tha__check_staging(s->staging);
+    if (rc) {
+        char why[sizeof s->staging->err];
+        snprintf(why, sizeof why, "%s", tha_heap_errmsg(s->staging));
+        tha_heap_destroy(s->staging);
+        s->staging = NULL;
+        send_nack(s, s->consistent_at, rc, "bulk sync: the image is not a sound heap");
+        return close_with(s, THA_EV_ERROR, rc, "bulk sync refused at seq %llu: %s",
+                          (unsigned long long)s->consistent_at, why);
+    }
     if (s->owns_heap) tha_heap_destroy(s->heap);
     s->heap = s->staging;
     s->owns_heap = 1;
@@ -860,6 +871,7 @@ static int on_snap_begin(tha_session_t *s, const uint8_t *p, size_t len) {
         return close_with(s, THA_EV_ERROR, rc, "bulk sync: cannot create a %llu-byte "
                           "heap: %s", (unsigned long long)capacity, tha_strerror(rc));
     }
+    s->staging->fuzzy = 1;
     s->staging->seq = get64(p);
     s->staging->epoch = get64(p + 8);
     s->staging->lineage = get64(p + 16);

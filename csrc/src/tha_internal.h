@@ -209,6 +209,11 @@ struct tha_heap {
     uint8_t *shadow;        /* diff and wp modes: the image as of the last
                                frame (capacity bytes reserved; else NULL) */
     int collected;          /* diff/wp: frame_size just collected changes */
+    void *scratch;          /* heapcheck.c: a delta's run index, kept */
+    size_t scratch_cap;
+    int fuzzy;              /* a staging heap being filled by bulk sync: not
+                               consistent until tha__check_staging passes, so
+                               deltas are not checked against it */
     int mech;               /* enum tha__mech: how changes are found */
     int uffd;               /* wp/uffd: the userfaultfd; -1 otherwise */
     int pagemap;            /* wp/uffd: /proc/self/pagemap; -1 otherwise */
@@ -365,6 +370,17 @@ int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len
 
 /* Threads big work may use (tha_set_threads): 1 or 2. */
 int tha__threads(void);
+/* heapcheck.c: a frame's effect on allocator metadata, checked before it is
+ * applied (THA_ECORRUPT with the detail in h->err; the heap is untouched).
+ * A snapshot: its whole image, in the frame (data/mask: its one run). A
+ * delta: what its runs touch, on the heap with the runs laid over it
+ * (body: the first run record); the heap must be consistent. */
+int tha__check_snapshot(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+                        const uint8_t *mask);
+int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body);
+/* Bulk sync, before the staging heap goes live: zeroes what is above its
+ * top, then tha_heap_check; clears h->fuzzy when it passes. */
+int tha__check_staging(tha_heap_t *h);
 
 /* crc32c.c: raw CRC (no pre/post inversion) helpers for split streams. */
 uint32_t tha__crc32c_shift(uint32_t crc, uint64_t len);

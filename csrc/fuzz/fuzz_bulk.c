@@ -1,0 +1,43 @@
+/* fuzz_bulk.c — bulk sync into a staging heap, then go-live. Input: items
+ * [u32 length][bytes]; a segment item goes through tha__apply_segment, any
+ * other frame through tha_heap_apply (catch-up deltas on the fuzzy
+ * image). The harness gives each item the staging heap's lineage (and a
+ * delta the next seq) and reseals it. Then tha__check_staging, as the
+ * session runs it before the heap goes live; if it passes, fz_oracle. */
+#include "fuzz_common.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    tha_heap_t *h;
+    fz_must(tha_heap_create(&h, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT), "create");
+    h->fuzzy = 1; /* as on_snap_begin makes it */
+    h->seq = 1;
+    size_t pos = 0;
+    int items = 0;
+    while (pos + 4 <= size && items < 64) {
+        uint32_t n;
+        memcpy(&n, data + pos, 4);
+        pos += 4;
+        if (n > size - pos) n = (uint32_t)(size - pos);
+        uint8_t *f = malloc(n ? n : 1);
+        memcpy(f, data + pos, n);
+        pos += n;
+        items++;
+        tha__frame_hdr_t hd = {0};
+        if (n >= sizeof hd) {
+            memcpy(&hd, f, sizeof hd);
+            hd.lineage = h->lineage;
+            if (hd.kind == THA_FRAME_DELTA) hd.seq = h->seq + 1;
+            if (hd.kind == THA__FRAME_SEGMENT) hd.seq = h->seq;
+            memcpy(f, &hd, sizeof hd);
+            fz_reseal(f, n);
+        }
+        if (hd.kind == THA__FRAME_SEGMENT)
+            (void)tha__apply_segment(h, f, n);
+        else
+            (void)tha_heap_apply(h, f, n);
+        free(f);
+    }
+    if (items && tha__check_staging(h) == 0) fz_oracle(h);
+    tha_heap_destroy(h);
+    return 0;
+}

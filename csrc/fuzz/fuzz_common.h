@@ -1,0 +1,167 @@
+/* fuzz_common.h — what the libFuzzer targets share: a schema, a source heap
+ * with slabs, free slots, a span and roots, frame resealing (so mutations
+ * get past the checksums), and the oracle every accepted heap must pass:
+ * tha_heap_check, then a fixed sequence of API calls, run clean. */
+#ifndef THA_FUZZ_COMMON_H
+#define THA_FUZZ_COMMON_H
+
+#include "tha.h"
+#include "tha_internal.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct fz_node {
+    char name[24];
+    uint64_t id;
+    struct fz_node *next, *peer;
+    void (*hook)(void);
+};
+
+static __attribute__((unused)) void fz_hook(void) {}
+static uint32_t FZ_NODE;
+
+static __attribute__((unused)) tha_schema_t *fz_schema(void) {
+    static tha_schema_t *s;
+    if (s) return s;
+    if (tha_schema_create(&s) ||
+        THA_STRUCT(s, struct fz_node, "fz_node", &FZ_NODE) ||
+        THA_FIELD_SCALAR(s, FZ_NODE, struct fz_node, name, THA_T_CHAR, 24) ||
+        THA_FIELD_SCALAR(s, FZ_NODE, struct fz_node, id, THA_T_U64, 0) ||
+        THA_FIELD_PTR(s, FZ_NODE, struct fz_node, next, "fz_node", 0) ||
+        THA_FIELD_PTR(s, FZ_NODE, struct fz_node, peer, "fz_node", 0) ||
+        THA_FIELD_FUNC(s, FZ_NODE, struct fz_node, hook, 0) ||
+        tha_schema_add_func(s, "fz_hook", fz_hook) || tha_schema_seal(s))
+        abort();
+    FZ_NODE = tha_schema_type_id(s, FZ_NODE);
+    return s;
+}
+
+#define FZ_CAP (1u << 20)
+
+static __attribute__((unused)) void fz_must(int rc, const char *what) {
+    if (rc) {
+        fprintf(stderr, "fuzz setup: %s: %s\n", what, tha_strerror(rc));
+        abort();
+    }
+}
+
+/* A deterministic source heap: chains of nodes in two slab classes, some
+ * freed, one array big enough for a span, two roots. */
+static __attribute__((unused)) tha_heap_t *fz_source(void) {
+    tha_heap_t *h;
+    fz_must(tha_heap_create(&h, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT), "create");
+    struct fz_node *prev = NULL, *keep[40];
+    for (int i = 0; i < 40; i++) {
+        struct fz_node *n;
+        fz_must(tha_heap_alloc(h, FZ_NODE, i % 5 == 4 ? 3 : 1, (void **)&n), "alloc");
+        snprintf(n->name, sizeof n->name, "n%d", i);
+        n->id = (uint64_t)i;
+        n->next = prev;
+        n->hook = i % 3 ? fz_hook : NULL;
+        prev = keep[i] = n;
+    }
+    struct fz_node *big;
+    fz_must(tha_heap_alloc(h, FZ_NODE, 300, (void **)&big), "alloc span");
+    big[0].next = prev;
+    big[299].peer = keep[3];
+    fz_must(tha_root_set(h, "chain", prev), "root");
+    fz_must(tha_root_set(h, "big", big), "root");
+    for (int i = 5; i < 40; i += 7) {
+        keep[i + 1]->next = keep[i - 1]; /* unlink keep[i] before freeing it */
+        fz_must(tha_heap_free(h, keep[i]), "free");
+    }
+    return h;
+}
+
+/* The source's next change: a few allocs, frees, writes, a root. */
+static __attribute__((unused)) void fz_mutate(tha_heap_t *h, unsigned round) {
+    void *r;
+    fz_must(tha_root_get(h, "chain", &r), "root get");
+    struct fz_node *head = r, *n;
+    fz_must(tha_heap_alloc(h, FZ_NODE, 1 + round % 4, (void **)&n), "alloc");
+    n->next = head;
+    n->id = round;
+    fz_must(tha_root_set(h, "chain", n), "root set");
+    if (head->next && head->next->next) {
+        struct fz_node *gone = head->next;
+        head->next = gone->next;
+        fz_must(tha_heap_touch(h, head, 0), "touch");
+        fz_must(tha_heap_free(h, gone), "free");
+    }
+}
+
+static __attribute__((unused)) uint8_t *fz_encode(tha_heap_t *h, int kind, size_t *len) {
+    size_t size;
+    fz_must(tha_heap_frame_size(h, kind, &size), "frame size");
+    uint8_t *f = malloc(size);
+    fz_must(tha_heap_encode(h, kind, f, size, len), "encode");
+    return f;
+}
+
+/* Both CRCs recomputed, if there is a header to hold them. */
+static __attribute__((unused)) void fz_reseal(uint8_t *f, size_t len) {
+    if (len < sizeof(tha__frame_hdr_t)) return;
+    tha__frame_hdr_t hd;
+    memcpy(&hd, f, sizeof hd);
+    hd.length = len;
+    hd.body_crc = tha_crc32c(0, f + sizeof hd, len - sizeof hd);
+    hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
+    memcpy(f, &hd, sizeof hd);
+}
+
+static __attribute__((unused)) void fz_fail(tha_heap_t *h, const char *what) {
+    fprintf(stderr, "ORACLE: %s: %s\n", what, tha_heap_errmsg(h));
+    abort();
+}
+
+/* Every accepted heap: sound, and every API call on it safe. */
+static __attribute__((unused)) void fz_oracle(tha_heap_t *h) {
+    if (tha_heap_check(h)) fz_fail(h, "accepted heap fails tha_heap_check");
+    tha_obj_t o;
+    uint64_t cur = 0;
+    unsigned nobj = 0;
+    while (tha_heap_next(h, &cur, &o) == 1 && nobj < 100000) nobj++;
+    uint32_t rc_cur = 0;
+    const char *name;
+    void *p;
+    while (tha_root_next(h, &rc_cur, &name, &p)) {
+        tha_obj_t lo;
+        if (tha_heap_lookup(h, p, &lo)) fz_fail(h, "a root is not live");
+    }
+    size_t nl = 0;
+    tha_leak_t leaks[16];
+    if (tha_leaks(h, leaks, 16, &nl) < 0) fz_fail(h, "leaks");
+    struct fz_node *a = NULL, *b = NULL;
+    if (tha_heap_alloc(h, FZ_NODE, 1, (void **)&a) == 0 &&
+        tha_heap_alloc(h, FZ_NODE, 2, (void **)&b) == 0) {
+        a->next = b;
+        b[1].peer = a;
+        b[0].hook = fz_hook;
+        if (tha_root_set(h, "fz", a)) fz_fail(h, "root set");
+        void *got;
+        if (tha_root_get(h, "fz", &got) || got != a) fz_fail(h, "root get");
+    }
+    size_t len;
+    for (int kind = THA_FRAME_DELTA; kind >= THA_FRAME_SNAPSHOT; kind--) {
+        size_t size;
+        if (tha_heap_frame_size(h, kind, &size)) fz_fail(h, "frame size");
+        uint8_t *f = malloc(size);
+        int rc = tha_heap_encode(h, kind, f, size, &len);
+        free(f);
+        if (rc) fz_fail(h, "encode");
+    }
+    if (a) {
+        a->next = NULL;
+        if (b && tha_heap_free(h, b)) fz_fail(h, "free");
+        if (tha_root_set(h, "fz", NULL)) fz_fail(h, "root remove");
+        if (tha_heap_free(h, a)) fz_fail(h, "free");
+    }
+    if (tha_heap_check(h)) fz_fail(h, "check after the API calls");
+    (void)tha_collect(h, NULL);
+    if (tha_heap_check(h)) fz_fail(h, "check after collect");
+}
+
+#endif
