@@ -1,11 +1,16 @@
-"""A loopback TCP proxy for one directed link between two cluster nodes.
+"""A loopback TCP proxy for one directed link between two nodes, for the
+soak command (tha/soak.py) and the fault tests.
 
-The test controls it: ``cut()`` drops the connections it carries and
+The caller controls it: ``cut()`` drops the connections it carries and
 refuses new ones (accepted, then closed at once) until ``heal()``;
 ``set_upstream()`` points it at another listening port (a node restarted,
 or an imposter) and drops the current connections; ``flaky(max_bytes)``
 drops each connection after a random number of bytes (log-uniform in
-[1, max_bytes)) until ``heal()``. Everything stays on 127.0.0.1.
+[1, max_bytes)) until ``heal()``; ``stall()`` stops forwarding (bytes
+wait in the proxy, the connections stay open) until ``heal()``, which
+forwards what waited; ``corrupt(rate)`` flips one random bit in each
+forwarded chunk with probability ``rate`` until ``heal()`` (``flipped``
+counts them). Everything stays on 127.0.0.1.
 """
 
 import random
@@ -20,6 +25,10 @@ class LinkProxy:
         self.upstream = None          # (host, port) or None: refuse
         self.is_cut = False
         self.flaky_max = None
+        self.corrupt_rate = 0.0
+        self.flipped = 0              # bits flipped so far
+        self.flowing = threading.Event()  # clear: stalled, forwarding waits
+        self.flowing.set()
         self.lock = threading.Lock()
         self.links: list = []
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -71,6 +80,9 @@ class LinkProxy:
                 data = src.recv(65536)
                 if not data:
                     break
+                while not self.flowing.wait(0.05):  # stalled: hold the bytes
+                    if link["dead"] or self.closed:
+                        return
                 with self.lock:
                     if link["dead"]:
                         return
@@ -79,6 +91,11 @@ class LinkProxy:
                         data = data[:link["left"]]
                         link["left"] -= len(data)
                         cut = link["left"] == 0
+                    if self.corrupt_rate and self.rng.random() < self.corrupt_rate:
+                        buf = bytearray(data)
+                        buf[self.rng.randrange(len(buf))] ^= 1 << self.rng.randrange(8)
+                        data = bytes(buf)
+                        self.flipped += 1
                 dst.sendall(data)
                 if cut:
                     break
@@ -119,13 +136,23 @@ class LinkProxy:
             self.flaky_max = max_bytes
         self._drop_all()  # the current connections start over with a budget
 
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def corrupt(self, rate: float) -> None:
+        with self.lock:
+            self.corrupt_rate = rate
+
     def heal(self) -> None:
         with self.lock:
             self.is_cut = False
             self.flaky_max = None
+            self.corrupt_rate = 0.0
+        self.flowing.set()
 
     def close(self) -> None:
         self.closed = True
+        self.flowing.set()
         try:  # wakes the accept thread; close() alone leaves it blocked
             self.server.shutdown(socket.SHUT_RDWR)
         except OSError:
