@@ -100,8 +100,8 @@ def addr(text):
     return host, int(port)
 
 
-def new_heap(epoch=None):
-    heap = tha.Heap(tha.Schema(CDEF), capacity=CAPACITY, tracking="auto")
+def new_heap(epoch=None, capacity=CAPACITY):
+    heap = tha.Heap(tha.Schema(CDEF), capacity=capacity, tracking="auto")
     with heap._lock:
         t = heap.new("struct table")
         heap.touch(t)
