@@ -683,3 +683,38 @@ def test_link_cut_stalled_and_corrupted(tmp_path, secret_file, keyed):
     tally(f"link cut/stall/corrupt ({'hmac' if keyed else 'no secret'})", runs,
           len(violations))
     assert not violations, violations[:10]
+
+
+def test_a_corrupted_message_after_the_handshake_is_a_link_fault(secret_file):
+    """A bit flipped in an ACK on the way to the active (after both ends
+    proved the secret) closes that connection: a failing link, which the
+    active reconnects and resumes at once. It is not a definite refusal:
+    sync() must not raise AuthError ("does not know the secret") nor pace
+    the standby's retries as if its secret were wrong."""
+    from tha.replication import AuthError, Standby
+    secret = secret_file.read_bytes()
+    heap = new_heap(capacity=16 << 20)
+    errors, flips = [], 0
+    with Standby(secret=secret) as sb:
+        proxy = LinkProxy("a->sb", random.Random(4))
+        proxy.set_upstream(sb.address)
+        try:
+            with Active(heap, [proxy.address], secret=secret, timeout=5) as act:
+                act.sync(ack="applied")
+                for i in range(12):
+                    proxy.corrupt(1.0, ways=("down",), count=1)   # the next ACK
+                    write_op(heap, i + 1, False)
+                    try:
+                        act.sync(ack="applied")
+                    except AuthError as e:
+                        errors.append(str(e))
+                    except SyncTimeout:
+                        pass
+                    flips = proxy.flipped
+                proxy.heal()
+                r = act.sync(ack="applied", timeout=10)
+                assert sb.wait_for(r.seq) and sb.heap.dump() == heap.dump()
+        finally:
+            proxy.close()
+    assert flips >= 12
+    assert not errors, errors[:3]

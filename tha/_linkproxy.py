@@ -10,7 +10,8 @@ drops each connection after a random number of bytes (log-uniform in
 wait in the proxy, the connections stay open) until ``heal()``, which
 forwards what waited; ``corrupt(rate)`` flips one random bit in each
 forwarded chunk with probability ``rate`` until ``heal()`` (``flipped``
-counts them). Everything stays on 127.0.0.1.
+counts them; ``ways`` and ``count`` limit it to one direction and a number
+of flips). Everything stays on 127.0.0.1.
 """
 
 import random
@@ -26,6 +27,8 @@ class LinkProxy:
         self.is_cut = False
         self.flaky_max = None
         self.corrupt_rate = 0.0
+        self.corrupt_ways = ("up", "down")
+        self.corrupt_left = None      # flips left before corrupting stops (None: no limit)
         self.flipped = 0              # bits flipped so far
         self.flowing = threading.Event()  # clear: stalled, forwarding waits
         self.flowing.set()
@@ -70,11 +73,11 @@ class LinkProxy:
             if refuse:
                 self._kill(link)
                 continue
-            for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(link, src, dst),
+            for src, dst, way in ((a, b, "up"), (b, a, "down")):
+                threading.Thread(target=self._pump, args=(link, src, dst, way),
                                  daemon=True).start()
 
-    def _pump(self, link, src, dst) -> None:
+    def _pump(self, link, src, dst, way) -> None:
         try:
             while True:
                 data = src.recv(65536)
@@ -91,11 +94,15 @@ class LinkProxy:
                         data = data[:link["left"]]
                         link["left"] -= len(data)
                         cut = link["left"] == 0
-                    if self.corrupt_rate and self.rng.random() < self.corrupt_rate:
+                    if (self.corrupt_rate and way in self.corrupt_ways
+                            and self.corrupt_left != 0
+                            and self.rng.random() < self.corrupt_rate):
                         buf = bytearray(data)
                         buf[self.rng.randrange(len(buf))] ^= 1 << self.rng.randrange(8)
                         data = bytes(buf)
                         self.flipped += 1
+                        if self.corrupt_left is not None:
+                            self.corrupt_left -= 1
                 dst.sendall(data)
                 if cut:
                     break
@@ -139,9 +146,14 @@ class LinkProxy:
     def stall(self) -> None:
         self.flowing.clear()
 
-    def corrupt(self, rate: float) -> None:
+    def corrupt(self, rate: float, ways=("up", "down"), count=None) -> None:
+        """Flips a bit in a chunk with probability ``rate``, in the
+        directions ``ways`` ("up": towards the upstream, "down": back), at
+        most ``count`` times (None: until heal())."""
         with self.lock:
             self.corrupt_rate = rate
+            self.corrupt_ways = tuple(ways)
+            self.corrupt_left = count
 
     def heal(self) -> None:
         with self.lock:
