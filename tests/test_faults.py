@@ -14,6 +14,7 @@ The disk is a real small filesystem: a 2 MiB tmpfs mounted for the test
 the number of kill -9 runs (default 1).
 """
 
+import collections
 import os
 import queue
 import random
@@ -606,11 +607,19 @@ def test_link_cut_stalled_and_corrupted(tmp_path, secret_file, keyed):
     real = set()
     act = Active(heap, [proxy.address], secret=secret, ack="applied", timeout=2,
                  heartbeat=0.1, peer_timeout=1.0)
-    stop = threading.Event()
+    stop, go, idle = threading.Event(), threading.Event(), threading.Event()
+    go.set()
     op = [0]
+    with heap._lock:
+        real.add(digest_of(heap.dump()))
 
     def writer():
         while not stop.is_set():
+            if not go.is_set():
+                idle.set()
+                time.sleep(0.01)
+                continue
+            idle.clear()
             op[0] += 1
             write_op(heap, op[0], False)
             with heap._lock:
@@ -619,6 +628,8 @@ def test_link_cut_stalled_and_corrupted(tmp_path, secret_file, keyed):
                 act.sync(ack="none" if op[0] % 3 else "applied", timeout=1)
             except SyncTimeout:
                 pass
+            except tha.Error as e:           # anything else is a finding
+                violations.append(f"sync() raised {type(e).__name__}: {e}")
             time.sleep(0.002)
 
     violations, seen = [], set()
@@ -636,12 +647,16 @@ def test_link_cut_stalled_and_corrupted(tmp_path, secret_file, keyed):
         seen.add(st["digest"])
 
     def converge(why):
+        go.clear()
+        if t.is_alive():
+            idle.wait(10)
         r = act.sync(ack="none")
         ok = wait_until(lambda: (lambda s: s["digest"] == digest(heap)
                                  and s["applied_seq"] == r.seq)(node.ask("status")),
                         timeout=30, step=0.1)
         if not ok:
             violations.append(f"after {why}: the standby did not converge")
+        go.set()
 
     t = threading.Thread(target=writer, daemon=True)
     runs = 0
@@ -675,13 +690,17 @@ def test_link_cut_stalled_and_corrupted(tmp_path, secret_file, keyed):
         if keyed:
             assert "MAC" in err or "garbage" in err or "checksum" in err.lower(), err[-3000:]
         assert "Traceback" not in err, err[-3000:]
+        reasons = collections.Counter(
+            m.group(1) for m in re.finditer(r"(fails its MAC|garbage from the peer|"
+                                            r"checksum[^;:\n]*|refused[^:\n]*)", err))
     finally:
         stop.set()
         act.close()
         proxy.close()
         node.proc.close()
     tally(f"link cut/stall/corrupt ({'hmac' if keyed else 'no secret'})", runs,
-          len(violations))
+          len(violations), f"{proxy.flipped} bits flipped, {proxy.accepted} connections; "
+          f"the standby said: {dict(reasons.most_common(4))}")
     assert not violations, violations[:10]
 
 
