@@ -1175,7 +1175,12 @@ class Active(_Node):
             self.fenced_by = conn.peer
             log.error("active: fenced by %s: %s", conn.peer, msg)
         elif t in (lib.THA_EV_REFUSED, lib.THA_EV_ERROR) and ev.code in _DEFINITE \
-                and peer is not None:
+                and peer is not None and not (t == lib.THA_EV_ERROR
+                                              and getattr(conn, "ready", False)):
+            # (A message that fails its MAC *after* both ends proved the
+            # secret is a changed byte on the way, a failing link: it falls
+            # through to the link error below and the connection is retried
+            # at once, not paced and raised as a wrong secret.)
             conn.last_error = msg
             self._refused(peer, _DEFINITE[ev.code], msg,
                           proven=t == lib.THA_EV_REFUSED and bool(ev.a))

@@ -1,11 +1,17 @@
-"""A loopback TCP proxy for one directed link between two cluster nodes.
+"""A loopback TCP proxy for one directed link between two nodes, for the
+soak command (tha/soak.py) and the fault tests.
 
-The test controls it: ``cut()`` drops the connections it carries and
+The caller controls it: ``cut()`` drops the connections it carries and
 refuses new ones (accepted, then closed at once) until ``heal()``;
 ``set_upstream()`` points it at another listening port (a node restarted,
 or an imposter) and drops the current connections; ``flaky(max_bytes)``
 drops each connection after a random number of bytes (log-uniform in
-[1, max_bytes)) until ``heal()``. Everything stays on 127.0.0.1.
+[1, max_bytes)) until ``heal()``; ``stall()`` stops forwarding (bytes
+wait in the proxy, the connections stay open) until ``heal()``, which
+forwards what waited; ``corrupt(rate)`` flips one random bit in each
+forwarded chunk with probability ``rate`` until ``heal()`` (``flipped``
+counts them; ``ways`` and ``count`` limit it to one direction and a number
+of flips). Everything stays on 127.0.0.1.
 """
 
 import random
@@ -20,6 +26,12 @@ class LinkProxy:
         self.upstream = None          # (host, port) or None: refuse
         self.is_cut = False
         self.flaky_max = None
+        self.corrupt_rate = 0.0
+        self.corrupt_ways = ("up", "down")
+        self.corrupt_left = None      # flips left before corrupting stops (None: no limit)
+        self.flipped = 0              # bits flipped so far
+        self.flowing = threading.Event()  # clear: stalled, forwarding waits
+        self.flowing.set()
         self.lock = threading.Lock()
         self.links: list = []
         self.server = socket.create_server(("127.0.0.1", 0))
@@ -61,16 +73,19 @@ class LinkProxy:
             if refuse:
                 self._kill(link)
                 continue
-            for src, dst in ((a, b), (b, a)):
-                threading.Thread(target=self._pump, args=(link, src, dst),
+            for src, dst, way in ((a, b, "up"), (b, a, "down")):
+                threading.Thread(target=self._pump, args=(link, src, dst, way),
                                  daemon=True).start()
 
-    def _pump(self, link, src, dst) -> None:
+    def _pump(self, link, src, dst, way) -> None:
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
+                while not self.flowing.wait(0.05):  # stalled: hold the bytes
+                    if link["dead"] or self.closed:
+                        return
                 with self.lock:
                     if link["dead"]:
                         return
@@ -79,6 +94,15 @@ class LinkProxy:
                         data = data[:link["left"]]
                         link["left"] -= len(data)
                         cut = link["left"] == 0
+                    if (self.corrupt_rate and way in self.corrupt_ways
+                            and self.corrupt_left != 0
+                            and self.rng.random() < self.corrupt_rate):
+                        buf = bytearray(data)
+                        buf[self.rng.randrange(len(buf))] ^= 1 << self.rng.randrange(8)
+                        data = bytes(buf)
+                        self.flipped += 1
+                        if self.corrupt_left is not None:
+                            self.corrupt_left -= 1
                 dst.sendall(data)
                 if cut:
                     break
@@ -119,13 +143,28 @@ class LinkProxy:
             self.flaky_max = max_bytes
         self._drop_all()  # the current connections start over with a budget
 
+    def stall(self) -> None:
+        self.flowing.clear()
+
+    def corrupt(self, rate: float, ways=("up", "down"), count=None) -> None:
+        """Flips a bit in a chunk with probability ``rate``, in the
+        directions ``ways`` ("up": towards the upstream, "down": back), at
+        most ``count`` times (None: until heal())."""
+        with self.lock:
+            self.corrupt_rate = rate
+            self.corrupt_ways = tuple(ways)
+            self.corrupt_left = count
+
     def heal(self) -> None:
         with self.lock:
             self.is_cut = False
             self.flaky_max = None
+            self.corrupt_rate = 0.0
+        self.flowing.set()
 
     def close(self) -> None:
         self.closed = True
+        self.flowing.set()
         try:  # wakes the accept thread; close() alone leaves it blocked
             self.server.shutdown(socket.SHUT_RDWR)
         except OSError:
