@@ -330,6 +330,91 @@ def test_kill_during_checkpoint_leaves_old_or_new(tmp_path):
         except OSError:
             pass
         proc.wait(timeout=10)
-    # temp files of killed runs stay behind; the checkpoint itself is whole
-    assert all(p.name.startswith("state.tha") or p.suffix == ".pickle"
-               for p in tmp_path.iterdir())
+    # temp files of killed runs were removed by the load after each kill
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A.pickle", "B.pickle",
+                                                          "state.tha"]
+
+
+def _temps(d):
+    return sorted(p.name for p in d.iterdir() if ".tmp-" in p.name)
+
+
+def test_killed_checkpoint_temps_are_removed_but_not_live_ones(tmp_path):
+    """kill -9 mid-checkpoint leaves a full-size path.tmp-XXXXXX behind; the
+    next load (or checkpoint) of that path removes it. A temp a live process
+    is still writing (stopped mid-way with SIGSTOP) is left alone, and that
+    process then completes its checkpoint."""
+    proc = subprocess.Popen([sys.executable, str(HELPERS / "ckpt_zygote.py")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=str(HELPERS.parent))
+
+    def ask(line):
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().split()
+
+    def catch_mid_checkpoint(sig):
+        """Runs checkpoints in a child until sig reaches one while its temp
+        file exists (polled); returns the child's pid or None."""
+        for _ in range(200):
+            _, pid = ask(f"run {path} B")
+            pid, hit = int(pid), False
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                if _temps(tmp_path):
+                    os.kill(pid, sig)
+                    hit = True
+                    break
+                if os.path.exists(f"/proc/{pid}") is False:
+                    break
+                with open(f"/proc/{pid}/stat") as f:
+                    if f.read().split(")")[-1].split()[0] == "Z":
+                        break
+            if hit and _temps(tmp_path):
+                return pid
+            if sig == signal.SIGSTOP and hit:
+                os.kill(pid, signal.SIGCONT)
+            ask("reap")
+        return None
+
+    try:
+        path = tmp_path / "state.tha"
+        ask(f"run {path} A")
+        assert ask("reap") == ["status", "0"]
+        # killed mid-way: its temp stays behind, locked by nobody
+        pid = catch_mid_checkpoint(signal.SIGKILL)
+        assert pid is not None, "never caught a checkpoint with its temp file"
+        _, status = ask("reap")
+        assert os.WIFSIGNALED(int(status))
+        left = _temps(tmp_path)
+        assert left and (tmp_path / left[0]).stat().st_size > 0
+        tha.Heap.load(path)  # the next load removes it
+        assert _temps(tmp_path) == []
+        # again, removed by the next checkpoint this time
+        pid = catch_mid_checkpoint(signal.SIGKILL)
+        assert pid is not None
+        ask("reap")
+        assert _temps(tmp_path)
+        heap = tha.Heap.load(path)
+        heap.checkpoint(path)
+        assert _temps(tmp_path) == []
+        # a live writer (stopped, holding its lock) keeps its temp
+        pid = catch_mid_checkpoint(signal.SIGSTOP)
+        assert pid is not None
+        live = _temps(tmp_path)
+        assert live
+        tha.Heap.load(path)
+        heap.checkpoint(path)
+        assert _temps(tmp_path) == live
+        os.kill(pid, signal.SIGCONT)
+        _, status = ask("reap")
+        assert int(status) == 0  # its rename still worked
+        assert _temps(tmp_path) == []
+        tha.Heap.load(path, check=True)
+    finally:
+        try:
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+        except OSError:
+            pass
+        proc.wait(timeout=10)

@@ -21,9 +21,15 @@ static int check_object(tha_heap_t *h, uint64_t payload, const tha__type_t *t,
     for (uint64_t w = payload / 8; w < (payload + bytes + 7) / 8; w++) {
         if (!(h->ptrmap[w / 8] & (1u << (w % 8)))) continue;
         uint64_t rel = (w * 8 - payload) % t->size;
-        bool is_slot = false;
-        for (uint32_t s = 0; s < t->nslots && !is_slot; s++)
-            is_slot = t->slots[s].offset == rel;
+        /* slots are sorted by offset: binary search (a type may have
+         * millions, THA_SCHEMA_MAX_SLOTS) */
+        uint32_t lo = 0, hi = t->nslots;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            if (t->slots[mid].offset < rel) lo = mid + 1;
+            else hi = mid;
+        }
+        bool is_slot = lo < t->nslots && t->slots[lo].offset == rel;
         if (!is_slot)
             BAD("%s at 0x%llx: word at +0x%llx marked as a pointer", t->name,
                 (ull)payload, (ull)(w * 8 - payload));
