@@ -928,6 +928,24 @@ static int build_slots(tha_schema_t *s, tha__type_t *t, uint64_t *budget) {
     }
     THA_ASSERT(m == n);
     t->nslots = m;
+    /* The pointer map is a bit per aligned 8-byte word: every slot of every
+     * element must be one. Fields were checked; nested elements and the
+     * elements of an allocation of count are aligned if the sizes are. */
+    for (uint32_t i = 0; i < m; i++)
+        if (t->slots[i].offset % 8 != 0) {
+            char where[160];
+            tha__schema_describe(s, t->id, t->slots[i].offset, where, sizeof where);
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s: pointer at offset %u is not 8-byte aligned (a "
+                             "nested struct at an odd offset? packed struct?)", where,
+                             t->slots[i].offset);
+        }
+    if (t->size % 8 != 0)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s: holds pointers but its size %llu is not a multiple of "
+                         "8, so the pointers of its array elements would be "
+                         "misaligned (packed struct?)", k, t->name,
+                         (unsigned long long)t->size);
     int sorted = 1;
     for (uint32_t i = 1; i < m && sorted; i++)
         sorted = t->slots[i].offset > t->slots[i - 1].offset;

@@ -298,6 +298,34 @@ static void test_type_larger_than_capacity_in_frame(void) {
     tha_schema_release(s);
 }
 
+/* Found by fuzz_schema: pointer slots that land off the 8-byte words of the
+ * pointer map (a nested struct at offset 4, a size not a multiple of 8 so
+ * array elements shift) were accepted and the pointer map disagreed with
+ * the relocation table (tha_heap_check failed on a fresh object). */
+static void test_misaligned_nested_slots(void) {
+    tha_schema_t *s;
+    uint32_t pt, outer;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(tha_schema_add_struct(s, "pt", 8, 8, 0, &pt));
+    tha_field_t p = {.name = "p", .kind = THA_K_PTR, .target = "pt"};
+    CHECK_OK(tha_schema_add_field(s, pt, &p));
+    CHECK_OK(tha_schema_add_struct(s, "outer", 12, 4, 0, &outer));
+    tha_field_t in = {.name = "in", .offset = 4, .kind = THA_K_STRUCT, .target = "pt"};
+    CHECK_OK(tha_schema_add_field(s, outer, &in));
+    CHECK_RC(tha_schema_seal(s), THA_ESCHEMA);
+    CHECK_CONTAINS(tha_schema_errmsg(s), "struct outer field in.p");
+    CHECK_CONTAINS(tha_schema_errmsg(s), "not 8-byte aligned");
+    tha_schema_release(s);
+    /* a pointer at 0 of a 12-byte struct: element 1's is at 12 */
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(tha_schema_add_struct(s, "odd", 12, 4, 0, &outer));
+    tha_field_t q = {.name = "q", .kind = THA_K_PTR, .target = "odd"};
+    CHECK_OK(tha_schema_add_field(s, outer, &q));
+    CHECK_RC(tha_schema_seal(s), THA_ESCHEMA);
+    CHECK_CONTAINS(tha_schema_errmsg(s), "struct odd: holds pointers but its size 12");
+    tha_schema_release(s);
+}
+
 /* ---- 6: stale temp files ------------------------------------------------ */
 
 static void touch_file(const char *path) {
@@ -396,6 +424,7 @@ int main(int argc, char **argv) {
     RUN_IF(test_nested_arrays_blob);
     RUN_IF(test_big_legit_struct);
     RUN_IF(test_type_larger_than_capacity_in_frame);
+    RUN_IF(test_misaligned_nested_slots);
     RUN_IF(test_stale_temps);
     return CHECK_DONE();
 }
