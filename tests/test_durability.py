@@ -330,6 +330,95 @@ def test_kill_during_checkpoint_leaves_old_or_new(tmp_path):
         except OSError:
             pass
         proc.wait(timeout=10)
-    # temp files of killed runs stay behind; the checkpoint itself is whole
-    assert all(p.name.startswith("state.tha") or p.suffix == ".pickle"
-               for p in tmp_path.iterdir())
+    # temp files of killed runs were removed by the load after each kill
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["A.pickle", "B.pickle",
+                                                          "state.tha"]
+
+
+def _temps(d):
+    return sorted(p.name for p in d.iterdir() if ".tmp-" in p.name)
+
+
+def test_killed_checkpoint_temps_are_removed_but_not_live_ones(tmp_path):
+    """kill -9 mid-checkpoint leaves a full-size path.tmp-XXXXXX behind; the
+    next load (or checkpoint) of that path removes it. A temp a live process
+    is still writing (stopped mid-way with SIGSTOP) is left alone, and that
+    process then completes its checkpoint."""
+    proc = subprocess.Popen([sys.executable, str(HELPERS / "ckpt_zygote.py")],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            cwd=str(HELPERS.parent))
+
+    def ask(line):
+        proc.stdin.write(line + "\n")
+        proc.stdin.flush()
+        return proc.stdout.readline().split()
+
+    def state(pid):
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0]
+
+    def catch_mid_checkpoint(sig):
+        """Runs checkpoints in a child until sig reaches one while its temp
+        file exists (polled): SIGKILL returns once the child is reaped with
+        its temp left behind, SIGSTOP once it is stopped holding one (its
+        pid, for SIGCONT). None if never caught."""
+        for _ in range(200):
+            _, pid = ask(f"run {path} B")
+            pid, hit = int(pid), False
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline and state(pid) not in "ZX":
+                if _temps(tmp_path):
+                    os.kill(pid, sig)
+                    hit = True
+                    break
+            if sig == signal.SIGKILL:
+                _, status = ask("reap")
+                if hit and os.WIFSIGNALED(int(status)) and _temps(tmp_path):
+                    return pid
+                continue
+            if hit:
+                while state(pid) not in "TZX":
+                    time.sleep(0.001)
+                if state(pid) == "T" and _temps(tmp_path):
+                    return pid
+                os.kill(pid, signal.SIGCONT)
+            ask("reap")
+        return None
+
+    try:
+        path = tmp_path / "state.tha"
+        ask(f"run {path} A")
+        assert ask("reap") == ["status", "0"]
+        # killed mid-way: its temp stays behind, locked by nobody
+        pid = catch_mid_checkpoint(signal.SIGKILL)
+        assert pid is not None, "never caught a checkpoint with its temp file"
+        assert _temps(tmp_path)  # (empty if killed right after creating it)
+        tha.Heap.load(path)  # the next load removes it
+        assert _temps(tmp_path) == []
+        # again, removed by the next checkpoint this time
+        pid = catch_mid_checkpoint(signal.SIGKILL)
+        assert pid is not None
+        assert _temps(tmp_path)
+        heap = tha.Heap.load(path)
+        heap.checkpoint(path)
+        assert _temps(tmp_path) == []
+        # a live writer (stopped, holding its lock) keeps its temp
+        pid = catch_mid_checkpoint(signal.SIGSTOP)
+        assert pid is not None
+        live = _temps(tmp_path)
+        assert live
+        tha.Heap.load(path)
+        heap.checkpoint(path)
+        assert _temps(tmp_path) == live
+        os.kill(pid, signal.SIGCONT)
+        _, status = ask("reap")
+        assert int(status) == 0  # its rename still worked
+        assert _temps(tmp_path) == []
+        tha.Heap.load(path, check=True)
+    finally:
+        try:
+            proc.stdin.write("quit\n")
+            proc.stdin.flush()
+        except OSError:
+            pass
+        proc.wait(timeout=10)

@@ -39,7 +39,7 @@ def built():
 
 
 def test_every_target_has_a_seed_corpus():
-    assert {"fuzz_frame", "fuzz_bulk", "fuzz_load"} <= set(TARGETS)
+    assert {"fuzz_frame", "fuzz_bulk", "fuzz_load", "fuzz_schema", "fuzz_session"} <= set(TARGETS)
     for t in TARGETS:
         assert glob.glob(os.path.join(CSRC, "fuzz", "corpus", t, "*")), t
 

@@ -43,7 +43,10 @@ class Heap:
         self.schema = schema
         self._lock = threading.RLock()  # replication drivers re-enter it
         out = _cffi.new("tha_heap_t **")
-        check(lib.tha_heap_create(out, schema._c, capacity, _TRACKING[tracking]))
+        rc = lib.tha_heap_create(out, schema._c, capacity, _TRACKING[tracking])
+        # ESCHEMA: a type larger than the capacity, named by the schema
+        check(rc, (lambda: lib.tha_schema_errmsg(schema._c))
+              if rc == lib.THA_ESCHEMA else None)
         self._h = _cffi.gc(out[0], lib.tha_heap_destroy)
         self._base = int(_cffi.cast("uintptr_t", lib.tha_heap_base(self._h)))
         self.roots = Roots(self)

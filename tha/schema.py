@@ -9,6 +9,8 @@ a process with no application code still gets typed cdata.
 
 from __future__ import annotations
 
+import re
+
 import cffi
 
 from ._ffi import ffi as _cffi, lib
@@ -89,8 +91,13 @@ class Schema:
         self.ffi = cffi.FFI()
         try:
             self.ffi.cdef(cdef)
+            self._warm(cdef)
         except cffi.CDefError as e:
             raise SchemaError(f"cannot parse declarations: {e}") from None
+        except RecursionError:
+            raise SchemaError("structs nested too deeply by value for cffi: "
+                              "define each struct after the ones it holds "
+                              "by value") from None
         self._type_ids: dict = {}     # cffi ctype -> tha type id
         self._by_id: dict = {}        # tha type id -> cffi ctype
         self._funcs: dict = {}        # function address -> name
@@ -103,6 +110,19 @@ class Schema:
             self._check_regenerated()
         for name, fn in (functions or {}).items() if _c is not None else ():
             self.bind(name, fn)
+
+    def _warm(self, cdef: str) -> None:
+        """Lays out every struct and union in the order the declarations
+        define them. cffi builds a type's layout recursively through the
+        types it holds by value; done innermost first (the order C requires,
+        and the order _cdef_from_c writes) each step finds its members laid
+        out already, so a schema nested 60,000 deep (from a peer, a snapshot
+        or a file) costs no deep recursion."""
+        for m in re.finditer(r"\b(struct|union)\s+([A-Za-z_$][\w$]*)\s*\{", cdef):
+            try:
+                self.ffi.sizeof(f"{m[1]} {m[2]}")
+            except (cffi.FFIError, cffi.CDefError, ValueError, TypeError):
+                pass  # refused (or reported) where it is registered
 
     # -- building the C schema ------------------------------------------------
 

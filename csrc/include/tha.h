@@ -120,6 +120,41 @@ enum tha_kind {
 #define THA_MAX_DIMS 4
 #define THA_NAME_MAX 64 /* type, field and function names, with the NUL */
 
+/* What a schema may cost. A schema arrives from peers (the handshake's
+ * SCHEMA), snapshots and checkpoint files as well as from registration, and
+ * sealing it builds one relocation table per type: every pointer slot of
+ * one element, nested structs and arrays flattened, 8 bytes an entry. A
+ * few bytes of schema ("void *p[1 << 27]", or arrays of structs of arrays)
+ * could otherwise ask for gigabytes of tables and seconds of work before a
+ * single object exists. So:
+ *
+ *  - THA_SCHEMA_MAX_SLOTS: the pointer slots of all types together, at most
+ *    4 Mi entries (32 MiB of tables, well under a second to build). That
+ *    is, for instance, one struct holding 4 million pointers inline (a
+ *    32 MiB struct). Large pointer tables belong in an allocation of count
+ *    elements (tha_heap_alloc(h, slot_type, 1 << 24, &p)): count costs no
+ *    table entries. Sealing (and so deserializing) refuses a schema over
+ *    the limit with THA_ESCHEMA naming the struct and field that crossed it,
+ *    before building any table.
+ *  - THA_MAX_USER_TYPES types, THA_MAX_FIELDS fields per type and
+ *    THA_MAX_FUNCS functions; a serialized schema must also hold at least
+ *    the minimum encoding of every type and field it announces.
+ *  - Sizes: a type is at most 4 GiB - 1 (UINT32_MAX bytes, checked with its
+ *    array dimensions multiplied out), and no larger than the capacity of
+ *    the heap it backs: tha_heap_create refuses a schema holding a type
+ *    larger than the heap (no element of it could ever be allocated), and
+ *    a schema that comes with a heap image (snapshot, checkpoint, the
+ *    active's handshake) is refused, naming the type, when one of its types
+ *    exceeds the capacity that image declares.
+ *  - Nesting depth is not limited: sealing walks nested structs with a
+ *    stack of its own (60,000 levels seal like one).
+ * Registering and deserializing cost O(types + fields + slots) time and
+ * memory (names are hashed, not scanned). */
+#define THA_SCHEMA_MAX_SLOTS (1u << 22)
+#define THA_MAX_USER_TYPES (1u << 16)
+#define THA_MAX_FIELDS (1u << 16)
+#define THA_MAX_FUNCS (1u << 16)
+
 /* One field as registered. Strings are copied. */
 typedef struct tha_field {
     const char *name;
@@ -256,7 +291,9 @@ enum tha_tracking {
 };
 
 /* Reserves capacity bytes (rounded up to 64 KiB) of address space and
- * commits them as the heap grows. The heap keeps a reference to schema. */
+ * commits them as the heap grows. The heap keeps a reference to schema.
+ * THA_ESCHEMA if a type of schema is larger than the capacity (the type is
+ * named in tha_schema_errmsg(schema)). */
 THA_API int tha_heap_create(tha_heap_t **out, tha_schema_t *schema,
                             size_t capacity, int tracking);
 /* Unmaps the region: every pointer into it dies. NULL is ignored. */
@@ -463,7 +500,14 @@ typedef void (*tha_progress_fn)(void *ctx, uint64_t done, uint64_t total);
  * a checksum of everything. Dirty bits and seq are untouched (in diff and
  * wp modes the heap's pending changes are collected into dirty bits, which
  * the next delta carries as before), so replication is not disturbed.
- * progress may be NULL. THA_EFOREIGN as for encode; -errno for I/O. */
+ * progress may be NULL. THA_EFOREIGN as for encode; -errno for I/O.
+ * Temp files: the temp is "path.tmp-XXXXXX" (mkostemp), held under an
+ * exclusive flock(2) by its writer until renamed or unlinked. A writer
+ * killed mid-way leaves one behind; the next tha_heap_checkpoint,
+ * tha_heap_load (of path and of its log), tha_heap_attach_log and
+ * tha_heap_compact (of the log) beside it delete those of path's own naming
+ * whose lock they can take (regular files of this user, not symlinks): a
+ * live writer's temp, stopped or not, is never touched. */
 THA_API int tha_heap_checkpoint(tha_heap_t *h, const char *path,
                                 tha_progress_fn progress, void *ctx);
 

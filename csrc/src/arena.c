@@ -66,6 +66,10 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
     *out = NULL;
     uint64_t cap = tha__align_up(capacity ? capacity : (64u << 20), THA__GRANULE);
     if (cap < (1u << 20) || cap > (1ull << 44)) return THA_EINVAL;
+    /* a type larger than the heap could never be allocated (detail in the
+     * schema's errmsg) */
+    int fit = tha__schema_fits(schema, cap, schema->err, sizeof schema->err);
+    if (fit) return fit;
     tha_heap_t *h = calloc(1, sizeof *h);
     if (!h) return THA_ENOMEM;
     h->capacity = cap;

@@ -9,12 +9,15 @@
  */
 #include "tha_internal.h"
 
+#include <ctype.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
@@ -172,11 +175,82 @@ static int sync_dir(const char *path) {
     return rc;
 }
 
-/* A temp file beside path ("path.tmp-XXXXXX"); its name goes to tmp. */
+/* Temp files. A checkpoint (or a compaction's new log) is written to a temp
+ * file beside its target, "path.tmp-XXXXXX", and renamed over it. A writer
+ * killed mid-way (kill -9, OOM killer, power cut) leaves its temp behind, as
+ * large as the image. So every writer holds an exclusive flock on its temp
+ * file from creation until the rename or unlink (the lock dies with the
+ * process), and remove_stale_temps, run by the next checkpoint, compact,
+ * attach_log and load of the same path, deletes the temps of that path's
+ * naming whose lock it can take: nobody is writing them. Only names
+ * make_temp makes, only beside that path, only regular files of this user,
+ * never through a symlink. */
+
+/* A temp file beside path ("path.tmp-XXXXXX"), created and locked; its name
+ * goes to tmp. */
 static int make_temp(const char *path, char *tmp, size_t cap) {
-    if ((size_t)snprintf(tmp, cap, "%s.tmp-XXXXXX", path) >= cap) return -ENAMETOOLONG;
-    int fd = mkostemp(tmp, O_CLOEXEC);
-    return fd < 0 ? -errno : fd;
+    for (int tries = 0; tries < 16; tries++) {
+        if ((size_t)snprintf(tmp, cap, "%s.tmp-XXXXXX", path) >= cap) return -ENAMETOOLONG;
+        int fd = mkostemp(tmp, O_CLOEXEC);
+        if (fd < 0) return -errno;
+        /* A cleaner may have found the file before the lock was taken (it
+         * holds the lock, or already unlinked it): take another name. */
+        struct stat st;
+        if (flock(fd, LOCK_EX | LOCK_NB) == 0 && fstat(fd, &st) == 0 && st.st_nlink > 0)
+            return fd;
+        close(fd);
+    }
+    return -EAGAIN;
+}
+
+/* name is "<base>.tmp-" and mkostemp's six letters or digits. */
+static int our_temp_name(const char *name, const char *base, size_t blen) {
+    if (strncmp(name, base, blen) != 0 || strncmp(name + blen, ".tmp-", 5) != 0) return 0;
+    const char *x = name + blen + 5;
+    for (int i = 0; i < 6; i++)
+        if (!isalnum((unsigned char)x[i])) return 0;
+    return x[6] == 0;
+}
+
+/* Deletes the abandoned temp files of path (see above); best effort, errors
+ * (a read-only directory, a file of another user) leave files alone.
+ * Returns how many were removed. */
+static int remove_stale_temps(const char *path) {
+    char dir[PATH_MAX];
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    if (!slash) {
+        strcpy(dir, ".");
+    } else {
+        size_t n = slash == path ? 1 : (size_t)(slash - path);
+        if (n >= sizeof dir) return 0;
+        memcpy(dir, path, n);
+        dir[n] = 0;
+    }
+    size_t blen = strlen(base);
+    if (blen == 0 || blen + 12 > NAME_MAX) return 0;
+    DIR *d = opendir(dir);
+    if (!d) return 0;
+    int dfd = dirfd(d), removed = 0;
+    uid_t me = geteuid();
+    struct dirent *e;
+    while ((e = readdir(d))) {
+        if (!our_temp_name(e->d_name, base, blen)) continue;
+        int fd = openat(dfd, e->d_name, O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC |
+                                            O_NOCTTY);
+        if (fd < 0) continue; /* a symlink (ELOOP), gone, or not ours to read */
+        struct stat st, now;
+        if (fstat(fd, &st) == 0 && S_ISREG(st.st_mode) && st.st_uid == me &&
+            flock(fd, LOCK_EX | LOCK_NB) == 0 &&
+            /* still that file under that name */
+            fstatat(dfd, e->d_name, &now, AT_SYMLINK_NOFOLLOW) == 0 &&
+            now.st_dev == st.st_dev && now.st_ino == st.st_ino &&
+            unlinkat(dfd, e->d_name, 0) == 0)
+            removed++;
+        close(fd); /* drops the lock */
+    }
+    closedir(d);
+    return removed;
 }
 
 /* A frame header read from a file: magic, header checksum, version, sizes.
@@ -305,6 +379,7 @@ int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progres
     /* two segment buffers: one encoded while the other is written */
     uint8_t *buf = malloc(2 * bufcap);
     if (!buf) return tha__hfail(h, THA_ENOMEM, "checkpoint: no memory for a segment");
+    remove_stale_temps(path);
     char tmp[PATH_MAX];
     int fd = make_temp(path, tmp, sizeof tmp);
     writer_t W;
@@ -398,13 +473,14 @@ int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progres
         rc = -errno;
         goto fail;
     }
-    close(fd);
-    fd = -1;
+    /* renamed while still open: its lock keeps cleaners off it until then */
     what = "rename";
     if (rename(tmp, path)) {
         rc = -errno;
         goto fail;
     }
+    close(fd);
+    fd = -1;
     free(buf);
     /* The new file is in place; a failed directory fsync only means the
      * rename might not survive a power cut. Reported, file kept. */
@@ -421,8 +497,8 @@ fail:
         pthread_mutex_unlock(&W.mu);
         writer_finish(&W, wt);
     }
+    unlink(tmp); /* before the close: still ours */
     if (fd >= 0) close(fd);
-    unlink(tmp);
     free(buf);
     if (strcmp(what, "encode") == 0) return rc; /* h->err names the pointer */
     return tha__hfail(h, rc, "checkpoint %s: %s failed: %s", path, what,
@@ -503,7 +579,8 @@ static int read_ckpt_schema(int fd, const char *path, const ckpt_hdr_t *hd,
                        "mismatch", path);
     else {
         char why[200];
-        rc = tha_schema_deserialize(sb, hd->schema_len, out, why, sizeof why);
+        rc = tha__schema_deserialize(sb, hd->schema_len, hd->capacity, out, why,
+                                     sizeof why);
         if (rc) tha__fail(msg, cap, rc, "checkpoint %s: schema: %s", path, why);
         else if (tha_schema_fingerprint(*out) != hd->fingerprint) {
             tha_schema_release(*out);
@@ -1001,6 +1078,9 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
     const size_t mcap = sizeof rep->msg;
     if (!out || !path) return tha__fail(msg, mcap, THA_EINVAL, "invalid argument");
     *out = NULL;
+    /* what checkpoints and compactions killed mid-way left (see make_temp) */
+    remove_stale_temps(path);
+    if (opt->log) remove_stale_temps(opt->log);
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return tha__fail(msg, mcap, -errno, "checkpoint %s: %s", path,
                                  strerror(errno));
@@ -1152,6 +1232,7 @@ int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_ms) {
     if (h->log)
         return tha__hfail(h, THA_ESTATE, "attach_log %s: the heap already has a log "
                           "(%s)", path, h->log->path);
+    remove_stale_temps(path); /* a compaction's, killed mid-way */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return tha__hfail(h, -errno, "delta log %s: %s", path, strerror(errno));
     struct stat st;
@@ -1313,6 +1394,7 @@ int tha_heap_compact(tha_heap_t *h, const char *path, tha_progress_fn progress,
     /* The checkpoint holds everything the log did: a new, empty log takes
      * its place atomically. A crash before the rename leaves the old log,
      * whose frames up to this seq replay skips. */
+    remove_stale_temps(L->path);
     char tmp[PATH_MAX];
     int fd = make_temp(L->path, tmp, sizeof tmp);
     if (fd < 0) return tha__hfail(h, fd, "compact: cannot create a new log beside %s: "
@@ -1320,11 +1402,12 @@ int tha_heap_compact(tha_heap_t *h, const char *path, tha_progress_fn progress,
     rc = log_start(h, fd);
     if (!rc && rename(tmp, L->path)) rc = -errno;
     if (rc) {
-        close(fd);
         unlink(tmp);
+        close(fd);
         return tha__hfail(h, rc, "compact: checkpoint %s written, but the log %s could "
                           "not be replaced: %s", path, L->path, tha_strerror(rc));
     }
+    flock(fd, LOCK_UN); /* it is the log now, no longer a temp */
     close(L->fd);
     L->fd = fd;
     L->end = LOG_HDR;

@@ -563,8 +563,8 @@ int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
     if (rc) return rc;
     if (hd.kind != THA_FRAME_SNAPSHOT)
         return tha__fail(msg, msgcap, THA_EINVAL, "only snapshots carry a schema");
-    return tha_schema_deserialize((const uint8_t *)frame + THA_FRAME_HEADER_SIZE,
-                                  hd.schema_len, out, msg, msgcap);
+    return tha__schema_deserialize((const uint8_t *)frame + THA_FRAME_HEADER_SIZE,
+                                   hd.schema_len, hd.capacity, out, msg, msgcap);
 }
 
 /* ---- verify ----------------------------------------------------------- */

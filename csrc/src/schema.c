@@ -12,9 +12,9 @@
 #define SCHEMA_MAGIC 0x53414854u /* "THAS" */
 #define SCHEMA_FORMAT 1u
 #define SIG_MAX 128u                 /* sig buffer, with the NUL */
-#define MAX_USER_TYPES (1u << 16)
-#define MAX_FIELDS (1u << 16)
-#define MAX_FUNCS (1u << 16)
+#define MAX_USER_TYPES THA_MAX_USER_TYPES
+#define MAX_FIELDS THA_MAX_FIELDS
+#define MAX_FUNCS THA_MAX_FUNCS
 
 /* ---- primitives --------------------------------------------------------- */
 
@@ -53,6 +53,8 @@ static const char *prim_name(uint32_t p) {
 }
 
 /* ---- lifetime ----------------------------------------------------------- */
+
+static void hash_rebuild(tha_schema_t *s, uint32_t need);
 
 static int grow_types(tha_schema_t *s, uint32_t need) {
     if (need <= s->types_cap)
@@ -99,6 +101,7 @@ int tha_schema_create(tha_schema_t **out) {
     }
     s->ntypes = THA_T_VOID + 1;
     s->refs = 1;
+    hash_rebuild(s, THA_T_FIRST_USER);
     *out = s;
     return 0;
 }
@@ -111,6 +114,7 @@ static void free_schema(tha_schema_t *s) {
     free(s->types);
     free(s->handles);
     free(s->funcs);
+    free(s->nhash);
     free(s);
 }
 
@@ -134,7 +138,51 @@ const char *tha_schema_errmsg(const tha_schema_t *s) {
 
 /* ---- lookup helpers ----------------------------------------------------- */
 
+/* FNV-1a of a name. */
+static uint32_t name_hash(const char *name) {
+    uint32_t h = 0x811c9dc5u;
+    for (; *name; name++) {
+        h ^= (unsigned char)*name;
+        h *= 0x01000193u;
+    }
+    return h;
+}
+
+static void hash_put(tha_schema_t *s, uint32_t ix) {
+    uint32_t mask = s->nhash_cap - 1;
+    uint32_t i = name_hash(s->types[ix].name) & mask;
+    while (s->nhash[i])
+        i = (i + 1) & mask;
+    s->nhash[i] = ix;
+}
+
+/* (Re)builds the name index for at least need defined types; without
+ * memory for it find_type falls back to a scan. */
+static void hash_rebuild(tha_schema_t *s, uint32_t need) {
+    uint32_t cap = 64;
+    while (cap < 2 * need + 2)
+        cap *= 2;
+    uint32_t *nh = calloc(cap, sizeof *nh);
+    free(s->nhash);
+    s->nhash = nh;
+    s->nhash_cap = nh ? cap : 0;
+    if (!nh)
+        return;
+    for (uint32_t i = 1; i < s->ntypes; i++)
+        if (s->types[i].defined)
+            hash_put(s, i);
+}
+
 static tha__type_t *find_type(const tha_schema_t *s, const char *name) {
+    if (s->nhash) {
+        uint32_t mask = s->nhash_cap - 1;
+        for (uint32_t i = name_hash(name) & mask; s->nhash[i]; i = (i + 1) & mask) {
+            tha__type_t *t = &s->types[s->nhash[i]];
+            if (strcmp(t->name, name) == 0)
+                return t;
+        }
+        return NULL;
+    }
     for (uint32_t i = 1; i < s->ntypes; i++) {
         tha__type_t *t = &s->types[i];
         if (t->defined && strcmp(t->name, name) == 0)
@@ -377,6 +425,10 @@ int tha_schema_add_struct(tha_schema_t *s, const char *name, size_t size,
     t->handle = s->nhandles;
     s->handles[s->nhandles++] = id;
     s->ntypes = id + 1;
+    if (s->nhash && 2 * (size_t)s->ntypes + 2 <= s->nhash_cap)
+        hash_put(s, id);
+    else
+        hash_rebuild(s, s->ntypes);
     if (type_id)
         *type_id = THA_T_HANDLE + t->handle;
     return 0;
@@ -424,7 +476,8 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
     if (rc)
         return rc;
     const char *fname = field->name;
-    for (uint32_t i = 0; i < t->nfields; i++)
+    /* (deserialize checks a whole type's names at once, sorted) */
+    for (uint32_t i = 0; !s->bulk && i < t->nfields; i++)
         if (strcmp(t->fields[i].name, fname) == 0)
             return tha__fail(s->err, sizeof s->err, THA_EINVAL,
                              "%s %s: duplicate field '%s'", kw(t), t->name, fname);
@@ -543,9 +596,13 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
             return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
         t->fields = nfs;
         t->fields_cap = cap;
+        fix_pub(t); /* the strings moved with the array */
     }
-    t->fields[t->nfields++] = nf;
-    fix_pub(t);
+    tha__field_t *to = &t->fields[t->nfields++];
+    *to = nf;
+    to->pub.name = to->name;
+    to->pub.target = to->target;
+    to->pub.sig = to->sig;
     return 0;
 }
 
@@ -726,24 +783,6 @@ static int cmp_slot(const void *a, const void *b) {
     return (x->offset > y->offset) - (x->offset < y->offset);
 }
 
-static int push_slot(tha_schema_t *s, tha__type_t *t, uint32_t *cap,
-                     uint64_t off, uint32_t is_func) {
-    if (t->nslots == *cap) {
-        uint32_t nc = *cap ? *cap * 2 : 8;
-        if (nc < *cap)
-            return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
-        tha__slot_t *ns = realloc(t->slots, (size_t)nc * sizeof *ns);
-        if (!ns)
-            return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
-        t->slots = ns;
-        *cap = nc;
-    }
-    t->slots[t->nslots].offset = (uint32_t)off;
-    t->slots[t->nslots].is_func = is_func;
-    t->nslots++;
-    return 0;
-}
-
 /* Defined types sorted by name, for lookups while sealing. */
 typedef struct name_index {
     tha__type_t **v;
@@ -763,115 +802,222 @@ static tha__type_t *index_find(const name_index_t *ix, const char *name) {
     return hit ? *hit : NULL;
 }
 
-/* Resolves t's fields, sealing nested types first; builds t's slots. */
-static int seal_type(tha_schema_t *s, const name_index_t *ix, tha__type_t *t) {
-    if (t->seal_state == 2)
-        return 0;
-    t->seal_state = 1;
+/* Field f of t before the type it holds by value is sealed: resolves its
+ * target. Sets *descend to a struct type that must be sealed first. */
+static int field_pre(tha_schema_t *s, const name_index_t *ix, tha__type_t *t,
+                     tha__field_t *f, tha__type_t **descend) {
     const char *k = kw(t);
-    int rc;
-    for (uint32_t i = 0; i < t->nfields; i++) {
-        tha__field_t *f = &t->fields[i];
-        uint32_t kind = f->pub.kind;
-        if (kind == THA_K_STRUCT || kind == THA_K_PTR) {
-            tha__type_t *tt = index_find(ix, f->target);
-            if (!tt)
-                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                                 "%s %s field %s: %s unregistered type '%s'", k,
-                                 t->name, f->name,
-                                 kind == THA_K_PTR ? "pointer to" : "contains",
-                                 f->target);
-            f->target_id = tt->id;
-            if (kind == THA_K_STRUCT) {
-                if (tt->is_prim)
-                    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                                     "%s %s field %s: '%s' is a primitive, not a struct (use a scalar field)",
-                                     k, t->name, f->name, tt->name);
-                if (tt->seal_state == 1)
-                    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                                     "%s %s field %s: contains %s %s by value",
-                                     k, t->name, f->name, kw(tt), tt->name);
-                rc = seal_type(s, ix, tt);
-                if (rc)
-                    return rc;
-                /* seal_type may not realloc s->types; t and tt stay valid */
-                f->elem_size = tt->size;
-                if (t->is_union && tt->nslots > 0)
-                    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                                     "union %s field %s: unions holding pointers cannot be mirrored (%s %s holds pointers)",
-                                     t->name, f->name, kw(tt), tt->name);
-            }
-        }
-        if (kind != THA_K_STRUCT)
-            f->elem_size = direct_elem_size(f);
-        uint64_t bytes = f->elem_size * f->count;
-        if (bytes > UINT32_MAX)
+    uint32_t kind = f->pub.kind;
+    *descend = NULL;
+    if (kind != THA_K_STRUCT && kind != THA_K_PTR)
+        return 0;
+    tha__type_t *tt = index_find(ix, f->target);
+    if (!tt)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s field %s: %s unregistered type '%s'", k, t->name,
+                         f->name, kind == THA_K_PTR ? "pointer to" : "contains",
+                         f->target);
+    f->target_id = tt->id;
+    if (kind != THA_K_STRUCT)
+        return 0;
+    if (tt->is_prim)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s field %s: '%s' is a primitive, not a struct (use a scalar field)",
+                         k, t->name, f->name, tt->name);
+    if (tt->seal_state == 1)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s field %s: contains %s %s by value", k, t->name,
+                         f->name, kw(tt), tt->name);
+    if (tt->seal_state == 0)
+        *descend = tt;
+    return 0;
+}
+
+/* Field f of t once the type it holds by value (if any) is sealed. */
+static int field_post(tha_schema_t *s, tha__type_t *t, tha__field_t *f) {
+    const char *k = kw(t);
+    uint32_t kind = f->pub.kind;
+    if (kind == THA_K_STRUCT) {
+        const tha__type_t *tt = &s->types[f->target_id];
+        f->elem_size = tt->size;
+        if (t->is_union && tt->nslots > 0)
             return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                             "%s %s field %s: dims overflow", k, t->name, f->name);
-        if ((uint64_t)f->pub.offset + bytes > t->size)
-            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                             "%s %s field %s: offset %u + %llu bytes exceeds size %llu",
-                             k, t->name, f->name, f->pub.offset,
-                             (unsigned long long)bytes,
-                             (unsigned long long)t->size);
-        if (kind == THA_K_PTR || kind == THA_K_FUNC) {
-            if (t->is_union)
-                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                                 "union %s field %s: unions holding pointers cannot be mirrored",
-                                 t->name, f->name);
-            if (f->pub.offset % 8 != 0)
-                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                                 "%s %s field %s: %s at offset %u is not 8-byte aligned (packed struct?)",
-                                 k, t->name, f->name,
-                                 kind == THA_K_PTR ? "pointer" : "function pointer",
-                                 f->pub.offset);
-        }
+                             "union %s field %s: unions holding pointers cannot be mirrored (%s %s holds pointers)",
+                             t->name, f->name, kw(tt), tt->name);
+    } else {
+        f->elem_size = direct_elem_size(f);
     }
-    /* relocation table */
+    uint64_t bytes = f->elem_size * f->count;
+    if (bytes > UINT32_MAX)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s field %s: dims overflow", k, t->name, f->name);
+    if ((uint64_t)f->pub.offset + bytes > t->size)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s field %s: offset %u + %llu bytes exceeds size %llu",
+                         k, t->name, f->name, f->pub.offset,
+                         (unsigned long long)bytes, (unsigned long long)t->size);
+    if (kind == THA_K_PTR || kind == THA_K_FUNC) {
+        if (t->is_union)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "union %s field %s: unions holding pointers cannot be mirrored",
+                             t->name, f->name);
+        if (f->pub.offset % 8 != 0)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: %s at offset %u is not 8-byte aligned (packed struct?)",
+                             k, t->name, f->name,
+                             kind == THA_K_PTR ? "pointer" : "function pointer",
+                             f->pub.offset);
+    }
+    return 0;
+}
+
+/* t's relocation table, once every type it holds by value has its own.
+ * Counted first (fields x elements x nested slots, in 64 bits) against what
+ * the schema may still spend (*budget entries, THA_SCHEMA_MAX_SLOTS in all),
+ * then built in one allocation of exactly that many entries. */
+static int build_slots(tha_schema_t *s, tha__type_t *t, uint64_t *budget) {
+    const char *k = kw(t);
     free(t->slots);
     t->slots = NULL;
     t->nslots = 0;
-    uint32_t cap = 0;
+    uint64_t n = 0;
     for (uint32_t i = 0; i < t->nfields; i++) {
-        tha__field_t *f = &t->fields[i];
+        const tha__field_t *f = &t->fields[i];
+        uint32_t kind = f->pub.kind;
+        if (kind == THA_K_PTR || kind == THA_K_FUNC)
+            n += f->count; /* count < 2^32, n <= budget < 2^32 before */
+        else if (kind == THA_K_STRUCT)
+            n += f->count * s->types[f->target_id].nslots; /* < 2^54 */
+        else
+            continue;
+        if (n > *budget)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: too many pointer slots: %s %s would "
+                             "hold %llu, and the schema may hold %u in all "
+                             "(THA_SCHEMA_MAX_SLOTS; allocate large pointer tables "
+                             "as count elements instead of inline arrays)",
+                             k, t->name, f->name, k, t->name,
+                             (unsigned long long)n, THA_SCHEMA_MAX_SLOTS);
+    }
+    if (n == 0)
+        return 0;
+    t->slots = malloc((size_t)n * sizeof *t->slots);
+    if (!t->slots)
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM,
+                         "%s %s: out of memory for %llu pointer slots", k, t->name,
+                         (unsigned long long)n);
+    *budget -= n;
+    uint32_t m = 0;
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        const tha__field_t *f = &t->fields[i];
         uint32_t kind = f->pub.kind;
         if (kind == THA_K_PTR || kind == THA_K_FUNC) {
             for (uint64_t e = 0; e < f->count; e++) {
-                rc = push_slot(s, t, &cap, f->pub.offset + e * 8,
-                               kind == THA_K_FUNC);
-                if (rc)
-                    return rc;
+                t->slots[m].offset = (uint32_t)(f->pub.offset + e * 8);
+                t->slots[m++].is_func = kind == THA_K_FUNC;
             }
         } else if (kind == THA_K_STRUCT) {
             const tha__type_t *tt = &s->types[f->target_id];
-            if (tt->nslots == 0)
-                continue;
-            if (tt->nslots > 0 && f->count > (UINT32_MAX - t->nslots) / tt->nslots)
-                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                                 "%s %s field %s: too many pointer slots", k,
-                                 t->name, f->name);
-            for (uint64_t e = 0; e < f->count; e++)
+            for (uint64_t e = 0; e < f->count && tt->nslots; e++)
                 for (uint32_t j = 0; j < tt->nslots; j++) {
-                    rc = push_slot(s, t, &cap,
-                                   f->pub.offset + e * f->elem_size +
-                                       tt->slots[j].offset,
-                                   tt->slots[j].is_func);
-                    if (rc)
-                        return rc;
+                    t->slots[m].offset = (uint32_t)(f->pub.offset + e * f->elem_size +
+                                                    tt->slots[j].offset);
+                    t->slots[m++].is_func = tt->slots[j].is_func;
                 }
         }
     }
-    if (t->nslots > 1) {
-        qsort(t->slots, t->nslots, sizeof *t->slots, cmp_slot);
-        for (uint32_t i = 1; i < t->nslots; i++)
-            if (t->slots[i].offset < t->slots[i - 1].offset + 8)
-                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
-                                 "%s %s: pointer slots at offsets %u and %u overlap",
-                                 k, t->name, t->slots[i - 1].offset,
-                                 t->slots[i].offset);
-    }
-    t->seal_state = 2;
+    THA_ASSERT(m == n);
+    t->nslots = m;
+    /* The pointer map is a bit per aligned 8-byte word: every slot of every
+     * element must be one. Fields were checked; nested elements and the
+     * elements of an allocation of count are aligned if the sizes are. */
+    for (uint32_t i = 0; i < m; i++)
+        if (t->slots[i].offset % 8 != 0) {
+            char where[160];
+            tha__schema_describe(s, t->id, t->slots[i].offset, where, sizeof where);
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s: pointer at offset %u is not 8-byte aligned (a "
+                             "nested struct at an odd offset? packed struct?)", where,
+                             t->slots[i].offset);
+        }
+    if (t->size % 8 != 0)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s: holds pointers but its size %llu is not a multiple of "
+                         "8, so the pointers of its array elements would be "
+                         "misaligned (packed struct?)", k, t->name,
+                         (unsigned long long)t->size);
+    int sorted = 1;
+    for (uint32_t i = 1; i < m && sorted; i++)
+        sorted = t->slots[i].offset > t->slots[i - 1].offset;
+    if (!sorted)
+        qsort(t->slots, m, sizeof *t->slots, cmp_slot);
+    for (uint32_t i = 1; i < m; i++)
+        if (t->slots[i].offset < t->slots[i - 1].offset + 8)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s: pointer slots at offsets %u and %u overlap", k,
+                             t->name, t->slots[i - 1].offset, t->slots[i].offset);
     return 0;
+}
+
+/* Seals every user type: resolves fields, sealing the types a struct holds
+ * by value before it (depth first, in field order, so the first problem
+ * reported is the one a recursive walk would meet first), then builds its
+ * relocation table. The walk keeps its own stack (one entry per type being
+ * sealed, at most every user type once), so nesting depth costs heap
+ * memory, not call stack. */
+typedef struct seal_frame {
+    tha__type_t *t;
+    uint32_t field;  /* next field to look at */
+    uint32_t back;   /* 1: returning to that field from its nested type */
+} seal_frame_t;
+
+static int seal_types(tha_schema_t *s, const name_index_t *ix) {
+    uint32_t nuser = s->ntypes > THA_T_FIRST_USER ? s->ntypes - THA_T_FIRST_USER : 0;
+    s->total_slots = 0;
+    if (!nuser)
+        return 0;
+    seal_frame_t *st = malloc(((size_t)nuser + 1) * sizeof *st);
+    if (!st)
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+    uint64_t budget = THA_SCHEMA_MAX_SLOTS;
+    int rc = 0;
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes && !rc; id++) {
+        if (s->types[id].seal_state == 2)
+            continue;
+        size_t sp = 0;
+        st[sp++] = (seal_frame_t){&s->types[id], 0, 0};
+        s->types[id].seal_state = 1;
+        while (sp && !rc) {
+            seal_frame_t *fr = &st[sp - 1];
+            tha__type_t *t = fr->t;
+            if (fr->field == t->nfields) {
+                rc = build_slots(s, t, &budget);
+                t->seal_state = 2;
+                sp--;
+                continue;
+            }
+            tha__field_t *f = &t->fields[fr->field];
+            if (!fr->back) {
+                tha__type_t *tt;
+                rc = field_pre(s, ix, t, f, &tt);
+                if (rc)
+                    break;
+                if (tt) {
+                    THA_ASSERT(sp <= nuser);
+                    fr->back = 1;
+                    tt->seal_state = 1;
+                    st[sp++] = (seal_frame_t){tt, 0, 0};
+                    continue;
+                }
+            }
+            fr->back = 0;
+            rc = field_post(s, t, f);
+            fr->field++;
+        }
+    }
+    free(st);
+    s->total_slots = THA_SCHEMA_MAX_SLOTS - budget;
+    return rc;
 }
 
 /* Canonical order of user types: structs by name, then unions by name
@@ -902,6 +1048,7 @@ static void canonical_order(tha_schema_t *s) {
         s->types[id].id = id;
         s->handles[s->types[id].handle] = id;
     }
+    hash_rebuild(s, s->ntypes); /* the indexes moved */
     if (s->nfuncs > 1)
         qsort(s->funcs, s->nfuncs, sizeof *s->funcs, cmp_func);
 }
@@ -921,20 +1068,35 @@ int tha_schema_seal(tha_schema_t *s) {
         if (s->types[id].defined)
             ix.v[ix.n++] = &s->types[id];
     qsort(ix.v, ix.n, sizeof *ix.v, cmp_type_name);
-    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
-        int rc = seal_type(s, &ix, &s->types[id]);
-        if (rc) {
-            free(ix.v);
-            return rc;
-        }
-    }
+    int rc = seal_types(s, &ix);
     free(ix.v);
+    if (rc)
+        return rc;
+    s->max_size = 0;
+    s->max_size_id = 0;
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++)
+        if (s->types[id].size > s->max_size) {
+            s->max_size = s->types[id].size;
+            s->max_size_id = id;
+        }
     writer_t w = {.hashing = 1, .hash = 0xcbf29ce484222325ull};
     write_schema(s, &w);
     s->fingerprint = w.hash;
     s->sealed = 1;
     return 0;
 }
+
+int tha__schema_fits(const tha_schema_t *s, uint64_t capacity, char *msg, size_t cap) {
+    if (!s->max_size_id || s->max_size <= capacity)
+        return 0;
+    const tha__type_t *t = &s->types[s->max_size_id];
+    return tha__fail(msg, cap, THA_ESCHEMA,
+                     "%s %s is %llu bytes, larger than the heap's capacity of %llu "
+                     "bytes: no element of it could ever be allocated",
+                     kw(t), t->name, (unsigned long long)t->size,
+                     (unsigned long long)capacity);
+}
+
 
 /* ---- deserialization ---------------------------------------------------- */
 
@@ -992,6 +1154,33 @@ static int r_str(reader_t *r, char *out, size_t cap) {
     out[n] = 0;
     r->pos += n;
     return 0;
+}
+
+static int cmp_name_ptr(const void *a, const void *b) {
+    return strcmp(*(const char *const *)a, *(const char *const *)b);
+}
+
+/* add_field's duplicate check, for a whole deserialized type at once:
+ * sorted, O(n log n) rather than a scan per field. */
+static int unique_fields(const tha_schema_t *s, const tha__type_t *t, char *msg,
+                         size_t msgcap) {
+    (void)s;
+    if (t->nfields < 2)
+        return 0;
+    const char **v = malloc((size_t)t->nfields * sizeof *v);
+    if (!v)
+        return tha__fail(msg, msgcap, THA_ENOMEM, "out of memory");
+    for (uint32_t i = 0; i < t->nfields; i++)
+        v[i] = t->fields[i].name;
+    qsort(v, t->nfields, sizeof *v, cmp_name_ptr);
+    int rc = 0;
+    for (uint32_t i = 1; i < t->nfields && !rc; i++)
+        if (strcmp(v[i], v[i - 1]) == 0)
+            rc = tha__fail(msg, msgcap, THA_EFRAME,
+                           "schema blob: %s %s: duplicate field '%s'", kw(t),
+                           t->name, v[i]);
+    free(v);
+    return rc;
 }
 
 #define TYPE_MIN_BYTES 26u  /* name len, is_union, size, align, nfields */
@@ -1063,6 +1252,13 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
             return tha__fail(msg, msgcap, THA_EFRAME,
                              "schema blob: type %s: absurd size or alignment",
                              name);
+        if (s->max_type_bytes && size > s->max_type_bytes)
+            return tha__fail(msg, msgcap, THA_ESCHEMA,
+                             "schema blob: %s %s is %llu bytes, larger than the "
+                             "heap's capacity of %llu bytes: no element of it could "
+                             "ever be allocated", is_union == 1 ? "union" : "struct",
+                             name, (unsigned long long)size,
+                             (unsigned long long)s->max_type_bytes);
         if (i > 0 && (is_union < prev_union ||
                       (is_union == prev_union && strcmp(name, prev) <= 0)))
             return tha__fail(msg, msgcap, THA_EFRAME,
@@ -1077,6 +1273,15 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
                                        (int)is_union, &id);
         if (rc)
             return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s", s->err);
+        /* exactly the fields announced (the blob holds >= FIELD_MIN_BYTES
+         * for each): memory stays proportional to the blob */
+        tha__type_t *nt = &s->types[s->handles[s->nhandles - 1]];
+        if (nfields) {
+            nt->fields = malloc((size_t)nfields * sizeof *nt->fields);
+            if (!nt->fields)
+                return tha__fail(msg, msgcap, THA_ENOMEM, "out of memory");
+            nt->fields_cap = nfields;
+        }
         for (uint32_t j = 0; j < nfields; j++) {
             tha_field_t f;
             memset(&f, 0, sizeof f);
@@ -1102,6 +1307,9 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
                 return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s",
                                  s->err);
         }
+        rc = unique_fields(s, &s->types[s->handles[s->nhandles - 1]], msg, msgcap);
+        if (rc)
+            return rc;
     }
     for (uint32_t i = 0; i < nfuncs; i++) {
         STR(name, "function name");
@@ -1143,6 +1351,11 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
 
 int tha_schema_deserialize(const void *buf, size_t len, tha_schema_t **out,
                            char *msg, size_t msgcap) {
+    return tha__schema_deserialize(buf, len, 0, out, msg, msgcap);
+}
+
+int tha__schema_deserialize(const void *buf, size_t len, uint64_t capacity,
+                            tha_schema_t **out, char *msg, size_t msgcap) {
     if (msg && msgcap)
         msg[0] = 0;
     if (!out)
@@ -1154,7 +1367,11 @@ int tha_schema_deserialize(const void *buf, size_t len, tha_schema_t **out,
     int rc = tha_schema_create(&s);
     if (rc)
         return tha__fail(msg, msgcap, rc, "out of memory");
+    s->bulk = 1;
+    s->max_type_bytes = capacity;
     rc = deser(buf, len, s, msg, msgcap);
+    s->bulk = 0;
+    s->max_type_bytes = 0;
     if (rc) {
         tha_schema_release(s);
         return rc;

@@ -570,7 +570,8 @@ static int on_schema(tha_session_t *s, const uint8_t *p, size_t len) {
     const hello_t *a = &s->peer;
     tha_schema_t *theirs = NULL;
     char why[200];
-    int rc = tha_schema_deserialize(p, len, &theirs, why, sizeof why);
+    /* a type larger than the active's heap is refused before it costs */
+    int rc = tha__schema_deserialize(p, len, a->capacity, &theirs, why, sizeof why);
     if (rc) return refuse(s, THA_EPROTO, 0, "unreadable schema from the active: %s", why);
     if (tha_schema_fingerprint(theirs) != a->fingerprint) {
         tha_schema_release(theirs);

@@ -89,10 +89,32 @@ struct tha_schema {
     int internal_handles;       /* deserialized: handles were never handed
                                    out, so callers' handles are refused */
     uint64_t fingerprint;       /* valid once sealed */
+    uint32_t *nhash;            /* open-addressed name -> index in types (0:
+                                   empty), so registering n types costs O(n);
+                                   NULL: find_type scans (no memory for it) */
+    uint32_t nhash_cap;         /* power of two, > 2 x defined types */
+    int bulk;                   /* deserializing: add_field skips its
+                                   per-field duplicate scan (deser sorts) */
+    uint64_t max_type_bytes;    /* deserializing: a type larger than this is
+                                   refused before anything is built (the
+                                   capacity of the heap it comes with); 0: any */
+    uint64_t max_size;          /* once sealed: the largest user type... */
+    uint32_t max_size_id;       /* ...and its id (0: no user types) */
+    uint64_t total_slots;       /* once sealed: relocation-table entries of all
+                                   types (<= THA_SCHEMA_MAX_SLOTS) */
     char err[256];
 };
 
 tha_schema_t *tha__schema_retain(tha_schema_t *s);
+/* tha_schema_deserialize for a schema that comes with a heap image of
+ * capacity bytes (a snapshot, a checkpoint, the active's HELLO): a type
+ * larger than that could never be allocated and is refused, naming it,
+ * before its relocation table is built. capacity 0: no such bound. */
+int tha__schema_deserialize(const void *buf, size_t len, uint64_t capacity,
+                            tha_schema_t **out, char *msg, size_t msgcap);
+/* 0 if every type of sealed s fits in a heap of capacity bytes; else
+ * THA_ESCHEMA naming the largest, in msg. */
+int tha__schema_fits(const tha_schema_t *s, uint64_t capacity, char *msg, size_t cap);
 /* NULL unless id names a defined type. */
 const tha__type_t *tha__schema_type(const tha_schema_t *s, uint32_t id);
 /* Registry id of a bound function address; -1 if none. */

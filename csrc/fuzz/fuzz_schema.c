@@ -1,0 +1,94 @@
+/* fuzz_schema.c — libFuzzer target: tha_schema_deserialize on arbitrary
+ * bytes (the SCHEMA message, snapshots and checkpoint files all carry this
+ * form).
+ *
+ * Oracle, when the bytes are accepted: the schema is sealed, compares equal
+ * to itself, serializes back to exactly the input (the form is canonical)
+ * and deserializes again to an equal schema with the same fingerprint; a
+ * heap of bounded capacity can be created with it (or is refused with
+ * THA_ESCHEMA because a type is larger than the capacity), an object of
+ * every type can be allocated, pointer slots written, described, freed,
+ * and the heap snapshotted and checked. Refusals must come with a message.
+ * The whole thing must stay fast and small: a schema may not cost more
+ * than THA_SCHEMA_MAX_SLOTS table entries however few its bytes. */
+#include "tha.h"
+#include "tha_internal.h"
+
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+static void die(const char *what, const char *detail) {
+    fprintf(stderr, "fuzz_schema oracle: %s: %s\n", what, detail ? detail : "");
+    abort();
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+    tha_schema_t *s = NULL;
+    char msg[256];
+    int rc = tha_schema_deserialize(data, size, &s, msg, sizeof msg);
+    if (rc) {
+        if (s) die("refused but returned a schema", msg);
+        if (!msg[0]) die("refused without a message", tha_strerror(rc));
+        return 0;
+    }
+    if (!s || !tha_schema_fingerprint(s)) die("accepted but not sealed", NULL);
+    if (s->total_slots > THA_SCHEMA_MAX_SLOTS) die("over the slot limit", NULL);
+    if (tha_schema_compare(s, s, msg, sizeof msg)) die("not equal to itself", msg);
+    size_t len;
+    if (tha_schema_serialize(s, NULL, 0, &len) || len != size)
+        die("serializes to another length", NULL);
+    uint8_t *buf = malloc(len ? len : 1);
+    if (tha_schema_serialize(s, buf, len, &len)) die("serialize", tha_schema_errmsg(s));
+    if (memcmp(buf, data, size) != 0) die("not canonical: serializes differently", NULL);
+    tha_schema_t *again = NULL;
+    if (tha_schema_deserialize(buf, len, &again, msg, sizeof msg))
+        die("its own serialization is refused", msg);
+    if (tha_schema_compare(s, again, msg, sizeof msg) ||
+        tha_schema_fingerprint(s) != tha_schema_fingerprint(again))
+        die("round trip differs", msg);
+    free(buf);
+
+    /* a bounded heap: 8 MiB */
+    tha_heap_t *h = NULL;
+    rc = tha_heap_create(&h, s, 8 << 20, THA_TRACK_EXPLICIT);
+    if (rc == THA_ESCHEMA) {
+        if (s->max_size <= (8u << 20)) die("refused a heap it fits", tha_schema_errmsg(s));
+    } else if (rc) {
+        die("heap create", tha_strerror(rc));
+    } else {
+        uint32_t n = tha_schema_type_count(s);
+        for (uint32_t id = THA_T_FIRST_USER; id < n; id++) {
+            tha_type_info_t ti;
+            if (tha_schema_type_info(s, id, &ti)) die("type info", tha_schema_errmsg(s));
+            void *p;
+            rc = tha_heap_alloc(h, id, 1, &p);
+            if (rc == THA_ECAPACITY) continue;
+            if (rc) die("alloc", tha_heap_errmsg(h));
+            /* point every data slot at the object itself */
+            const tha__type_t *t = tha__schema_type(s, id);
+            for (uint32_t k = 0; k < t->nslots; k++)
+                if (!t->slots[k].is_func)
+                    memcpy((uint8_t *)p + t->slots[k].offset, &p, sizeof p);
+            tha_heap_touch(h, p, 0);
+            char d[200];
+            tha__schema_describe(s, id, ti.size / 2, d, sizeof d);
+            if (tha_heap_check(h)) die("check with the object", tha_heap_errmsg(h));
+            size_t fn, fl;
+            if (tha_heap_frame_size(h, THA_FRAME_SNAPSHOT, &fn)) die("frame size", tha_heap_errmsg(h));
+            void *f = malloc(fn);
+            if (tha_heap_encode(h, THA_FRAME_SNAPSHOT, f, fn, &fl)) die("snapshot", tha_heap_errmsg(h));
+            tha_schema_t *fs = NULL;
+            if (tha_frame_schema(f, fl, &fs, msg, sizeof msg)) die("frame schema", msg);
+            tha_schema_release(fs);
+            free(f);
+            if (tha_heap_free(h, p)) die("free", tha_heap_errmsg(h));
+        }
+        if (tha_heap_check(h)) die("check", tha_heap_errmsg(h));
+        tha_heap_destroy(h);
+    }
+    tha_schema_release(again);
+    tha_schema_release(s);
+    return 0;
+}
