@@ -13,7 +13,8 @@ import pytest
 import tha
 from tha.replication import Active, Standby
 
-from test_replication import company, mutate
+from org import company
+from test_replication import mutate
 
 CDEF = """
 struct dept { char name[32]; uint32_t id; };

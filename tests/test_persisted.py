@@ -19,13 +19,11 @@ import pytest
 import tha
 from tha.replication import Active, Standby, SyncTimeout
 
+from org import CDEF
+import org
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-CDEF = """
-struct dept { char name[32]; uint32_t id; };
-struct emp { char name[32]; uint32_t id; double salary;
-             struct emp *mgr; struct dept *dept; struct emp *reports[4]; };
-"""
 N = 40
 
 
@@ -35,15 +33,7 @@ def schema():
 
 
 def company(heap):
-    d = heap.new("struct dept", name=b"eng", id=1)
-    es = heap.new("struct emp", count=N)
-    for i in range(N):
-        es[i].id = i
-        es[i].dept = d
-        es[i].mgr = es + (i // 2)
-    heap.roots["staff"] = es
-    heap.touch(es)
-    return es
+    return org.company(heap, N)
 
 
 def mutate(heap, es, r):

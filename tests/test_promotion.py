@@ -8,11 +8,8 @@ import pytest
 import tha
 from tha.replication import Active, Standby
 
-CDEF = """
-struct dept { char name[32]; uint32_t id; };
-struct emp { char name[32]; uint32_t id; double salary;
-             struct emp *mgr; struct dept *dept; struct emp *reports[4]; };
-"""
+import org
+from org import CDEF
 
 
 @pytest.fixture
@@ -21,14 +18,7 @@ def schema():
 
 
 def company(heap, n=20):
-    d = heap.new("struct dept", name=b"eng", id=1)
-    es = heap.new("struct emp", count=n)
-    for i in range(n):
-        es[i].id = i
-        es[i].dept = d
-    heap.roots["staff"] = es
-    heap.touch(es)
-    return es
+    return org.company(heap, n, mgr=False)
 
 
 def auto_mechanism(schema):

@@ -15,11 +15,7 @@ import pytest
 import tha
 from tha.replication import Active, Standby
 
-CDEF = """
-struct dept { char name[32]; uint32_t id; };
-struct emp { char name[32]; uint32_t id; double salary;
-             struct emp *mgr; struct dept *dept; struct emp *reports[4]; };
-"""
+from org import CDEF, company
 
 
 SYNCS = 60  # before the fix, the first few already failed
@@ -28,18 +24,6 @@ SYNCS = 60  # before the fix, the first few already failed
 @pytest.fixture
 def schema():
     return tha.Schema(CDEF)
-
-
-def company(heap, n):
-    d = heap.new("struct dept", name=b"eng", id=1)
-    es = heap.new("struct emp", count=n)
-    for i in range(n):
-        es[i].id = i
-        es[i].dept = d
-        es[i].mgr = es + (i // 2)
-    heap.roots["staff"] = es
-    heap.touch(es)
-    return es
 
 
 @pytest.mark.parametrize("tracking", ["explicit", "diff"])
