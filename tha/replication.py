@@ -80,6 +80,12 @@ _DEFINITE = {lib.THA_EAUTH: AuthError, lib.THA_EMISMATCH: SchemaMismatch,
              lib.THA_EVERSION: VersionMismatch}
 
 
+def _disk_code(code: int) -> bool:
+    """A status that says the disk, not the frame, failed: -errno, or the
+    log refusing frames after an earlier failure (THA_ESTATE)."""
+    return -4096 < code < 0 or code == lib.THA_ESTATE
+
+
 def _os_reason(e: BaseException) -> str:
     """'Connection refused', 'timed out', '[SSL: ...] ...': what the OS or
     TLS said, without the errno noise."""
@@ -541,8 +547,8 @@ class Standby(_Node):
     It runs before the active hears of that state: no ack (received,
     applied, persisted) for it leaves until the callback returned and, with
     ``save``, the checkpoint after a bulk sync is written. If it raises, or
-    the bulk sync's heap cannot be taken (``Heap._adopt`` refuses it) or
-    written to ``save``, the connection is aborted without sending what it
+    the bulk sync's heap cannot be taken (``Heap._adopt`` refuses it), the
+    connection is aborted without sending what it
     had queued (the active sees no ack), the reason is logged, and the
     standby keeps its previous live state (a delta already applied stays
     applied: the active learns of it when it reconnects).
@@ -563,7 +569,16 @@ class Standby(_Node):
     log), after each bulk sync (checkpoint + fresh log, before it is acked
     persisted) and on ``close()``. Only a standby with ``log`` acks
     ``ack="persisted"``.
+
+    A disk that fails (full, EIO from fsync) never stops the mirroring: the
+    standby drops its log (its files stay at the last state they hold
+    whole), goes on applying frames in memory and acking them ``applied``
+    but not ``persisted``, and retries the disk with a back-off (0.5 s
+    doubling up to ``disk_retry_max``); once a checkpoint and a fresh log
+    are written it acks persisted again. ``disk_error`` says why meanwhile.
     """
+
+    disk_retry_max = 30.0
 
     role_name = "standby"
 
@@ -592,6 +607,9 @@ class Standby(_Node):
         self.bulk_syncs = 0       # bulk syncs begun (SNAP_BEGIN received)
         self._last_save = time.monotonic()
         self._saved_seq = None
+        self.disk_error = None    # why the disk fails, while it does
+        self._disk_backoff = 0.0
+        self._disk_retry_at = 0.0
         from_disk = False
         if self.save is not None:
             if self.log_path is not None:
@@ -791,6 +809,11 @@ class Standby(_Node):
             self._last_active = time.monotonic()
         elif t in (lib.THA_EV_ERROR, lib.THA_EV_REFUSED, lib.THA_EV_FENCED):
             log.warning("standby: %s: %s", conn.peer, msg)
+            if (t == lib.THA_EV_ERROR and self.heap is not None
+                    and self.heap._log_path is not None and _disk_code(ev.code)):
+                # the log refused the frame (full, fsync failed): the active
+                # bulk syncs (it was NACKed); that state goes live in memory
+                self._disk_failed(msg)
         elif t == lib.THA_EV_TIMEOUT:
             log.warning("standby: %s: %s", conn.peer, msg)
             conn.close()
@@ -800,9 +823,11 @@ class Standby(_Node):
         has queued its applied ack. In order: wrap it (Heap._adopt, which
         may refuse), make it the live heap, on_applied, then with ``save``
         the checkpoint + fresh log and the persisted ack. The acks leave
-        after all that (received() flushes after the drain). If any step
-        fails the previous live heap (and its log) is put back and the
-        exception propagates: _on_event aborts the connection unsent."""
+        after all that (received() flushes after the drain). If the adopt or
+        the callback fails the previous live heap (and its log) is put back
+        and the exception propagates: _on_event aborts the connection
+        unsent. A checkpoint that cannot be written is a disk failure: the
+        new state stays live in memory, without the persisted ack."""
         old, old_seq = self.heap, self.applied_seq
         heap_c = lib.tha_session_take_heap(conn.s)
         new = Heap._adopt(heap_c, self._lock, self.functions)
@@ -814,13 +839,18 @@ class Standby(_Node):
                 self.on_applied(ev.seq, ev.a, True)
             if self.save is not None:  # the disk follows the new state
                 if old is not None and old._log_path is not None:
-                    old.detach_log()  # the files stay as they are until _rebase
+                    try:
+                        old.detach_log()  # the files stay as they are until _rebase
+                    except Error:
+                        pass              # its fsync failed: the files hold less
                     detached = True
                 try:
                     self._rebase(new)
-                except Error as e:
-                    raise Error(f"cannot write the new state to {self.save}: {e}") from e
-                self._persisted(new.stats()["seq"], flush=False)
+                except Error as e:      # live in memory; no persisted ack
+                    self._disk_failed(f"cannot write the new state to {self.save}: {e}")
+                else:
+                    self._disk_works()
+                    self._persisted(new.stats()["seq"], flush=False)
         except BaseException:
             self.heap, self.applied_seq = old, old_seq
             if detached:
@@ -828,6 +858,34 @@ class Standby(_Node):
             raise
         self._ever_synced = True
         log.info("standby: bulk sync done, live at seq %d", ev.seq)
+
+    def _disk_failed(self, why: str) -> None:
+        """Under the lock: the disk refused a write. The log is dropped (the
+        files keep the last whole state they hold), mirroring goes on in
+        memory without persisted acks, and _on_tick retries the disk."""
+        if self.heap is not None and self.heap._log_path is not None:
+            try:
+                self.heap.detach_log()
+            except Error:
+                pass  # its fsync fails too: what it held unsynced is not counted
+        self._disk_backoff = min(self._disk_backoff * 2, self.disk_retry_max) \
+            if self._disk_backoff else 0.5
+        self._disk_retry_at = time.monotonic() + self._disk_backoff
+        self._saved_seq = None
+        if why != self.disk_error:
+            log.error("standby: %s; mirroring in memory without persisted acks, "
+                      "retrying the disk (back-off up to %gs)", why, self.disk_retry_max)
+        else:
+            log.debug("standby: the disk still fails: %s", why)
+        self.disk_error = why
+
+    def _disk_works(self) -> None:
+        """Under the lock: a checkpoint and a fresh log were written."""
+        if self.disk_error is not None:
+            log.warning("standby: writing to %s again (seq %d on disk); acking "
+                        "persisted again", self.save, self.heap.stats()["seq"])
+        self.disk_error = None
+        self._disk_backoff = 0.0
 
     def _reattach(self, heap) -> None:
         """The old heap's log again, after a failed rebase: its files were
@@ -910,17 +968,25 @@ class Standby(_Node):
         seq = self.heap.stats()["seq"]
         if seq == self._saved_seq and os.path.exists(self.save):
             return
-        self._rebase()
+        try:
+            self._rebase()
+        except Error as e:
+            self._disk_failed(f"cannot write to {self.save}: {e}")
+            raise
+        self._disk_works()
         self._saved_seq = seq
         self._persisted(seq)
 
     def _on_tick(self) -> None:
-        if (self.save_every is not None and self.save is not None
-                and time.monotonic() - self._last_save >= self.save_every):
+        now = time.monotonic()
+        if self.save is not None and (
+                (self.disk_error is not None and now >= self._disk_retry_at)
+                or (self.disk_error is None and self.save_every is not None
+                    and now - self._last_save >= self.save_every)):
             try:
                 self._save_locked()
-            except Error as e:
-                log.error("standby: checkpoint to %s failed: %s", self.save, e)
+            except Error:
+                pass  # _disk_failed logged it and set the next retry
         if (self.promote_after is not None and self.promoted_epoch is None
                 and self._ever_synced
                 and time.monotonic() - self._last_active > self.promote_after):
@@ -1325,10 +1391,13 @@ class Active(_Node):
                                and c.acked(lib.THA_ACK_APPLIED) >= seq
                                and c.peer in missing]
                     if applied:
+                        errors = [f"{p.where}: {p.error}" for p in self._peers.values()
+                                  if p.where in applied and p.error]
                         hint = (f" ({', '.join(applied)} applied it but did not "
-                                "persist it: a standby acks 'persisted' only if it "
-                                "keeps a delta log, Standby(save=..., log=...) or "
-                                "--log)")
+                                "persist it: " + ("; ".join(errors) if errors else
+                                "a standby acks 'persisted' only if it keeps a "
+                                "delta log, Standby(save=..., log=...) or --log")
+                                + ")")
                 raise SyncTimeout(
                     f"seq {seq}: {len(acked)} of {self.ack_quorum} required "
                     f"standbys acknowledged '{ack}' within {timeout}s; "

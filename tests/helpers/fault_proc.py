@@ -12,6 +12,13 @@
                                      line "promote" it promotes itself and writes on
                                      as an Active without standbys (its log takes
                                      every frame)
+  fault_proc.py disk DIR             a heap with DIR/state.tha + DIR/state.log (fsync
+                                     always) driven by stdin lines: "write" (a change,
+                                     answered ``state SEQ DIGEST`` for the next
+                                     frame), "delta", "checkpoint", "compact"
+                                     (answered ``ok SEQ DIGEST`` or ``err CLASS
+                                     MESSAGE``); run under fiu-run, so the test can
+                                     make fsync fail in between (fiu-ctrl)
 
 Every state that could reach the disk is announced before it can, on stdout
 (unbuffered single writes, so a kill -9 loses none of them):
@@ -111,6 +118,33 @@ def standby(save, log, secret_file) -> None:
         say("ok", seq, d_)
 
 
+def disk(d) -> None:
+    save, log = os.path.join(d, "state.tha"), os.path.join(d, "state.log")
+    heap = new_heap()
+    heap.checkpoint(save)
+    heap.attach_log(log, "always")
+    say("ready", heap.stats()["seq"], digest(heap))
+    for line in sys.stdin:
+        cmd = line.strip()
+        if cmd == "write":
+            write_op(heap, next_op(heap), False)
+            say("state", heap.stats()["seq"] + 1, digest(heap))
+            continue
+        try:
+            if cmd == "delta":
+                heap.delta()
+            elif cmd == "checkpoint":
+                heap.checkpoint(save)
+            elif cmd == "compact":
+                heap.compact(save)
+            else:
+                sys.exit(f"unknown command {cmd!r}")
+        except tha.Error as e:
+            say("err", type(e).__name__, str(e).replace("\n", " "))
+            continue
+        say("ok", heap.stats()["seq"], digest(heap))
+
+
 if __name__ == "__main__":
     role, args = sys.argv[1], sys.argv[2:]
     if role == "writer":
@@ -119,5 +153,7 @@ if __name__ == "__main__":
         active(*args)
     elif role == "standby":
         standby(*args)
+    elif role == "disk":
+        disk(*args)
     else:
         sys.exit(f"unknown role {role}")
