@@ -121,6 +121,9 @@ typedef struct tha_obj {
 
 int tha_heap_lookup(const tha_heap_t *h, const void *p, tha_obj_t *out);
 int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out);
+/* build_ext.py: up to n objects of tha_heap_next in one call (dump()) */
+size_t tha_py_next_batch(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out,
+                         size_t n);
 
 #define THA_MAX_ROOTS ...
 int tha_root_set(tha_heap_t *h, const char *name, const void *p);
