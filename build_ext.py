@@ -63,8 +63,22 @@ void tha_py_openssl_mac(void *ctx, const uint8_t *key, size_t key_len,
 """
 
 # dump() walks the heap in batches: one Python -> C crossing per 4096
-# objects instead of one per object (tha/dump.py).
+# objects instead of one per object (tha/dump.py); heap.touch_many() marks
+# a batch of elements in one crossing (its indexes checked in Python first).
 WALK_SOURCE = r"""
+size_t tha_py_touch_each(tha_heap_t *h, uintptr_t first, size_t stride, size_t len,
+                         const uint64_t *index, size_t n, int *rc) {
+    for (size_t i = 0; i < n; i++) {
+        int r = tha_heap_touch(h, (const void *)(first + stride * (index ? index[i] : i)),
+                               len);
+        if (r) {
+            *rc = r;
+            return i;
+        }
+    }
+    *rc = 0;
+    return n;
+}
 size_t tha_py_next_batch(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out,
                          size_t n) {
     size_t k = 0;

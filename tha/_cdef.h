@@ -124,6 +124,10 @@ int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out);
 /* build_ext.py: up to n objects of tha_heap_next in one call (dump()) */
 size_t tha_py_next_batch(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out,
                          size_t n);
+/* build_ext.py: tha_heap_touch of len bytes at first + stride * index[i]
+ * (index NULL: i) for i < n; the count done, *rc the first failure */
+size_t tha_py_touch_each(tha_heap_t *h, uintptr_t first, size_t stride, size_t len,
+                         const uint64_t *index, size_t n, int *rc);
 
 #define THA_MAX_ROOTS ...
 int tha_root_set(tha_heap_t *h, const char *name, const void *p);

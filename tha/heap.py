@@ -221,6 +221,56 @@ class Heap:
                 rc = lib.tha_heap_touch(self._h, _cffi.cast("void *", addr), size)
             self._check(rc)
 
+    def touch_many(self, p, indexes=None, field: str | None = None) -> None:
+        """Marks elements ``p[i]`` for each ``i`` in ``indexes`` as changed,
+        or only their ``field`` (as for touch()), in one call: explicit
+        tracking at about the cost of the writes. ``p`` points at an element
+        of an allocation (from new(..., count=N), or ``team + k``);
+        ``indexes`` is a ``range``, any sequence of ints, or a buffer of
+        uint64 (array('Q'), numpy); None means every element from ``p`` to
+        the allocation's end. Every index is checked before anything is
+        marked."""
+        addr = self._addr(p)
+        ffi = self.schema.ffi
+        try:
+            item = ffi.typeof(p).item
+            stride = ffi.sizeof(item)
+        except (TypeError, ffi.error):
+            raise InvalidPointer("touch_many: expected a typed pointer to an "
+                                 f"element, got {ffi.typeof(p).cname}") from None
+        with self._lock:
+            obj = self._lookup(addr)
+            end = self._base + obj.offset + obj.size * obj.count
+            avail = (end - addr) // stride
+            off, size = (0, stride) if field is None else _field_span(ffi, p, field)
+            index, n = _cffi.NULL, avail
+            if indexes is not None:
+                if isinstance(indexes, range) and indexes.step == 1:
+                    lo, n = indexes.start, len(indexes)
+                    hi = indexes.stop - 1
+                    addr += lo * stride
+                else:
+                    try:
+                        index = _cffi.from_buffer("uint64_t[]", indexes)
+                    except TypeError:
+                        try:
+                            index = _cffi.new("uint64_t[]", list(indexes))
+                        except (TypeError, OverflowError):
+                            raise InvalidPointer("touch_many: indexes must be "
+                                                 "ints from 0 up") from None
+                    n = len(index)
+                    lo, hi = (min(index), max(index)) if n else (0, -1)
+                if n and (lo < 0 or hi >= avail):
+                    bad = lo if lo < 0 else hi
+                    raise InvalidPointer(
+                        f"touch_many: index {bad} is outside the {avail} "
+                        f"{item.cname} elements from offset "
+                        f"0x{self._addr(p) - self._base:x} to the allocation's end")
+            rc = _cffi.new("int *")
+            lib.tha_py_touch_each(self._h, addr + off, stride, size, index, n, rc)
+            if rc[0]:
+                self._check(rc[0])
+
     def objects(self, type: str | None = None):
         """Typed pointers to every live allocation (of ``type``), by address."""
         want = None if type is None else self.schema.type_id(type)
