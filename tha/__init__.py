@@ -7,7 +7,7 @@ ships them as frames (``snapshot()``, ``delta()``) that another heap
 
 from ._ffi import ffi as _ffi, lib as _lib
 from .errors import (CapacityError, ChecksumError, CorruptHeap, Error, Timeout, FrameError,
-                     InvalidPointer, NotFound, OSFailure, SchemaError,
+                     InvalidArgument, InvalidPointer, NotFound, OSFailure, SchemaError,
                      SchemaMismatch, SequenceError, StaleEpoch, StateError)
 from .durability import LoadReport
 from .heap import Heap, Roots
@@ -27,7 +27,7 @@ __all__ = [
     "Active", "Standby", "SyncResult", "SyncTimeout", "Fenced", "AuthError",
     "Heap", "Leak", "LoadReport", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
     "CorruptHeap", "Timeout",
-    "FrameError", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
+    "FrameError", "InvalidArgument", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
     "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError",
     "__version__", "set_threads",
 ]

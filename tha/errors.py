@@ -21,6 +21,10 @@ class Error(Exception):
             self.code = code
 
 
+class InvalidArgument(Error, ValueError):
+    """An argument outside what the call accepts; the message names it."""
+
+
 class SchemaError(Error, ValueError):
     """A layout tha cannot mirror, or a malformed declaration."""
 
@@ -80,7 +84,7 @@ class OSFailure(Error, OSError):
 
 
 _BY_CODE = {
-    lib.THA_EINVAL: Error,
+    lib.THA_EINVAL: InvalidArgument,
     lib.THA_ENOMEM: CapacityError,
     lib.THA_ECAPACITY: CapacityError,
     lib.THA_ENOTLIVE: InvalidPointer,
@@ -92,7 +96,7 @@ _BY_CODE = {
     lib.THA_ESEQ: SequenceError,
     lib.THA_ERANGE: FrameError,
     lib.THA_ENOTFOUND: NotFound,
-    lib.THA_ETOOSMALL: Error,
+    lib.THA_ETOOSMALL: InvalidArgument,
     lib.THA_EVERSION: FrameError,
     lib.THA_EFULL: StateError,
     lib.THA_ESTATE: StateError,

@@ -14,12 +14,26 @@ from collections.abc import MutableMapping
 
 from ._ffi import ffi as _cffi, lib
 from .dump import dump_heap
-from .errors import Error, InvalidPointer, NotFound, check
+from .errors import Error, InvalidArgument, InvalidPointer, NotFound, check
 from .schema import Schema
 
 _TRACKING = {"auto": lib.THA_TRACK_AUTO, "explicit": lib.THA_TRACK_EXPLICIT,
              "diff": lib.THA_TRACK_DIFF, "wp": lib.THA_TRACK_WP}
 _TRACKING_NAMES = {v: k for k, v in _TRACKING.items()}
+
+
+# what tha_heap_create accepts (csrc/src/arena.c): capacities are rounded
+# up to 64 KiB; C's 0 ("the default") is spelled out in Python
+MIN_CAPACITY, MAX_CAPACITY = 1 << 20, 1 << 44
+
+
+def _check_capacity(capacity) -> None:
+    if isinstance(capacity, bool) or not isinstance(capacity, int):
+        raise InvalidArgument(f"Heap: capacity must be a number of bytes (int), "
+                            f"not {type(capacity).__name__}")
+    if not MIN_CAPACITY <= capacity <= MAX_CAPACITY:
+        raise InvalidArgument(f"Heap: capacity {capacity} bytes is outside 1 MiB "
+                            f"({MIN_CAPACITY}) .. 16 TiB ({MAX_CAPACITY})")
 
 
 def _check_tracking(tracking) -> None:
@@ -40,6 +54,9 @@ class Heap:
     def __init__(self, schema: Schema, capacity: int = 64 << 20,
                  tracking: str = "auto", log=None, fsync: str = "always"):
         _check_tracking(tracking)
+        if not isinstance(schema, Schema):
+            raise Error(f"Heap: schema must be a tha.Schema, not {type(schema).__name__}")
+        _check_capacity(capacity)
         self.schema = schema
         self._lock = threading.RLock()  # replication drivers re-enter it
         out = _cffi.new("tha_heap_t **")

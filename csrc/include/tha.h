@@ -290,8 +290,9 @@ enum tha_tracking {
                                and fork. */
 };
 
-/* Reserves capacity bytes (rounded up to 64 KiB) of address space and
- * commits them as the heap grows. The heap keeps a reference to schema.
+/* Reserves capacity bytes (rounded up to 64 KiB; 0 means 64 MiB) of address
+ * space and commits them as the heap grows: THA_EINVAL unless 1 MiB <=
+ * capacity <= 16 TiB. The heap keeps a reference to schema.
  * THA_ESCHEMA if a type of schema is larger than the capacity (the type is
  * named in tha_schema_errmsg(schema)). */
 THA_API int tha_heap_create(tha_heap_t **out, tha_schema_t *schema,
