@@ -26,3 +26,26 @@ def test_capacity_bounds_are_accepted():
 def test_schema_must_be_a_schema():
     with pytest.raises(tha.Error, match="schema must be a tha.Schema, not str"):
         tha.Heap(CDEF)
+
+
+@pytest.mark.parametrize("fields, what", [
+    ({"name": b"x" * 40}, "field 'name'"),
+    ({"id": -1}, "field 'id'"),
+    ({"id": "seven"}, "field 'id'"),
+    ({"nope": 1}, "field 'nope'"),
+    ({"mgr": 5}, "field 'mgr'"),
+])
+def test_a_failing_initializer_frees_what_it_took(fields, what):
+    heap = tha.Heap(tha.Schema(CDEF))
+    before = heap.stats()["live_objects"]
+    with pytest.raises(tha.InvalidArgument, match=f"new struct emp: {what}"):
+        heap.new("struct emp", count=3, **fields)
+    assert heap.stats()["live_objects"] == before
+    heap.check()
+
+
+def test_count_must_be_sane():
+    heap = tha.Heap(tha.Schema(CDEF))
+    for bad in (0, -1, 1 << 32, "3"):
+        with pytest.raises(tha.InvalidArgument, match="count must be an int"):
+            heap.new("struct emp", count=bad)

@@ -190,19 +190,22 @@ class Heap:
         tid = self.schema.type_id(ctype)
         n = 1 if count is None else count
         if not isinstance(n, int) or n < 1 or n >= 1 << 32:
-            raise Error(f"count must be an int in 1..2**32-1, not {count!r}")
+            raise InvalidArgument(f"new {type}: count must be an int in 1..2**32-1, "
+                                  f"not {count!r}")
         out = _cffi.new("void **")
         with self._lock:
             self._check(lib.tha_heap_alloc(self._h, tid, n, out))
             p = self.schema.ffi.cast(self.schema.ffi.getctype(ctype, "*"), out[0])
             if fields:
+                k = None
                 try:
                     for i in range(n):
                         for k, v in fields.items():
                             setattr(p[i], k, v)
-                except (AttributeError, TypeError, OverflowError) as e:
+                except Exception as e:  # any initializer: nothing is kept
                     lib.tha_heap_free(self._h, out[0])
-                    raise Error(f"new {ctype.cname}: {e}") from None
+                    raise InvalidArgument(f"new {self.schema.type_name(ctype)}: field "
+                                          f"{k!r}: {e}") from None
         return self._keep(p)
 
     def free(self, p) -> None:
