@@ -49,3 +49,28 @@ def test_count_must_be_sane():
     for bad in (0, -1, 1 << 32, "3"):
         with pytest.raises(tha.InvalidArgument, match="count must be an int"):
             heap.new("struct emp", count=bad)
+
+
+@pytest.mark.parametrize("frame", ["hello", 5, None, [1, 2]])
+def test_apply_of_what_is_not_bytes(frame):
+    heap = tha.Heap(tha.Schema(CDEF))
+    with pytest.raises(tha.InvalidArgument, match="apply: a frame is bytes"):
+        heap.apply(frame)
+    with pytest.raises(tha.InvalidArgument, match="from_snapshot: a frame is bytes"):
+        tha.Heap.from_snapshot(frame)
+
+
+def test_snapshot_into_a_bad_buffer():
+    heap = tha.Heap(tha.Schema(CDEF))
+    with pytest.raises(tha.InvalidArgument, match="writable buffer"):
+        heap.snapshot(out=b"\0" * (1 << 20))
+    with pytest.raises(tha.InvalidArgument, match="holds 10 bytes"):
+        heap.snapshot(out=bytearray(10))
+
+
+def test_a_pointer_from_another_schemas_heap_in_an_initializer():
+    a, b = tha.Heap(tha.Schema(CDEF)), tha.Heap(tha.Schema(CDEF))
+    other = b.new("struct emp")
+    with pytest.raises(tha.InvalidArgument, match="field 'mgr'"):
+        a.new("struct emp", mgr=other)
+    assert a.stats()["live_objects"] == 0

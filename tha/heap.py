@@ -22,6 +22,18 @@ _TRACKING = {"auto": lib.THA_TRACK_AUTO, "explicit": lib.THA_TRACK_EXPLICIT,
 _TRACKING_NAMES = {v: k for k, v in _TRACKING.items()}
 
 
+def _frame_buffer(what: str, frame):
+    """A frame's bytes for C, or InvalidArgument naming what it got."""
+    if isinstance(frame, str):
+        raise InvalidArgument(f"{what}: a frame is bytes (bytes, bytearray, "
+                              "memoryview), not str")
+    try:
+        return _cffi.from_buffer(frame)
+    except TypeError:
+        raise InvalidArgument(f"{what}: a frame is bytes (bytes, bytearray, "
+                              f"memoryview), not {type(frame).__name__}") from None
+
+
 # what tha_heap_create accepts (csrc/src/arena.c): capacities are rounded
 # up to 64 KiB; C's 0 ("the default") is spelled out in Python
 MIN_CAPACITY, MAX_CAPACITY = 1 << 20, 1 << 44
@@ -102,7 +114,7 @@ class Heap:
         function-pointer field that holds one cannot be applied unbound).
         ``tracking`` as for ``Heap()``."""
         _check_tracking(tracking)
-        buf = _cffi.from_buffer(frame)
+        buf = _frame_buffer("from_snapshot", frame)
         info = _cffi.new("tha_frame_info_t *")
         msg = _cffi.new("char[256]")
         out = _cffi.new("tha_schema_t **")
@@ -326,11 +338,17 @@ class Heap:
                 buf = bytearray(size[0])
             else:
                 buf = out
-                if len(memoryview(buf)) < size[0]:
-                    raise Error(f"output buffer holds {len(memoryview(buf))} bytes; "
-                                f"the frame needs {size[0]}")
-            self._check(lib.tha_heap_encode(self._h, kind, _cffi.from_buffer(buf),
-                                            size[0], n))
+                try:
+                    have = len(memoryview(buf))
+                    cbuf = _cffi.from_buffer(buf, require_writable=True)
+                except (TypeError, BufferError):
+                    raise InvalidArgument("out= must be a writable buffer (bytearray, "
+                                          f"memoryview), not {type(out).__name__}") from None
+                if have < size[0]:
+                    raise InvalidArgument(f"output buffer holds {have} bytes; "
+                                          f"the frame needs {size[0]}")
+            self._check(lib.tha_heap_encode(self._h, kind, _cffi.from_buffer(buf)
+                                            if out is None else cbuf, size[0], n))
         if out is None:
             return bytes(buf)
         return memoryview(buf)[: n[0]]
@@ -355,7 +373,7 @@ class Heap:
     def apply(self, frame) -> None:
         """Applies a snapshot or the next delta; verified whole first, so on
         any error the heap is unchanged."""
-        buf = _cffi.from_buffer(frame)
+        buf = _frame_buffer("apply", frame)
         with self._lock:
             self._check(lib.tha_heap_apply(self._h, buf, len(buf)))
 
