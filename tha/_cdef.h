@@ -163,6 +163,7 @@ typedef struct tha_leak {
 
 int tha_leaks(tha_heap_t *h, tha_leak_t *out, size_t cap, size_t *n);
 int tha_collect(tha_heap_t *h, uint64_t *bytes_freed);
+int tha_heap_dangling(const tha_heap_t *h, uint64_t *slot, uint64_t *target);
 
 /* ---- frames ---- */
 enum tha_frame_kind { THA_FRAME_SNAPSHOT, THA_FRAME_DELTA, ... };

@@ -19,6 +19,7 @@ import sys
 from ._ffi import ffi as _cffi, lib
 from .errors import Error, check
 from .heap import Heap
+from .reach import field_path, first_dangling
 from .schema import Schema, _functions_declared
 
 FRAME_MAGIC = b"THAF"
@@ -131,68 +132,11 @@ class View:
         if o["count"] > 1:
             s += f"[{k}]"
         if inner:
-            s += _field_at(self.schema.ctype(o["type"]), inner, self.ffi)
+            s += field_path(self.schema.ctype(o["type"]), inner, self.ffi)
         names = self.rooted.get(off) if roots else None
         if names:
             s += " (root " + ", ".join(names) + ")"
         return s
-
-
-def _field_at(ctype, rel: int, ffi) -> str:
-    """'.salary', '.reports[2]', '.home.street+3' for byte rel of ctype."""
-    out = ""
-    while rel:
-        if ctype.kind == "struct":
-            for name, f in ctype.fields:
-                fsize = ffi.sizeof(f.type) if f.bitsize < 0 else 0
-                if f.offset <= rel < f.offset + fsize:
-                    out += "." + name
-                    rel -= f.offset
-                    ctype = f.type
-                    break
-            else:
-                return out + f"+{rel}"
-        elif ctype.kind == "array":
-            k, rel = divmod(rel, ffi.sizeof(ctype.item))
-            out += f"[{k}]"
-            ctype = ctype.item
-        else:
-            return out + f"+{rel}"
-    return out
-
-
-def first_bad_pointer(view: View):
-    """'struct emp @0x4008[2].mgr -> 0x10 (not a live allocation)' for the
-    first pointer that is neither NULL nor inside a live allocation (into
-    freed memory or allocator metadata), or None. tha_heap_check only asks
-    that pointers stay inside the image; a saved heap should not dangle."""
-    def walk(v, ctype, where):
-        kind = ctype.kind
-        if kind == "pointer":
-            if v is not None and view.owner(v) is None:
-                return f"{where} -> 0x{v:x}: not inside a live allocation"
-        elif kind == "array" and ctype.item.cname != "char":
-            for k, x in enumerate(v):
-                bad = walk(x, ctype.item, f"{where}[{k}]")
-                if bad:
-                    return bad
-        elif kind == "struct":
-            for n, f in ctype.fields:
-                bad = walk(v[n], f.type, f"{where}.{n}")
-                if bad:
-                    return bad
-        return None
-
-    for o in view.objects:
-        ctype = view.schema.ctype(o["type"])
-        if ctype.cname == "char":
-            continue
-        for k, elem in enumerate(o["value"]):
-            where = f"{o['type']} @0x{o['offset']:x}" + (f"[{k}]" if o["count"] > 1 else "")
-            bad = walk(elem, ctype, where)
-            if bad:
-                return bad
-    return None
 
 
 def _text(v, ctype, view: View, ffi) -> str:
@@ -399,7 +343,8 @@ def run_verify(args) -> int:
     except Error as e:
         print(f"verify: {args.file}: {e}", file=sys.stderr)
         return 1
-    bad = first_bad_pointer(View(op.heap))
+    with op.heap._lock:
+        bad = first_dangling(op.heap)
     if bad:
         print(f"verify: {args.file}: pointer {bad}", file=sys.stderr)
         return 1

@@ -47,6 +47,47 @@ def find_leaks(heap) -> list:
     return leaks
 
 
+def first_dangling(heap) -> str | None:
+    """'struct emp @0x4008[2].mgr -> 0x10: not inside a live allocation'
+    for the first data pointer (in address order) into the image but not
+    into a live allocation, or None (tha_heap_dangling: no dump, O(pointer
+    slots)). The caller holds the heap's lock."""
+    slot, target = _cffi.new("uint64_t *"), _cffi.new("uint64_t *")
+    if not heap._check(lib.tha_heap_dangling(heap._h, slot, target)):
+        return None
+    obj = _cffi.new("tha_obj_t *")
+    heap._check(lib.tha_heap_lookup(heap._h, _cffi.cast("void *", heap._base + slot[0]), obj))
+    schema = heap.schema
+    ctype = schema.ctype_of(obj.type_id)
+    k, rel = divmod(slot[0] - obj.offset, obj.size)
+    where = f"{schema.type_name(ctype)} @0x{obj.offset:x}" + (f"[{k}]" if obj.count > 1 else "")
+    return (f"{where}{field_path(ctype, rel, schema.ffi)} -> 0x{target[0]:x}: "
+            "not inside a live allocation")
+
+
+def field_path(ctype, rel: int, ffi) -> str:
+    """'.salary', '.reports[2]', '.home.street+3' for byte rel of ctype."""
+    out = ""
+    while rel:
+        if ctype.kind == "struct":
+            for name, f in ctype.fields:
+                fsize = ffi.sizeof(f.type) if f.bitsize < 0 else 0
+                if f.offset <= rel < f.offset + fsize:
+                    out += "." + name
+                    rel -= f.offset
+                    ctype = f.type
+                    break
+            else:
+                return out + f"+{rel}"
+        elif ctype.kind == "array":
+            k, rel = divmod(rel, ffi.sizeof(ctype.item))
+            out += f"[{k}]"
+            ctype = ctype.item
+        else:
+            return out + f"+{rel}"
+    return out
+
+
 def collect(heap) -> int:
     """Frees every unreachable allocation; bytes freed. Caller holds the lock."""
     freed = _cffi.new("uint64_t *")

@@ -404,6 +404,16 @@ THA_API int tha_leaks(tha_heap_t *h, tha_leak_t *out, size_t cap, size_t *n);
  * by the application outside the heap are not roots: what they point to is
  * freed if no root reaches it. */
 THA_API int tha_collect(tha_heap_t *h, uint64_t *bytes_freed);
+/* The first data pointer slot, in address order, that holds an address
+ * inside the image but not inside a live allocation (freed memory,
+ * allocator metadata, one past the end of an object, the roots table):
+ * returns 1 and sets *slot (region offset of the pointer word) and
+ * *target (region offset it holds); 0 if every pointer is NULL, outside
+ * the image, or inside a live allocation. tha_heap_check only asks that
+ * pointers stay inside the image; a heap that should not dangle (a saved
+ * checkpoint: `python -m tha verify`) asks this too. O(live objects +
+ * pointer slots); read-only. */
+THA_API int tha_heap_dangling(const tha_heap_t *h, uint64_t *slot, uint64_t *target);
 
 /* ---- frames ------------------------------------------------------------ */
 

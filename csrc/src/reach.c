@@ -215,3 +215,29 @@ int tha_collect(tha_heap_t *h, uint64_t *bytes_freed) {
     if (bytes_freed) *bytes_freed = freed;
     return rc;
 }
+
+int tha_heap_dangling(const tha_heap_t *h, uint64_t *slot, uint64_t *target) {
+    if (!h || !slot || !target) return THA_EINVAL;
+    const uint64_t base = (uint64_t)(uintptr_t)h->base, top = tha__reg(h)->top;
+    const tha__type_t *types = h->schema->types;
+    uint64_t cursor = 0;
+    tha_obj_t o;
+    while (tha_heap_next(h, &cursor, &o) == 1) {
+        const tha__type_t *t = &types[o.type_id];
+        const uint8_t *elem = h->base + o.offset;
+        for (uint32_t i = 0; i < o.count; i++, elem += t->size)
+            for (uint32_t s = 0; s < t->nslots; s++) {
+                if (t->slots[s].is_func) continue;
+                uint64_t v;
+                memcpy(&v, elem + t->slots[s].offset, 8);
+                uint64_t off = v - base; /* NULL and foreign wrap past top */
+                if (off >= top) continue;
+                tha__objhdr_t *oh;
+                if (tha__find(h, off, &oh)) continue;
+                *slot = (uint64_t)(elem - h->base) + t->slots[s].offset;
+                *target = off;
+                return 1;
+            }
+    }
+    return 0;
+}

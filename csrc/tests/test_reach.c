@@ -284,6 +284,40 @@ static void test_dangling_and_spans(void) {
     tha_heap_destroy(h);
 }
 
+/* tha_heap_dangling: the first pointer slot into the image but not into a
+ * live allocation, in address order; interior, NULL, foreign and function
+ * slots are never reported. */
+static void test_dangling_pointer_slots(void) {
+    tha_heap_t *h = make_heap(8 << 20);
+    uint64_t slot = 0, target = 0;
+    CHECK(tha_heap_dangling(h, &slot, &target) == 0);
+    struct node *a = node(h, 1), *b = node(h, 2), *c = node(h, 3);
+    struct node *arr;
+    CHECK_OK(tha_heap_alloc(h, NODE, 10, (void **)&arr));
+    a->next = &arr[7];          /* interior: fine */
+    a->any = (char *)&arr[3] + 5;
+    a->fn = hello;              /* code, not a reference */
+    b->any = (void *)&slot;     /* outside the image: not this check's */
+    CHECK(tha_heap_dangling(h, &slot, &target) == 0);
+    struct holder *hd;
+    CHECK_OK(tha_heap_alloc(h, HOLDER, 1, (void **)&hd));
+    CHECK_OK(tha_heap_free(h, c));
+    hd->p[1].a = c;             /* freed: dangling */
+    arr[9].kids[2] = c;         /* also, but later in address order? */
+    CHECK(tha_heap_dangling(h, &slot, &target) == 1);
+    uint64_t first = off(h, &arr[9].kids[2]) < off(h, &hd->p[1].a)
+                         ? off(h, &arr[9].kids[2]) : off(h, &hd->p[1].a);
+    CHECK(slot == first && target == off(h, c));
+    arr[9].kids[2] = NULL;
+    hd->p[1].a = (struct node *)((char *)&arr[10]); /* one past the end */
+    CHECK(tha_heap_dangling(h, &slot, &target) == 1);
+    CHECK(slot == off(h, &hd->p[1].a) && target == off(h, &arr[10]));
+    hd->p[1].a = NULL;
+    CHECK(tha_heap_dangling(h, &slot, &target) == 0);
+    CHECK(tha_heap_dangling(NULL, &slot, &target) == THA_EINVAL);
+    tha_heap_destroy(h);
+}
+
 static void test_cap_smaller_than_count(void) {
     tha_heap_t *h = make_heap(1 << 20);
     for (int i = 0; i < 10; i++) node(h, (uint64_t)i);
@@ -448,6 +482,7 @@ int main(void) {
     RUN(test_function_slots_are_not_references);
     RUN(test_garbage_into_live);
     RUN(test_dangling_and_spans);
+    RUN(test_dangling_pointer_slots);
     RUN(test_cap_smaller_than_count);
     RUN(test_random_graphs);
     RUN(test_wide_graph);
