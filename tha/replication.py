@@ -45,7 +45,8 @@ import time
 from dataclasses import dataclass, field
 
 from ._ffi import ffi as _cffi, lib
-from .errors import Error, SchemaMismatch, StateError, check
+from .errors import (AuthError, Error, Fenced, SchemaMismatch, StateError, SyncTimeout,
+                     VersionMismatch, check)
 from .heap import Heap, _TRACKING
 from .schema import Schema
 
@@ -56,22 +57,6 @@ ACK_LEVELS = {"none": lib.THA_ACK_NONE, "received": lib.THA_ACK_RECEIVED,
               "applied": lib.THA_ACK_APPLIED, "persisted": lib.THA_ACK_PERSISTED}
 _INLINE_MAX = 64 << 10  # send_now() leaves bigger output items to the writer
 _STATES = {0: "handshake", 1: "bulk", 2: "catching-up", 3: "streaming", 4: "closed"}
-
-
-class Fenced(Error, RuntimeError):
-    """A newer active exists (a standby was promoted): this one must stop."""
-
-
-class SyncTimeout(Error, TimeoutError):
-    """The required standbys did not acknowledge in time."""
-
-
-class AuthError(Error, PermissionError):
-    """The peer does not know the shared secret."""
-
-
-class VersionMismatch(Error, ValueError):
-    """The peer speaks another protocol version."""
 
 
 # A standby refused this active (or this active refused it) for a reason
