@@ -16,10 +16,11 @@ import json
 import os
 import sys
 
-from ._ffi import ffi as _cffi, lib
-from .errors import Error, check
-from .heap import Heap
-from .schema import Schema, _functions_declared
+from .._ffi import ffi as _cffi, lib
+from ..durability import file_schema
+from ..errors import Error, check
+from ..heap import Heap
+from ..schema import Schema, _functions_declared
 
 FRAME_MAGIC = b"THAF"
 
@@ -77,7 +78,6 @@ def open_file(path: str, log: str | None = None) -> Opened:
     if not hasattr(Heap, "load"):
         raise Error(f"{path}: not a snapshot frame (no THAF magic), and this "
                     "build cannot read checkpoint files")
-    from .durability import file_schema
     funcs, keep = _placeholders(file_schema(path))
     heap = Heap.load(path, log=log, functions=funcs, check=False)
     heap._inspect_keep = keep
