@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tha import bench
+from tha.bench import codec as bench
 
 RESULTS = {}  # benchmark name -> list of seconds per round
 REPL_RESULTS = {}  # replication benchmarks: name -> seconds per call
@@ -59,7 +59,7 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def _replication_summary(terminalreporter):
-    from tha import bench_replication as br
+    from tha.bench import replication as br
     need = ("tcp_stream", "sync_large", "ping_process", "ping_thread", "sync_small",
             "sync_small_tiny")
     if not all(k in REPL_RESULTS for k in need):

@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tha import bench_checkpoint as bc
+from tha.bench import checkpoint as bc
 
 pytestmark = pytest.mark.bench
 

@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tha.bench_leaks import LeakGraph
+from tha.bench.leaks import LeakGraph
 
 pytestmark = pytest.mark.bench
 

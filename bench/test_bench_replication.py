@@ -16,7 +16,7 @@ import os
 import pytest
 from conftest import REPL_RESULTS
 
-from tha import bench_replication as br
+from tha.bench import replication as br
 
 pytestmark = pytest.mark.bench
 

@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tha import bench_tracking as bt
+from tha.bench import tracking as bt
 
 pytestmark = pytest.mark.bench
 

@@ -14,161 +14,24 @@ plus N/250 ``struct dept``, mirrors it into a second heap, then times:
 Each is run K times; the table shows the best and the median, the throughput
 and the ratios against the memcpy of the same run (a shared VM varies by 2x
 between runs, so only same-run ratios mean anything). ``bench/`` runs the
-same measurements under pytest-benchmark; both build the graph here.
+same measurements under pytest-benchmark; both build the graph of
+tha/bench/workload.py.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import platform
-import random
 import statistics
 import sys
 import time
-from array import array
 
-from .heap import Heap
-from .schema import Schema
-
-SCHEMA = """
-struct dept { char name[32]; uint32_t id; };
-struct emp { char name[32]; uint32_t id; double salary;
-             struct emp *mgr; struct dept *dept; struct emp *reports[4]; };
-"""
-EMP_WORDS = 12          # sizeof(struct emp) / 8
-EMP_SIZE = 8 * EMP_WORDS
-DEPT_SIZE = 36
-EMPS_PER_DEPT = 250
+from .workload import Graph, clock, machine
 
 # Targets from the issue, as same-run ratios.
 TARGET_SNAPSHOT_VS_MEMCPY = 0.40   # encode+apply throughput / memcpy's
 TARGET_DELTA_SPEEDUP = 50.0        # snapshot time / delta time
 
 
-# ---- the graph ------------------------------------------------------------
-
-class Graph:
-    """Source heap, its emp/dept arrays, an in-sync mirror and the buffers
-    every measurement reuses (allocated and faulted once)."""
-
-    def __init__(self, n: int = 1_000_000, dirty_pct: float = 1.0, seed: int = 1,
-                 clustered: bool = False):
-        if n < 2:
-            raise ValueError("need at least 2 emps")
-        self.n = n
-        self.schema = Schema(SCHEMA)
-        ndepts = max(1, n // EMPS_PER_DEPT)
-        capacity = ((n * EMP_SIZE + ndepts * DEPT_SIZE) * 9 // 8 + (8 << 20))
-        self.capacity = capacity
-        self.heap = Heap(self.schema, capacity=capacity, tracking="explicit")
-        self.depts = self.heap.new("struct dept", count=ndepts)
-        self.emps = self.heap.new("struct emp", count=n)
-        self._wire(ndepts)
-        self.heap.touch(self.emps)  # the whole array: written behind the heap's back
-        self.mirror = Heap(self.schema, capacity=capacity, tracking="explicit")
-        self.snap_size = self.heap.frame_size("snapshot")
-        self.snap_buf = bytearray(self.snap_size + 4096)
-        self.delta_buf = bytearray(self.snap_size + 4096)
-        self.sync()
-        # The dirty set: scattered emps, never element 0 (touching the start
-        # of an allocation marks all of it).
-        k = max(1, round(n * dirty_pct / 100))
-        if clustered:  # one contiguous stretch in the middle of the array
-            first = max(1, (n - k) // 2)
-            self.dirty = list(range(first, min(n, first + k)))
-        else:
-            self.dirty = sorted(random.Random(seed).sample(range(1, n), min(k, n - 1)))
-        self.clustered = clustered
-        self.dirty_pct = dirty_pct
-        self._round = 0
-        # memcpy baseline buffers: the snapshot's byte count, pre-faulted.
-        self.cp_src = bytearray(b"\x5a") * self.snap_size
-        self.cp_dst = bytearray(self.snap_size)
-
-    def _wire(self, ndepts: int) -> None:
-        """Writes the whole emp array as one image built column by column
-        (array slices with a stride), then copies it in: a second or so for
-        1M emps, against minutes for per-field cffi writes."""
-        n, ffi = self.n, self.schema.ffi
-        ebase = self.heap.base + self.heap.offset_of(self.emps)
-        dbase = self.heap.base + self.heap.offset_of(self.depts)
-        img = array("Q", bytes(n * EMP_SIZE))
-        w = EMP_WORDS
-        img[0::w] = array("Q", range(0x6d65, 0x6d65 + (n << 16), 1 << 16))  # "em"+i
-        img[4::w] = array("Q", range(n))                                      # id
-        sal = array("d", map(float, range(50_000, 50_000 + n)))
-        img[5::w] = array("Q", sal.tobytes())                                 # salary
-        # A 4-ary tree: emp p manages 4p+1..4p+4; emp c's manager is (c-1)//4.
-        for k in range(4):
-            first = 1 + k                     # first child through slot k
-            kids = len(range(first, n, 4))    # children reached via slot k
-            parents = array("Q", range(ebase, ebase + kids * EMP_SIZE, EMP_SIZE))
-            img[first * w + 6::4 * w] = parents                               # mgr
-            col = array("Q", range(ebase + first * EMP_SIZE,
-                                   ebase + (first + 4 * kids) * EMP_SIZE, 4 * EMP_SIZE))
-            img[8 + k:(kids) * w + 8 + k:w] = col                             # reports[k]
-        depts = array("Q", range(dbase, dbase + ndepts * DEPT_SIZE, DEPT_SIZE))
-        reps = -(-n // ndepts)
-        img[7::w] = (depts * reps)[:n]                                        # dept
-        ffi.memmove(self.emps, img, len(img) * 8)
-        for i in range(ndepts):
-            self.depts[i].id = i
-            self.depts[i].name = b"dept%d" % i
-
-    # -- steps -------------------------------------------------------------
-
-    def sync(self) -> None:
-        """Brings the mirror level with the source through a snapshot."""
-        self.mirror.apply(self.heap.snapshot(out=self.snap_buf))
-
-    def touch_dirty(self) -> None:
-        """Changes every emp of the dirty set (salary and manager) and
-        touches it, as an application in explicit mode would."""
-        self._round += 1
-        emps, heap, r = self.emps, self.heap, self._round
-        for i in self.dirty:
-            e = emps + i
-            e.salary = float(r)
-            e.mgr = emps + ((i + r) % self.n)
-            heap.touch(e)
-
-    def memcpy(self) -> None:
-        self.schema.ffi.memmove(self.cp_dst, self.cp_src, self.snap_size)
-
-    def snapshot(self):
-        return self.heap.snapshot(out=self.snap_buf)
-
-    def delta(self):
-        return self.heap.delta(out=self.delta_buf)
-
-    def check_mirror(self) -> None:
-        """The mirror equals the source: snapshot bodies (everything after
-        the header: schema, region header, allocator state, objects with
-        pointers as offsets) byte for byte, plus a sample of typed reads.
-        Re-syncs afterwards (encoding the mirror bumps its sequence)."""
-        ffi = self.schema.ffi
-        for i in (1, self.n // 2, self.n - 1) + tuple(self.dirty[:3]):
-            a, off = self.emps[i], self.heap.offset_of(self.emps + i)
-            b = ffi.cast("struct emp *", self.mirror.base + off)
-            assert (a.id, a.salary) == (b.id, b.salary), i
-            assert self.heap.offset_of(a.mgr) == self.mirror.offset_of(b.mgr), i
-            assert self.heap.offset_of(a.dept) == self.mirror.offset_of(b.dept), i
-        hdr = 96
-        mine = memoryview(self.heap.snapshot())[hdr:]
-        theirs = memoryview(self.mirror.snapshot())[hdr:]
-        assert mine == theirs, "mirror differs from the source"
-        self.sync()
-
-
 # ---- timing ---------------------------------------------------------------
-
-def _clock(fn, *args) -> float:
-    t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t
-
 
 def measure(g: Graph, repeat: int = 7, bytes_path: bool = True) -> dict:
     """Times every operation `repeat` times, interleaved round by round so a
@@ -180,7 +43,7 @@ def measure(g: Graph, repeat: int = 7, bytes_path: bool = True) -> dict:
     g.sync()
     delta_bytes = 0
     for _ in range(repeat):
-        t["memcpy"].append(_clock(g.memcpy))
+        t["memcpy"].append(clock(g.memcpy))
         t0 = time.perf_counter()
         frame = g.snapshot()
         t1 = time.perf_counter()
@@ -235,20 +98,6 @@ def summarize(times: dict, snap_bytes: int, delta_bytes: int) -> dict:
     return {"rows": rows, "ratios": ratios}
 
 
-def machine() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version(),
-            "system": f"{platform.system()} {platform.release()}"}
-
-
 def report(summary: dict, info: dict, out=sys.stdout) -> None:
     m = info["machine"]
     print(f"tha codec benchmark: {info['objects']:,} struct emp "
@@ -278,122 +127,16 @@ def report(summary: dict, info: dict, out=sys.stdout) -> None:
               f"(target >= {TARGET_DELTA_SPEEDUP:.0f}x, {ok2})", file=out)
 
 
-# ---- command line -----------------------------------------------------------
-
-def add_parser(subparsers) -> argparse.ArgumentParser:
-    """Registers ``bench`` on an argparse subparsers object; sets func=run."""
-    p = subparsers.add_parser(
-        "bench", help="codec throughput against memcpy, measured in the same run",
-        description=__doc__.split("\n\n")[1] if __doc__ else None,
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--objects", type=int, default=1_000_000, metavar="N",
-                   help="struct emp objects in the graph (default 1,000,000)")
-    p.add_argument("--clustered", action="store_true",
-                   help="the dirty emps are one contiguous stretch (default: scattered)")
-    p.add_argument("--dirty", type=float, default=1.0, metavar="PCT",
-                   help="percent of the emps changed per delta (default 1)")
-    p.add_argument("--repeat", type=int, default=7, metavar="K",
-                   help="rounds; best and median are reported (default 7)")
-    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--replication", action="store_true",
-                   help="instead: Active -> Standby (another process) over loopback "
-                   "TCP against raw sockets (see tha/bench_replication.py); "
-                   "--objects sizes the large delta, --repeat the rounds")
-    p.add_argument("--tracking", action="store_true",
-                   help="instead: cost of transparent tracking (diff, wp through "
-                   "userfaultfd and mprotect) on a 256 MiB heap against untracked "
-                   "writes and memcmp (see tha/bench_tracking.py); --repeat rounds")
-    p.add_argument("--leaks", action="store_true",
-                   help="instead: heap.leaks() over --objects separate allocations "
-                   "(1%% garbage), objects/s against a plain sweep "
-                   "(see tha/bench_leaks.py); --repeat rounds")
-    p.add_argument("--checkpoint", action="store_true",
-                   help="instead: checkpoint() and Heap.load() against a plain "
-                   "sequential write+fsync / cold read of the same bytes to the same "
-                   "disk (see tha/bench_checkpoint.py); --size, --dir, --repeat")
-    p.add_argument("--size", default="256M", metavar="BYTES",
-                   help="with --checkpoint: heap image size (256M, 1G; default 256M)")
-    p.add_argument("--dir", default=None, metavar="DIR",
-                   help="with --checkpoint: directory on the disk to measure "
-                   "(default: the temp directory)")
-    p.add_argument("--small", type=int, default=200, metavar="M",
-                   help="with --replication: small syncs and ping-pongs per round")
-    p.add_argument("--secret", action="store_true",
-                   help="with --replication: authenticate the link (a shared "
-                   "secret: every message carries a MAC)")
-    p.set_defaults(func=run)
-    return p
-
-
-def run(args) -> int:
-    if args.objects < 2 or args.repeat < 1 or not 0 < args.dirty <= 100:
-        print("bench: need --objects >= 2, --repeat >= 1, 0 < --dirty <= 100",
-              file=sys.stderr)
-        return 2
-    if args.leaks:
-        from . import bench_leaks as bl
-        res = bl.run(args.objects, args.repeat)
-        if args.json:
-            json.dump({**res, "machine": machine()}, sys.stdout, indent=2)
-            print()
-        else:
-            bl.report(res, machine())
-        return 0
-    if getattr(args, "checkpoint", False):
-        from . import bench_checkpoint as bc
-        res = bc.run(bc.parse_size(args.size), min(args.repeat, 3) if args.repeat == 7
-                     else args.repeat, args.dir)
-        if args.json:
-            json.dump(res, sys.stdout, indent=2)
-            print()
-        else:
-            bc.report(res)
-        return 0
-    if args.tracking:
-        from . import bench_tracking as bt
-        res = bt.run(args.repeat)
-        if args.json:
-            rows = [{"mechanism": k[0], "pattern": k[1], **v} for k, v in res["rows"].items()]
-            json.dump({"memcmp_s": res["memcmp_s"], "rows": rows, "machine": machine()},
-                      sys.stdout, indent=2)
-            print()
-        else:
-            bt.report(res, args.repeat)
-        return 0
-    if args.replication:
-        if args.secret:  # the peer processes read it too
-            os.environ["THA_BENCH_SECRET"] = os.urandom(16).hex()
-        from . import bench_replication as br
-        res = br.run(args.objects, args.repeat, args.small)
-        if args.json:
-            json.dump({**res["info"], **res["summary"]}, sys.stdout, indent=2)
-            print()
-        else:
-            br.report(res["summary"], res["info"])
-        return 0
+def run(objects: int = 1_000_000, dirty_pct: float = 1.0, repeat: int = 7,
+        clustered: bool = False) -> dict:
+    """Builds the graph, measures, summarizes: {"summary", "info"}."""
     t0 = time.perf_counter()
-    g = Graph(args.objects, args.dirty, clustered=args.clustered)
+    g = Graph(objects, dirty_pct, clustered=clustered)
     setup_s = time.perf_counter() - t0
-    res = measure(g, args.repeat)
+    res = measure(g, repeat)
     summary = summarize(res["times"], res["snapshot_bytes"], res["delta_bytes"])
-    info = {"objects": args.objects, "dirty_pct": args.dirty, "repeat": args.repeat,
-            "clustered": args.clustered,
+    info = {"objects": objects, "dirty_pct": dirty_pct, "repeat": repeat,
+            "clustered": clustered,
             "snapshot_bytes": res["snapshot_bytes"], "delta_bytes": res["delta_bytes"],
             "setup_s": setup_s, "machine": machine()}
-    if args.json:
-        json.dump({**info, **summary}, sys.stdout, indent=2)
-        print()
-    else:
-        report(summary, info)
-    return 0
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m tha.bench")
-    sub = ap.add_subparsers(dest="cmd")
-    add_parser(sub)
-    return run(ap.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)]))
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return {"summary": summary, "info": info}

@@ -12,9 +12,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from .. import __version__, bench
+from .. import __version__
 from ..errors import Error
-from . import demo, inspect, soak, standby
+from . import bench, demo, inspect, soak, standby
 
 
 def main(argv=None) -> int:
