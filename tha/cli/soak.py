@@ -1,5 +1,5 @@
 """``python -m tha soak``: a cluster of real processes under random faults
-(the cluster and its checker: tha/soak.py)."""
+(the cluster and its checker: tha/soak/)."""
 
 from __future__ import annotations
 
