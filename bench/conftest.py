@@ -1,5 +1,5 @@
 """Fixtures for the codec benchmarks: one 1M-emp graph per session (built in
-tha.bench, ~2 s), and a summary of same-run ratios at the end.
+tha/bench/workload.py, ~2 s), and a summary of same-run ratios at the end.
 
 Run apart from the tests:  .venv/bin/python -m pytest bench -q
 THA_BENCH_OBJECTS / THA_BENCH_DIRTY / THA_BENCH_ROUNDS override the size,

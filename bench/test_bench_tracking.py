@@ -1,4 +1,4 @@
-"""Transparent tracking on a 256 MiB heap (tha/bench_tracking.py): writes
+"""Transparent tracking on a 256 MiB heap (tha/bench/tracking.py): writes
 against untracked writes, delta() against a memcmp of the region, all in
 the same run. Printed, not asserted (a shared VM varies 2x between runs):
 
