@@ -22,8 +22,8 @@ with open(os.path.join(HERE, "tha", "_cdef.h"), encoding="utf-8") as f:
 
 # The replication driver's HMAC-SHA256: OpenSSL's libcrypto (which Python's
 # own ssl module links) when its headers are installed, so the MAC of every
-# message costs no Python call; else tha/replication.py computes it with
-# Python's hmac. libtha itself holds no cryptography.
+# message costs no Python call; else tha/replication/connection.py computes
+# it with Python's hmac. libtha itself holds no cryptography.
 HAVE_OPENSSL = any(os.path.exists(os.path.join(d, "openssl", "core_names.h"))
                    for d in ("/usr/include", "/usr/local/include"))
 MAC_SOURCE = r"""

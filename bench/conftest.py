@@ -1,5 +1,5 @@
 """Fixtures for the codec benchmarks: one 1M-emp graph per session (built in
-tha.bench, ~2 s), and a summary of same-run ratios at the end.
+tha/bench/workload.py, ~2 s), and a summary of same-run ratios at the end.
 
 Run apart from the tests:  .venv/bin/python -m pytest bench -q
 THA_BENCH_OBJECTS / THA_BENCH_DIRTY / THA_BENCH_ROUNDS override the size,
@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tha import bench
+from tha.bench import codec as bench
 
 RESULTS = {}  # benchmark name -> list of seconds per round
 REPL_RESULTS = {}  # replication benchmarks: name -> seconds per call
@@ -59,7 +59,7 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def _replication_summary(terminalreporter):
-    from tha import bench_replication as br
+    from tha.bench import replication as br
     need = ("tcp_stream", "sync_large", "ping_process", "ping_thread", "sync_small",
             "sync_small_tiny")
     if not all(k in REPL_RESULTS for k in need):

@@ -1,6 +1,6 @@
 """Checkpoint write and load throughput against a plain sequential
 write+fsync / cold read of the same bytes to the same disk, same run
-(tha/bench_checkpoint.py). The write baseline replaces a file durably the
+(tha/bench/checkpoint.py). The write baseline replaces a file durably the
 way a user would (temp file, fsync, rename over, directory fsync), as
 checkpoint() does. Printed, not asserted (a shared VM varies 2x):
 
@@ -11,7 +11,7 @@ import os
 
 import pytest
 
-from tha import bench_checkpoint as bc
+from tha.bench import checkpoint as bc
 
 pytestmark = pytest.mark.bench
 

@@ -1,7 +1,7 @@
 """heap.leaks() over 1,000,000 separate allocations (THA_BENCH_OBJECTS),
 beside a plain sweep of the same heap measured in the same run.
 
-The graph (tha.bench_leaks.LeakGraph): N struct emp allocated one by one,
+The graph (tha.bench.leaks.LeakGraph): N struct emp allocated one by one,
 the live ones a 4-ary tree from one root, every 100th unreachable and
 pointing into the tree; once in allocation order and once with the tree
 shuffled over the addresses. Objects per second (N / time) are printed
@@ -12,7 +12,7 @@ import os
 
 import pytest
 
-from tha.bench_leaks import LeakGraph
+from tha.bench.leaks import LeakGraph
 
 pytestmark = pytest.mark.bench
 

@@ -1,8 +1,8 @@
 """Active -> Standby over loopback TCP, beside raw-socket baselines measured
-in the same run (tha/bench_replication.py says exactly what each measures).
+in the same run (tha/bench/replication.py says exactly what each measures).
 
 The standby and the raw peers run in other processes (``python -m
-tha.bench_replication peer ...``), so the GIL of this process serves only
+tha.bench.replication peer ...``), so the GIL of this process serves only
 the active side. Targets (issue 3): a large-delta sync(ack="applied") moves
 >= 50% of raw TCP throughput; a one-object sync(ack="applied") round trip
 is <= 3x a 64-byte ping-pong with another process. Ratios are printed at
@@ -16,7 +16,7 @@ import os
 import pytest
 from conftest import REPL_RESULTS
 
-from tha import bench_replication as br
+from tha.bench import replication as br
 
 pytestmark = pytest.mark.bench
 

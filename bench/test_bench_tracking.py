@@ -1,4 +1,4 @@
-"""Transparent tracking on a 256 MiB heap (tha/bench_tracking.py): writes
+"""Transparent tracking on a 256 MiB heap (tha/bench/tracking.py): writes
 against untracked writes, delta() against a memcmp of the region, all in
 the same run. Printed, not asserted (a shared VM varies 2x between runs):
 
@@ -8,7 +8,7 @@ import os
 
 import pytest
 
-from tha import bench_tracking as bt
+from tha.bench import tracking as bt
 
 pytestmark = pytest.mark.bench
 

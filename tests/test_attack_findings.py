@@ -32,7 +32,8 @@ import pytest
 
 import tha
 from tha._ffi import ffi, lib
-from tha.replication import _MAC_FN, Active, Standby, SyncTimeout
+from tha.replication import Active, Standby, SyncTimeout
+from tha.replication.connection import _MAC_FN
 
 from test_attacks import (CDEF, HELLO, REFUSE, closed_by_peer, message,
                           refuse_fenced)

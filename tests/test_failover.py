@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from tha.console import parse_duration, read_secret
+from tha.cli.console import parse_duration, read_secret
 from tha.replication import Active
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

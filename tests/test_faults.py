@@ -31,8 +31,8 @@ import time
 import pytest
 
 import tha
-from tha._linkproxy import LinkProxy
-from tha._soak_node import digest, digest_of, new_heap, write_op
+from tha.soak.linkproxy import LinkProxy
+from tha.soak.node import digest, digest_of, new_heap, write_op
 from tha.replication import Active, SyncTimeout
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -722,10 +722,10 @@ def test_kill_9_during_promotion(tmp_path, secret_file):
 # ---- a link that is cut, stalled and corrupted -----------------------------------------
 
 class NodeClient:
-    """A tha._soak_node standby process, asked for its status over stdin."""
+    """A tha.soak.node standby process, asked for its status over stdin."""
 
     def __init__(self, tmp_path, secret_file):
-        args = [sys.executable, "-m", "tha._soak_node", "--name", "sb", "--peers", "",
+        args = [sys.executable, "-m", "tha.soak.node", "--name", "sb", "--peers", "",
                 "--peer-timeout", "1.0"]
         args += (["--secret-file", str(secret_file)] if secret_file else ["--secret", ""])
         self.proc = Proc(tmp_path, args, "node")

@@ -1,10 +1,10 @@
 """A checker in the spirit of Jepsen for tha's replication (issue 8).
 
-The checker itself lives in tha/soak.py (``python -m tha soak`` runs it
-for longer, with more link faults). Real processes (tha/_soak_node.py,
+The checker itself lives in tha/soak/cluster.py (``python -m tha soak`` runs it
+for longer, with more link faults). Real processes (tha/soak/node.py,
 THA_JEPSEN_NODES of them, default 3) on 127.0.0.1 with a shared secret: one active, the others
 standbys. Every connection between two nodes goes through a proxy the test
-controls (tha/_linkproxy.py, one per directed link). The test is
+controls (tha/soak/linkproxy.py, one per directed link). The test is
 the client: a workload thread sends writes to the node it believes is the
 active (each write adds record `op`, op numbers are unique) and records
 every write whose ``sync(ack="applied")`` returned, with its epoch and

@@ -10,7 +10,7 @@ from hypothesis.stateful import (RuleBasedStateMachine, initialize, invariant,
 import os
 
 import tha
-from tha import _writer
+from tha.bench import writer as _writer
 
 from conftest import HOOKS, RICH_CDEF
 

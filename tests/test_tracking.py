@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 import tha
-from tha import _writer
+from tha.bench import writer as _writer
 
 from conftest import SMALL_CDEF
 

@@ -6,14 +6,15 @@ ships them as frames (``snapshot()``, ``delta()``) that another heap
 """
 
 from ._ffi import ffi as _ffi, lib as _lib
-from .errors import (CapacityError, ChecksumError, CorruptHeap, Error, Timeout, FrameError,
-                     InvalidArgument, InvalidPointer, NotFound, OSFailure, SchemaError,
-                     SchemaMismatch, SequenceError, StaleEpoch, StateError)
+from .errors import (AuthError, CapacityError, ChecksumError, CorruptHeap, Error, Fenced,
+                     FrameError, InvalidArgument, InvalidPointer, NotFound, OSFailure,
+                     SchemaError, SchemaMismatch, SequenceError, StaleEpoch, StateError, SyncTimeout,
+                     Timeout, VersionMismatch)
 from .durability import LoadReport
 from .heap import Heap, Roots
 from .reach import Leak
 from .schema import Schema
-from .replication import Active, AuthError, Fenced, Standby, SyncResult, SyncTimeout
+from .replication import Active, Standby, SyncResult
 
 __version__ = "0.1.0"
 
@@ -28,6 +29,6 @@ __all__ = [
     "Heap", "Leak", "LoadReport", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
     "CorruptHeap", "Timeout",
     "FrameError", "InvalidArgument", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
-    "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError",
+    "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError", "VersionMismatch",
     "__version__", "set_threads",
 ]

@@ -366,7 +366,7 @@ void tha_net_close(tha_net_t *n);
 
 /* the driver's HMAC-SHA256: OpenSSL's, compiled into the extension when
  * build_ext.py finds its headers (tha_py_have_openssl), else Python's
- * (tha_py_mac in tha/replication.py) */
+ * (tha_py_mac in tha/replication/connection.py) */
 extern "Python" void tha_py_mac(void *ctx, const uint8_t *key, size_t key_len,
                                 const tha_mac_part_t *parts, size_t nparts, uint8_t *out);
 extern const int tha_py_have_openssl;

@@ -4,6 +4,9 @@
 log=...)`` reads one back at any address and replays a delta log on top;
 ``heap.attach_log(path, fsync=...)`` appends every frame the heap makes or
 applies; ``heap.compact()`` folds the log into a new checkpoint.
+
+Below tha/heap.py: Heap calls these helpers, which take a heap (or a C
+heap handle) and never import Heap.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 
 from ._ffi import ffi as _cffi, lib
 from .errors import Error, check
+from .schema import Schema
 
 
 @dataclass(frozen=True)
@@ -76,7 +80,7 @@ def tha_py_progress(ctx, done, total):
         pass
 
 
-def _progress_args(progress):
+def progress_args(progress):
     """(C callback, ctx, keepalive) for an optional ``progress(done, total)``."""
     if progress is None:
         return _cffi.NULL, _cffi.NULL, None
@@ -153,7 +157,6 @@ def checkpoint_info(path) -> dict:
 
 def file_schema(path, functions=None):
     """The Schema a checkpoint carries (functions bound from ``functions``)."""
-    from .schema import Schema
     info = _cffi.new("tha_checkpoint_info_t *")
     msg = _cffi.new("char[256]")
     out = _cffi.new("tha_schema_t **")
@@ -161,11 +164,10 @@ def file_schema(path, functions=None):
     return Schema("", functions, _c=_cffi.gc(out[0], lib.tha_schema_release))
 
 
-def load(cls, path, *, schema=None, log=None, functions=None, tracking="auto",
+def load(path, *, tracking: int, schema=None, log=None, functions=None,
          progress=None, check_heap=True):
-    from .heap import _TRACKING
-    if tracking not in _TRACKING:
-        raise Error(f"tracking must be one of {sorted(_TRACKING)}, not {tracking!r}")
+    """tha_heap_load: (schema, C heap handle, LoadReport); ``tracking`` is
+    the C mode (THA_TRACK_*). Heap.load wraps the handle."""
     if schema is None:
         schema = file_schema(path, functions)
     elif functions:
@@ -174,17 +176,14 @@ def load(cls, path, *, schema=None, log=None, functions=None, tracking="auto",
     opt = _cffi.new("tha_load_options_t *")
     keep = [os.fsencode(path)]
     opt.schema = schema._c
-    opt.tracking = _TRACKING[tracking]
+    opt.tracking = tracking
     if log is not None:
         keep.append(_cffi.new("char[]", os.fsencode(log)))
         opt.log = keep[-1]
-    opt.progress, opt.progress_ctx, handle = _progress_args(progress)
+    opt.progress, opt.progress_ctx, handle = progress_args(progress)
     opt.check = 1 if check_heap else 0
     rep = _cffi.new("tha_load_report_t *")
     out = _cffi.new("tha_heap_t **")
     check(lib.tha_heap_load(out, keep[0], opt, rep), lambda: rep.msg)
     del handle
-    heap = cls.__new__(cls)
-    heap._init_from_c(schema, out[0])
-    heap.load_report = _report(rep, path, log)
-    return heap
+    return schema, out[0], _report(rep, path, log)

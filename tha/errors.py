@@ -83,6 +83,24 @@ class OSFailure(Error, OSError):
         return str(self.args[0]) if self.args else ""
 
 
+# -- replication (tha.replication raises these; re-exported there) ------------
+
+class Fenced(Error, RuntimeError):
+    """A newer active exists (a standby was promoted): this one must stop."""
+
+
+class SyncTimeout(Error, TimeoutError):
+    """The required standbys did not acknowledge in time."""
+
+
+class AuthError(Error, PermissionError):
+    """The peer does not know the shared secret."""
+
+
+class VersionMismatch(Error, ValueError):
+    """The peer speaks another protocol version."""
+
+
 _BY_CODE = {
     lib.THA_EINVAL: InvalidArgument,
     lib.THA_ENOMEM: CapacityError,

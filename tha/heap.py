@@ -12,6 +12,7 @@ import os
 import threading
 from collections.abc import MutableMapping
 
+from . import durability, reach
 from ._ffi import ffi as _cffi, lib
 from .dump import dump_heap
 from .errors import Error, InvalidArgument, InvalidPointer, NotFound, check
@@ -139,9 +140,13 @@ class Heap:
         called as the image streams in. ``check`` runs heap.check() on the
         result. The log is not attached: call attach_log(log) to continue
         it (its torn tail is cut then)."""
-        from .durability import load
-        heap = load(cls, path, schema=schema, log=log, functions=functions,
-                    tracking=tracking, progress=progress, check_heap=check)
+        _check_tracking(tracking)
+        schema, heap_c, report = durability.load(
+            path, schema=schema, log=log, functions=functions,
+            tracking=_TRACKING[tracking], progress=progress, check_heap=check)
+        heap = cls.__new__(cls)
+        heap._init_from_c(schema, heap_c)
+        heap.load_report = report
         heap._checkpoint_path = path
         return heap
 
@@ -397,17 +402,15 @@ class Heap:
         roots through the relocation tables: any address inside an
         allocation (``team + 3``, a ``char *`` into a buffer) keeps it;
         function pointers, integers and cdata held by Python do not."""
-        from .reach import find_leaks
         with self._lock:
-            return find_leaks(self)
+            return reach.find_leaks(self)
 
     def collect(self) -> int:
         """Frees what ``leaks()`` reports, as ``free()`` would (the next
         delta carries it to mirrors); returns the payload bytes freed.
         Cdata still held by Python for those objects dangle afterwards."""
-        from .reach import collect
         with self._lock:
-            return collect(self)
+            return reach.collect(self)
 
     # -- durability (tha/durability.py, csrc/src/checkpoint.c) -------------
 
@@ -419,8 +422,7 @@ class Heap:
         replication and the delta log go on as if it had not happened. The
         heap's lock is held throughout (writers through cdata should pause:
         the file is a consistent image only if nothing writes meanwhile)."""
-        from .durability import _progress_args
-        cb, ctx, keep = _progress_args(progress)
+        cb, ctx, keep = durability.progress_args(progress)
         with self._lock:
             self._check(lib.tha_heap_checkpoint(self._h, os.fsencode(path), cb, ctx))
             self._checkpoint_path = path
@@ -435,13 +437,12 @@ class Heap:
         that much is unsynced; a thread syncs an idle log), 'never'. An
         existing log must end at this heap's seq (as after Heap.load(..,
         log=path)); its torn tail is cut."""
-        from .durability import LogSyncer, parse_fsync
-        ms = parse_fsync(fsync)
+        ms = durability.parse_fsync(fsync)
         with self._lock:
             self._check(lib.tha_heap_attach_log(self._h, os.fsencode(path), ms))
             self._log_path = path
             if ms > 0:
-                self._log_syncer = LogSyncer(self, ms)
+                self._log_syncer = durability.LogSyncer(self, ms)
 
     def detach_log(self) -> None:
         """Syncs and closes the delta log; frames are no longer logged."""
@@ -462,12 +463,11 @@ class Heap:
         """Folds the delta log into a checkpoint: checkpoint(path) (default:
         the last path checkpointed to or loaded from), then the log is
         replaced atomically by an empty one that follows the new checkpoint."""
-        from .durability import _progress_args
         path = path if path is not None else self._checkpoint_path
         if path is None:
             raise Error("compact: no checkpoint path: pass one (no checkpoint "
                         "was written or loaded yet)")
-        cb, ctx, keep = _progress_args(progress)
+        cb, ctx, keep = durability.progress_args(progress)
         with self._lock:
             self._check(lib.tha_heap_compact(self._h, os.fsencode(path), cb, ctx))
             self._checkpoint_path = path

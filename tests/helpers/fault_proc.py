@@ -24,7 +24,7 @@ Every state that could reach the disk is announced before it can, on stdout
 (unbuffered single writes, so a kill -9 loses none of them):
 ``pre SEQ DIGEST`` before the frame that makes it, ``ok SEQ DIGEST`` once that
 frame is durable (delta() or sync() returned), ``compact SEQ``, ``ready``,
-``listening PORT``. DIGEST is tha._soak_node.digest_of(heap.dump()).
+``listening PORT``. DIGEST is tha.soak.node.digest_of(heap.dump()).
 """
 
 import os
@@ -32,7 +32,7 @@ import random
 import sys
 
 import tha
-from tha._soak_node import digest, new_heap, write_op
+from tha.soak.node import digest, new_heap, write_op
 from tha.replication import Active, Standby
 
 

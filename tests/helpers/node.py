@@ -30,7 +30,7 @@ import random
 import sys
 
 import tha
-from tha.demo import CDEF, build, mutate
+from tha.cli.demo import CDEF, build, mutate
 from tha.replication import Active, Fenced, Standby, SyncTimeout
 
 EMPLOYEES, DEPTS = 200, 10

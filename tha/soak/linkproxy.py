@@ -1,5 +1,5 @@
 """A loopback TCP proxy for one directed link between two nodes, for the
-soak command (tha/soak.py) and the fault tests.
+soak command (tha/soak/cluster.py) and the fault tests.
 
 The caller controls it: ``cut()`` drops the connections it carries and
 refuses new ones (accepted, then closed at once) until ``heal()``;

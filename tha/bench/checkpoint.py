@@ -43,14 +43,13 @@ from __future__ import annotations
 
 import mmap
 import os
-import random
 import statistics
 import tempfile
 import time
 
-from .bench import SCHEMA, machine
-from .heap import Heap
-from .schema import Schema
+from ..heap import Heap
+from ..schema import Schema
+from .workload import SCHEMA, machine
 
 TARGET = 0.70
 CHUNK = 1 << 20

@@ -2,14 +2,14 @@
 checked after every event (issue 9). tests/test_jepsen.py runs the same
 checker (issue 8).
 
-Real processes (``python -m tha._soak_node``, ``nodes`` of them, default 3)
+Real processes (``python -m tha.soak.node``, ``nodes`` of them, default 3)
 on 127.0.0.1 with a generated shared secret (a file in a temp dir): one
 active, the others standbys. Every connection between two nodes goes
-through a proxy this process controls (tha/_linkproxy.py, one per directed
+through a proxy this process controls (tha/soak/linkproxy.py, one per directed
 link). This process is the client: a workload thread sends writes to the
 node it believes is the active (each write adds record ``op``, op numbers
 are unique, and makes random allocations, frees, pointer rewires and plain
-cdata writes in a pool of arrays; see tha/_soak_node.py) and records every
+cdata writes in a pool of arrays; see tha/soak/node.py) and records every
 write whose ``sync(ack="applied")`` returned, with its epoch and seq,
 whenever that answer arrives. Meanwhile it injects random faults: kill -9
 of the active or a standby, SIGSTOP of the active past the heir's
@@ -60,7 +60,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ._linkproxy import LinkProxy
+from .linkproxy import LinkProxy
 
 ALL_KINDS = ("kill", "stop", "cut", "promote", "rejoin", "intruder")
 HEIR_AFTER = 1.5        # the heir's promote_after (s)
@@ -69,7 +69,7 @@ PEER_TIMEOUT = 1.0      # heartbeat silence before a link is dropped
 REPLY_WAIT = SYNC_TIMEOUT + 2.0  # the workload waits this long for an answer
 RECOVER_AFTER = 8.0     # not settled after this long: a violation; then recover
 SETTLE_BOUND = 16.0     # not settled after this long even so: give up this check
-ROOT = str(Path(__file__).resolve().parent.parent)
+ROOT = str(Path(__file__).resolve().parents[2])  # holds tha/
 
 
 @dataclass
@@ -111,7 +111,7 @@ class NodeProc:
         c = self.cluster
         peers = ",".join("%s:%d" % c.proxies[(self.name, o.name)].address
                          for o in c.nodes if o is not self)
-        args = [sys.executable, "-m", "tha._soak_node", "--name", self.name,
+        args = [sys.executable, "-m", "tha.soak.node", "--name", self.name,
                 "--secret-file", str(c.secret_file),
                 "--peers", peers, "--sync-timeout", str(SYNC_TIMEOUT),
                 "--peer-timeout", str(PEER_TIMEOUT)]
@@ -707,7 +707,7 @@ class Cluster:
 
     def spawn_rogue(self, *args):
         err = open(self.tmp / f"rogue{len(self.rogues)}.err", "wb")
-        p = subprocess.Popen([sys.executable, "-m", "tha._soak_node",
+        p = subprocess.Popen([sys.executable, "-m", "tha.soak.node",
                               "--secret", "not-the-secret", *args],
                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                              stderr=err, text=True, env=self.node_env())

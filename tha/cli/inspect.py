@@ -16,11 +16,12 @@ import json
 import os
 import sys
 
-from ._ffi import ffi as _cffi, lib
-from .errors import Error, check
-from .heap import Heap
-from .reach import field_path, first_dangling
-from .schema import Schema, _functions_declared
+from .._ffi import ffi as _cffi, lib
+from ..durability import file_schema
+from ..errors import Error, check
+from ..heap import Heap
+from ..reach import field_path, first_dangling
+from ..schema import Schema, _functions_declared
 
 FRAME_MAGIC = b"THAF"
 
@@ -78,7 +79,6 @@ def open_file(path: str, log: str | None = None) -> Opened:
     if not hasattr(Heap, "load"):
         raise Error(f"{path}: not a snapshot frame (no THAF magic), and this "
                     "build cannot read checkpoint files")
-    from .durability import file_schema
     funcs, keep = _placeholders(file_schema(path))
     heap = Heap.load(path, log=log, functions=funcs, check=False)
     heap._inspect_keep = keep

@@ -25,15 +25,11 @@ import statistics
 import sys
 import time
 
-from ._ffi import ffi as _cffi, lib
-from .heap import Heap
-from .schema import Schema
+from .._ffi import ffi as _cffi, lib
+from ..heap import Heap
+from ..schema import Schema
+from .workload import SCHEMA
 
-SCHEMA = """
-struct dept { char name[32]; uint32_t id; };
-struct emp { char name[32]; uint32_t id; double salary;
-             struct emp *mgr; struct dept *dept; struct emp *reports[4]; };
-"""
 GARBAGE_EVERY = 100  # allocation i is garbage when i % 100 == 99
 
 

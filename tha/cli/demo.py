@@ -14,12 +14,13 @@ from __future__ import annotations
 import random
 import time
 
-from ._ffi import ffi as _cffi, lib
-from .console import (Console, common_options, parse_addr, parse_duration,
-                      print_applied, read_secret, setup_logging)
-from .errors import Error
-from .heap import Heap
-from .schema import Schema
+from .._ffi import ffi as _cffi, lib
+from ..errors import Error, Fenced, SyncTimeout
+from ..heap import Heap
+from ..replication import Active
+from ..schema import Schema
+from .console import Console, common_options, parse_addr, parse_duration, print_applied, start
+from .standby import listen, mirror
 
 CDEF = """
 struct dept { char name[32]; uint32_t id; uint32_t headcount; struct emp *head; };
@@ -132,8 +133,6 @@ def _rounds(console: Console, heap: Heap, act, args, rng: random.Random) -> int:
     """Mutate, sync, print; until --rounds are done or a signal stops it.
     A timeout is reported and the rounds go on; a fence (exit 3) or a
     definite refusal (wrong secret, other schema: exit 2) ends them."""
-    from .replication import Fenced, SyncTimeout
-
     ds, es = heap.roots["depts"], heap.roots["staff"]
     employees, depts = _count(heap, es), _count(heap, ds)
     console.say(f"{'round':>6} {'seq':>6} {'dirty':>6} {'bytes':>10} {'time':>10}")
@@ -162,12 +161,7 @@ def _rounds(console: Console, heap: Heap, act, args, rng: random.Random) -> int:
 
 
 def run_active(args) -> int:
-    from .replication import Active, Fenced, SyncTimeout
-
-    setup_logging(args.verbose)
-    secret = read_secret(args.secret_file)
-    console = Console()
-    console.install_signals()
+    console, secret = start(args)
     rng = random.Random(args.seed)
     heap = Heap(Schema(CDEF), capacity=args.capacity << 20, tracking="explicit")
     build(heap, args.employees, args.depts, rng)
@@ -204,27 +198,17 @@ def run_active(args) -> int:
 
 
 def run_standby(args) -> int:
-    from .replication import Active, Standby
-
-    setup_logging(args.verbose)
-    secret = read_secret(args.secret_file)
-    console = Console()
-    console.install_signals()
-    try:
-        # the rounds touch what they change, like the active's (explicit) heap
-        sb = Standby(listen=args.listen or ("127.0.0.1", 7400), secret=secret,
-                     promote_after=args.promote_after, on_applied=print_applied(console),
-                     tracking="explicit")
-    except (Error, OSError) as e:
-        console.say(f"python -m tha demo: error: {e}", err=True)
+    """The standby role: mirrors, then carries on the rounds once promoted."""
+    console, secret = start(args)
+    # the rounds touch what they change, like the active's (explicit) heap
+    sb = listen(console, "python -m tha demo", listen=args.listen or ("127.0.0.1", 7400),
+                secret=secret, promote_after=args.promote_after,
+                on_applied=print_applied(console), tracking="explicit")
+    if sb is None:
         return 2
     act = None
     try:
-        console.say("listening %s:%d" % tuple(sb.address))
-        while not console.stop.is_set() and not sb.promoted:
-            console.pump(0.1)
-            console.bulk_progress(sb)
-        console.flush()
+        mirror(console, sb, until_promoted=True)
         if console.stop.is_set():
             return 0
         heap = sb.heap

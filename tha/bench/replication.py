@@ -2,7 +2,7 @@
 against raw Python sockets, measured in the same run.
 
 The far end always runs in a second process (``python -m
-tha.bench_replication peer MODE``): in one process the standby's threads
+tha.bench.replication peer MODE``): in one process the standby's threads
 would fight the active's for the GIL and distort both sides. Measured,
 round by round interleaved so a noisy neighbour hits baseline and replication
 alike:
@@ -33,6 +33,9 @@ import subprocess
 import sys
 import threading
 import time
+
+from ..replication import Active, Standby
+from .workload import Graph, machine
 
 TARGET_LARGE_VS_TCP = 0.50   # sync throughput / raw TCP throughput
 TARGET_SMALL_VS_PING = 3.0   # sync round trip / 64-byte ping-pong
@@ -97,7 +100,6 @@ def _secret() -> bytes | None:
 def peer(mode: str) -> None:
     """Runs until stdin closes (the benchmark process ended)."""
     if mode == "standby":
-        from .replication import Standby
         sb = Standby(("127.0.0.1", 0), timeout=30.0, secret=_secret())
         print(sb.address[1], flush=True)
     else:
@@ -112,7 +114,7 @@ class Peer:
 
     def __init__(self, mode: str):
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tha.bench_replication", "peer", mode],
+            [sys.executable, "-m", "tha.bench.replication", "peer", mode],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.strip():
@@ -144,8 +146,6 @@ class Bench:
     each method times one round."""
 
     def __init__(self, objects: int = 1_000_000):
-        from .bench import Graph
-        from .replication import Active
         self.g = Graph(objects, 0.01)
         self.tiny = Graph(1000, 1.0)  # a small heap: the driver without the codec's scan
         self.peers = [Peer(m) for m in ("sink", "echo", "standby", "standby")]
@@ -318,7 +318,6 @@ def report(summary: dict, info: dict, out=sys.stdout) -> None:
 
 
 def run(objects: int, repeat: int, small: int) -> dict:
-    from .bench import machine
     b = Bench(objects)
     try:
         res = measure(b, repeat, small)
@@ -334,6 +333,6 @@ if __name__ == "__main__":
     if len(sys.argv) == 3 and sys.argv[1] == "peer":
         peer(sys.argv[2])
     else:
-        print("usage: python -m tha.bench_replication peer sink|echo|standby",
+        print("usage: python -m tha.bench.replication peer sink|echo|standby",
               file=sys.stderr)
         sys.exit(2)

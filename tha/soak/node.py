@@ -1,7 +1,7 @@
 """One member of a tha cluster as its own process, for the soak command
-(tha/soak.py, ``python -m tha soak``) and tests/test_jepsen.py.
+(tha/soak/cluster.py, ``python -m tha soak``) and tests/test_jepsen.py.
 
-    python -m tha._soak_node --name N --secret-file F --peers H:P,H:P [--init] [options]
+    python -m tha.soak.node --name N --secret-file F --peers H:P,H:P [--init] [options]
 
 The process is a standby (a tha Standby listening on 127.0.0.1, port 0) or,
 with --init, the first active (a fresh heap). It can become the active

@@ -74,6 +74,17 @@ def setup_logging(verbose: int) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
 
 
+def start(args) -> tuple:
+    """What every long-running command does first: logging for -v, the
+    secret from --secret-file, a console that SIGTERM/SIGINT stop.
+    Returns (console, secret)."""
+    setup_logging(args.verbose)
+    secret = read_secret(args.secret_file)
+    console = Console()
+    console.install_signals()
+    return console, secret
+
+
 class Console:
     """Lines queued from any thread, written by the main thread; a stop
     event set by SIGTERM/SIGINT."""

@@ -5,9 +5,9 @@ pattern (writes clustered on 0.1%, 1%, 10%, 100% of the pages, one 8-byte
 store per 64-byte block of each; or scattered over 1% of the 64-byte
 blocks, one store each) and each mode, it times:
 
-  writes   the stores, made by compiled code (tha/_writer.py), right after
-           a frame (so wp has just re-protected everything), relative to the
-           same stores into an explicit heap (no tracking at all)
+  writes   the stores, made by compiled code (tha/bench/writer.py), right
+           after a frame (so wp has just re-protected everything), relative to
+           the same stores into an explicit heap (no tracking at all)
   delta    ``heap.delta()`` into a preallocated buffer (find the changes,
            encode them), relative to one memcmp of two equal 256 MiB buffers
            measured in the same run
@@ -29,10 +29,10 @@ import sys
 import time
 from array import array
 
-from . import _writer
-from .bench import machine
-from .heap import Heap
-from .schema import Schema
+from ..heap import Heap
+from ..schema import Schema
+from . import writer as _writer
+from .workload import clock, machine
 
 SIZE = 256 << 20
 PAGE = 4096
@@ -69,7 +69,7 @@ def run(repeat: int = 5, patterns=PATTERNS) -> dict:
     # memcmp baseline: two equal, present 256 MiB buffers
     a, b = bytearray(b"\x01") * SIZE, bytearray(b"\x01") * SIZE
     pa, pb = wffi.from_buffer(a), wffi.from_buffer(b)
-    memcmp = min(_clock(w.tw_memcmp, pa, pb, SIZE) for _ in range(repeat))
+    memcmp = min(clock(w.tw_memcmp, pa, pb, SIZE) for _ in range(repeat))
     del pa, pb, a, b
     out_buf = bytearray(SIZE + SIZE // 64 + (1 << 20))
     results = {"memcmp_s": memcmp, "rows": {}}
@@ -112,12 +112,6 @@ def run(repeat: int = 5, patterns=PATTERNS) -> dict:
         del arr, h
         gc.collect()
     return results
-
-
-def _clock(fn, *args) -> float:
-    t = time.perf_counter()
-    fn(*args)
-    return time.perf_counter() - t
 
 
 def report(res: dict, repeat: int, out=sys.stdout) -> None:

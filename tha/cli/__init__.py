@@ -1,0 +1,36 @@
+"""python -m tha: subcommands, each with --help.
+
+One module per command group: demo.py (``demo``), standby.py
+(``standby``), inspect.py (``inspect``, ``leaks``, ``verify``), bench.py
+(``bench``), soak.py (``soak``); console.py holds what the long-running
+ones share (addresses, durations, the secret file, logging, signals, a
+console printing from the main thread).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .. import __version__
+from ..errors import Error
+from . import bench, demo, inspect, soak, standby
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m tha",
+        description="Transparent High Availability for C structs.")
+    parser.add_argument("--version", action="version", version=__version__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo.add_parser(sub)
+    standby.add_parser(sub)
+    inspect.add_parsers(sub)
+    bench.add_parser(sub)
+    soak.add_parser(sub)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except Error as e:  # a tha error the subcommand did not expect: one line
+        print(f"python -m tha {args.command}: error: {e}", file=sys.stderr)
+        return 1
