@@ -123,7 +123,7 @@ void tha_heap_destroy(tha_heap_t *h) {
     if (!h) return;
     if (h->backlog) h->backlog->heap = NULL; /* it may serve another heap now */
     tha__wp_close(h); /* before the unmap: the signal handler forgets it */
-    tha__log_close(h);
+    if (h->log_sink) h->log_sink->close(h->log);
     if (h->base) munmap(h->base, h->capacity);
     if (h->shadow) munmap(h->shadow, h->capacity);
     free(h->dirty);
@@ -164,6 +164,21 @@ const tha_schema_t *tha_heap_schema(const tha_heap_t *h) { return h->schema; }
 void *tha_heap_base(const tha_heap_t *h) { return h->base; }
 const char *tha_heap_errmsg(const tha_heap_t *h) { return h->err; }
 const char *tha_heap_tracking_name(const tha_heap_t *h) { return tha__mech_name(h->mech); }
+
+/* ---- the log sink --------------------------------------------------------- */
+
+int tha_heap_sync_log(tha_heap_t *h) {
+    if (!h || !h->log_sink)
+        return h ? tha__hfail(h, THA_ESTATE, "sync_log: no log") : THA_EINVAL;
+    return h->log_sink->sync(h->log, h);
+}
+
+int tha_heap_log_policy(const tha_heap_t *h, int64_t *fsync_ms) {
+    int64_t ms;
+    if (!h || !h->log_sink || !h->log_sink->policy(h->log, &ms)) return 0;
+    if (fsync_ms) *fsync_ms = ms;
+    return 1;
+}
 
 /* ---- page spans ------------------------------------------------------- */
 

@@ -98,8 +98,8 @@ _Static_assert(sizeof(ckpt_hdr_t) == CKPT_HDR, "checkpoint header size");
 _Static_assert(sizeof(ckpt_trailer_t) == TRAILER, "trailer size");
 _Static_assert(sizeof(log_hdr_t) == LOG_HDR, "log header size");
 
-/* An attached log (h->log). */
-struct tha__log {
+/* An attached log: h->log while h->log_sink is &delta_log. */
+typedef struct dlog {
     int fd;
     char *path;
     uint64_t end;          /* bytes of good log; appends go here */
@@ -108,7 +108,14 @@ struct tha__log {
     uint64_t synced_ns;    /* CLOCK_MONOTONIC of the last fdatasync */
     int pending;           /* appended since the last fdatasync */
     int broken;            /* an append failed and could not be undone */
-};
+} dlog_t;
+
+static const tha__log_sink_t delta_log;
+
+/* h's delta log, or NULL. */
+static dlog_t *log_of(const tha_heap_t *h) {
+    return h->log_sink == &delta_log ? h->log : NULL;
+}
 
 /* ---- small helpers ---------------------------------------------------- */
 
@@ -621,18 +628,6 @@ int tha_checkpoint_info(const char *path, tha_checkpoint_info_t *out,
 }
 
 /* ---- log: reading ----------------------------------------------------- */
-
-static void log_hdr_fill(log_hdr_t *lh, const tha_heap_t *h) {
-    memset(lh, 0, sizeof *lh);
-    lh->magic = LOG_MAGIC;
-    lh->version = THA_FILE_VERSION;
-    lh->header_size = LOG_HDR;
-    lh->fingerprint = tha_schema_fingerprint(h->schema);
-    lh->lineage = h->lineage;
-    lh->base_seq = h->seq;
-    lh->epoch = h->epoch;
-    lh->header_crc = tha_crc32c(0, lh, offsetof(log_hdr_t, header_crc));
-}
 
 static int log_hdr_check(const log_hdr_t *lh, uint64_t size, const char *path,
                          char *msg, size_t cap) {
@@ -1201,14 +1196,14 @@ done:
 
 /* ---- log: writing ----------------------------------------------------- */
 
-static void log_free(tha__log_t *L) {
+static void log_free(dlog_t *L) {
     if (!L) return;
     if (L->fd >= 0) close(L->fd);
     free(L->path);
     free(L);
 }
 
-static int log_sync(tha__log_t *L) {
+static int log_sync(dlog_t *L) {
     if (!L->pending) return 0;
     if (fdatasync(L->fd)) return -errno;
     L->pending = 0;
@@ -1216,10 +1211,19 @@ static int log_sync(tha__log_t *L) {
     return 0;
 }
 
-/* Writes a fresh log header to fd and cuts the file after it. */
-static int log_start(tha_heap_t *h, int fd) {
+/* Writes a fresh log header to fd (h's schema and epoch; frames follow
+ * base_seq of lineage) and cuts the file after it. */
+static int log_start(int fd, const tha_heap_t *h, uint64_t lineage, uint64_t base_seq) {
     log_hdr_t lh;
-    log_hdr_fill(&lh, h);
+    memset(&lh, 0, sizeof lh);
+    lh.magic = LOG_MAGIC;
+    lh.version = THA_FILE_VERSION;
+    lh.header_size = LOG_HDR;
+    lh.fingerprint = tha_schema_fingerprint(h->schema);
+    lh.lineage = lineage;
+    lh.base_seq = base_seq;
+    lh.epoch = h->epoch;
+    lh.header_crc = tha_crc32c(0, &lh, offsetof(log_hdr_t, header_crc));
     int rc = write_all(fd, &lh, sizeof lh, 0);
     if (!rc && ftruncate(fd, LOG_HDR)) rc = -errno;
     if (!rc && fdatasync(fd)) rc = -errno;
@@ -1229,9 +1233,9 @@ static int log_start(tha_heap_t *h, int fd) {
 int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_ms) {
     if (!h || !path || fsync_ms < THA_LOG_FSYNC_NEVER)
         return h ? tha__hfail(h, THA_EINVAL, "attach_log: invalid argument") : THA_EINVAL;
-    if (h->log)
+    if (h->log_sink)
         return tha__hfail(h, THA_ESTATE, "attach_log %s: the heap already has a log "
-                          "(%s)", path, h->log->path);
+                          "(%s)", path, log_of(h) ? log_of(h)->path : "another kind");
     remove_stale_temps(path); /* a compaction's, killed mid-way */
     int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0600);
     if (fd < 0) return tha__hfail(h, -errno, "delta log %s: %s", path, strerror(errno));
@@ -1243,7 +1247,7 @@ int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_ms) {
     if (rc) {
         tha__hfail(h, rc, "delta log %s: %s", path, tha_strerror(rc));
     } else if (size == 0) {
-        rc = log_start(h, fd);
+        rc = log_start(fd, h, h->lineage, h->seq);
         if (!rc) rc = sync_dir(path);
         if (rc) tha__hfail(h, rc, "delta log %s: cannot write its header: %s", path,
                            tha_strerror(rc));
@@ -1284,7 +1288,7 @@ int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_ms) {
         }
     }
     free(buf);
-    tha__log_t *L = NULL;
+    dlog_t *L = NULL;
     if (!rc) {
         L = calloc(1, sizeof *L);
         if (L) L->path = strdup(path);
@@ -1304,34 +1308,47 @@ int tha_heap_attach_log(tha_heap_t *h, const char *path, int64_t fsync_ms) {
     L->fsync_ms = fsync_ms;
     L->synced_ns = now_ns();
     h->log = L;
+    h->log_sink = &delta_log; /* from now on the heap's frames come here */
     return 0;
 }
 
 int tha_heap_detach_log(tha_heap_t *h) {
-    if (!h || !h->log) return h ? tha__hfail(h, THA_ESTATE, "detach_log: no log") : THA_EINVAL;
-    int rc = log_sync(h->log);
-    if (rc) tha__hfail(h, rc, "delta log %s: fsync failed: %s", h->log->path,
+    dlog_t *L = h ? log_of(h) : NULL;
+    if (!L) return h ? tha__hfail(h, THA_ESTATE, "detach_log: no log") : THA_EINVAL;
+    int rc = log_sync(L);
+    if (rc) tha__hfail(h, rc, "delta log %s: fsync failed: %s", L->path,
                        tha_strerror(rc));
-    log_free(h->log);
+    log_free(L);
+    h->log_sink = NULL;
     h->log = NULL;
     return rc;
 }
 
-int tha_heap_sync_log(tha_heap_t *h) {
-    if (!h || !h->log) return h ? tha__hfail(h, THA_ESTATE, "sync_log: no log") : THA_EINVAL;
-    int rc = log_sync(h->log);
+/* ---- the sink: what the heap calls ----------------------------------------- */
+
+static int sink_sync(void *log, tha_heap_t *h) {
+    dlog_t *L = log;
+    int rc = log_sync(L);
     if (rc) {
-        h->log->broken = 1; /* written pages may be lost: see tha__log_append */
-        return tha__hfail(h, rc, "delta log %s: fsync failed: %s", h->log->path,
+        L->broken = 1; /* written pages may be lost: see sink_append */
+        return tha__hfail(h, rc, "delta log %s: fsync failed: %s", L->path,
                           tha_strerror(rc));
     }
     return 0;
 }
 
-int tha__log_append(tha_heap_t *h, const void *frame, size_t len) {
-    tha__log_t *L = h->log;
-    tha__frame_hdr_t hd;
-    memcpy(&hd, frame, sizeof hd);
+static int sink_policy(const void *log, int64_t *fsync_ms) {
+    const dlog_t *L = log;
+    if (L->broken) return 0;
+    *fsync_ms = L->fsync_ms;
+    return 1;
+}
+
+/* Rule (append failure): a frame is made only once the log has it. */
+static int sink_append(void *log, tha_heap_t *h, const tha__frame_hdr_t *hdp,
+                       const void *frame, size_t len) {
+    dlog_t *L = log;
+    const tha__frame_hdr_t hd = *hdp;
     if (L->broken)
         return tha__hfail(h, THA_ESTATE, "delta log %s is broken by an earlier failure: "
                           "compact or detach it; frame seq %llu not made", L->path,
@@ -1340,10 +1357,7 @@ int tha__log_append(tha_heap_t *h, const void *frame, size_t len) {
     if (hd.kind == THA_FRAME_SNAPSHOT && hd.lineage != L->lineage) {
         /* The heap takes another frame series: the old frames cannot follow
          * it any more, so the log starts over at this snapshot. */
-        tha_heap_t tmp = *h;
-        tmp.lineage = hd.lineage;
-        tmp.seq = hd.seq - 1;
-        rc = log_start(&tmp, L->fd);
+        rc = log_start(L->fd, h, hd.lineage, hd.seq - 1);
         if (rc) {
             L->broken = 1;
             return tha__hfail(h, rc, "delta log %s: cannot restart it for snapshot seq "
@@ -1377,17 +1391,20 @@ int tha__log_append(tha_heap_t *h, const void *frame, size_t len) {
     return 0;
 }
 
-void tha__log_close(tha_heap_t *h) {
-    if (!h->log) return;
-    log_sync(h->log);
-    log_free(h->log);
-    h->log = NULL;
+static void sink_close(void *log) {
+    log_sync(log);
+    log_free(log);
 }
+
+static const tha__log_sink_t delta_log = {
+    .append = sink_append, .sync = sink_sync, .policy = sink_policy, .close = sink_close};
+
+/* ---- compaction ------------------------------------------------------------ */
 
 int tha_heap_compact(tha_heap_t *h, const char *path, tha_progress_fn progress,
                      void *ctx) {
     if (!h || !path) return THA_EINVAL;
-    tha__log_t *L = h->log;
+    dlog_t *L = log_of(h);
     if (!L) return tha__hfail(h, THA_ESTATE, "compact: no log attached");
     int rc = tha_heap_checkpoint(h, path, progress, ctx);
     if (rc) return rc;
@@ -1399,7 +1416,7 @@ int tha_heap_compact(tha_heap_t *h, const char *path, tha_progress_fn progress,
     int fd = make_temp(L->path, tmp, sizeof tmp);
     if (fd < 0) return tha__hfail(h, fd, "compact: cannot create a new log beside %s: "
                                   "%s", L->path, tha_strerror(fd));
-    rc = log_start(h, fd);
+    rc = log_start(fd, h, h->lineage, h->seq);
     if (!rc && rename(tmp, L->path)) rc = -errno;
     if (rc) {
         unlink(tmp);
@@ -1419,10 +1436,4 @@ int tha_heap_compact(tha_heap_t *h, const char *path, tha_progress_fn progress,
     if (rc) return tha__hfail(h, rc, "compact: directory fsync of %s failed: %s",
                               L->path, tha_strerror(rc));
     return 0;
-}
-
-int tha_heap_log_policy(const tha_heap_t *h, int64_t *fsync_ms) {
-    if (!h || !h->log || h->log->broken) return 0;
-    if (fsync_ms) *fsync_ms = h->log->fsync_ms;
-    return 1;
 }

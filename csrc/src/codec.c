@@ -472,7 +472,7 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
     hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
     memcpy(out, &hd, sizeof hd);
     /* With a delta log the frame is made only once the log has it. */
-    if (h->log && (rc = tha__log_append(h, out, need))) return rc;
+    if ((rc = tha__log_append(h, &hd, out, need))) return rc;
     /* Committed: nothing above can fail any more. */
     h->seq = hd.seq;
     tha__clear_dirty(h);
@@ -1049,7 +1049,7 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
                     (unsigned long long)hd.top, tha_strerror(rc));
 
     /* With a delta log the frame is applied only once the log has it. */
-    if (h->log && (rc = tha__log_append(h, frame, len))) return rc;
+    if ((rc = tha__log_append(h, &hd, frame, len))) return rc;
     /* Verified: from here on nothing fails. */
     uint64_t old_top = tha__reg(h)->top;
     copy_runs(h, &hd, body);

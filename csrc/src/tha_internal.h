@@ -219,6 +219,27 @@ typedef struct tha__root {
 _Static_assert(sizeof(tha__root_t) == THA__BLOCK, "root is one block");
 _Static_assert(sizeof(tha__slab_t) == THA__SLAB_HDR, "slab record size");
 
+/* A delta log as the heap sees it: hooks, installed by tha_heap_attach_log
+ * (log.c) and removed by tha_heap_detach_log, that the heap's own calls go
+ * through (encode and apply append, tha_heap_sync_log, tha_heap_log_policy,
+ * tha_heap_destroy). Nothing below the io layer names the log itself. */
+struct tha__frame_hdr; /* frame.h: the heap only hands it on */
+typedef struct tha__log_sink {
+    /* A frame the heap is about to commit (encoded, or verified for apply),
+     * with its parsed header: 0 once the log holds it (synced as its policy
+     * says); else the error with the detail in h->err, the log as it was,
+     * and the heap must not commit the frame. */
+    int (*append)(void *log, tha_heap_t *h, const struct tha__frame_hdr *hd,
+                  const void *frame, size_t len);
+    /* Makes every appended frame durable (fdatasync); the detail in h->err. */
+    int (*sync)(void *log, tha_heap_t *h);
+    /* 1 and the fsync policy (THA_LOG_FSYNC_ALWAYS, _NEVER or a period in
+     * ms) while the log takes appends; 0 once it is broken. */
+    int (*policy)(const void *log, int64_t *fsync_ms);
+    /* Syncs what it can and frees the log (the heap is being destroyed). */
+    void (*close)(void *log);
+} tha__log_sink_t;
+
 struct tha_heap {
     tha_schema_t *schema;   /* own reference */
     uint8_t *base;          /* region start; page aligned */
@@ -254,7 +275,9 @@ struct tha_heap {
     uint64_t lineage;       /* random at create; taken from applied snapshots */
     int tracking;
     uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;
-    struct tha__log *log;   /* attached delta log (checkpoint.c); NULL = none */
+    const tha__log_sink_t *log_sink; /* the attached delta log's hooks
+                               (tha_heap_attach_log); NULL = no log */
+    void *log;              /* the log itself, handed to its hooks */
     struct tha_backlog *backlog; /* the backlog whose tha_backlog_encode makes
                                this heap's frames (tha_heap_encode refuses
                                while set); it points back (tha_backlog.heap)
@@ -280,6 +303,12 @@ int tha__commit(tha_heap_t *h, uint64_t bytes);
 uint64_t tha__find(const tha_heap_t *h, uint64_t off, tha__objhdr_t **hdr);
 /* Lays out an empty region (header, page map, roots) in a committed heap. */
 int tha__region_init(tha_heap_t *h);
+
+/* The heap's log, through its sink (no-ops without one). */
+static inline int tha__log_append(tha_heap_t *h, const struct tha__frame_hdr *hd,
+                                  const void *frame, size_t len) {
+    return h->log_sink ? h->log_sink->append(h->log, h, hd, frame, len) : 0;
+}
 
 /* ---- tracking (track.c) ------------------------------------------------ */
 
@@ -413,16 +442,6 @@ uint32_t tha__crc32c_shift(uint32_t crc, uint64_t len);
 uint32_t tha__crc32c_raw(uint32_t raw, const void *buf, size_t len);
 /* The same through the tables only (tests compare it with the fast path). */
 uint32_t tha__crc32c_sw(uint32_t raw, const void *buf, size_t len);
-
-/* ---- durability (checkpoint.c) ---------------------------------------- */
-
-typedef struct tha__log tha__log_t;
-/* Appends a frame the heap is about to commit (encode) or apply to its log,
- * with the log's fsync policy. On failure the log is cut back to where it
- * was and the caller must not commit the frame (the detail is in h->err). */
-int tha__log_append(tha_heap_t *h, const void *frame, size_t len);
-/* Syncs and closes h's log, if any (tha_heap_destroy). */
-void tha__log_close(tha_heap_t *h);
 
 /* ---- backlog (backlog.c) --------------------------------------------- */
 
