@@ -134,12 +134,19 @@ void tha_heap_destroy(tha_heap_t *h) {
     free(h);
 }
 
+tha__layout_t tha__region_layout(uint64_t capacity) {
+    tha__layout_t l;
+    l.npages = capacity / THA__PAGE;
+    l.roots_off = tha__align_up(sizeof(tha__region_t), THA__BLOCK);
+    l.pagemap_off = l.roots_off + THA_MAX_ROOTS * sizeof(tha__root_t);
+    l.data_off = tha__align_up(l.pagemap_off + l.npages * sizeof(tha__page_t), THA__PAGE);
+    return l;
+}
+
 int tha__region_init(tha_heap_t *h) {
-    uint64_t npages = h->capacity / THA__PAGE;
-    uint64_t roots_off = tha__align_up(sizeof(tha__region_t), THA__BLOCK);
-    uint64_t pagemap_off = roots_off + THA_MAX_ROOTS * sizeof(tha__root_t);
-    uint64_t data_off =
-        tha__align_up(pagemap_off + npages * sizeof(tha__page_t), THA__PAGE);
+    const tha__layout_t lay = tha__region_layout(h->capacity);
+    const uint64_t npages = lay.npages, roots_off = lay.roots_off,
+                   pagemap_off = lay.pagemap_off, data_off = lay.data_off;
     if (data_off + THA__SLAB_PAGES * THA__PAGE > h->capacity) return THA_EINVAL;
     int rc = tha__commit(h, data_off);
     if (rc) return rc;

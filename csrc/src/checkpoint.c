@@ -260,22 +260,6 @@ static int remove_stale_temps(const char *path) {
     return removed;
 }
 
-/* A frame header read from a file: magic, header checksum, version, sizes.
- * The body is not looked at. */
-static int frame_hdr_ok(const uint8_t *p, tha__frame_hdr_t *hd, char *msg, size_t cap) {
-    memcpy(hd, p, sizeof *hd);
-    if (hd->magic != THA__FRAME_MAGIC)
-        return tha__fail(msg, cap, THA_EFRAME, "not a frame (magic 0x%08x)", hd->magic);
-    if (tha_crc32c(0, hd, offsetof(tha__frame_hdr_t, header_crc)) != hd->header_crc)
-        return tha__fail(msg, cap, THA_ECHECKSUM, "frame header checksum mismatch");
-    if (hd->version != THA_FRAME_VERSION)
-        return tha__fail(msg, cap, THA_EVERSION, "frame format version %u; this build "
-                         "reads version %d", hd->version, THA_FRAME_VERSION);
-    if (hd->header_size != THA_FRAME_HEADER_SIZE || hd->length < THA_FRAME_HEADER_SIZE)
-        return tha__fail(msg, cap, THA_EFRAME, "frame header malformed");
-    return 0;
-}
-
 /* ---- checkpoint: write ------------------------------------------------ */
 
 /* Checkpoint's writer thread: write()s segment k from buffer k % 2 (and
@@ -518,10 +502,8 @@ fail:
 static uint64_t segments_bytes(const ckpt_hdr_t *hd) {
     uint64_t top_blocks = hd->top / THA__BLOCK, full = top_blocks / hd->segment_blocks;
     uint64_t rest = top_blocks % hd->segment_blocks;
-    uint64_t one = THA_FRAME_HEADER_SIZE + 16 + tha__align_up(hd->segment_blocks, 8) +
-                   hd->segment_blocks * THA__BLOCK;
-    uint64_t n = full * one;
-    if (rest) n += THA_FRAME_HEADER_SIZE + 16 + tha__align_up(rest, 8) + rest * THA__BLOCK;
+    uint64_t n = full * tha__segment_bytes(hd->segment_blocks);
+    if (rest) n += tha__segment_bytes(rest);
     return n;
 }
 
@@ -661,7 +643,10 @@ static int log_next(int fd, uint64_t size, uint64_t pos, uint8_t **buf, size_t *
         return tha__fail(msg, mcap, n < 0 ? (int)n : THA_EFRAME, "read failed at "
                          "offset %llu", (unsigned long long)pos);
     char why[160];
-    int rc = frame_hdr_ok(raw, hd, why, sizeof why);
+    int rc = tha__frame_header_ok(raw, hd, why, sizeof why);
+    if (!rc && hd->length < THA_FRAME_HEADER_SIZE)
+        rc = tha__fail(why, sizeof why, THA_EFRAME, "frame header malformed (length "
+                       "%llu)", (unsigned long long)hd->length);
     if (rc) return tha__fail(msg, mcap, rc, "corrupt frame at offset %llu: %s",
                              (unsigned long long)pos, why);
     if (hd->length > size - pos)
@@ -799,21 +784,20 @@ static void seg_geometry(const ckpt_hdr_t *hd, uint64_t next_block, uint64_t *wa
     uint64_t top_blocks = hd->top / THA__BLOCK;
     *want = top_blocks - next_block < hd->segment_blocks ? top_blocks - next_block
                                                          : hd->segment_blocks;
-    *head = THA_FRAME_HEADER_SIZE + sizeof(tha__run_t) + tha__align_up(*want, 8);
+    *head = tha__segment_head_bytes(*want);
 }
 
-/* The head of the segment expected at next_block: frame header sane, and
- * the segment the file header says comes there. */
+/* The head of the segment expected at next_block, its header parsed into
+ * *fh (the one parse: applying it takes *fh): a sane frame header of the
+ * segment's length, and the segment the file header says comes there. */
 static int seg_head_ok(const ckpt_hdr_t *hd, const uint8_t *head, uint64_t want,
                        uint64_t next_block, tha__frame_hdr_t *fh, char *why,
                        size_t cap) {
-    int rc = frame_hdr_ok(head, fh, why, cap);
+    int rc = tha__frame_parse(head, tha__segment_bytes(want), fh, why, cap);
     if (rc) return rc;
     tha__run_t run;
     memcpy(&run, head + THA_FRAME_HEADER_SIZE, sizeof run);
-    uint64_t len = THA_FRAME_HEADER_SIZE + sizeof run + tha__align_up(want, 8) +
-                   want * THA__BLOCK;
-    if (fh->kind != THA__FRAME_SEGMENT || fh->length != len || fh->seq != hd->seq ||
+    if (fh->kind != THA__FRAME_SEGMENT || fh->seq != hd->seq ||
         fh->epoch != hd->epoch || fh->top != hd->top || fh->capacity != hd->capacity ||
         fh->nruns != 1 || fh->nblocks != want || run.offset != next_block * THA__BLOCK ||
         run.nblocks != want)
@@ -906,8 +890,7 @@ static void *reader_main(void *arg) {
 static int load_segments(int fd, const char *path, const ckpt_hdr_t *hd, uint64_t size,
                          tha_heap_t *h, const tha_load_options_t *opt, uint64_t *pos,
                          uint32_t *fcrc, char *msg, size_t mcap) {
-    uint64_t seg_cap = THA_FRAME_HEADER_SIZE + sizeof(tha__run_t) +
-                       tha__align_up(hd->segment_blocks, 8);
+    uint64_t seg_cap = tha__segment_head_bytes(hd->segment_blocks);
     int in_place = h->mech != THA__MECH_MPROTECT;
     reader_t R;
     memset(&R, 0, sizeof R);
@@ -972,7 +955,8 @@ static int load_segments(int fd, const char *path, const ckpt_hdr_t *hd, uint64_
                         char why[160];
                         rc = seg_head_ok(hd, hp, want, next_block, &fh, why, sizeof why);
                         if (!rc) {
-                            rc = tha__apply_segment_in_place(h, hp, head, want * THA__BLOCK);
+                            rc = tha__apply_segment_in_place(h, &fh, hp, head,
+                                                             want * THA__BLOCK);
                             if (rc) snprintf(why, sizeof why, "%s", tha_heap_errmsg(h));
                         }
                         if (rc) {
@@ -1008,7 +992,7 @@ static int load_segments(int fd, const char *path, const ckpt_hdr_t *hd, uint64_
         if (started) return rc;
         /* no thread or no memory: the copying way below */
     }
-    size_t bufcap = tha__align_up(seg_cap + hd->segment_blocks * THA__BLOCK, 8);
+    size_t bufcap = tha__align_up(tha__segment_bytes(hd->segment_blocks), 8);
     buf = malloc(bufcap);
     if (!buf)
         return tha__fail(msg, mcap, THA_ENOMEM, "checkpoint %s: no memory for a segment",
@@ -1038,7 +1022,7 @@ static int load_segments(int fd, const char *path, const ckpt_hdr_t *hd, uint64_
         char why[160];
         rc = seg_head_ok(hd, buf, want, next_block, &fh, why, sizeof why);
         if (!rc) {
-            rc = tha__apply_segment(h, buf, len);
+            rc = tha__apply_segment(h, &fh, buf, len);
             if (rc) snprintf(why, sizeof why, "%s", tha_heap_errmsg(h));
         }
         if (rc) {

@@ -37,6 +37,10 @@ int tha__fail(char *buf, size_t cap, int code, const char *fmt, ...)
 /* Records the detail of a failed call on heap h and returns code. */
 #define tha__hfail(h, code, ...) tha__fail((h)->err, sizeof (h)->err, (code), __VA_ARGS__)
 
+static inline uint64_t tha__align_up(uint64_t v, uint64_t a) {
+    return (v + a - 1) & ~(a - 1);
+}
+
 /* ---- schema (schema.c) ------------------------------------------------- */
 
 /* One pointer slot of an element, nested structs and arrays flattened. */
@@ -304,6 +308,19 @@ uint64_t tha__find(const tha_heap_t *h, uint64_t off, tha__objhdr_t **hdr);
 /* Lays out an empty region (header, page map, roots) in a committed heap. */
 int tha__region_init(tha_heap_t *h);
 
+/* Where the parts of a region of capacity bytes lie: [header][roots][page
+ * map], then the pages from data_off. The one place this is computed: the
+ * allocator lays regions out with it, and every reader of an image from
+ * elsewhere (apply, segments, the heap check) compares with it. */
+typedef struct tha__layout {
+    uint64_t npages;       /* capacity / THA__PAGE */
+    uint64_t roots_off;    /* tha__root_t[THA_MAX_ROOTS] */
+    uint64_t pagemap_off;  /* tha__page_t[npages] */
+    uint64_t data_off;     /* first allocatable page; blocks below it are
+                              allocator metadata and hold no pointers */
+} tha__layout_t;
+tha__layout_t tha__region_layout(uint64_t capacity);
+
 /* The heap's log, through its sink (no-ops without one). */
 static inline int tha__log_append(tha_heap_t *h, const struct tha__frame_hdr *hd,
                                   const void *frame, size_t len) {
@@ -361,7 +378,7 @@ void tha__ptrmap_set(tha_heap_t *h, uint64_t off, const tha__type_t *t,
  * blocks whose bits changed, so mirrors learn the words are data now. */
 void tha__ptrmap_clear(tha_heap_t *h, uint64_t off, uint64_t len);
 
-/* ---- frames (codec.c) -------------------------------------------------- */
+/* ---- frames (frame.c) -------------------------------------------------- */
 
 #define THA__FRAME_MAGIC 0x46414854u /* "THAF" */
 #define THA__FUNC_TAG (1ull << 63)   /* pointer word holding a registry id */
@@ -398,28 +415,70 @@ typedef struct tha__run {
 
 #define THA__FRAME_SEGMENT 3 /* one run of a heap, streamed by bulk sync */
 
+/* Bytes of one run of nblocks in a body: the record, the mask bytes padded
+ * to 8, the blocks. */
+static inline uint64_t tha__run_bytes(uint64_t nblocks) {
+    return sizeof(tha__run_t) + tha__align_up(nblocks, 8) + nblocks * THA__BLOCK;
+}
+/* A segment of nblocks (one run; none at the image end): what comes before
+ * its data (header, run record, mask), and all of it. */
+static inline uint64_t tha__segment_head_bytes(uint64_t nblocks) {
+    return THA_FRAME_HEADER_SIZE + sizeof(tha__run_t) + tha__align_up(nblocks, 8);
+}
+static inline uint64_t tha__segment_bytes(uint64_t nblocks) {
+    return nblocks ? tha__segment_head_bytes(nblocks) + nblocks * THA__BLOCK
+                   : THA_FRAME_HEADER_SIZE;
+}
+
+/* "snapshot", "delta" or "segment", for messages. */
+const char *tha__frame_kind_name(int kind);
+/* A header stamped with h's identity (schema fingerprint, lineage, epoch,
+ * capacity, top) for a frame of kind, seq and length; run counts and CRCs
+ * are the encoder's to fill. */
+void tha__frame_fill(const tha_heap_t *h, tha__frame_hdr_t *hd, int kind, uint64_t seq,
+                     uint64_t length);
+/* Sets hd's body CRC and header CRC and writes it at out (the frame start). */
+void tha__frame_finish(tha__frame_hdr_t *hd, uint32_t body_crc, void *out);
+/* What any reader checks first of a header at p (copied to *hd): magic,
+ * header checksum, version, header size. Enough for a file reader, which
+ * learns the rest from where the frame lies. */
+int tha__frame_header_ok(const void *p, tha__frame_hdr_t *hd, char *msg, size_t cap);
+/* The header of a frame of len bytes, every check that needs no body:
+ * tha__frame_header_ok, kind, length, image size, schema length. Nothing
+ * of the body is read, so frame may hold only the header. The one parse
+ * of a frame on its way: what follows (apply, the log) takes *hd. */
+int tha__frame_parse(const void *frame, size_t len, tha__frame_hdr_t *hd, char *msg,
+                     size_t cap);
+
+/* ---- codec (codec.c) -------------------------------------------------- */
+
+/* tha_heap_encode without the backlog-ownership check: the backlog's own
+ * encode. hd (may be NULL) gets the header of the frame made. */
+int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
+                tha__frame_hdr_t *hd);
+/* tha_heap_apply of a frame whose header tha__frame_parse gave as hd. */
+int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hd, const void *frame, size_t len);
+
 /* Encodes blocks from *from_block on (at most max_blocks, never past the
  * current top) as a segment frame stamped with the heap's seq; advances
  * *from_block. Dirty bits and seq are untouched. */
-/* tha_heap_encode without the backlog-ownership check: the backlog's own
- * encode. */
-int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len);
-
 int tha__encode_segment(tha_heap_t *h, uint64_t *from_block, uint64_t max_blocks,
                         void *buf, size_t cap, size_t *len);
 /* Bytes a segment of up to max_blocks from from_block needs. */
 size_t tha__segment_size(const tha_heap_t *h, uint64_t from_block, uint64_t max_blocks);
-/* Applies a segment to a heap being filled by bulk sync: checksums,
- * fingerprint, lineage, run and pointer ranges are checked; sequence and
- * the region header are not (the image is fuzzy until caught up). */
-int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len);
+/* Applies a segment (header hd, from tha__frame_parse) to a heap being
+ * filled by bulk sync: checksums, fingerprint, lineage, run and pointer
+ * ranges are checked; sequence and the region header are not (the image is
+ * fuzzy until caught up). */
+int tha__apply_segment(tha_heap_t *h, const tha__frame_hdr_t *hd, const void *frame,
+                       size_t len);
 /* The same for a segment read in two pieces: head (frame header, run header
- * and mask, head_len bytes) anywhere, its data_len bytes of data already in
- * place in the heap at the run's offset (a heap not yet visible to anyone,
- * as while loading). Verified there, then rebased in place; on failure the
- * data bytes in the heap are garbage. */
-int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len,
-                                uint64_t data_len);
+ * and mask, head_len bytes; its header parsed as hd) anywhere, its data_len
+ * bytes of data already in place in the heap at the run's offset (a heap
+ * not yet visible to anyone, as while loading). Verified there, then
+ * rebased in place; on failure the data bytes in the heap are garbage. */
+int tha__apply_segment_in_place(tha_heap_t *h, const tha__frame_hdr_t *hd,
+                                const void *head, size_t head_len, uint64_t data_len);
 
 /* Threads big work may use (tha_set_threads): 1 or 2. */
 int tha__threads(void);
@@ -470,9 +529,5 @@ struct tha_backlog {
 /* The frame seq with a reference taken, or NULL if not held. */
 tha__bframe_t *tha__backlog_get(tha_backlog_t *b, uint64_t seq);
 void tha__bframe_release(tha__bframe_t *f);
-
-static inline uint64_t tha__align_up(uint64_t v, uint64_t a) {
-    return (v + a - 1) & ~(a - 1);
-}
 
 #endif /* THA_INTERNAL_H */
