@@ -321,7 +321,7 @@ class Heap:
         with self._lock:
             return collect(self)
 
-    # -- durability (tha/durability.py, csrc/src/checkpoint.c) -------------
+    # -- durability (tha/durability.py, csrc/src/checkpoint.c, log.c, load.c)
 
     def checkpoint(self, path, progress=None) -> None:
         """Writes the heap to ``path`` atomically (temp file, fsync, rename,

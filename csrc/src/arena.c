@@ -5,7 +5,7 @@
  * Every write to the region made here is marked dirty (tha__mark) so that
  * a delta carries allocator state along with the objects.
  */
-#include "tha_internal.h"
+#include "heap.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -121,7 +121,7 @@ fail:
 
 void tha_heap_destroy(tha_heap_t *h) {
     if (!h) return;
-    if (h->backlog) h->backlog->heap = NULL; /* it may serve another heap now */
+    if (h->backlog_ref) *h->backlog_ref = NULL; /* it may serve another heap now */
     tha__wp_close(h); /* before the unmap: the signal handler forgets it */
     if (h->log_sink) h->log_sink->close(h->log);
     if (h->base) munmap(h->base, h->capacity);

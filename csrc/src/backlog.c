@@ -3,7 +3,8 @@
  * Frames are reference counted: a session still sending one keeps it alive
  * after the backlog dropped it (bounded by max_bytes).
  */
-#include "tha_internal.h"
+#include "codec.h"
+#include "replication.h"
 
 #include <stdlib.h>
 
@@ -48,7 +49,10 @@ static tha__bframe_t *bframe_alloc(tha_backlog_t *b, size_t len) {
 
 void tha_backlog_destroy(tha_backlog_t *b) {
     if (!b) return;
-    if (b->heap) b->heap->backlog = NULL; /* the heap makes its own frames again */
+    if (b->heap) { /* the heap makes its own frames again */
+        b->heap->backlog = NULL;
+        b->heap->backlog_ref = NULL;
+    }
     for (uint64_t i = 0; i < b->n; i++) {
         tha__bframe_t *f = b->ring[(b->head + i) % b->cap];
         f->owner = NULL; /* a session may still hold it; it frees it then */
@@ -171,6 +175,7 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *l
     (void)rc;
     b->heap = h;
     h->backlog = b;
+    h->backlog_ref = &b->heap;
     *seq = f->seq;
     *len = f->len;
     return 0;

@@ -15,7 +15,8 @@
  * no run waits for the CRC's latency chain.
  * Byte order: little-endian hosts only (checked at compile time).
  */
-#include "tha_internal.h"
+#include "codec.h"
+#include "heapcheck.h"
 
 #include <errno.h>
 #include <pthread.h>

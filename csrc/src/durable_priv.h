@@ -7,7 +7,7 @@
 #ifndef THA_DURABLE_PRIV_H
 #define THA_DURABLE_PRIV_H
 
-#include "tha_internal.h"
+#include "codec.h"
 
 #include <sys/types.h>
 

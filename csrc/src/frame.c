@@ -3,7 +3,7 @@
  * public tha_frame_info and tha_frame_schema). The layout of a frame is in
  * frame.h and docs/architecture.md, "Frames".
  */
-#include "tha_internal.h"
+#include "frame.h"
 
 const char *tha__frame_kind_name(int kind) {
     return kind == THA_FRAME_SNAPSHOT ? "snapshot"

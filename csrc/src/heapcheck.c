@@ -18,7 +18,7 @@
  * slabs and spans whose records, slot headers, free links or masks change,
  * and only then the class or free-span lists (walked whole: O(list)).
  */
-#include "tha_internal.h"
+#include "heapcheck.h"
 
 #include <stdio.h>
 #include <stdlib.h>

@@ -6,7 +6,7 @@
 #ifndef THA_SCHEMA_PRIV_H
 #define THA_SCHEMA_PRIV_H
 
-#include "tha_internal.h"
+#include "schema.h"
 
 #include <stdio.h>
 #include <stdlib.h>

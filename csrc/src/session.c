@@ -6,7 +6,9 @@
  * is consistent; backlog = the active's recent deltas, for resume.
  * Protocol: docs/protocol.md.
  */
-#include "tha_internal.h"
+#include "codec.h"
+#include "heapcheck.h"
+#include "replication.h"
 
 #include <pthread.h>
 #include <stdio.h>

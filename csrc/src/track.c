@@ -9,7 +9,7 @@
  *         compares all of [0, top); wp only the pages wp.c found written.
  * All live outside the region: they describe it, they are not state.
  */
-#include "tha_internal.h"
+#include "heap.h"
 
 #include <errno.h>
 #include <sys/mman.h>

@@ -9,7 +9,7 @@
  * reports each run of them to the callback it is given (track.c compares
  * them with the shadow and marks only the 64-byte blocks that differ).
  */
-#include "tha_internal.h"
+#include "heap.h"
 
 #include <errno.h>
 #include <fcntl.h>
