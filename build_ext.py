@@ -94,7 +94,8 @@ ffibuilder.set_source(
     "#include <pthread.h>\n#include <string.h>\n" + MAC_SOURCE + WALK_SOURCE,
     sources=sorted(_rel(p) for p in glob(os.path.join(HERE, "csrc", "src", "*.c"))),
     include_dirs=[_rel("csrc", "include"), _rel("csrc", "src")],
-    depends=[_rel("csrc", "include", "tha.h"), _rel("csrc", "src", "tha_internal.h")],
+    depends=[_rel("csrc", "include", "tha.h")]
+    + sorted(_rel(p) for p in glob(os.path.join(HERE, "csrc", "src", "*.h"))),
     extra_compile_args=["-std=c11", "-O2", "-D_GNU_SOURCE", "-fvisibility=hidden", "-pthread"]
     + (["-DTHA_PY_OPENSSL"] if HAVE_OPENSSL else []),
     extra_link_args=["-pthread"],

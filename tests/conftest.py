@@ -53,7 +53,7 @@ def rich_schema():
 
 # ---- frame editing ----------------------------------------------------------
 
-# tha__frame_hdr_t (csrc/src/tha_internal.h), little-endian.
+# tha__frame_hdr_t (csrc/src/frame.h), little-endian.
 HDR = struct.Struct("<IHHII QQQQQQQQ IIII")
 HDR_FIELDS = ("magic", "version", "kind", "header_size", "nruns", "fingerprint",
               "lineage", "epoch", "seq", "capacity", "top", "length", "nblocks",

@@ -1,4 +1,5 @@
-"""Checkpoints and the delta log (tha/durability.py, csrc/src/checkpoint.c):
+"""Checkpoints and the delta log (tha/durability.py; csrc/src/checkpoint.c,
+log.c, load.c):
 round trips at another address, replay and compaction, kill -9 during
 checkpoint() in real processes, torn and bit-flipped files."""
 import os

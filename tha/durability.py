@@ -1,4 +1,5 @@
-"""Checkpoints and the delta log, for :class:`tha.Heap` (C: checkpoint.c).
+"""Checkpoints and the delta log, for :class:`tha.Heap` (C: checkpoint.c,
+log.c, load.c).
 
 ``heap.checkpoint(path)`` writes an atomic snapshot file; ``Heap.load(path,
 log=...)`` reads one back at any address and replays a delta log on top;

@@ -412,7 +412,7 @@ class Heap:
         with self._lock:
             return reach.collect(self)
 
-    # -- durability (tha/durability.py, csrc/src/checkpoint.c) -------------
+    # -- durability (tha/durability.py, csrc/src/checkpoint.c, log.c, load.c)
 
     def checkpoint(self, path, progress=None) -> None:
         """Writes the heap to ``path`` atomically (temp file, fsync, rename,

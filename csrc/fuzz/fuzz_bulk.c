@@ -1,5 +1,6 @@
 /* fuzz_bulk.c — bulk sync into a staging heap, then go-live. Input: items
- * [u32 length][bytes]; a segment item goes through tha__apply_segment, any
+ * [u32 length][bytes]; a segment item goes through tha__frame_parse and
+ * tha__apply_segment (as the session takes SNAP_DATA), any
  * other frame through tha_heap_apply (catch-up deltas on the fuzzy
  * image). The harness gives each item the staging heap's lineage (and a
  * delta the next seq) and reseals it. Then tha__check_staging, as the
@@ -31,9 +32,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             memcpy(f, &hd, sizeof hd);
             fz_reseal(f, n);
         }
-        if (hd.kind == THA__FRAME_SEGMENT)
-            (void)tha__apply_segment(h, f, n);
-        else
+        tha__frame_hdr_t ph; /* as the session does: parse once, then apply */
+        if (hd.kind == THA__FRAME_SEGMENT) {
+            if (tha__frame_parse(f, n, &ph, h->err, sizeof h->err) == 0)
+                (void)tha__apply_segment(h, &ph, f, n);
+        } else
             (void)tha_heap_apply(h, f, n);
         free(f);
     }

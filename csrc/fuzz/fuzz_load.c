@@ -83,7 +83,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
                 fh.seq = src->seq + 1 + (uint64_t)i;
                 memcpy(f, &fh, sizeof fh);
                 fz_reseal(f, m);
-                (void)tha__log_append(src, f, m);
+                memcpy(&fh, f, sizeof fh);
+                (void)tha__log_append(src, &fh, f, m); /* through the heap's sink */
                 free(f);
             }
             pos += m;

@@ -488,7 +488,7 @@ typedef struct tha_epoch_info {
  * current epoch; at most 32 are kept) and returns how many there are. */
 THA_API size_t tha_heap_history(const tha_heap_t *h, tha_epoch_info_t *out, size_t cap);
 
-/* ---- durability: checkpoints and the delta log (checkpoint.c) --------- */
+/* ---- durability: checkpoints and the delta log (checkpoint/log/load.c) - */
 
 /* Files are little-endian and versioned (THA_FILE_VERSION); the image and
  * the log travel as the same frames as on the wire. See

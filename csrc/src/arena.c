@@ -5,7 +5,7 @@
  * Every write to the region made here is marked dirty (tha__mark) so that
  * a delta carries allocator state along with the objects.
  */
-#include "tha_internal.h"
+#include "heap.h"
 
 #include <errno.h>
 #include <stdlib.h>
@@ -121,9 +121,9 @@ fail:
 
 void tha_heap_destroy(tha_heap_t *h) {
     if (!h) return;
-    if (h->backlog) h->backlog->heap = NULL; /* it may serve another heap now */
+    if (h->backlog_ref) *h->backlog_ref = NULL; /* it may serve another heap now */
     tha__wp_close(h); /* before the unmap: the signal handler forgets it */
-    tha__log_close(h);
+    if (h->log_sink) h->log_sink->close(h->log);
     if (h->base) munmap(h->base, h->capacity);
     if (h->shadow) munmap(h->shadow, h->capacity);
     free(h->dirty);
@@ -134,12 +134,19 @@ void tha_heap_destroy(tha_heap_t *h) {
     free(h);
 }
 
+tha__layout_t tha__region_layout(uint64_t capacity) {
+    tha__layout_t l;
+    l.npages = capacity / THA__PAGE;
+    l.roots_off = tha__align_up(sizeof(tha__region_t), THA__BLOCK);
+    l.pagemap_off = l.roots_off + THA_MAX_ROOTS * sizeof(tha__root_t);
+    l.data_off = tha__align_up(l.pagemap_off + l.npages * sizeof(tha__page_t), THA__PAGE);
+    return l;
+}
+
 int tha__region_init(tha_heap_t *h) {
-    uint64_t npages = h->capacity / THA__PAGE;
-    uint64_t roots_off = tha__align_up(sizeof(tha__region_t), THA__BLOCK);
-    uint64_t pagemap_off = roots_off + THA_MAX_ROOTS * sizeof(tha__root_t);
-    uint64_t data_off =
-        tha__align_up(pagemap_off + npages * sizeof(tha__page_t), THA__PAGE);
+    const tha__layout_t lay = tha__region_layout(h->capacity);
+    const uint64_t npages = lay.npages, roots_off = lay.roots_off,
+                   pagemap_off = lay.pagemap_off, data_off = lay.data_off;
     if (data_off + THA__SLAB_PAGES * THA__PAGE > h->capacity) return THA_EINVAL;
     int rc = tha__commit(h, data_off);
     if (rc) return rc;
@@ -164,6 +171,21 @@ const tha_schema_t *tha_heap_schema(const tha_heap_t *h) { return h->schema; }
 void *tha_heap_base(const tha_heap_t *h) { return h->base; }
 const char *tha_heap_errmsg(const tha_heap_t *h) { return h->err; }
 const char *tha_heap_tracking_name(const tha_heap_t *h) { return tha__mech_name(h->mech); }
+
+/* ---- the log sink --------------------------------------------------------- */
+
+int tha_heap_sync_log(tha_heap_t *h) {
+    if (!h || !h->log_sink)
+        return h ? tha__hfail(h, THA_ESTATE, "sync_log: no log") : THA_EINVAL;
+    return h->log_sink->sync(h->log, h);
+}
+
+int tha_heap_log_policy(const tha_heap_t *h, int64_t *fsync_ms) {
+    int64_t ms;
+    if (!h || !h->log_sink || !h->log_sink->policy(h->log, &ms)) return 0;
+    if (fsync_ms) *fsync_ms = ms;
+    return 1;
+}
 
 /* ---- page spans ------------------------------------------------------- */
 

@@ -3,7 +3,8 @@
  * Frames are reference counted: a session still sending one keeps it alive
  * after the backlog dropped it (bounded by max_bytes).
  */
-#include "tha_internal.h"
+#include "codec.h"
+#include "replication.h"
 
 #include <stdlib.h>
 
@@ -48,7 +49,10 @@ static tha__bframe_t *bframe_alloc(tha_backlog_t *b, size_t len) {
 
 void tha_backlog_destroy(tha_backlog_t *b) {
     if (!b) return;
-    if (b->heap) b->heap->backlog = NULL; /* the heap makes its own frames again */
+    if (b->heap) { /* the heap makes its own frames again */
+        b->heap->backlog = NULL;
+        b->heap->backlog_ref = NULL;
+    }
     for (uint64_t i = 0; i < b->n; i++) {
         tha__bframe_t *f = b->ring[(b->head + i) % b->cap];
         f->owner = NULL; /* a session may still hold it; it frees it then */
@@ -81,22 +85,21 @@ static int reserve(tha_backlog_t *b) {
     return 0;
 }
 
-/* Appends frame f (refs 1, data filled, len set) as the newest. */
-static int append(tha_backlog_t *b, tha__bframe_t *f) {
-    tha_frame_info_t info;
-    int rc = tha_frame_info(f->data, f->len, &info);
-    if (rc) return rc;
-    if (info.kind != THA_FRAME_DELTA) return THA_EINVAL;
-    if (b->n && (info.seq != b->last_seq + 1 || info.lineage != b->lineage))
+/* Appends frame f (refs 1, data filled, len set; its header hd) as the
+ * newest. */
+static int append(tha_backlog_t *b, tha__bframe_t *f, const tha__frame_hdr_t *hd) {
+    int rc;
+    if (hd->kind != THA_FRAME_DELTA) return THA_EINVAL;
+    if (b->n && (hd->seq != b->last_seq + 1 || hd->lineage != b->lineage))
         return THA_ESEQ;
     if ((rc = reserve(b))) return rc;
-    f->seq = info.seq;
-    f->epoch = info.epoch;
+    f->seq = hd->seq;
+    f->epoch = hd->epoch;
     b->ring[(b->head + b->n) % b->cap] = f;
     b->n++;
     b->bytes += f->len;
-    b->last_seq = info.seq;
-    b->lineage = info.lineage;
+    b->last_seq = hd->seq;
+    b->lineage = hd->lineage;
     /* keep at least the newest frame whatever its size */
     while (b->bytes > b->max_bytes && b->n > 1) drop_oldest(b);
     return 0;
@@ -107,7 +110,10 @@ int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len) {
     if (!f) return THA_ENOMEM;
     memcpy(f->data, frame, len);
     f->len = len;
-    int rc = append(b, f);
+    tha__frame_hdr_t hd;
+    char msg[160];
+    int rc = tha__frame_parse(f->data, f->len, &hd, msg, sizeof msg);
+    if (!rc) rc = append(b, f, &hd);
     if (rc) tha__bframe_release(f);
     return rc;
 }
@@ -138,7 +144,8 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *l
     f->cap = GUESS;
     f->refs = 1;
     f->owner = b;
-    int rc = tha__encode(h, THA_FRAME_DELTA, f->data, GUESS, &f->len);
+    tha__frame_hdr_t hd; /* the encoder's: the frame is not parsed again */
+    int rc = tha__encode(h, THA_FRAME_DELTA, f->data, GUESS, &f->len, &hd);
     /* Too small: nothing changed and f->len is the size the next encode
      * needs (the codec keeps the changes it counted), so one retry fits
      * whatever other threads write; the loop only guards that rule. */
@@ -148,7 +155,7 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *l
         f = bframe_alloc(b, need);
         if (!f) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for a %zu-byte frame",
                                   need);
-        rc = tha__encode(h, THA_FRAME_DELTA, f->data, need, &f->len);
+        rc = tha__encode(h, THA_FRAME_DELTA, f->data, need, &f->len, &hd);
     }
     if (rc) {
         tha__bframe_release(f);
@@ -163,11 +170,12 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *l
     }
     /* Committed: the frame is next in sequence and the ring has room, so
      * append cannot refuse it. */
-    rc = append(b, f);
+    rc = append(b, f, &hd);
     THA_ASSERT(rc == 0);
     (void)rc;
     b->heap = h;
     h->backlog = b;
+    h->backlog_ref = &b->heap;
     *seq = f->seq;
     *len = f->len;
     return 0;

@@ -15,7 +15,8 @@
  * no run waits for the CRC's latency chain.
  * Byte order: little-endian hosts only (checked at compile time).
  */
-#include "tha_internal.h"
+#include "codec.h"
+#include "heapcheck.h"
 
 #include <errno.h>
 #include <pthread.h>
@@ -116,14 +117,7 @@ static uint32_t joined_crc(const half_t *a, const half_t *b) {
     return tha__crc32c_shift(a->raw, b->nb * THA__BLOCK) ^ b->raw;
 }
 
-static uint64_t run_bytes(uint64_t nblocks) {
-    return sizeof(tha__run_t) + tha__align_up(nblocks, 8) + nblocks * THA__BLOCK;
-}
-
-static const char *kind_name(int kind) {
-    return kind == THA_FRAME_SNAPSHOT ? "snapshot"
-           : kind == THA__FRAME_SEGMENT ? "segment" : "delta";
-}
+#define kind_name tha__frame_kind_name
 
 /* First word index >= wi whose summary bit is set (the summary has a bit
  * per word of the dirty map), or nwords. */
@@ -174,10 +168,10 @@ static int frame_size_now(const tha_heap_t *h, int kind, size_t *size) {
         size_t slen;
         int rc = tha_schema_serialize(h->schema, NULL, 0, &slen);
         if (rc) return rc;
-        n += tha__align_up(slen, 8) + run_bytes(top_blocks);
+        n += tha__align_up(slen, 8) + tha__run_bytes(top_blocks);
     } else if (kind == THA_FRAME_DELTA) {
         uint64_t pos = 0, b, len;
-        while (next_run(h, top_blocks, &pos, &b, &len)) n += run_bytes(len);
+        while (next_run(h, top_blocks, &pos, &b, &len)) n += tha__run_bytes(len);
     } else {
         return THA_EINVAL;
     }
@@ -392,25 +386,6 @@ static int put_run(tha_heap_t *h, int kind, uint64_t b0, uint64_t nb,
     return put_chunked(h, kind, data, mask, b0, nb, raw);
 }
 
-/* A frame header stamped with h's identity; counts and CRCs are the
- * caller's to fill. */
-static void init_header(const tha_heap_t *h, tha__frame_hdr_t *hd, int kind,
-                        uint64_t seq, size_t length) {
-    const tha__region_t *r = tha__reg(h);
-    memset(hd, 0, sizeof *hd);
-    hd->magic = THA__FRAME_MAGIC;
-    hd->version = THA_FRAME_VERSION;
-    hd->kind = (uint16_t)kind;
-    hd->header_size = THA_FRAME_HEADER_SIZE;
-    hd->fingerprint = tha_schema_fingerprint(h->schema);
-    hd->lineage = h->lineage;
-    hd->epoch = h->epoch;
-    hd->seq = seq;
-    hd->capacity = r->capacity;
-    hd->top = r->top;
-    hd->length = length;
-}
-
 /* Rule (sizing): the size frame_size or a THA_ETOOSMALL reports is the size
  * the next encode needs. Both collect (diff, wp) and leave h->collected
  * set, so that encode works on the changes they found instead of looking
@@ -420,7 +395,8 @@ static void init_header(const tha_heap_t *h, tha__frame_hdr_t *hd, int kind,
  * Rule (failure): nothing is committed before the frame is whole; a failed
  * encode leaves seq and every pending change as it was (a collect only
  * turns pending writes into dirty bits, which the next frame carries). */
-int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
+int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
+                tha__frame_hdr_t *hdp) {
     if (!len || (kind != THA_FRAME_SNAPSHOT && kind != THA_FRAME_DELTA))
         return tha__hfail(h, THA_EINVAL, "encode: kind must be snapshot or delta");
     size_t need;
@@ -438,7 +414,7 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
     uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
     const uint8_t *crc_from = q;
     tha__frame_hdr_t hd;
-    init_header(h, &hd, kind, h->seq + 1, need);
+    tha__frame_fill(h, &hd, kind, h->seq + 1, need);
     uint32_t raw = ~0u; /* tha_crc32c(0, ..) == ~raw(~0, ..) */
     uint64_t top_blocks = r->top / THA__BLOCK;
     if (kind == THA_FRAME_SNAPSHOT) {
@@ -468,16 +444,15 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len) {
     }
     crc_flush(&raw, &crc_from, q);
     THA_ASSERT((size_t)(q - out) == need);
-    hd.body_crc = ~raw;
-    hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
-    memcpy(out, &hd, sizeof hd);
+    tha__frame_finish(&hd, ~raw, out);
     /* With a delta log the frame is made only once the log has it. */
-    if (h->log && (rc = tha__log_append(h, out, need))) return rc;
+    if ((rc = tha__log_append(h, &hd, out, need))) return rc;
     /* Committed: nothing above can fail any more. */
     h->seq = hd.seq;
     tha__clear_dirty(h);
     h->frames_encoded++;
     h->bytes_encoded += need;
+    if (hdp) *hdp = hd;
     return 0;
 }
 
@@ -491,80 +466,7 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
                           "backlog, which makes its frames: use tha_backlog_encode "
                           "(Python: Active.sync()); a %s made here would be a seq "
                           "the standbys never get", kind_name(kind));
-    return tha__encode(h, kind, buf, cap, len);
-}
-
-/* ---- header ----------------------------------------------------------- */
-
-static int parse_header(const void *frame, size_t len, tha__frame_hdr_t *hd,
-                        char *msg, size_t cap) {
-    if (!frame || len < THA_FRAME_HEADER_SIZE)
-        return tha__fail(msg, cap, THA_EFRAME, "frame truncated: %zu bytes, a "
-                         "header alone is %d", len, THA_FRAME_HEADER_SIZE);
-    memcpy(hd, frame, sizeof *hd);
-    if (hd->magic != THA__FRAME_MAGIC)
-        return tha__fail(msg, cap, THA_EFRAME, "not a tha frame (magic 0x%08x)",
-                         hd->magic);
-    if (tha_crc32c(0, hd, offsetof(tha__frame_hdr_t, header_crc)) != hd->header_crc)
-        return tha__fail(msg, cap, THA_ECHECKSUM, "frame header checksum mismatch");
-    if (hd->version != THA_FRAME_VERSION)
-        return tha__fail(msg, cap, THA_EVERSION, "frame format version %u; this "
-                         "build reads version %d", hd->version, THA_FRAME_VERSION);
-    if (hd->header_size != THA_FRAME_HEADER_SIZE ||
-        (hd->kind != THA_FRAME_SNAPSHOT && hd->kind != THA_FRAME_DELTA &&
-         hd->kind != THA__FRAME_SEGMENT))
-        return tha__fail(msg, cap, THA_EFRAME, "frame header malformed (kind %u, "
-                         "header size %u)", hd->kind, hd->header_size);
-    if (hd->length != len)
-        return tha__fail(msg, cap, THA_EFRAME, "frame seq %llu truncated or "
-                         "padded: header says %llu bytes, got %zu",
-                         (unsigned long long)hd->seq,
-                         (unsigned long long)hd->length, len);
-    if (hd->top % THA__PAGE || hd->top > hd->capacity ||
-        hd->capacity % THA__GRANULE || hd->capacity == 0)
-        return tha__fail(msg, cap, THA_EFRAME, "frame seq %llu: impossible image "
-                         "size %llu for capacity %llu", (unsigned long long)hd->seq,
-                         (unsigned long long)hd->top,
-                         (unsigned long long)hd->capacity);
-    if (hd->kind != THA_FRAME_SNAPSHOT && hd->schema_len)
-        return tha__fail(msg, cap, THA_EFRAME, "%s carries a schema",
-                         kind_name(hd->kind));
-    if ((uint64_t)hd->schema_len > len - THA_FRAME_HEADER_SIZE)
-        return tha__fail(msg, cap, THA_EFRAME, "schema length %u runs past the "
-                         "frame end", hd->schema_len);
-    return 0;
-}
-
-int tha_frame_info(const void *frame, size_t len, tha_frame_info_t *out) {
-    tha__frame_hdr_t hd;
-    char msg[160];
-    int rc = parse_header(frame, len, &hd, msg, sizeof msg);
-    if (rc) return rc;
-    out->kind = hd.kind;
-    out->version = hd.version;
-    out->fingerprint = hd.fingerprint;
-    out->lineage = hd.lineage;
-    out->epoch = hd.epoch;
-    out->seq = hd.seq;
-    out->capacity = hd.capacity;
-    out->top = hd.top;
-    out->length = hd.length;
-    out->nruns = hd.nruns;
-    out->nblocks = hd.nblocks;
-    return 0;
-}
-
-int tha_frame_schema(const void *frame, size_t len, tha_schema_t **out,
-                     char *msg, size_t msgcap) {
-    tha__frame_hdr_t hd;
-    char tmp[160];
-    if (!msg) { msg = tmp; msgcap = sizeof tmp; }
-    int rc = parse_header(frame, len, &hd, msg, msgcap);
-    if (rc) return rc;
-    if (hd.kind != THA_FRAME_SNAPSHOT)
-        return tha__fail(msg, msgcap, THA_EINVAL, "only snapshots carry a schema");
-    return tha__schema_deserialize((const uint8_t *)frame + THA_FRAME_HEADER_SIZE,
-                                   hd.schema_len, hd.capacity, out, msg, msgcap);
+    return tha__encode(h, kind, buf, cap, len, NULL);
 }
 
 /* ---- verify ----------------------------------------------------------- */
@@ -618,16 +520,12 @@ static int check_region_header(tha_heap_t *h, const tha__frame_hdr_t *hd,
         p = data + run.nblocks * THA__BLOCK;
     }
     (void)body_len;
-    uint64_t npages = hd->capacity / THA__PAGE;
-    uint64_t roots_off = tha__align_up(sizeof want, THA__BLOCK);
-    uint64_t pagemap_off = roots_off + THA_MAX_ROOTS * sizeof(tha__root_t);
-    uint64_t data_off = tha__align_up(pagemap_off + npages * sizeof(tha__page_t),
-                                      THA__PAGE);
+    const tha__layout_t lay = tha__region_layout(hd->capacity);
     if (want.magic != THA__REGION_MAGIC || want.capacity != hd->capacity ||
-        want.top != hd->top || want.npages != npages ||
-        want.roots_off != roots_off || want.pagemap_off != pagemap_off ||
-        want.data_off != data_off || want.nroots > THA_MAX_ROOTS ||
-        want.top < data_off)
+        want.top != hd->top || want.npages != lay.npages ||
+        want.roots_off != lay.roots_off || want.pagemap_off != lay.pagemap_off ||
+        want.data_off != lay.data_off || want.nroots > THA_MAX_ROOTS ||
+        want.top < lay.data_off)
         return tha__hfail(h, THA_EFRAME, "%s seq %llu: the region header it carries is "
                     "inconsistent", kind_name(hd->kind), (unsigned long long)hd->seq);
     return 0;
@@ -734,14 +632,8 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
     if (pos > body_len)
         return tha__hfail(h, THA_EFRAME, "%s seq %llu: schema padding past the end", k, seq);
     uint64_t top_blocks = hd->top / THA__BLOCK, next_block = 0, blocks = 0;
-    uint64_t meta_blocks = 0; /* blocks below data_off hold no pointers */
-    {
-        uint64_t npages = hd->capacity / THA__PAGE;
-        uint64_t pm = tha__align_up(sizeof(tha__region_t), THA__BLOCK) +
-                      THA_MAX_ROOTS * sizeof(tha__root_t);
-        meta_blocks = tha__align_up(pm + npages * sizeof(tha__page_t), THA__PAGE) /
-                      THA__BLOCK;
-    }
+    /* blocks below data_off hold no pointers */
+    const uint64_t meta_blocks = tha__region_layout(hd->capacity).data_off / THA__BLOCK;
     for (uint32_t i = 0; i < hd->nruns; i++) {
         tha__run_t run;
         if (body_len - pos < sizeof run) {
@@ -968,7 +860,7 @@ static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t 
             memcpy(&ahead, pf, sizeof ahead);
             if (ahead.nblocks < BIG_BLOCKS)
                 prefetch_blocks(h->base, ahead.offset / THA__BLOCK, ahead.nblocks, 1);
-            pf += run_bytes(ahead.nblocks);
+            pf += tha__run_bytes(ahead.nblocks);
         }
         tha__run_t run;
         memcpy(&run, p, sizeof run);
@@ -999,8 +891,14 @@ static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t 
 
 int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
     tha__frame_hdr_t hd;
-    int rc = parse_header(frame, len, &hd, h->err, sizeof h->err);
+    int rc = tha__frame_parse(frame, len, &hd, h->err, sizeof h->err);
     if (rc) return rc;
+    return tha__apply(h, &hd, frame, len);
+}
+
+int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, size_t len) {
+    const tha__frame_hdr_t hd = *hdp;
+    int rc;
     if (hd.kind == THA__FRAME_SEGMENT)
         return tha__hfail(h, THA_EFRAME, "segment seq %llu: segments are applied by "
                           "bulk sync only", (unsigned long long)hd.seq);
@@ -1049,7 +947,7 @@ int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
                     (unsigned long long)hd.top, tha_strerror(rc));
 
     /* With a delta log the frame is applied only once the log has it. */
-    if (h->log && (rc = tha__log_append(h, frame, len))) return rc;
+    if ((rc = tha__log_append(h, &hd, frame, len))) return rc;
     /* Verified: from here on nothing fails. */
     uint64_t old_top = tha__reg(h)->top;
     copy_runs(h, &hd, body);
@@ -1080,8 +978,7 @@ static uint64_t segment_blocks(const tha_heap_t *h, uint64_t from, uint64_t max)
 }
 
 size_t tha__segment_size(const tha_heap_t *h, uint64_t from, uint64_t max) {
-    uint64_t nb = segment_blocks(h, from, max);
-    return THA_FRAME_HEADER_SIZE + (nb ? run_bytes(nb) : 0);
+    return tha__segment_bytes(segment_blocks(h, from, max));
 }
 
 int tha__encode_segment(tha_heap_t *h, uint64_t *from, uint64_t max, void *buf,
@@ -1094,7 +991,7 @@ int tha__encode_segment(tha_heap_t *h, uint64_t *from, uint64_t max, void *buf,
     uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
     const uint8_t *crc_from = q;
     tha__frame_hdr_t hd;
-    init_header(h, &hd, THA__FRAME_SEGMENT, h->seq, need);
+    tha__frame_fill(h, &hd, THA__FRAME_SEGMENT, h->seq, need);
     uint32_t raw = ~0u;
     if (nb) {
         int rc = put_run(h, THA__FRAME_SEGMENT, *from, nb, &q, &raw, &crc_from);
@@ -1103,9 +1000,7 @@ int tha__encode_segment(tha_heap_t *h, uint64_t *from, uint64_t max, void *buf,
         hd.nblocks = nb;
     }
     crc_flush(&raw, &crc_from, q);
-    hd.body_crc = ~raw;
-    hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
-    memcpy(out, &hd, sizeof hd);
+    tha__frame_finish(&hd, ~raw, out);
     *from += nb;
     return 0;
 }
@@ -1128,12 +1023,11 @@ static int check_segment_identity(tha_heap_t *h, const tha__frame_hdr_t *hd) {
     return 0;
 }
 
-int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len) {
-    tha__frame_hdr_t hd;
-    int rc = parse_header(frame, len, &hd, h->err, sizeof h->err);
-    if (rc) return rc;
+int tha__apply_segment(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame,
+                       size_t len) {
+    const tha__frame_hdr_t hd = *hdp;
     unsigned long long seq = (unsigned long long)hd.seq;
-    rc = check_segment_identity(h, &hd);
+    int rc = check_segment_identity(h, &hd);
     if (rc) return rc;
     const uint8_t *body = (const uint8_t *)frame + THA_FRAME_HEADER_SIZE;
     uint64_t body_len = len - THA_FRAME_HEADER_SIZE, done = 0;
@@ -1154,13 +1048,11 @@ int tha__apply_segment(tha_heap_t *h, const void *frame, size_t len) {
     return 0;
 }
 
-int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len,
-                                uint64_t data_len) {
-    tha__frame_hdr_t hd;
-    int rc = parse_header(head, head_len + data_len, &hd, h->err, sizeof h->err);
-    if (rc) return rc;
+int tha__apply_segment_in_place(tha_heap_t *h, const tha__frame_hdr_t *hdp,
+                                const void *head, size_t head_len, uint64_t data_len) {
+    const tha__frame_hdr_t hd = *hdp;
     unsigned long long seq = (unsigned long long)hd.seq;
-    rc = check_segment_identity(h, &hd);
+    int rc = check_segment_identity(h, &hd);
     if (rc) return rc;
     const uint8_t *body = (const uint8_t *)head + THA_FRAME_HEADER_SIZE;
     tha__run_t run;
@@ -1171,7 +1063,8 @@ int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len
     uint64_t top_blocks = hd.top / THA__BLOCK;
     if (run.offset % THA__BLOCK || nb == 0 || nb != hd.nblocks || b0 > top_blocks ||
         nb > top_blocks - b0 || head_len != THA_FRAME_HEADER_SIZE + sizeof run + mlen ||
-        data_len != nb * THA__BLOCK || hd.top > h->committed)
+        data_len != nb * THA__BLOCK || hd.length != head_len + data_len ||
+        hd.top > h->committed)
         return tha__hfail(h, THA_EFRAME, "segment seq %llu: run at offset 0x%llx (%llu "
                           "blocks) does not match the bytes read", seq,
                           (unsigned long long)run.offset, (unsigned long long)nb);
@@ -1180,11 +1073,7 @@ int tha__apply_segment_in_place(tha_heap_t *h, const void *head, size_t head_len
     /* CRC of the run header and mask, then of the data where it lies */
     uint32_t raw = tha__crc32c_raw(~0u, body, sizeof run + mlen), at_data = raw;
     rc = 0;
-    uint64_t npages = hd.capacity / THA__PAGE;
-    uint64_t pm = tha__align_up(sizeof(tha__region_t), THA__BLOCK) +
-                  THA_MAX_ROOTS * sizeof(tha__root_t);
-    uint64_t meta_blocks = tha__align_up(pm + npages * sizeof(tha__page_t), THA__PAGE) /
-                           THA__BLOCK;
+    const uint64_t meta_blocks = tha__region_layout(hd.capacity).data_off / THA__BLOCK;
     for (uint64_t j = 0; b0 < meta_blocks && j < nb && !rc; j++)
         if (mask[j] && b0 + j < meta_blocks)
             rc = tha__hfail(h, THA_EFRAME, "segment seq %llu: pointer mask on allocator "

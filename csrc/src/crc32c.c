@@ -6,7 +6,7 @@
  * len zero bytes does, so separately computed pieces combine:
  *   raw(r, A||B) == tha__crc32c_shift(raw(r, A), |B|) ^ raw(0, B).
  */
-#include "tha_internal.h"
+#include "base.h"
 
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <nmmintrin.h>

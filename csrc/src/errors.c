@@ -1,7 +1,7 @@
 /* errors.c — error messages, the version string and the detail-message
  * helper. A code is 0 (ok), a library THA_E* value from THA_ERROR_LIST in
  * tha.h, or a negated errno from the OS. */
-#include "tha_internal.h"
+#include "base.h"
 
 #include <stdio.h>
 #include <string.h>

@@ -18,7 +18,7 @@
  * slabs and spans whose records, slot headers, free links or masks change,
  * and only then the class or free-span lists (walked whole: O(list)).
  */
-#include "tha_internal.h"
+#include "heapcheck.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -176,19 +176,17 @@ static void read_region(view_t *v) {
     }
 }
 
-/* The header's layout is the one tha__region_init makes for its capacity. */
+/* The header's layout is the one tha__region_layout gives its capacity. */
 static int check_region(view_t *v) {
     const tha__region_t *r = &v->r;
     if (r->magic != THA__REGION_MAGIC) BAD("region header: bad magic");
     if (r->capacity == 0 || r->capacity % THA__GRANULE || r->capacity > v->h->capacity)
         BAD("region header: capacity %llu (heap has %llu)", (ull)r->capacity,
             (ull)v->h->capacity);
-    uint64_t npages = r->capacity / THA__PAGE;
-    uint64_t roots_off = tha__align_up(sizeof(tha__region_t), THA__BLOCK);
-    uint64_t pagemap_off = roots_off + THA_MAX_ROOTS * sizeof(tha__root_t);
-    uint64_t data_off = tha__align_up(pagemap_off + npages * sizeof(tha__page_t), THA__PAGE);
-    if (r->npages != npages || r->roots_off != roots_off || r->pagemap_off != pagemap_off ||
-        r->data_off != data_off)
+    const tha__layout_t lay = tha__region_layout(r->capacity);
+    const uint64_t data_off = lay.data_off;
+    if (r->npages != lay.npages || r->roots_off != lay.roots_off ||
+        r->pagemap_off != lay.pagemap_off || r->data_off != data_off)
         BAD("region header: layout (pagemap_off 0x%llx, roots_off 0x%llx, data_off "
             "0x%llx, npages %llu) is not the one of capacity %llu", (ull)r->pagemap_off,
             (ull)r->roots_off, (ull)r->data_off, (ull)r->npages, (ull)r->capacity);

@@ -5,7 +5,7 @@
  * Words: conn = the connected socket and its session; drop = close both and
  * remember why (status, err); pass = one poll + read + write + tick.
  */
-#include "tha_internal.h"
+#include "base.h"
 
 #include <errno.h>
 #include <arpa/inet.h>

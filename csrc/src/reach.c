@@ -6,7 +6,7 @@
  * million-long list is one loop, not a million frames. *Sweep* reports or
  * frees what stayed unmarked: the *leaks*.
  */
-#include "tha_internal.h"
+#include "heap.h"
 
 #include <stdlib.h>
 

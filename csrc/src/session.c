@@ -6,7 +6,9 @@
  * is consistent; backlog = the active's recent deltas, for resume.
  * Protocol: docs/protocol.md.
  */
-#include "tha_internal.h"
+#include "codec.h"
+#include "heapcheck.h"
+#include "replication.h"
 
 #include <pthread.h>
 #include <stdio.h>
@@ -886,13 +888,13 @@ static int on_snap_begin(tha_session_t *s, const uint8_t *p, size_t len) {
 static int on_snap_data(tha_session_t *s, const uint8_t *p, size_t len) {
     if (s->state != S_BULK || !s->staging)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "SNAP_DATA outside a bulk sync");
-    int rc = tha__apply_segment(s->staging, p, len);
+    tha__frame_hdr_t hd; /* parsed once, here */
+    int rc = tha__frame_parse(p, len, &hd, s->staging->err, sizeof s->staging->err);
+    if (!rc) rc = tha__apply_segment(s->staging, &hd, p, len);
     if (rc)
         return close_with(s, THA_EV_ERROR, rc, "bulk sync: bad segment: %s",
                           tha_heap_errmsg(s->staging));
-    tha_frame_info_t info;
-    tha_frame_info(p, len, &info);
-    s->bulk_done += info.nblocks * THA__BLOCK;
+    s->bulk_done += hd.nblocks * THA__BLOCK;
     push_event(s, THA_EV_BULK_PROGRESS, 0, s->staging->seq, s->bulk_done, s->bulk_total);
     return 0;
 }
@@ -910,17 +912,17 @@ static int on_frame(tha_session_t *s, const uint8_t *p, size_t len, int ack) {
     if (s->state == S_BULK || s->state == S_HANDSHAKE || !target)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "FRAME before the standby "
                           "has a heap to apply it to");
-    tha_frame_info_t info;
+    tha__frame_hdr_t hd; /* parsed once: apply and the log take it */
     char why[200];
     uint64_t seq = 0;
-    int rc = tha_frame_info(p, len, &info);
+    int rc = tha__frame_parse(p, len, &hd, why, sizeof why);
     if (rc) {
         snprintf(why, sizeof why, "unreadable frame header: %s", tha_strerror(rc));
     } else {
-        seq = info.seq;
+        seq = hd.seq;
         if (ack == THA_ACK_RECEIVED && (rc = send_ack(s, seq, THA_ACK_RECEIVED)))
             snprintf(why, sizeof why, "cannot queue the ack: %s", tha_strerror(rc));
-        else if ((rc = tha_heap_apply(target, p, len)))
+        else if ((rc = tha__apply(target, &hd, p, len)))
             snprintf(why, sizeof why, "%s", tha_heap_errmsg(target));
     }
     if (rc) { /* the heap is unchanged; the active decides what to resend.

@@ -9,7 +9,7 @@
  *         compares all of [0, top); wp only the pages wp.c found written.
  * All live outside the region: they describe it, they are not state.
  */
-#include "tha_internal.h"
+#include "heap.h"
 
 #include <errno.h>
 #include <sys/mman.h>
@@ -92,7 +92,10 @@ void tha__ptrmap_clear(tha_heap_t *h, uint64_t off, uint64_t len) {
     }
 }
 
-void tha__track_diff(tha_heap_t *h, uint64_t from, uint64_t to) {
+/* Compares the pages of [from, to) (clamped to top) with the shadow: marks
+ * each block that differs and copies it over. What wp.c reports written
+ * pages to. */
+static void track_diff(tha_heap_t *h, uint64_t from, uint64_t to) {
     const uint64_t top = tha__reg(h)->top;
     const uint8_t *img = h->base;
     uint8_t *sh = h->shadow;
@@ -111,9 +114,9 @@ void tha__track_diff(tha_heap_t *h, uint64_t from, uint64_t to) {
 
 void tha__track_collect(tha_heap_t *h) {
     if (h->mech == THA__MECH_UFFD || h->mech == THA__MECH_MPROTECT)
-        tha__wp_collect(h);
+        tha__wp_collect(h, track_diff);
     else if (h->mech == THA__MECH_DIFF)
-        tha__track_diff(h, 0, tha__reg(h)->top);
+        track_diff(h, 0, tha__reg(h)->top);
 }
 
 void tha__track_sync_shadow(tha_heap_t *h, uint64_t b0, uint64_t n) {

@@ -5,10 +5,11 @@
  *             returns the written pages and re-protects them in one call.
  *   mprotect  PROT_READ, and a SIGSEGV handler that makes the page writable
  *             and sets its bit in `wpages`; bounded in the mappings it splits.
- * Words: a *written* page is one a write may have changed; track.c compares
- * each with the shadow and marks only the 64-byte blocks that differ.
+ * Words: a *written* page is one a write may have changed; the collector
+ * reports each run of them to the callback it is given (track.c compares
+ * them with the shadow and marks only the 64-byte blocks that differ).
  */
-#include "tha_internal.h"
+#include "heap.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -443,19 +444,26 @@ void tha__wp_zapped(tha_heap_t *h, uint64_t off, uint64_t len) {
     }
 }
 
-static void diff_range(void *ctx, uint64_t a, uint64_t b) {
-    tha_heap_t *h = ctx;
-    uint64_t base = (uint64_t)(uintptr_t)h->base;
-    tha__track_diff(h, a - base, b - base);
+/* uffd_scan's ranges are addresses; the report is offsets. */
+typedef struct report {
+    tha_heap_t *h;
+    tha__pages_fn found;
+} report_t;
+
+static void report_range(void *ctx, uint64_t a, uint64_t b) {
+    report_t *r = ctx;
+    uint64_t base = (uint64_t)(uintptr_t)r->h->base;
+    r->found(r->h, a - base, b - base);
 }
 
-void tha__wp_collect(tha_heap_t *h) {
+void tha__wp_collect(tha_heap_t *h, tha__pages_fn found) {
     const uint64_t top = tha__reg(h)->top;
     if (h->mech == THA__MECH_UFFD) {
-        int rc = uffd_scan(h->pagemap, h->base, h->committed, diff_range, h);
+        report_t rep = {h, found};
+        int rc = uffd_scan(h->pagemap, h->base, h->committed, report_range, &rep);
         if (rc) {
             degrade(h, rc);
-            tha__track_diff(h, 0, top);
+            found(h, 0, top);
         }
         return;
     }
@@ -478,10 +486,10 @@ void tha__wp_collect(tha_heap_t *h) {
             mprotect(h->base + p * THA__PAGE, n * THA__PAGE, PROT_READ);
     }
     if (all) {
-        tha__track_diff(h, 0, top);
+        found(h, 0, top);
         return;
     }
     uint64_t pos = 0, p, n, tp = top / THA__PAGE;
     while (next_run(h->wtaken, words * 64 < tp ? words * 64 : tp, &pos, &p, &n))
-        tha__track_diff(h, p * THA__PAGE, (p + n) * THA__PAGE);
+        found(h, p * THA__PAGE, (p + n) * THA__PAGE);
 }

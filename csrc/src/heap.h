@@ -1,0 +1,263 @@
+/* heap.h — layer 2 (heap): the region, its allocator records, the heap
+ * struct, tracking (track.c) and write protection (wp.c).
+ */
+#ifndef THA_HEAP_H
+#define THA_HEAP_H
+
+#include "schema.h"
+
+/* ---- the region (arena.c) ---------------------------------------------- */
+
+#define THA__PAGE 4096u          /* allocator page */
+#define THA__BLOCK 64u           /* tracking and transfer unit */
+#define THA__HDR 8u              /* object header before each payload */
+#define THA__SLAB_PAGES 16u      /* pages per slab (64 KiB) */
+#define THA__SLAB_HDR 64u        /* slab record at the slab start */
+#define THA__MAX_SLOT 8192u      /* larger allocations take page spans */
+#define THA__NCLASSES 32u
+#define THA__GRANULE (64u << 10) /* capacity is a multiple of this */
+#define THA__COMMIT_STEP (1u << 20) /* commit growth, bytes */
+#define THA__REGION_MAGIC 0x324e474552414854ull /* "THAREGN2" */
+#define THA__MAX_EPOCHS 32u      /* epoch history entries kept in the region */
+
+/* One epoch of the heap's history: frames with seq > start (up to the next
+ * entry's start) were encoded in this epoch by the node that drew id when
+ * it began the epoch (ids tell apart two nodes that promoted to the same
+ * epoch number). Kept in the region so that it travels with every image,
+ * delta, bulk sync and checkpoint: a mirror's history is its source's. */
+typedef struct tha__epoch {
+    uint64_t epoch;
+    uint64_t start;  /* seq the epoch began at */
+    uint64_t id;     /* random */
+} tha__epoch_t;
+
+/* At offset 0 of the region. Every reference is an offset from the base
+ * (0 = none), so the image means the same at any address. */
+typedef struct tha__region {
+    uint64_t magic;
+    uint64_t capacity;         /* bytes reserved */
+    uint64_t top;              /* bytes in use, page aligned; only grows */
+    uint64_t pagemap_off;      /* tha__page_t[npages] */
+    uint64_t npages;           /* capacity / THA__PAGE */
+    uint64_t roots_off;        /* tha__root_t[THA_MAX_ROOTS] */
+    uint64_t data_off;         /* first allocatable page */
+    uint64_t free_spans;       /* first free page span, 0 = none */
+    uint64_t live_objects;
+    uint64_t live_bytes;       /* payload bytes */
+    uint64_t nroots;           /* root entries in use, packed at the start */
+    uint64_t class_slabs[THA__NCLASSES]; /* slabs with a free slot, per class */
+    uint64_t nepochs;          /* entries of epochs in use, oldest first; >= 1 */
+    tha__epoch_t epochs[THA__MAX_EPOCHS]; /* the last one is the current epoch */
+} tha__region_t;
+
+/* Page map entry, one per page of the capacity. */
+enum {
+    THA__PG_UNUSED = 0, /* above top */
+    THA__PG_META,       /* region header, page map, roots */
+    THA__PG_FREE_HEAD,  /* first page of a free span; link = npages */
+    THA__PG_FREE_TAIL,  /* other pages of a free span; link = head page */
+    THA__PG_SLAB_HEAD,  /* first page of a slab; cls set; link = npages */
+    THA__PG_SLAB_TAIL,  /* link = head page */
+    THA__PG_SPAN_HEAD,  /* first page of a large allocation; link = npages */
+    THA__PG_SPAN_TAIL   /* link = head page */
+};
+
+typedef struct tha__page {
+    uint8_t kind;
+    uint8_t cls;     /* size class of a slab head */
+    uint16_t unused;
+    uint32_t link;   /* see the kinds above */
+} tha__page_t;
+
+/* At the start of every slab; slots follow at +THA__SLAB_HDR. */
+typedef struct tha__slab {
+    uint64_t free;     /* offset of the first free slot, 0 = none */
+    uint64_t next;     /* next slab of the class with a free slot */
+    uint64_t prev;
+    uint32_t nslots;
+    uint32_t nfree;    /* free slots, listed or above bump */
+    uint32_t bump;     /* slots at index >= bump were never used */
+    uint32_t cls;
+    uint32_t on_list;  /* 1 while linked in class_slabs */
+    uint32_t unused[5];
+} tha__slab_t;
+
+/* At the start of every free page span. */
+typedef struct tha__span {
+    uint64_t next, prev; /* free span list, offsets */
+    uint64_t npages;
+} tha__span_t;
+
+/* Before every payload. count == 0 marks a free slot. */
+typedef struct tha__objhdr {
+    uint32_t type_id;
+    uint32_t count;
+} tha__objhdr_t;
+
+typedef struct tha__root {
+    char name[THA_NAME_MAX - 8]; /* "" = empty entry */
+    uint64_t offset;             /* target, 0 = none */
+} tha__root_t;
+
+_Static_assert(sizeof(tha__root_t) == THA__BLOCK, "root is one block");
+_Static_assert(sizeof(tha__slab_t) == THA__SLAB_HDR, "slab record size");
+
+/* A delta log as the heap sees it: hooks, installed by tha_heap_attach_log
+ * (log.c) and removed by tha_heap_detach_log, that the heap's own calls go
+ * through (encode and apply append, tha_heap_sync_log, tha_heap_log_policy,
+ * tha_heap_destroy). Nothing below the io layer names the log itself. */
+struct tha__frame_hdr; /* frame.h: the heap only hands it on */
+typedef struct tha__log_sink {
+    /* A frame the heap is about to commit (encoded, or verified for apply),
+     * with its parsed header: 0 once the log holds it (synced as its policy
+     * says); else the error with the detail in h->err, the log as it was,
+     * and the heap must not commit the frame. */
+    int (*append)(void *log, tha_heap_t *h, const struct tha__frame_hdr *hd,
+                  const void *frame, size_t len);
+    /* Makes every appended frame durable (fdatasync); the detail in h->err. */
+    int (*sync)(void *log, tha_heap_t *h);
+    /* 1 and the fsync policy (THA_LOG_FSYNC_ALWAYS, _NEVER or a period in
+     * ms) while the log takes appends; 0 once it is broken. */
+    int (*policy)(const void *log, int64_t *fsync_ms);
+    /* Syncs what it can and frees the log (the heap is being destroyed). */
+    void (*close)(void *log);
+} tha__log_sink_t;
+
+struct tha_heap {
+    tha_schema_t *schema;   /* own reference */
+    uint8_t *base;          /* region start; page aligned */
+    uint64_t capacity;      /* bytes reserved */
+    uint64_t committed;     /* bytes read-write from base */
+    uint64_t *dirty;        /* bit per block: changed since the last frame */
+    uint64_t *dsum;         /* bit per word of dirty: that word may be nonzero
+                               (scans, clears and counts skip clean stretches) */
+    uint8_t *ptrmap;        /* byte per block: bit i = word i is a pointer */
+    uint8_t *shadow;        /* diff and wp modes: the image as of the last
+                               frame (capacity bytes reserved; else NULL) */
+    int collected;          /* diff/wp: frame_size just collected changes */
+    void *scratch;          /* heapcheck.c: a delta's run index, kept */
+    size_t scratch_cap;
+    int fuzzy;              /* a staging heap being filled by bulk sync: not
+                               consistent until tha__check_staging passes, so
+                               deltas are not checked against it */
+    int mech;               /* enum tha__mech: how changes are found */
+    int uffd;               /* wp/uffd: the userfaultfd; -1 otherwise */
+    int pagemap;            /* wp/uffd: /proc/self/pagemap; -1 otherwise */
+    int slot;               /* wp/mprotect: signal handler registry; -1 */
+    uint64_t *wpages;       /* wp/mprotect: bit per 4 KiB page written since
+                               the last frame, set by the SIGSEGV handler */
+    uint64_t *wtaken;       /* wp/mprotect: the set taken by a collect */
+    uint64_t islands;       /* wp/mprotect: pages/chunks made writable since
+                               the last frame (atomic) */
+    uint32_t overflow;      /* wp/mprotect: 1 = the whole heap was made
+                               writable; diff all of it at the next frame */
+    uint64_t nblocks;       /* capacity / THA__BLOCK */
+    uint64_t seq;           /* last frame encoded or applied */
+    uint64_t epoch;         /* == the region's last history entry's epoch
+                               once a frame of that epoch is encoded/applied */
+    uint64_t lineage;       /* random at create; taken from applied snapshots */
+    int tracking;
+    uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;
+    const tha__log_sink_t *log_sink; /* the attached delta log's hooks
+                               (tha_heap_attach_log); NULL = no log */
+    void *log;              /* the log itself, handed to its hooks */
+    struct tha_backlog *backlog; /* the backlog whose tha_backlog_encode makes
+                               this heap's frames (tha_heap_encode refuses
+                               while set); it points back (tha_backlog.heap)
+                               and whichever is destroyed first unlinks both */
+    tha_heap_t **backlog_ref; /* where that backlog points back (its heap
+                               field): what tha_heap_destroy clears, since the
+                               heap does not know the backlog's insides */
+    char err[256];
+};
+
+static inline tha__region_t *tha__reg(const tha_heap_t *h) {
+    return (tha__region_t *)h->base;
+}
+static inline tha__page_t *tha__pagemap(const tha_heap_t *h) {
+    return (tha__page_t *)(h->base + tha__reg(h)->pagemap_off);
+}
+#define THA__AT(h, off, T) ((T *)((h)->base + (off)))
+
+/* Size class of a slot size (header included), or -1 for a page span. */
+int tha__size_class(uint64_t slot_bytes);
+uint32_t tha__class_size(int cls);
+
+/* Commits the region up to at least bytes. */
+int tha__commit(tha_heap_t *h, uint64_t bytes);
+/* Offset of the allocation payload holding byte off, 0 if none live. */
+uint64_t tha__find(const tha_heap_t *h, uint64_t off, tha__objhdr_t **hdr);
+/* Lays out an empty region (header, page map, roots) in a committed heap. */
+int tha__region_init(tha_heap_t *h);
+
+/* Where the parts of a region of capacity bytes lie: [header][roots][page
+ * map], then the pages from data_off. The one place this is computed: the
+ * allocator lays regions out with it, and every reader of an image from
+ * elsewhere (apply, segments, the heap check) compares with it. */
+typedef struct tha__layout {
+    uint64_t npages;       /* capacity / THA__PAGE */
+    uint64_t roots_off;    /* tha__root_t[THA_MAX_ROOTS] */
+    uint64_t pagemap_off;  /* tha__page_t[npages] */
+    uint64_t data_off;     /* first allocatable page; blocks below it are
+                              allocator metadata and hold no pointers */
+} tha__layout_t;
+tha__layout_t tha__region_layout(uint64_t capacity);
+
+/* The heap's log, through its sink (no-ops without one). */
+static inline int tha__log_append(tha_heap_t *h, const struct tha__frame_hdr *hd,
+                                  const void *frame, size_t len) {
+    return h->log_sink ? h->log_sink->append(h->log, h, hd, frame, len) : 0;
+}
+
+/* ---- tracking (track.c) ------------------------------------------------ */
+
+/* Marks the blocks overlapping [off, off+len) dirty. */
+void tha__mark(tha_heap_t *h, uint64_t off, uint64_t len);
+void tha__clear_dirty(tha_heap_t *h);
+/* diff and wp modes: marks every block written since the last collect
+ * that differs from the shadow and brings the shadow up to date; nothing
+ * in explicit mode. */
+void tha__track_collect(tha_heap_t *h);
+
+/* ---- write protection (wp.c) ------------------------------------------ */
+
+enum tha__mech {
+    THA__MECH_EXPLICIT = 0, /* touch() and library writes only */
+    THA__MECH_DIFF,         /* compare all of [0, top) with the shadow */
+    THA__MECH_UFFD,         /* userfaultfd async WP + PAGEMAP_SCAN */
+    THA__MECH_MPROTECT      /* PROT_READ + SIGSEGV handler */
+};
+/* "explicit", "shadow-diff", "uffd-wp-async", "mprotect". */
+const char *tha__mech_name(int mech);
+/* Picks and sets up the mechanism for requested (THA_TRACK_WP or AUTO);
+ * sets h->mech and h->tracking. Before the first commit. */
+int tha__wp_open(tha_heap_t *h, int requested);
+void tha__wp_close(tha_heap_t *h);
+/* The mechanism THA_TRACK_AUTO picks in this process (uffd or diff). */
+int tha__wp_auto_mech(void);
+/* After tha__wp_open on a heap already committed: protects what is. */
+int tha__wp_start(tha_heap_t *h);
+/* Ends wp on a live heap (pages writable again); h->mech becomes diff. */
+void tha__wp_stop(tha_heap_t *h);
+/* [from, to) was just committed: protect it. */
+int tha__wp_committed(tha_heap_t *h, uint64_t from, uint64_t to);
+/* [off, off+len) was just dropped with MADV_DONTNEED. */
+void tha__wp_zapped(tha_heap_t *h, uint64_t off, uint64_t len);
+/* Pages [from, to) (offsets in the region) may have been written since the
+ * last collect: the collector's report, given by track.c. */
+typedef void (*tha__pages_fn)(tha_heap_t *h, uint64_t from, uint64_t to);
+/* The wp half of tha__track_collect: every page written since the last
+ * collect goes to found, in runs. */
+void tha__wp_collect(tha_heap_t *h, tha__pages_fn found);
+/* Diff mode: the shadow takes n blocks at block b0 as they are now (after
+ * an apply wrote them, so they do not count as local changes). */
+void tha__track_sync_shadow(tha_heap_t *h, uint64_t b0, uint64_t n);
+uint64_t tha__count_dirty(const tha_heap_t *h);
+/* Sets pointer-map bits for the slots of count elements of t at off. */
+void tha__ptrmap_set(tha_heap_t *h, uint64_t off, const tha__type_t *t,
+                     uint32_t count);
+/* Clears pointer-map bits of [off, off+len) (8-aligned) and marks dirty the
+ * blocks whose bits changed, so mirrors learn the words are data now. */
+void tha__ptrmap_clear(tha_heap_t *h, uint64_t off, uint64_t len);
+
+#endif /* THA_HEAP_H */

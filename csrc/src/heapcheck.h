@@ -1,0 +1,21 @@
+/* heapcheck.h — layer 4 (check): whole-heap walks (heapcheck.c; reach.c
+ * has nothing the other files call).
+ */
+#ifndef THA_HEAPCHECK_H
+#define THA_HEAPCHECK_H
+
+#include "frame.h"
+
+/* A frame's effect on allocator metadata, checked before it is
+ * applied (THA_ECORRUPT with the detail in h->err; the heap is untouched).
+ * A snapshot: its whole image, in the frame (data/mask: its one run). A
+ * delta: what its runs touch, on the heap with the runs laid over it
+ * (body: the first run record); the heap must be consistent. */
+int tha__check_snapshot(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+                        const uint8_t *mask);
+int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body);
+/* Bulk sync, before the staging heap goes live: zeroes what is above its
+ * top, then tha_heap_check; clears h->fuzzy when it passes. */
+int tha__check_staging(tha_heap_t *h);
+
+#endif /* THA_HEAPCHECK_H */

@@ -1,0 +1,93 @@
+/* schema.h — layer 1 (schema): what the layers above read of a schema.
+ * The schema files' own shared helpers are in schema_priv.h.
+ */
+#ifndef THA_SCHEMA_H
+#define THA_SCHEMA_H
+
+#include "base.h"
+
+/* One pointer slot of an element, nested structs and arrays flattened. */
+typedef struct tha__slot {
+    uint32_t offset;  /* bytes from the element start; multiple of 8 */
+    uint32_t is_func; /* 1: function pointer (registry id on the wire) */
+} tha__slot_t;
+
+typedef struct tha__field {
+    tha_field_t pub;            /* name/target/sig point at the arrays below */
+    char name[THA_NAME_MAX];
+    char target[THA_NAME_MAX];  /* "" when none */
+    char sig[128];              /* "" when none */
+    uint32_t target_id;         /* resolved at seal: THA_K_STRUCT, THA_K_PTR */
+    uint64_t elem_size;         /* bytes of one array element of the field */
+    uint64_t count;             /* elements: product of dims, 1 if none */
+} tha__field_t;
+
+typedef struct tha__type {
+    char name[THA_NAME_MAX];    /* "emp" for struct emp; "uint32_t" for prims */
+    uint32_t id;                /* index in tha_schema.types */
+    uint32_t is_union;
+    uint32_t is_prim;
+    uint32_t defined;           /* 0: id reserved but never registered */
+    uint64_t size, align;
+    tha__field_t *fields;
+    uint32_t nfields, fields_cap;
+    tha__slot_t *slots;         /* relocation table of one element */
+    uint32_t nslots;
+    uint32_t seal_state;        /* 0 unvisited, 1 in progress, 2 done */
+    uint32_t handle;            /* registration order (THA_T_HANDLE + it) */
+} tha__type_t;
+
+typedef struct tha__func {
+    char name[THA_NAME_MAX];
+    void (*fn)(void);           /* NULL: declared but not bound here */
+} tha__func_t;
+
+struct tha_schema {
+    int refs;                   /* owners: the creator and each heap */
+    int sealed;                 /* no more add_* once set */
+    tha__type_t *types;         /* indexed by type id; [0] unused, prims 1..12 */
+    uint32_t ntypes;            /* highest id + 1 */
+    uint32_t types_cap;
+    tha__func_t *funcs;
+    uint32_t nfuncs, funcs_cap;
+    uint32_t *handles;          /* registration handle n -> index in types
+                                   (moves when seal sorts the types) */
+    uint32_t nhandles;          /* == user types registered */
+    int internal_handles;       /* deserialized: handles were never handed
+                                   out, so callers' handles are refused */
+    uint64_t fingerprint;       /* valid once sealed */
+    uint32_t *nhash;            /* open-addressed name -> index in types (0:
+                                   empty), so registering n types costs O(n);
+                                   NULL: find_type scans (no memory for it) */
+    uint32_t nhash_cap;         /* power of two, > 2 x defined types */
+    int bulk;                   /* deserializing: add_field skips its
+                                   per-field duplicate scan (deser sorts) */
+    uint64_t max_type_bytes;    /* deserializing: a type larger than this is
+                                   refused before anything is built (the
+                                   capacity of the heap it comes with); 0: any */
+    uint64_t max_size;          /* once sealed: the largest user type... */
+    uint32_t max_size_id;       /* ...and its id (0: no user types) */
+    uint64_t total_slots;       /* once sealed: relocation-table entries of all
+                                   types (<= THA_SCHEMA_MAX_SLOTS) */
+    char err[256];
+};
+
+tha_schema_t *tha__schema_retain(tha_schema_t *s);
+/* tha_schema_deserialize for a schema that comes with a heap image of
+ * capacity bytes (a snapshot, a checkpoint, the active's HELLO): a type
+ * larger than that could never be allocated and is refused, naming it,
+ * before its relocation table is built. capacity 0: no such bound. */
+int tha__schema_deserialize(const void *buf, size_t len, uint64_t capacity,
+                            tha_schema_t **out, char *msg, size_t msgcap);
+/* 0 if every type of sealed s fits in a heap of capacity bytes; else
+ * THA_ESCHEMA naming the largest, in msg. */
+int tha__schema_fits(const tha_schema_t *s, uint64_t capacity, char *msg, size_t cap);
+/* NULL unless id names a defined type. */
+const tha__type_t *tha__schema_type(const tha_schema_t *s, uint32_t id);
+/* Registry id of a bound function address; -1 if none. */
+int64_t tha__schema_func_id(const tha_schema_t *s, void (*fn)(void));
+/* "struct emp field reports[2]" for byte off of one element of type id. */
+void tha__schema_describe(const tha_schema_t *s, uint32_t id, uint64_t off,
+                          char *buf, size_t cap);
+
+#endif /* THA_SCHEMA_H */
