@@ -38,7 +38,7 @@ static void set_page(tha_heap_t *h, uint64_t page, uint8_t kind, uint8_t cls,
     pm->cls = cls;
     pm->unused = 0;
     pm->link = link;
-    tha__mark(h, tha__reg(h)->pagemap_off + page * sizeof *pm, sizeof *pm);
+    tha__mark(h, THA__PAGEMAP_OFF + page * sizeof *pm, sizeof *pm);
 }
 
 /* ---- reservation and commit ------------------------------------------- */
@@ -137,8 +137,8 @@ void tha_heap_destroy(tha_heap_t *h) {
 tha__layout_t tha__region_layout(uint64_t capacity) {
     tha__layout_t l;
     l.npages = capacity / THA__PAGE;
-    l.roots_off = tha__align_up(sizeof(tha__region_t), THA__BLOCK);
-    l.pagemap_off = l.roots_off + THA_MAX_ROOTS * sizeof(tha__root_t);
+    l.roots_off = THA__ROOTS_OFF;
+    l.pagemap_off = THA__PAGEMAP_OFF;
     l.data_off = tha__align_up(l.pagemap_off + l.npages * sizeof(tha__page_t), THA__PAGE);
     return l;
 }
@@ -382,31 +382,42 @@ static void slot_free(tha_heap_t *h, uint64_t slab_off, uint64_t slot) {
 /* ---- lookup ----------------------------------------------------------- */
 
 /* Slot start (header offset) and page-map view of the allocation unit
- * holding off, whether live or not; 0 if off is in no slot or span. */
+ * holding off, whether live or not; 0 if off is in no slot or span.
+ * Bounded by what this heap has committed, not by what its metadata says:
+ * an application that scribbles on the allocator's pages (a wild write)
+ * gets a "no allocation there" from a lookup or an encode, never a read
+ * outside the region (found by fuzz_load's writer). */
 static uint64_t unit_of(const tha_heap_t *h, uint64_t off, uint64_t *unit_bytes,
                         uint64_t *slab_off) {
     const tha__region_t *r = tha__reg(h);
-    if (off < r->data_off || off >= r->top) return 0;
+    const uint64_t end = r->top < h->committed ? r->top : h->committed;
+    const uint64_t first_page = tha__region_layout(h->capacity).data_off / THA__PAGE;
+    if (off < r->data_off || off >= end || off / THA__PAGE < first_page) return 0;
     const tha__page_t *pm = tha__pagemap(h);
+    const uint64_t end_page = end / THA__PAGE;
     uint64_t p = off / THA__PAGE;
     switch (pm[p].kind) {
     case THA__PG_SLAB_TAIL:
         p = pm[p].link;
+        if (p < first_page || p >= end_page) return 0;
         /* fall through */
     case THA__PG_SLAB_HEAD: {
         uint64_t base = p * THA__PAGE, first = base + THA__SLAB_HDR;
-        if (off < first) return 0;
+        if (off < first || pm[p].cls >= THA__NCLASSES) return 0;
         uint32_t size = class_sizes[pm[p].cls];
         uint64_t idx = (off - first) / size;
         if (idx >= THA__AT(h, base, tha__slab_t)->nslots) return 0;
+        if (first + (idx + 1) * size > end) return 0;
         *unit_bytes = size;
         *slab_off = base;
         return first + idx * size;
     }
     case THA__PG_SPAN_TAIL:
         p = pm[p].link;
+        if (p < first_page || p >= end_page) return 0;
         /* fall through */
     case THA__PG_SPAN_HEAD:
+        if (p + (uint64_t)pm[p].link > end_page) return 0;
         *unit_bytes = (uint64_t)pm[p].link * THA__PAGE;
         *slab_off = 0;
         return p * THA__PAGE;

@@ -174,8 +174,15 @@ struct tha_heap {
 static inline tha__region_t *tha__reg(const tha_heap_t *h) {
     return (tha__region_t *)h->base;
 }
+/* The fixed part of every region's layout (tha__region_layout): the roots
+ * table, then the page map, at offsets no capacity changes. */
+#define THA__ROOTS_OFF tha__align_up(sizeof(tha__region_t), THA__BLOCK)
+#define THA__PAGEMAP_OFF (THA__ROOTS_OFF + THA_MAX_ROOTS * sizeof(tha__root_t))
+
+/* The heap's own page map lies where the layout says, not where the
+ * region header (writable by the application) says it does. */
 static inline tha__page_t *tha__pagemap(const tha_heap_t *h) {
-    return (tha__page_t *)(h->base + tha__reg(h)->pagemap_off);
+    return (tha__page_t *)(h->base + THA__PAGEMAP_OFF);
 }
 #define THA__AT(h, off, T) ((T *)((h)->base + (off)))
 
