@@ -27,6 +27,14 @@ _PRIM_NAMES = {
     lib.THA_T_F32: "float", lib.THA_T_F64: "double", lib.THA_T_BOOL: "_Bool",
     lib.THA_T_VOID: "void",
 }
+# C spellings of the same primitives ("int", "unsigned long", ...)
+_C_SPELLINGS = ("int", "unsigned int", "long", "unsigned long", "short",
+                "unsigned short", "long long", "unsigned long long",
+                "signed char", "unsigned char", "size_t", "ssize_t",
+                "intptr_t", "uintptr_t", "bool")
+# every primitive spelling the schema looks up, laid out with the structs
+_PRIM_SPELLINGS = tuple(n for n in _PRIM_NAMES.values() if n != "void") + _C_SPELLINGS
+_DEFINITION = re.compile(r"\b(struct|union)\s+([A-Za-z_$][\w$]*)\s*\{")
 _INTS = {
     (1, True): lib.THA_T_I8, (1, False): lib.THA_T_U8,
     (2, True): lib.THA_T_I16, (2, False): lib.THA_T_U16,
@@ -88,10 +96,9 @@ class Schema:
             self._c = _c
             cdef = self._cdef_from_c()
         self.cdef = cdef
-        self.ffi = cffi.FFI()
+        self._ctypes: dict = {}       # "struct emp", "int", ... -> cffi ctype
         try:
-            self.ffi.cdef(cdef)
-            self._warm(cdef)
+            self._parse(cdef)
         except cffi.CDefError as e:
             raise SchemaError(f"cannot parse declarations: {e}") from None
         except RecursionError:
@@ -111,18 +118,61 @@ class Schema:
         for name, fn in (functions or {}).items() if _c is not None else ():
             self.bind(name, fn)
 
+    def _parse(self, cdef: str) -> None:
+        """A new ffi holding cdef, every struct and union laid out."""
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(cdef)
+        try:
+            self._warm(cdef)
+        except Exception:
+            # a type cffi cannot lay out stops the batch halfway and leaves
+            # the types after it incomplete for good (cffi caches them):
+            # start again on a fresh ffi, one type at a time, as cffi
+            # reports each on its own
+            self._ctypes.clear()
+            self.ffi = cffi.FFI()
+            self.ffi.cdef(cdef)
+            self._warm_one_by_one(cdef)
+
     def _warm(self, cdef: str) -> None:
         """Lays out every struct and union in the order the declarations
-        define them. cffi builds a type's layout recursively through the
-        types it holds by value; done innermost first (the order C requires,
-        and the order _cdef_from_c writes) each step finds its members laid
-        out already, so a schema nested 60,000 deep (from a peer, a snapshot
-        or a file) costs no deep recursion."""
-        for m in re.finditer(r"\b(struct|union)\s+([A-Za-z_$][\w$]*)\s*\{", cdef):
+        define them, with one ffi.typeof: a function pointer type taking a
+        pointer to each of them (and to each primitive spelling), whose
+        argument ctypes fill _ctypes. cffi parses every string it is
+        handed afresh (cparser.Parser._parse: its whole declaration table
+        sorted, a line per typedef, then pycparser), so a typeof per type
+        costs O(n) each and O(n^2) for the schema; this is one parse.
+        cffi builds a type's layout recursively through the types it holds
+        by value; done innermost first (the order C requires, and the order
+        _cdef_from_c writes) each step finds its members laid out already,
+        so a schema nested 60,000 deep (from a peer, a snapshot or a file)
+        costs no deep recursion."""
+        _typedefs, structs, unions = self.ffi.list_types()
+        left = {f"struct {n}" for n in structs} | {f"union {n}" for n in unions}
+        order = []  # defined ones as defined, then forward-only and anonymous
+        for m in _DEFINITION.finditer(cdef):
+            key = f"{m[1]} {m[2]}"
+            if key in left:
+                left.discard(key)
+                order.append(key)
+        order += sorted(left)
+        spellings = order + list(_PRIM_SPELLINGS)
+        fn = self.ffi.typeof("void(*)(" + ", ".join(f"{t} *" for t in spellings) + ")")
+        for spelling, ptr in zip(spellings, fn.args):
+            self._ctypes[spelling] = ptr.item
+
+    def _warm_one_by_one(self, cdef: str) -> None:
+        """_warm with a typeof per type (each error on its own type)."""
+        for m in _DEFINITION.finditer(cdef):
             try:
                 self.ffi.sizeof(f"{m[1]} {m[2]}")
             except (cffi.FFIError, cffi.CDefError, ValueError, TypeError):
                 pass  # refused (or reported) where it is registered
+
+    def _named(self, spelling: str):
+        """ctype of "struct emp", "int", ...: laid out by _warm, else cffi's."""
+        ctype = self._ctypes.get(spelling)
+        return ctype if ctype is not None else self.ffi.typeof(spelling)
 
     # -- building the C schema ------------------------------------------------
 
@@ -134,7 +184,7 @@ class Schema:
         _typedefs, structs, unions = self.ffi.list_types()
         declared = [("struct", n) for n in structs] + [("union", n) for n in unions]
         for kw, name in declared:
-            ctype = self.ffi.typeof(f"{kw} {name}")
+            ctype = self._named(f"{kw} {name}")
             if name.startswith("$"):
                 continue  # anonymous: reached through its parent, refused there
             try:
@@ -237,19 +287,15 @@ class Schema:
             if info.is_prim:
                 if tid == lib.THA_T_VOID:
                     continue
-                ctype = self.ffi.typeof(_PRIM_NAMES[tid])
+                ctype = self._named(_PRIM_NAMES[tid])
             else:
                 kw = "union" if info.is_union else "struct"
-                ctype = self.ffi.typeof(f"{kw} {name}")
+                ctype = self._named(f"{kw} {name}")
                 self._names[ctype] = f"{kw} {name}"
             self._type_ids[ctype] = tid
             self._by_id[tid] = ctype
-        # C spellings of the same primitives ("int", "unsigned long", ...)
-        for cname in ("int", "unsigned int", "long", "unsigned long", "short",
-                      "unsigned short", "long long", "unsigned long long",
-                      "signed char", "unsigned char", "size_t", "ssize_t",
-                      "intptr_t", "uintptr_t", "bool"):
-            ctype = self.ffi.typeof(cname)
+        for cname in _C_SPELLINGS:
+            ctype = self._named(cname)
             self._type_ids.setdefault(ctype, _prim_id(self.ffi, ctype, cname))
 
     # -- rebuilding declarations from a C schema -----------------------------
