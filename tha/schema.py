@@ -177,10 +177,20 @@ class Schema:
     # -- building the C schema ------------------------------------------------
 
     def _register(self, functions: dict):
+        c = self._build(functions)
+        self._c = c
+        for name, fn in functions.items():
+            self.bind(name, fn)
+        self._index()
+        return c
+
+    def _build(self, functions: dict):
+        """A sealed C schema of every struct and union self.ffi declares
+        (fills _names); functions by name, unbound."""
         out = _cffi.new("tha_schema_t **")
         check(lib.tha_schema_create(out))
         c = _cffi.gc(out[0], lib.tha_schema_release)
-        self._c = c
+        ids = {}  # cffi ctype -> its id in c while registering
         _typedefs, structs, unions = self.ffi.list_types()
         declared = [("struct", n) for n in structs] + [("union", n) for n in unions]
         for kw, name in declared:
@@ -198,18 +208,15 @@ class Schema:
                                   "the member")
             self._names[ctype] = f"{kw} {name}"
             tid = _cffi.new("uint32_t *")
-            self._check(lib.tha_schema_add_struct(
+            _check_c(c, lib.tha_schema_add_struct(
                 c, name.encode(), size, align, kw == "union", tid))
-            self._type_ids[ctype] = tid[0]
-        for ctype, tid in list(self._type_ids.items()):
+            ids[ctype] = tid[0]
+        for ctype, tid in ids.items():
             for fname, field in ctype.fields or ():
                 self._add_field(c, ctype, tid, fname, field)
-        for name, fn in functions.items():
-            self._check(lib.tha_schema_add_func(c, name.encode(), _cffi.NULL))
-        self._check(lib.tha_schema_seal(c))
-        for name, fn in functions.items():
-            self.bind(name, fn)
-        self._index()
+        for name in functions:
+            _check_c(c, lib.tha_schema_add_func(c, name.encode(), _cffi.NULL))
+        _check_c(c, lib.tha_schema_seal(c))
         return c
 
     def _check(self, rc: int) -> int:
@@ -263,7 +270,7 @@ class Schema:
         else:
             f.kind = lib.THA_K_SCALAR
             f.prim = _prim_id(self.ffi, ftype, where)
-        self._check(lib.tha_schema_add_field(c, owner_id, f))
+        _check_c(c, lib.tha_schema_add_field(c, owner_id, f))
 
     def _tag(self, ctype, where: str) -> str:
         """'emp' for the ctype of struct emp (however cffi spells it)."""
@@ -362,10 +369,11 @@ class Schema:
         return "\n".join(decls)
 
     def _check_regenerated(self) -> None:
-        """The declarations rebuilt from a C schema must lay out the same."""
-        again = Schema(self.cdef, _functions_declared(self._c))
+        """The declarations rebuilt from a C schema must lay out the same.
+        Registers them again from this ffi (parsed and laid out already)."""
+        again = self._build(_functions_declared(self._c))
         msg = _cffi.new("char[256]")
-        rc = lib.tha_schema_compare(self._c, again._c, msg, 256)
+        rc = lib.tha_schema_compare(self._c, again, msg, 256)
         if rc:
             raise SchemaError("this platform lays the carried schema out "
                               f"differently: {_cffi.string(msg).decode()}")
@@ -443,6 +451,11 @@ class Schema:
 
     def __repr__(self) -> str:
         return f"<tha.Schema {len(self.type_names())} types fp={self.fingerprint:016x}>"
+
+
+def _check_c(c, rc: int) -> int:
+    """check() with the C schema's message."""
+    return check(rc, lambda: lib.tha_schema_errmsg(c))
 
 
 def _functions_declared(c) -> dict:
