@@ -41,6 +41,7 @@ def test_ctypes_are_cffis_own(big):
     for i in (0, 4, 9, 1234, N - 1):
         t = type_name(i)
         assert big.ctype(t) is big.ffi.typeof(t)
+        assert big.pointer_type(big.ctype(t)) is big.ffi.typeof(t + " *")
     for i in (0, 4, 1234, N - 1):
         assert big.ctype(f"t{i}") is big.ffi.typeof(f"struct t{i}")  # a bare tag
     assert big.ctype("t7_t") is big.ffi.typeof("struct t7")  # a typedef

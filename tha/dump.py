@@ -26,7 +26,7 @@ def dump_heap(heap) -> dict:
         conv = convs.get(key)
         if conv is None:
             conv = convs[key] = _converter(schema, ctype, base)
-        p = schema.ffi.cast(schema.ffi.getctype(ctype, "*"), obj.ptr)
+        p = schema.ffi.cast(schema.pointer_type(ctype), obj.ptr)
         if ctype.cname == "char":
             value = schema.ffi.buffer(p, obj.count)[:]
         else:

@@ -97,6 +97,8 @@ class Schema:
             cdef = self._cdef_from_c()
         self.cdef = cdef
         self._ctypes: dict = {}       # "struct emp", "int", ... -> cffi ctype
+        self._pointers: dict = {}     # cffi ctype -> ctype of a pointer to it
+        self._resolved: dict = {}     # bare tag name -> ctype (ctype())
         try:
             self._parse(cdef)
         except cffi.CDefError as e:
@@ -130,6 +132,7 @@ class Schema:
             # start again on a fresh ffi, one type at a time, as cffi
             # reports each on its own
             self._ctypes.clear()
+            self._pointers.clear()
             self.ffi = cffi.FFI()
             self.ffi.cdef(cdef)
             self._warm_one_by_one(cdef)
@@ -138,10 +141,11 @@ class Schema:
         """Lays out every struct and union in the order the declarations
         define them, with one ffi.typeof: a function pointer type taking a
         pointer to each of them (and to each primitive spelling), whose
-        argument ctypes fill _ctypes. cffi parses every string it is
-        handed afresh (cparser.Parser._parse: its whole declaration table
-        sorted, a line per typedef, then pycparser), so a typeof per type
-        costs O(n) each and O(n^2) for the schema; this is one parse.
+        argument ctypes fill _ctypes and _pointers. cffi parses every
+        string it is handed afresh (cparser.Parser._parse: its whole
+        declaration table sorted, a line per typedef, then pycparser), so
+        a typeof per type costs O(n) each and O(n^2) for the schema; this
+        is one parse.
         cffi builds a type's layout recursively through the types it holds
         by value; done innermost first (the order C requires, and the order
         _cdef_from_c writes) each step finds its members laid out already,
@@ -160,6 +164,7 @@ class Schema:
         fn = self.ffi.typeof("void(*)(" + ", ".join(f"{t} *" for t in spellings) + ")")
         for spelling, ptr in zip(spellings, fn.args):
             self._ctypes[spelling] = ptr.item
+            self._pointers.setdefault(ptr.item, ptr)
 
     def _warm_one_by_one(self, cdef: str) -> None:
         """_warm with a typeof per type (each error on its own type)."""
@@ -427,16 +432,32 @@ class Schema:
                            "schema") from None
 
     def ctype(self, name: str):
+        """cffi ctype of a type name as cffi reads it (a typedef, a
+        primitive, 'struct emp'), else of 'struct name', then 'union name'.
+        Schema types and primitives cost no parse."""
+        ctype = self._ctypes.get(name, self._resolved.get(name))
+        if ctype is not None:
+            return ctype
         try:
-            return self.ffi.typeof(name)
+            return self.ffi.typeof(name)  # cffi keeps it by the string
         except (cffi.FFIError, cffi.CDefError, TypeError):
             pass
         for kw in ("struct", "union"):
             try:
-                return self.ffi.typeof(f"{kw} {name}")
+                ctype = self._named(f"{kw} {name}")
             except (cffi.FFIError, cffi.CDefError, TypeError):
-                pass
+                continue
+            self._resolved[name] = ctype  # cffi keeps no failed lookup
+            return ctype
         raise NotFound(f"type '{name}' is not in this schema")
+
+    def pointer_type(self, ctype):
+        """cffi ctype of a pointer to ctype (no parse for schema types)."""
+        ptr = self._pointers.get(ctype)
+        if ptr is None:  # not laid out with the schema: cffi parses it once
+            ptr = self.ffi.typeof(self.ffi.getctype(ctype, "*"))
+            self._pointers[ctype] = ptr
+        return ptr
 
     def ctype_of(self, type_id: int):
         return self._by_id[type_id]
