@@ -100,7 +100,7 @@ def _plan_for(schema, type_id: int, base: int):
     try:
         expr = flat.value(ctype, 0)
     except _NoByteForm:
-        return name, size, None, None, None, (ffi.getctype(ctype, "*"),
+        return name, size, None, None, None, (schema.pointer_type(ctype),
                                               _converter(schema, ctype, base))
     element = struct.Struct(flat.struct_format(size))
     return name, size, element.unpack_from, element.iter_unpack, flat.compile(expr), None

@@ -184,8 +184,7 @@ class Heap:
         if obj is None:
             obj = self._lookup(addr)
         ctype = self.schema.ctype_of(obj.type_id)
-        return self._keep(self.schema.ffi.cast(self.schema.ffi.getctype(ctype, "*"),
-                                               addr))
+        return self._keep(self.schema.ffi.cast(self.schema.pointer_type(ctype), addr))
 
     def _lookup(self, addr: int):
         obj = _cffi.new("tha_obj_t *")
@@ -212,7 +211,7 @@ class Heap:
         out = _cffi.new("void **")
         with self._lock:
             self._check(lib.tha_heap_alloc(self._h, tid, n, out))
-            p = self.schema.ffi.cast(self.schema.ffi.getctype(ctype, "*"), out[0])
+            p = self.schema.ffi.cast(self.schema.pointer_type(ctype), out[0])
             if fields:
                 k = None
                 try:

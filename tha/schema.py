@@ -27,6 +27,14 @@ _PRIM_NAMES = {
     lib.THA_T_F32: "float", lib.THA_T_F64: "double", lib.THA_T_BOOL: "_Bool",
     lib.THA_T_VOID: "void",
 }
+# C spellings of the same primitives ("int", "unsigned long", ...)
+_C_SPELLINGS = ("int", "unsigned int", "long", "unsigned long", "short",
+                "unsigned short", "long long", "unsigned long long",
+                "signed char", "unsigned char", "size_t", "ssize_t",
+                "intptr_t", "uintptr_t", "bool")
+# every primitive spelling the schema looks up, laid out with the structs
+_PRIM_SPELLINGS = tuple(n for n in _PRIM_NAMES.values() if n != "void") + _C_SPELLINGS
+_DEFINITION = re.compile(r"\b(struct|union)\s+([A-Za-z_$][\w$]*)\s*\{")
 _INTS = {
     (1, True): lib.THA_T_I8, (1, False): lib.THA_T_U8,
     (2, True): lib.THA_T_I16, (2, False): lib.THA_T_U16,
@@ -88,10 +96,11 @@ class Schema:
             self._c = _c
             cdef = self._cdef_from_c()
         self.cdef = cdef
-        self.ffi = cffi.FFI()
+        self._ctypes: dict = {}       # "struct emp", "int", ... -> cffi ctype
+        self._pointers: dict = {}     # cffi ctype -> ctype of a pointer to it
+        self._resolved: dict = {}     # bare tag name -> ctype (ctype())
         try:
-            self.ffi.cdef(cdef)
-            self._warm(cdef)
+            self._parse(cdef)
         except cffi.CDefError as e:
             raise SchemaError(f"cannot parse declarations: {e}") from None
         except RecursionError:
@@ -111,30 +120,86 @@ class Schema:
         for name, fn in (functions or {}).items() if _c is not None else ():
             self.bind(name, fn)
 
+    def _parse(self, cdef: str) -> None:
+        """A new ffi holding cdef, every struct and union laid out."""
+        self.ffi = cffi.FFI()
+        self.ffi.cdef(cdef)
+        try:
+            self._warm(cdef)
+        except Exception:
+            # a type cffi cannot lay out stops the batch halfway and leaves
+            # the types after it incomplete for good (cffi caches them):
+            # start again on a fresh ffi, one type at a time, as cffi
+            # reports each on its own
+            self._ctypes.clear()
+            self._pointers.clear()
+            self.ffi = cffi.FFI()
+            self.ffi.cdef(cdef)
+            self._warm_one_by_one(cdef)
+
     def _warm(self, cdef: str) -> None:
         """Lays out every struct and union in the order the declarations
-        define them. cffi builds a type's layout recursively through the
-        types it holds by value; done innermost first (the order C requires,
-        and the order _cdef_from_c writes) each step finds its members laid
-        out already, so a schema nested 60,000 deep (from a peer, a snapshot
-        or a file) costs no deep recursion."""
-        for m in re.finditer(r"\b(struct|union)\s+([A-Za-z_$][\w$]*)\s*\{", cdef):
+        define them, with one ffi.typeof: a function pointer type taking a
+        pointer to each of them (and to each primitive spelling), whose
+        argument ctypes fill _ctypes and _pointers. cffi parses every
+        string it is handed afresh (cparser.Parser._parse: its whole
+        declaration table sorted, a line per typedef, then pycparser), so
+        a typeof per type costs O(n) each and O(n^2) for the schema; this
+        is one parse.
+        cffi builds a type's layout recursively through the types it holds
+        by value; done innermost first (the order C requires, and the order
+        _cdef_from_c writes) each step finds its members laid out already,
+        so a schema nested 60,000 deep (from a peer, a snapshot or a file)
+        costs no deep recursion."""
+        _typedefs, structs, unions = self.ffi.list_types()
+        left = {f"struct {n}" for n in structs} | {f"union {n}" for n in unions}
+        order = []  # defined ones as defined, then forward-only and anonymous
+        for m in _DEFINITION.finditer(cdef):
+            key = f"{m[1]} {m[2]}"
+            if key in left:
+                left.discard(key)
+                order.append(key)
+        order += sorted(left)
+        spellings = order + list(_PRIM_SPELLINGS)
+        fn = self.ffi.typeof("void(*)(" + ", ".join(f"{t} *" for t in spellings) + ")")
+        for spelling, ptr in zip(spellings, fn.args):
+            self._ctypes[spelling] = ptr.item
+            self._pointers.setdefault(ptr.item, ptr)
+
+    def _warm_one_by_one(self, cdef: str) -> None:
+        """_warm with a typeof per type (each error on its own type)."""
+        for m in _DEFINITION.finditer(cdef):
             try:
                 self.ffi.sizeof(f"{m[1]} {m[2]}")
             except (cffi.FFIError, cffi.CDefError, ValueError, TypeError):
                 pass  # refused (or reported) where it is registered
 
+    def _named(self, spelling: str):
+        """ctype of "struct emp", "int", ...: laid out by _warm, else cffi's."""
+        ctype = self._ctypes.get(spelling)
+        return ctype if ctype is not None else self.ffi.typeof(spelling)
+
     # -- building the C schema ------------------------------------------------
 
     def _register(self, functions: dict):
+        c = self._build(functions)
+        self._c = c
+        for name, fn in functions.items():
+            self.bind(name, fn)
+        self._index()
+        return c
+
+    def _build(self, functions: dict):
+        """A sealed C schema of every struct and union self.ffi declares
+        (fills _names); functions by name, unbound."""
         out = _cffi.new("tha_schema_t **")
         check(lib.tha_schema_create(out))
         c = _cffi.gc(out[0], lib.tha_schema_release)
-        self._c = c
+        ids = {}  # cffi ctype -> its id in c while registering
         _typedefs, structs, unions = self.ffi.list_types()
         declared = [("struct", n) for n in structs] + [("union", n) for n in unions]
         for kw, name in declared:
-            ctype = self.ffi.typeof(f"{kw} {name}")
+            ctype = self._named(f"{kw} {name}")
             if name.startswith("$"):
                 continue  # anonymous: reached through its parent, refused there
             try:
@@ -148,18 +213,15 @@ class Schema:
                                   "the member")
             self._names[ctype] = f"{kw} {name}"
             tid = _cffi.new("uint32_t *")
-            self._check(lib.tha_schema_add_struct(
+            _check_c(c, lib.tha_schema_add_struct(
                 c, name.encode(), size, align, kw == "union", tid))
-            self._type_ids[ctype] = tid[0]
-        for ctype, tid in list(self._type_ids.items()):
+            ids[ctype] = tid[0]
+        for ctype, tid in ids.items():
             for fname, field in ctype.fields or ():
                 self._add_field(c, ctype, tid, fname, field)
-        for name, fn in functions.items():
-            self._check(lib.tha_schema_add_func(c, name.encode(), _cffi.NULL))
-        self._check(lib.tha_schema_seal(c))
-        for name, fn in functions.items():
-            self.bind(name, fn)
-        self._index()
+        for name in functions:
+            _check_c(c, lib.tha_schema_add_func(c, name.encode(), _cffi.NULL))
+        _check_c(c, lib.tha_schema_seal(c))
         return c
 
     def _check(self, rc: int) -> int:
@@ -213,7 +275,7 @@ class Schema:
         else:
             f.kind = lib.THA_K_SCALAR
             f.prim = _prim_id(self.ffi, ftype, where)
-        self._check(lib.tha_schema_add_field(c, owner_id, f))
+        _check_c(c, lib.tha_schema_add_field(c, owner_id, f))
 
     def _tag(self, ctype, where: str) -> str:
         """'emp' for the ctype of struct emp (however cffi spells it)."""
@@ -237,19 +299,15 @@ class Schema:
             if info.is_prim:
                 if tid == lib.THA_T_VOID:
                     continue
-                ctype = self.ffi.typeof(_PRIM_NAMES[tid])
+                ctype = self._named(_PRIM_NAMES[tid])
             else:
                 kw = "union" if info.is_union else "struct"
-                ctype = self.ffi.typeof(f"{kw} {name}")
+                ctype = self._named(f"{kw} {name}")
                 self._names[ctype] = f"{kw} {name}"
             self._type_ids[ctype] = tid
             self._by_id[tid] = ctype
-        # C spellings of the same primitives ("int", "unsigned long", ...)
-        for cname in ("int", "unsigned int", "long", "unsigned long", "short",
-                      "unsigned short", "long long", "unsigned long long",
-                      "signed char", "unsigned char", "size_t", "ssize_t",
-                      "intptr_t", "uintptr_t", "bool"):
-            ctype = self.ffi.typeof(cname)
+        for cname in _C_SPELLINGS:
+            ctype = self._named(cname)
             self._type_ids.setdefault(ctype, _prim_id(self.ffi, ctype, cname))
 
     # -- rebuilding declarations from a C schema -----------------------------
@@ -316,10 +374,11 @@ class Schema:
         return "\n".join(decls)
 
     def _check_regenerated(self) -> None:
-        """The declarations rebuilt from a C schema must lay out the same."""
-        again = Schema(self.cdef, _functions_declared(self._c))
+        """The declarations rebuilt from a C schema must lay out the same.
+        Registers them again from this ffi (parsed and laid out already)."""
+        again = self._build(_functions_declared(self._c))
         msg = _cffi.new("char[256]")
-        rc = lib.tha_schema_compare(self._c, again._c, msg, 256)
+        rc = lib.tha_schema_compare(self._c, again, msg, 256)
         if rc:
             raise SchemaError("this platform lays the carried schema out "
                               f"differently: {_cffi.string(msg).decode()}")
@@ -373,16 +432,32 @@ class Schema:
                            "schema") from None
 
     def ctype(self, name: str):
+        """cffi ctype of a type name as cffi reads it (a typedef, a
+        primitive, 'struct emp'), else of 'struct name', then 'union name'.
+        Schema types and primitives cost no parse."""
+        ctype = self._ctypes.get(name, self._resolved.get(name))
+        if ctype is not None:
+            return ctype
         try:
-            return self.ffi.typeof(name)
+            return self.ffi.typeof(name)  # cffi keeps it by the string
         except (cffi.FFIError, cffi.CDefError, TypeError):
             pass
         for kw in ("struct", "union"):
             try:
-                return self.ffi.typeof(f"{kw} {name}")
+                ctype = self._named(f"{kw} {name}")
             except (cffi.FFIError, cffi.CDefError, TypeError):
-                pass
+                continue
+            self._resolved[name] = ctype  # cffi keeps no failed lookup
+            return ctype
         raise NotFound(f"type '{name}' is not in this schema")
+
+    def pointer_type(self, ctype):
+        """cffi ctype of a pointer to ctype (no parse for schema types)."""
+        ptr = self._pointers.get(ctype)
+        if ptr is None:  # not laid out with the schema: cffi parses it once
+            ptr = self.ffi.typeof(self.ffi.getctype(ctype, "*"))
+            self._pointers[ctype] = ptr
+        return ptr
 
     def ctype_of(self, type_id: int):
         return self._by_id[type_id]
@@ -397,6 +472,11 @@ class Schema:
 
     def __repr__(self) -> str:
         return f"<tha.Schema {len(self.type_names())} types fp={self.fingerprint:016x}>"
+
+
+def _check_c(c, rc: int) -> int:
+    """check() with the C schema's message."""
+    return check(rc, lambda: lib.tha_schema_errmsg(c))
 
 
 def _functions_declared(c) -> dict:
