@@ -1,5 +1,11 @@
 """What a newcomer hit in the first minutes (issue 10): each a clean
 tha.Error naming the thing, never a builtin exception or a silent default."""
+import errno
+import os
+import signal
+import subprocess
+import sys
+
 import pytest
 
 import tha
@@ -74,3 +80,90 @@ def test_a_pointer_from_another_schemas_heap_in_an_initializer():
     with pytest.raises(tha.InvalidArgument, match="field 'mgr'"):
         a.new("struct emp", mgr=other)
     assert a.stats()["live_objects"] == 0
+
+
+# ---- replication arguments -------------------------------------------------
+
+def test_addresses_as_strings_or_pairs():
+    heap = tha.Heap(tha.Schema(CDEF))
+    with tha.Standby(listen="127.0.0.1:0") as sb:
+        host, port = sb.address
+        with tha.Active(heap, [f"{host}:{port}"]) as act:
+            assert act.standbys == [(host, port)]
+            act.sync()
+    for bad, why in [("127.0.0.1:7400", "a list of addresses"),
+                     (["127.0.0.1"], "is not HOST:PORT"),
+                     ([("127.0.0.1", 99999)], "port 99999 is not within 1..65535"),
+                     ([("127.0.0.1", 0)], "port 0 is not within 1..65535"),
+                     ([("", 7400)], "non-empty string"),
+                     ([42], "is not \\(host, port\\)")]:
+        with pytest.raises(tha.InvalidArgument, match=why):
+            tha.Active(heap, bad)
+    with pytest.raises(tha.InvalidArgument, match="port 70000"):
+        tha.Standby(listen=("127.0.0.1", 70000))
+
+
+def test_secret_must_be_bytes():
+    heap = tha.Heap(tha.Schema(CDEF))
+    with pytest.raises(tha.InvalidArgument, match="secret must be bytes, not str"):
+        tha.Active(heap, [("127.0.0.1", 7400)], secret="k")
+    with pytest.raises(tha.InvalidArgument, match="secret must be bytes, not str"):
+        tha.Standby(secret="k")
+
+
+def test_standby_save_directory_is_checked_at_start(tmp_path):
+    with pytest.raises(tha.OSFailure, match="the directory .*nope does not exist") as e:
+        tha.Standby(save=tmp_path / "nope" / "x.tha")
+    assert e.value.errno == errno.ENOENT
+
+
+# ---- the command line: one line, no traceback --------------------------------
+
+def cli(*argv, timeout=60, stdin=None):
+    return subprocess.run([sys.executable, "-m", "tha", *argv], capture_output=True,
+                          text=True, timeout=timeout, stdin=stdin)
+
+
+@pytest.fixture
+def key(tmp_path):
+    k = tmp_path / "key"
+    k.write_bytes(os.urandom(32))
+    return k
+
+
+@pytest.mark.parametrize("argv, why", [
+    (["standby", "--listen", "127.0.0.1:99999"], "port 99999 is not within 0..65535"),
+    (["standby", "--listen", "nohost"], "'nohost' is not HOST:PORT"),
+    (["bench", "--checkpoint", "--size", "lots"], "'lots' is not a size"),
+    (["standby", "--secret-file", "/nonexistent/key"], "cannot read the secret file"),
+])
+def test_bad_arguments_are_one_line(argv, why):
+    r = cli(*argv)
+    assert r.returncode in (1, 2), r
+    assert "Traceback" not in r.stderr, r.stderr
+    assert why in r.stderr.strip().splitlines()[-1], r.stderr   # (usage, then) the line
+
+
+def test_standby_with_an_unwritable_save_fails_at_start(key):
+    r = cli("standby", "--listen", "127.0.0.1:0", "--secret-file", str(key),
+            "--save", "/nonexistent/dir/x.tha", timeout=30)
+    assert r.returncode != 0 and "/nonexistent/dir does not exist" in r.stderr, r
+    assert "Traceback" not in r.stderr and "listening" not in r.stdout
+
+
+def test_inspect_into_a_closed_pipe(tmp_path):
+    heap = tha.Heap(tha.Schema(CDEF))
+    p = heap.new("struct emp")
+    for _ in range(2000):
+        p = heap.new("struct emp", mgr=p)
+    heap.roots["r"] = p
+    heap.checkpoint(tmp_path / "s.tha")
+    proc = subprocess.Popen([sys.executable, "-m", "tha", "inspect", "--objects",
+                             str(tmp_path / "s.tha")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.readline()
+    proc.stdout.close()                 # what `| head -1` does
+    err = proc.stderr.read().decode()
+    proc.wait(30)
+    assert "Traceback" not in err and "BrokenPipe" not in err, err
+    assert proc.returncode == 128 + signal.SIGPIPE

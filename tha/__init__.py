@@ -9,7 +9,7 @@ from ._ffi import ffi as _ffi, lib as _lib
 from .errors import (AuthError, CapacityError, ChecksumError, CorruptHeap, Error, Fenced,
                      FrameError, InvalidArgument, InvalidPointer, NotFound, OSFailure,
                      SchemaError, SchemaMismatch, SequenceError, StaleEpoch, StateError, SyncTimeout,
-                     Timeout, VersionMismatch)
+                     Timeout, VersionMismatch, ProtocolError, ConnectionClosed)
 from .durability import LoadReport
 from .heap import Heap, Roots
 from .reach import Leak
@@ -29,6 +29,6 @@ __all__ = [
     "Heap", "Leak", "LoadReport", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
     "CorruptHeap", "Timeout",
     "FrameError", "InvalidArgument", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
-    "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError", "VersionMismatch",
+    "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError", "VersionMismatch", "ProtocolError", "ConnectionClosed",
     "__version__", "set_threads",
 ]

@@ -19,7 +19,7 @@ import weakref
 from dataclasses import dataclass
 
 from ._ffi import ffi as _cffi, lib
-from .errors import Error, check
+from .errors import InvalidArgument, check
 from .schema import Schema
 
 
@@ -86,7 +86,7 @@ def progress_args(progress):
     if progress is None:
         return _cffi.NULL, _cffi.NULL, None
     if not callable(progress):
-        raise Error(f"progress must be callable, not {type(progress).__name__}")
+        raise InvalidArgument(f"progress must be callable, not {type(progress).__name__}")
     handle = _cffi.new_handle(progress)
     return lib.tha_py_progress, handle, handle
 
@@ -107,7 +107,7 @@ def parse_fsync(policy) -> int:
         ms = float(m.group(1)) * (1000 if m.group(2) == "s" else 1)
         if ms >= 1:
             return int(ms)
-    raise Error(f"fsync must be 'always', 'never' or 'every N ms' "
+    raise InvalidArgument(f"fsync must be 'always', 'never' or 'every N ms' "
                 f"(e.g. 'every 100ms'), not {policy!r}")
 
 

@@ -77,7 +77,13 @@ class Timeout(Error, TimeoutError):
 
 
 class OSFailure(Error, OSError):
-    """The operating system refused (mmap, mprotect, ...)."""
+    """The operating system refused (mmap, open, fsync, ...): ``errno`` and
+    ``strerror`` as OSError has them, the message naming what failed."""
+
+    def __init__(self, message: str, code: int | None = None):
+        super().__init__(message, code)
+        if code is not None and -4096 < code < 0:
+            self.errno, self.strerror = -code, os.strerror(-code)
 
     def __str__(self) -> str:  # OSError would print only "[Errno N] strerror"
         return str(self.args[0]) if self.args else ""
@@ -97,8 +103,18 @@ class AuthError(Error, PermissionError):
     """The peer does not know the shared secret."""
 
 
-class VersionMismatch(Error, ValueError):
-    """The peer speaks another protocol version."""
+class VersionMismatch(FrameError):
+    """Bytes of a version this build does not speak: a frame or file format,
+    or a peer's protocol."""
+
+
+class ProtocolError(Error, ConnectionError):
+    """The peer broke the replication protocol (a malformed or unexpected
+    message); the connection is closed."""
+
+
+class ConnectionClosed(Error, ConnectionError):
+    """The session or connection is closed."""
 
 
 _BY_CODE = {
@@ -115,28 +131,35 @@ _BY_CODE = {
     lib.THA_ERANGE: FrameError,
     lib.THA_ENOTFOUND: NotFound,
     lib.THA_ETOOSMALL: InvalidArgument,
-    lib.THA_EVERSION: FrameError,
+    lib.THA_EVERSION: VersionMismatch,
     lib.THA_EFULL: StateError,
     lib.THA_ESTATE: StateError,
     lib.THA_ESTALE: StaleEpoch,
     lib.THA_ECORRUPT: CorruptHeap,
     lib.THA_ETIMEOUT: Timeout,
+    lib.THA_EPROTO: ProtocolError,
+    lib.THA_EAUTH: AuthError,
+    lib.THA_EFENCED: Fenced,
+    lib.THA_ECLOSED: ConnectionClosed,
 }
 
 
 def error_for(code: int, detail: str = "") -> Error:
     """The exception for C status ``code`` with the handle's detail message."""
     message = detail or ffi.string(lib.tha_strerror(code)).decode()
-    if -4096 < code < 0:
-        # the message first (OSFailure(errno, text) would make str() the
-        # bare number: Error.__init__ takes (message, code))
-        why = os.strerror(-code)
-        exc = OSFailure(message if why in message else f"{message} ({why})", code)
-        exc.errno, exc.strerror = -code, why
+    if -4096 < code < 0:  # -errno: the message names what failed, then why
         if -code == _errno.ENOMEM:
             return CapacityError(message, code)
-        return exc
+        why = os.strerror(-code)
+        return OSFailure(message if why in message else f"{message} ({why})", code)
     return _BY_CODE.get(code, Error)(message, code)
+
+
+def error_class(code: int) -> type:
+    """The class error_for gives ``code`` (one map for every caller)."""
+    if -4096 < code < 0:
+        return CapacityError if -code == _errno.ENOMEM else OSFailure
+    return _BY_CODE.get(code, Error)
 
 
 def check(code: int, errmsg=None) -> int:

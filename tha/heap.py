@@ -51,7 +51,7 @@ def _check_capacity(capacity) -> None:
 
 def _check_tracking(tracking) -> None:
     if tracking not in _TRACKING:
-        raise Error(f"tracking must be one of {sorted(_TRACKING)}, not {tracking!r}")
+        raise InvalidArgument(f"tracking must be one of {sorted(_TRACKING)}, not {tracking!r}")
 
 
 class Heap:
@@ -68,7 +68,7 @@ class Heap:
                  tracking: str = "auto", log=None, fsync: str = "always"):
         _check_tracking(tracking)
         if not isinstance(schema, Schema):
-            raise Error(f"Heap: schema must be a tha.Schema, not {type(schema).__name__}")
+            raise InvalidArgument(f"Heap: schema must be a tha.Schema, not {type(schema).__name__}")
         _check_capacity(capacity)
         self.schema = schema
         self._lock = threading.RLock()  # replication drivers re-enter it

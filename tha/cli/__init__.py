@@ -10,6 +10,8 @@ console printing from the main thread).
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from .. import __version__
@@ -34,3 +36,7 @@ def main(argv=None) -> int:
     except Error as e:  # a tha error the subcommand did not expect: one line
         print(f"python -m tha {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:  # `... | head`: the reader left; say nothing more
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # Python's exit flush must not fail
+        return 128 + signal.SIGPIPE

@@ -13,6 +13,17 @@ from ..bench import checkpoint as bc, codec, leaks as bl, replication as br, tra
 from ..bench.workload import machine
 
 
+def _size(text: str) -> int:
+    """'256M', '1G', '4096' -> bytes, for argparse."""
+    try:
+        n = bc.parse_size(text)
+    except (ValueError, IndexError):
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (256M, 1G, 4096)")
+    return n
+
+
 def add_parser(subparsers) -> argparse.ArgumentParser:
     """Registers ``bench`` on an argparse subparsers object; sets func=run."""
     p = subparsers.add_parser(
@@ -44,7 +55,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="instead: checkpoint() and Heap.load() against a plain "
                    "sequential write+fsync / cold read of the same bytes to the same "
                    "disk (see tha/bench/checkpoint.py); --size, --dir, --repeat")
-    p.add_argument("--size", default="256M", metavar="BYTES",
+    p.add_argument("--size", type=_size, default="256M", metavar="BYTES",
                    help="with --checkpoint: heap image size (256M, 1G; default 256M)")
     p.add_argument("--dir", default=None, metavar="DIR",
                    help="with --checkpoint: directory on the disk to measure "
@@ -72,7 +83,7 @@ def run(args) -> int:
             bl.report(res, machine())
         return 0
     if getattr(args, "checkpoint", False):
-        res = bc.run(bc.parse_size(args.size), min(args.repeat, 3) if args.repeat == 7
+        res = bc.run(args.size, min(args.repeat, 3) if args.repeat == 7
                      else args.repeat, args.dir)
         if args.json:
             json.dump(res, sys.stdout, indent=2)

@@ -14,13 +14,18 @@ import sys
 import threading
 import time
 
+from ..errors import Error
+from ..replication.connection import parse_address
+
 
 def parse_addr(text: str) -> tuple:
-    """'HOST:PORT' -> (host, port); IPv6 as '[::1]:7400'."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
-    return host.strip("[]") or "127.0.0.1", int(port)
+    """'HOST:PORT' -> (host, port); IPv6 as '[::1]:7400'; port 0 (any) too."""
+    if text.startswith(":"):  # ':7400': on this machine
+        text = "127.0.0.1" + text
+    try:
+        return parse_address(text, "address", any_port=True)
+    except Error as e:
+        raise argparse.ArgumentTypeError(str(e).removeprefix("address: ")) from None
 
 
 def parse_duration(text: str) -> float:

@@ -11,10 +11,10 @@ import time
 from dataclasses import dataclass, field
 
 from .._ffi import ffi as _cffi, lib
-from ..errors import (AuthError, Error, Fenced, SchemaMismatch, StateError, SyncTimeout,
-                       VersionMismatch, check)
+from ..errors import (Error, Fenced, InvalidArgument, StateError, SyncTimeout, check,
+                       error_class)
 from ..heap import Heap
-from .connection import _Conn, _Node, _os_reason, log
+from .connection import _Conn, _Node, _os_reason, log, parse_address
 
 ACK_LEVELS = {"none": lib.THA_ACK_NONE, "received": lib.THA_ACK_RECEIVED,
               "applied": lib.THA_ACK_APPLIED, "persisted": lib.THA_ACK_PERSISTED}
@@ -22,8 +22,8 @@ ACK_LEVELS = {"none": lib.THA_ACK_NONE, "received": lib.THA_ACK_RECEIVED,
 
 # A standby refused this active (or this active refused it) for a reason
 # another attempt in a second will not change: see Active.refused_retry.
-_DEFINITE = {lib.THA_EAUTH: AuthError, lib.THA_EMISMATCH: SchemaMismatch,
-             lib.THA_EVERSION: VersionMismatch}
+# The codes only; their classes come from the one map (errors.error_class).
+_DEFINITE = (lib.THA_EAUTH, lib.THA_EMISMATCH, lib.THA_EVERSION)
 
 
 @dataclass
@@ -93,16 +93,21 @@ class Active(_Node):
                  heartbeat: float = 0.2, peer_timeout: float = 2.0,
                  ssl_context=None):
         if ack not in ACK_LEVELS:
-            raise Error(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
+            raise InvalidArgument(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
         super().__init__(secret, heartbeat, peer_timeout, ssl_context)
         self.heap = heap
         self._lock = heap._lock
         self.cond = threading.Condition(self._lock)
-        self.standbys = [tuple(a) for a in standbys]
+        if isinstance(standbys, (str, tuple)):
+            raise InvalidArgument("Active: standbys is a list of addresses, e.g. "
+                                  f"[('127.0.0.1', 7400)] or ['127.0.0.1:7400'], not "
+                                  f"{standbys!r}")
+        self.standbys = [parse_address(a, "Active: standby") for a in standbys]
         self.ack = ack
         self.ack_quorum = len(self.standbys) if ack_quorum is None else ack_quorum
         if not 0 <= self.ack_quorum <= len(self.standbys):
-            raise Error(f"ack_quorum {ack_quorum} is not within 0..{len(self.standbys)}")
+            raise InvalidArgument(f"ack_quorum {ack_quorum} is not within "
+                                  f"0..{len(self.standbys)}")
         self.sync_timeout = timeout
         self.fenced_epoch = None
         self.fenced_by = None  # the standby that said so
@@ -219,7 +224,7 @@ class Active(_Node):
             # through to the link error below and the connection is retried
             # at once, not paced and raised as a wrong secret.)
             conn.last_error = msg
-            self._refused(peer, _DEFINITE[ev.code], msg,
+            self._refused(peer, error_class(ev.code), msg,
                           proven=t == lib.THA_EV_REFUSED and bool(ev.a))
         elif t in (lib.THA_EV_REFUSED, lib.THA_EV_ERROR) and peer is not None \
                 and not getattr(conn, "ready", False):
@@ -287,7 +292,7 @@ class Active(_Node):
         where the heap is consistent for your application."""
         ack = ack or self.ack
         if ack not in ACK_LEVELS:
-            raise Error(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
+            raise InvalidArgument(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
         level = ACK_LEVELS[ack]
         timeout = self.sync_timeout if timeout is None else timeout
         with self.cond:

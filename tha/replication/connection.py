@@ -24,7 +24,7 @@ import threading
 import time
 
 from .._ffi import ffi as _cffi, lib
-from ..errors import Error, check
+from ..errors import Error, InvalidArgument, check
 
 log = logging.getLogger("tha")
 
@@ -355,6 +355,29 @@ class _TlsPending:
             pass
 
 
+def parse_address(value, what: str, any_port: bool = False) -> tuple:
+    """(host, port) from a (host, port) pair or a 'HOST:PORT' string
+    ('[::1]:7400' for IPv6); InvalidArgument naming ``what`` otherwise.
+    Port 0 ("any free port") only where ``any_port`` (a listener)."""
+    if isinstance(value, str):
+        host, sep, port = value.rpartition(":")
+        if not sep or not port.isdigit():
+            raise InvalidArgument(f"{what}: {value!r} is not HOST:PORT")
+        value = (host.strip("[]"), int(port))
+    try:
+        host, port = value
+    except (TypeError, ValueError):
+        raise InvalidArgument(f"{what}: {value!r} is not (host, port) or 'HOST:PORT'") \
+            from None
+    if not isinstance(host, str) or not host:
+        raise InvalidArgument(f"{what}: the host of {value!r} must be a non-empty string")
+    if isinstance(port, bool) or not isinstance(port, int) or \
+            not (0 if any_port else 1) <= port <= 65535:
+        raise InvalidArgument(f"{what}: port {port!r} is not within "
+                              f"{0 if any_port else 1}..65535")
+    return host, port
+
+
 class _Node:
     """What Active and Standby share: lock, ticker, connections, secret."""
 
@@ -363,10 +386,10 @@ class _Node:
 
     def __init__(self, secret, heartbeat, timeout, ssl_context):
         if secret and not isinstance(secret, (bytes, bytearray, memoryview)):
-            raise Error(f"{self.role_name}: secret must be bytes, not "
+            raise InvalidArgument(f"{self.role_name}: secret must be bytes, not "
                         f"{type(secret).__name__}")
         if secret and len(secret) > 256:
-            raise Error(f"{self.role_name}: a secret of {len(secret)} bytes; at most "
+            raise InvalidArgument(f"{self.role_name}: a secret of {len(secret)} bytes; at most "
                         "256 (hash a longer one first)")
         self.secret = bytes(secret) if secret else None
         self.heartbeat = heartbeat

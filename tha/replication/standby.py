@@ -12,9 +12,9 @@ import time
 
 from .._ffi import ffi as _cffi, lib
 from ..durability import parse_fsync
-from ..errors import Error, check
+from ..errors import Error, InvalidArgument, OSFailure, check
 from ..heap import Heap, _TRACKING
-from .connection import _Conn, _Node, _os_reason, _TlsPending, log
+from .connection import _Conn, _Node, _os_reason, _TlsPending, log, parse_address
 
 _logger = log  # for Standby.__init__, whose log= parameter shadows it
 
@@ -32,9 +32,21 @@ def _check_listen(host: str, secret) -> None:
     except ValueError:
         loopback = host == "localhost"
     if not loopback and not secret:
-        raise Error(f"refusing to listen on {host} without a secret: anyone who "
+        raise InvalidArgument(f"refusing to listen on {host} without a secret: anyone who "
                     "can reach it could replace the standby's state")
 
+
+
+def _check_writable_dir(what: str, path: str) -> None:
+    """At start, not at the first save: the directory of a state file must
+    exist and take new files (a checkpoint is a temp file renamed there)."""
+    d = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(d):
+        raise OSFailure(f"Standby: {what}={path}: the directory {d} does not exist",
+                        -errno.ENOENT)
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise OSFailure(f"Standby: {what}={path}: cannot create files in {d}",
+                        -errno.EACCES)
 
 
 class Standby(_Node):
@@ -92,15 +104,19 @@ class Standby(_Node):
                  functions: dict | None = None, on_applied=None,
                  save=None, log=None, fsync: str = "always",
                  save_every: float | None = None, tracking: str = "auto"):
+        listen = parse_address(listen, "Standby: listen", any_port=True)
         _check_listen(listen[0], secret)
         if tracking not in _TRACKING:
-            raise Error(f"Standby: tracking must be one of {sorted(_TRACKING)}, "
+            raise InvalidArgument(f"Standby: tracking must be one of {sorted(_TRACKING)}, "
                         f"not {tracking!r}")
         self.tracking = tracking
         if log is not None and save is None:
-            raise Error("Standby: log= needs save= (the checkpoint the log follows)")
+            raise InvalidArgument("Standby: log= needs save= (the checkpoint the log follows)")
+        for what, path in (("save", save), ("log", log)):
+            if path is not None:
+                _check_writable_dir(what, os.fspath(path))
         if save_every is not None and save_every <= 0:
-            raise Error(f"Standby: save_every must be > 0 seconds, not {save_every}")
+            raise InvalidArgument(f"Standby: save_every must be > 0 seconds, not {save_every}")
         super().__init__(secret, heartbeat, timeout, ssl_context)
         self.save = None if save is None else os.fspath(save)
         self.log_path = None if log is None else os.fspath(log)
