@@ -1,5 +1,6 @@
-"""`python -m tha verify` of a checkpoint beside `Heap.load` of the same
-file, in the same run (issue 10: verify within 3x of load). The file:
+"""`python -m tha verify` and `inspect` (the summary) of a checkpoint beside
+`Heap.load` of the same file, in the same run (issue 10: verify within 3x
+of load). The file:
 THA_BENCH_VERIFY_OBJECTS struct emp allocated one by one (default
 2,000,000, each pointing at its manager) and a char blob that brings the
 image to THA_BENCH_VERIFY_MB (default 1024). extra_info: verify / load.
@@ -63,4 +64,17 @@ def test_verify(benchmark, checkpoint):
     if "load" in BEST:
         benchmark.extra_info["x_load"] = BEST["verify"] / BEST["load"]
         print(f"\nverify {BEST['verify']:.2f}s = {BEST['verify'] / BEST['load']:.2f}x "
+              f"load {BEST['load']:.2f}s")
+
+
+def test_inspect(benchmark, checkpoint):
+    def inspect():
+        with contextlib.redirect_stdout(io.StringIO()) as out:
+            rc = main(["inspect", checkpoint])
+        assert rc == 0, out.getvalue()
+    benchmark.pedantic(inspect, rounds=3, warmup_rounds=0)
+    BEST["inspect"] = min(benchmark.stats.stats.data)
+    if "load" in BEST:
+        benchmark.extra_info["x_load"] = BEST["inspect"] / BEST["load"]
+        print(f"\ninspect {BEST['inspect']:.2f}s = {BEST['inspect'] / BEST['load']:.2f}x "
               f"load {BEST['load']:.2f}s")

@@ -225,3 +225,31 @@ def test_cli_in_a_real_process(snapfile):
         p = subprocess.run([sys.executable, "-m", "tha", cmd, "--help"], cwd=ROOT,
                            capture_output=True, text=True, timeout=120)
         assert p.returncode == 0 and "FILE" in p.stdout
+
+
+def test_progress_on_a_terminal_only(tmp_path):
+    """Loading a big file draws a progress line on a terminal and nothing
+    when stderr is piped."""
+    import io
+    import subprocess
+    import sys
+
+    from tha.cli.console import terminal_progress
+
+    class Tty(io.StringIO):
+        def isatty(self):
+            return True
+
+    tty = Tty()
+    bar = terminal_progress("verify: loading x", tty)
+    for done in (0, 50 << 20, 100 << 20):
+        bar(done, 100 << 20)
+    out = tty.getvalue()
+    assert "verify: loading x" in out and "  0%" in out and out.endswith("\r\x1b[K")
+    assert terminal_progress("x", io.StringIO()) is None
+    h = tha.Heap(tha.Schema("struct e { int a; };"))
+    h.roots["e"] = h.new("struct e")
+    h.checkpoint(tmp_path / "s.tha")
+    r = subprocess.run([sys.executable, "-m", "tha", "verify", str(tmp_path / "s.tha")],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "\r" not in r.stderr and "%" not in r.stderr, r

@@ -81,6 +81,25 @@ def _dump(heap) -> dict:
     return {"roots": roots, "objects": objects}
 
 
+def census(heap) -> dict:
+    """{type_id: [objects, elements, bytes]} of the live allocations, from
+    the batched walk alone (no values read). The caller holds the lock."""
+    out: dict = {}
+    cursor = _cffi.new("uint64_t *")
+    batch = _cffi.new("tha_obj_t[]", _BATCH)
+    while True:
+        n = lib.tha_py_next_batch(heap._h, cursor, batch, _BATCH)
+        if not n:
+            return out
+        for _, _, tid, count, size in _OBJ.iter_unpack(_cffi.buffer(batch, n * _OBJ.size)):
+            t = out.get(tid)
+            if t is None:
+                t = out[tid] = [0, 0, 0]
+            t[0] += 1
+            t[1] += count
+            t[2] += size * count
+
+
 def _float(v: float):
     if v != v:  # NaN never equals itself: compare its bits instead
         return "nan:" + struct.pack("<d", v).hex()

@@ -55,14 +55,21 @@ def first_dangling(heap) -> str | None:
     slot, target = _cffi.new("uint64_t *"), _cffi.new("uint64_t *")
     if not heap._check(lib.tha_heap_dangling(heap._h, slot, target)):
         return None
+    return f"{describe(heap, slot[0])} -> 0x{target[0]:x}: not inside a live allocation"
+
+
+def describe(heap, off: int) -> str:
+    """'struct emp @0x4008', 'struct emp @0x4008[3].salary' for region offset
+    off, or '0x1234 (not a live allocation)': one lookup, no dump. The
+    caller holds the heap's lock."""
     obj = _cffi.new("tha_obj_t *")
-    heap._check(lib.tha_heap_lookup(heap._h, _cffi.cast("void *", heap._base + slot[0]), obj))
+    if lib.tha_heap_lookup(heap._h, _cffi.cast("void *", heap._base + off), obj):
+        return f"0x{off:x} (not a live allocation)"
     schema = heap.schema
     ctype = schema.ctype_of(obj.type_id)
-    k, rel = divmod(slot[0] - obj.offset, obj.size)
-    where = f"{schema.type_name(ctype)} @0x{obj.offset:x}" + (f"[{k}]" if obj.count > 1 else "")
-    return (f"{where}{field_path(ctype, rel, schema.ffi)} -> 0x{target[0]:x}: "
-            "not inside a live allocation")
+    k, rel = divmod(off - obj.offset, obj.size)
+    return (f"{schema.type_name(ctype)} @0x{obj.offset:x}" + (f"[{k}]" if obj.count > 1 else "")
+            + field_path(ctype, rel, schema.ffi))
 
 
 def field_path(ctype, rel: int, ffi) -> str:

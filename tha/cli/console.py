@@ -150,6 +150,29 @@ class Console:
                  err=True)
 
 
+def terminal_progress(label: str, stream=None):
+    """A ``progress(done, total)`` drawing `label  45%  81/181 MB` in place
+    on a terminal (at most ten redraws a second, cleared at the end), or
+    None when the stream is not a terminal: piped output stays clean."""
+    stream = stream or sys.stderr
+    if not stream.isatty():
+        return None
+    last = [0.0]
+
+    def progress(done: int, total: int) -> None:
+        now = time.monotonic()
+        if done < total and now - last[0] < 0.1:
+            return
+        last[0] = now
+        if done >= total:
+            stream.write("\r\x1b[K")
+        else:
+            pct = 100 * done // total if total else 0
+            stream.write(f"\r{label}  {pct:3d}%  {done / 1e6:,.0f}/{total / 1e6:,.0f} MB")
+        stream.flush()
+    return progress
+
+
 def print_applied(console: Console):
     """An on_applied callback that queues one line per move of the heap."""
     def on_applied(seq: int, nbytes: int, bulk: bool) -> None:

@@ -17,11 +17,13 @@ import os
 import sys
 
 from .._ffi import ffi as _cffi, lib
+from ..dump import census
 from ..durability import file_schema
 from ..errors import Error, check
 from ..heap import Heap
-from ..reach import field_path, first_dangling
+from ..reach import describe, field_path, first_dangling
 from ..schema import Schema, _functions_declared
+from .console import terminal_progress
 
 FRAME_MAGIC = b"THAF"
 
@@ -48,9 +50,10 @@ def _placeholders(schema: Schema) -> tuple:
     return {n: base + i for i, n in enumerate(names)}, buf
 
 
-def open_file(path: str, log: str | None = None) -> Opened:
+def open_file(path: str, log: str | None = None, progress=None) -> Opened:
     """Reads FILE, verifying every checksum (and replaying ``log``), and runs
-    no heap check (callers decide). Raises tha.Error or OSError."""
+    no heap check (callers decide); ``progress(done, total)`` as for
+    Heap.load. Raises tha.Error or OSError."""
     with open(path, "rb") as f:
         magic = f.read(4)
     if magic == FRAME_MAGIC:
@@ -80,7 +83,7 @@ def open_file(path: str, log: str | None = None) -> Opened:
         raise Error(f"{path}: not a snapshot frame (no THAF magic), and this "
                     "build cannot read checkpoint files")
     funcs, keep = _placeholders(file_schema(path))
-    heap = Heap.load(path, log=log, functions=funcs, check=False)
+    heap = Heap.load(path, log=log, functions=funcs, check=False, progress=progress)
     heap._inspect_keep = keep
     st = heap.stats()
     info = {"seq": st["seq"], "epoch": st["epoch"], "lineage": st["lineage"],
@@ -210,21 +213,22 @@ def _print_object(view: View, i: int, out) -> None:
 
 # ---- summaries ----------------------------------------------------------------
 
-def summary(op: Opened, view: View) -> dict:
-    types: dict = {}
-    for i, o in enumerate(view.objects):
-        t = types.setdefault(o["type"], {"type": o["type"], "objects": 0,
-                                         "elements": 0, "bytes": 0})
-        t["objects"] += 1
-        t["elements"] += o["count"]
-        t["bytes"] += view.sizes[i] * o["count"]
-    leaks = op.heap.leaks()
-    st = op.heap.stats()
+def summary(op: Opened) -> dict:
+    """What a file holds, from a walk of the allocations and a lookup per
+    root: no dump (that is only for --objects)."""
+    heap = op.heap
+    with heap._lock:
+        counts = census(heap)
+        roots = {n: {"offset": off, "target": describe(heap, off)}
+                 for n, off in ((n, heap.offset_of(p)) for n, p in heap.roots.items())}
+    schema = heap.schema
+    types = [{"type": schema.type_name(schema.ctype_of(tid)), "objects": c[0],
+              "elements": c[1], "bytes": c[2]} for tid, c in counts.items()]
+    leaks = heap.leaks()
+    st = heap.stats()
     d = {"file": op.path, "kind": op.kind, "file_bytes": os.path.getsize(op.path),
          **op.info, "live_objects": st["live_objects"], "live_bytes": st["live_bytes"],
-         "roots": {n: {"offset": off, "target": view.target(off, roots=False)}
-                   for n, off in view.dump["roots"].items()},
-         "types": sorted(types.values(), key=lambda t: t["type"]),
+         "roots": roots, "types": sorted(types, key=lambda t: t["type"]),
          "unreachable": {"objects": len(leaks), "bytes": sum(lk.bytes for lk in leaks)}}
     if op.report is not None and op.report.log:
         d["log"] = _report_dict(op.report)
@@ -267,7 +271,7 @@ def _print_summary(d: dict, out) -> None:
 
 def _open_or_fail(prog: str, path: str, log=None):
     try:
-        return open_file(path, log), None
+        return open_file(path, log, terminal_progress(f"{prog}: loading {path}")), None
     except (Error, OSError) as e:
         return None, f"{prog}: {path}: {e}" if path not in str(e) else f"{prog}: {e}"
 
@@ -277,8 +281,7 @@ def run_inspect(args) -> int:
     if err:
         print(err, file=sys.stderr)
         return 1
-    view = View(op.heap)
-    d = summary(op, view)
+    d = summary(op)
     want = None
     if args.type:
         try:
@@ -290,7 +293,9 @@ def run_inspect(args) -> int:
                   f"{', '.join(op.heap.schema.type_names())}", file=sys.stderr)
             return 2
     show = args.objects or want is not None
-    picked = [i for i, o in enumerate(view.objects) if want is None or o["type"] == want]
+    view = View(op.heap) if show else None   # the dump: only to list objects
+    picked = [i for i, o in enumerate(view.objects)
+              if want is None or o["type"] == want] if show else []
     if args.json:
         if show:
             d["objects"] = [_object_json(view, i) for i in picked]
