@@ -10,7 +10,14 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any, Union
+
+# What the typed API means by its argument kinds (cdata has no static type)
+CData = Any                                   # a cffi pointer into the heap
+Buffer = Union[bytes, bytearray, memoryview]  # a frame's bytes
+PathLike = Union[str, "os.PathLike[str]"]
+Progress = Callable[[int, int], None]         # progress(done, total)
 
 from . import durability, reach
 from ._ffi import ffi as _cffi, lib
@@ -65,7 +72,8 @@ class Heap:
     load_report = None  # a tha.LoadReport after Heap.load
 
     def __init__(self, schema: Schema, capacity: int = 64 << 20,
-                 tracking: str = "auto", log=None, fsync: str = "always"):
+                 tracking: str = "auto", log: PathLike | None = None,
+                 fsync: str = "always"):
         _check_tracking(tracking)
         if not isinstance(schema, Schema):
             raise InvalidArgument(f"Heap: schema must be a tha.Schema, not {type(schema).__name__}")
@@ -107,7 +115,7 @@ class Heap:
         return heap
 
     @classmethod
-    def from_snapshot(cls, frame, capacity: int | None = None,
+    def from_snapshot(cls, frame: Buffer, capacity: int | None = None,
                       functions: dict | None = None,
                       tracking: str = "auto") -> "Heap":
         """A new heap holding a snapshot frame; the schema comes from the frame.
@@ -127,9 +135,10 @@ class Heap:
         return heap
 
     @classmethod
-    def load(cls, path, *, schema: Schema | None = None, log=None,
-             functions: dict | None = None, tracking: str = "auto",
-             progress=None, check: bool = True) -> "Heap":
+    def load(cls, path: PathLike, *, schema: Schema | None = None,
+             log: PathLike | None = None, functions: dict | None = None,
+             tracking: str = "auto", progress: Progress | None = None,
+             check: bool = True) -> "Heap":
         """A heap restored from a checkpoint file, at whatever address this
         process maps it. The schema comes from the file; with ``schema`` the
         file's is compared to it first (SchemaMismatch names the differing
@@ -198,7 +207,7 @@ class Heap:
 
     # -- objects -----------------------------------------------------------
 
-    def new(self, type: str, count: int | None = None, **fields):
+    def new(self, type: str, count: int | None = None, **fields: Any) -> CData:
         """Allocates ``count`` zeroed elements of ``type`` (one if None) and
         returns a typed pointer to the first. ``fields`` initialise every
         element."""
@@ -224,7 +233,7 @@ class Heap:
                                           f"{k!r}: {e}") from None
         return self._keep(p)
 
-    def free(self, p) -> None:
+    def free(self, p: CData) -> None:
         """Frees the allocation that ``p`` (as returned by new()) starts."""
         with self._lock:
             self._check(lib.tha_heap_free(self._h, _cffi.cast("void *", self._addr(p))))
@@ -240,7 +249,7 @@ class Heap:
         with self._lock:
             self._check(lib.tha_heap_set_tracking(self._h, _TRACKING[tracking]))
 
-    def touch(self, p, field: str | None = None) -> None:
+    def touch(self, p: CData, field: str | None = None) -> None:
         """Marks what ``p`` points to as changed (only needed with
         tracking='explicit'). ``p`` from new() marks the whole allocation;
         an interior pointer (``team + 3``) marks that element; ``field``
@@ -257,7 +266,8 @@ class Heap:
                 rc = lib.tha_heap_touch(self._h, _cffi.cast("void *", addr), size)
             self._check(rc)
 
-    def touch_many(self, p, indexes=None, field: str | None = None) -> None:
+    def touch_many(self, p: CData, indexes: Iterable[int] | Buffer | None = None,
+                   field: str | None = None) -> None:
         """Marks elements ``p[i]`` for each ``i`` in ``indexes`` as changed,
         or only their ``field`` (as for touch()), in one call: explicit
         tracking at about the cost of the writes. ``p`` points at an element
@@ -307,7 +317,7 @@ class Heap:
             if rc[0]:
                 self._check(rc[0])
 
-    def objects(self, type: str | None = None):
+    def objects(self, type: str | None = None) -> list:
         """Typed pointers to every live allocation (of ``type``), by address."""
         want = None if type is None else self.schema.type_id(type)
         cursor = _cffi.new("uint64_t *")
@@ -319,7 +329,7 @@ class Heap:
                     out.append(self._typed(self._base + obj.offset, obj))
         return out
 
-    def offset_of(self, p) -> int:
+    def offset_of(self, p: CData) -> int:
         """Region offset of a pointer into this heap."""
         addr = self._addr(p)
         if not addr:
@@ -357,13 +367,13 @@ class Heap:
             return bytes(buf)
         return memoryview(buf)[: n[0]]
 
-    def snapshot(self, out=None):
+    def snapshot(self, out: bytearray | memoryview | None = None) -> bytes | memoryview:
         """The whole image as a frame (bytes). With ``out`` (a writable buffer
         of frame_size('snapshot') bytes or more) it is encoded in place and a
         memoryview of the frame is returned."""
         return self._encode(lib.THA_FRAME_SNAPSHOT, out)
 
-    def delta(self, out=None):
+    def delta(self, out: bytearray | memoryview | None = None) -> bytes | memoryview:
         """Every block changed since the previous frame, as a frame."""
         return self._encode(lib.THA_FRAME_DELTA, out)
 
@@ -374,7 +384,7 @@ class Heap:
             self._check(lib.tha_heap_frame_size(self._h, k, size))
         return size[0]
 
-    def apply(self, frame) -> None:
+    def apply(self, frame: Buffer) -> None:
         """Applies a snapshot or the next delta; verified whole first, so on
         any error the heap is unchanged."""
         buf = _frame_buffer("apply", frame)
@@ -413,7 +423,7 @@ class Heap:
 
     # -- durability (tha/durability.py, csrc/src/checkpoint.c, log.c, load.c)
 
-    def checkpoint(self, path, progress=None) -> None:
+    def checkpoint(self, path: PathLike, progress: Progress | None = None) -> None:
         """Writes the heap to ``path`` atomically (temp file, fsync, rename,
         fsync of the directory): a crash leaves the old file or the new one.
         Streams the image in ~1 MiB segment frames; ``progress(done, total)``
@@ -427,7 +437,7 @@ class Heap:
             self._checkpoint_path = path
         del keep
 
-    def attach_log(self, path, fsync: str = "always") -> None:
+    def attach_log(self, path: PathLike, fsync: str = "always") -> None:
         """Appends every frame this heap makes (delta(), snapshot(), an
         Active's sync) or applies to the delta log at ``path``, before the
         frame takes effect: a frame the log could not take is not made (the
@@ -458,7 +468,8 @@ class Heap:
         with self._lock:
             self._check(lib.tha_heap_sync_log(self._h))
 
-    def compact(self, path=None, progress=None) -> None:
+    def compact(self, path: PathLike | None = None,
+                progress: Progress | None = None) -> None:
         """Folds the delta log into a checkpoint: checkpoint(path) (default:
         the last path checkpointed to or loaded from), then the log is
         replaced atomically by an empty one that follows the new checkpoint."""

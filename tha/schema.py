@@ -9,6 +9,8 @@ a process with no application code still gets typed cdata.
 
 from __future__ import annotations
 
+from typing import Any
+
 import re
 
 import cffi
@@ -411,7 +413,7 @@ class Schema:
             return None
         return _cffi.string(msg).decode()
 
-    def bind(self, name: str, fn) -> None:
+    def bind(self, name: str, fn: Any) -> None:
         """Binds a declared function name to a cffi function pointer."""
         addr = int(self.ffi.cast("uintptr_t", fn)) if not isinstance(fn, int) else fn
         self._check(lib.tha_schema_bind_func(self._c, name.encode(),
@@ -421,7 +423,7 @@ class Schema:
     def function_name(self, addr: int) -> str | None:
         return self._funcs.get(addr)
 
-    def type_id(self, ctype) -> int:
+    def type_id(self, ctype: Any) -> int:
         """tha type id of a cffi ctype or type name ('struct emp', 'emp')."""
         if isinstance(ctype, str):
             ctype = self.ctype(ctype)
@@ -431,7 +433,7 @@ class Schema:
             raise NotFound(f"type '{self.type_name(ctype)}' is not in this "
                            "schema") from None
 
-    def ctype(self, name: str):
+    def ctype(self, name: str) -> Any:
         """cffi ctype of a type name as cffi reads it (a typedef, a
         primitive, 'struct emp'), else of 'struct name', then 'union name'.
         Schema types and primitives cost no parse."""
@@ -451,7 +453,7 @@ class Schema:
             return ctype
         raise NotFound(f"type '{name}' is not in this schema")
 
-    def pointer_type(self, ctype):
+    def pointer_type(self, ctype: Any) -> Any:
         """cffi ctype of a pointer to ctype (no parse for schema types)."""
         ptr = self._pointers.get(ctype)
         if ptr is None:  # not laid out with the schema: cffi parses it once
@@ -459,10 +461,10 @@ class Schema:
             self._pointers[ctype] = ptr
         return ptr
 
-    def ctype_of(self, type_id: int):
+    def ctype_of(self, type_id: int) -> Any:
         return self._by_id[type_id]
 
-    def type_name(self, ctype) -> str:
+    def type_name(self, ctype: Any) -> str:
         """'struct emp' for its ctype, even when cffi calls it by a typedef."""
         return self._names.get(ctype, ctype.cname)
 

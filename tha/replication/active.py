@@ -6,15 +6,17 @@ from __future__ import annotations
 import os
 import select
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .._ffi import ffi as _cffi, lib
 from ..errors import (Error, Fenced, InvalidArgument, StateError, SyncTimeout, check,
                        error_class)
 from ..heap import Heap
-from .connection import _Conn, _Node, _os_reason, log, parse_address
+from .connection import Address, _Conn, _Node, _os_reason, log, parse_address
 
 ACK_LEVELS = {"none": lib.THA_ACK_NONE, "received": lib.THA_ACK_RECEIVED,
               "applied": lib.THA_ACK_APPLIED, "persisted": lib.THA_ACK_PERSISTED}
@@ -87,11 +89,12 @@ class Active(_Node):
     refused_retry = 15.0
     unproven_retry = 1.0
 
-    def __init__(self, heap: Heap, standbys, secret: bytes | None = None,
+    def __init__(self, heap: Heap, standbys: Iterable[Address],
+                 secret: bytes | None = None,
                  ack: str = "applied", ack_quorum: int | None = None,
                  timeout: float = 5.0, backlog_bytes: int = 64 << 20,
                  heartbeat: float = 0.2, peer_timeout: float = 2.0,
-                 ssl_context=None):
+                 ssl_context: ssl.SSLContext | None = None):
         if ack not in ACK_LEVELS:
             raise InvalidArgument(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
         super().__init__(secret, heartbeat, peer_timeout, ssl_context)

@@ -22,6 +22,7 @@ import socket
 import ssl
 import threading
 import time
+from typing import Tuple, Union
 
 from .._ffi import ffi as _cffi, lib
 from ..errors import Error, InvalidArgument, check
@@ -355,7 +356,11 @@ class _TlsPending:
             pass
 
 
-def parse_address(value, what: str, any_port: bool = False) -> tuple:
+# an address: a (host, port) pair or a 'HOST:PORT' string
+Address = Union[Tuple[str, int], str]
+
+
+def parse_address(value: Address, what: str, any_port: bool = False) -> tuple:
     """(host, port) from a (host, port) pair or a 'HOST:PORT' string
     ('[::1]:7400' for IPv6); InvalidArgument naming ``what`` otherwise.
     Port 0 ("any free port") only where ``any_port`` (a listener)."""

@@ -7,14 +7,17 @@ import errno
 import ipaddress
 import os
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Callable
 
 from .._ffi import ffi as _cffi, lib
 from ..durability import parse_fsync
 from ..errors import Error, InvalidArgument, OSFailure, check
-from ..heap import Heap, _TRACKING
-from .connection import _Conn, _Node, _os_reason, _TlsPending, log, parse_address
+from ..heap import Heap, PathLike, _TRACKING
+from .connection import (Address, _Conn, _Node, _os_reason, _TlsPending, log,
+                         parse_address)
 
 _logger = log  # for Standby.__init__, whose log= parameter shadows it
 
@@ -98,11 +101,14 @@ class Standby(_Node):
 
     role_name = "standby"
 
-    def __init__(self, listen=("127.0.0.1", 0), secret: bytes | None = None,
+    def __init__(self, listen: Address = ("127.0.0.1", 0), secret: bytes | None = None,
                  heap: Heap | None = None, promote_after: float | None = None,
-                 heartbeat: float = 0.2, timeout: float = 2.0, ssl_context=None,
-                 functions: dict | None = None, on_applied=None,
-                 save=None, log=None, fsync: str = "always",
+                 heartbeat: float = 0.2, timeout: float = 2.0,
+                 ssl_context: ssl.SSLContext | None = None,
+                 functions: dict | None = None,
+                 on_applied: Callable[[int, int, bool], None] | None = None,
+                 save: PathLike | None = None, log: PathLike | None = None,
+                 fsync: str = "always",
                  save_every: float | None = None, tracking: str = "auto"):
         listen = parse_address(listen, "Standby: listen", any_port=True)
         _check_listen(listen[0], secret)
