@@ -21,7 +21,7 @@ from . import bench, demo, inspect, soak, standby
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m tha",
+        prog="tha" if os.path.basename(sys.argv[0]) == "tha" else "python -m tha",
         description="Transparent High Availability for C structs.")
     parser.add_argument("--version", action="version", version=__version__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args) or 0
     except Error as e:  # a tha error the subcommand did not expect: one line
-        print(f"python -m tha {args.command}: error: {e}", file=sys.stderr)
+        print(f"{parser.prog} {args.command}: error: {e}", file=sys.stderr)
         return 1
     except BrokenPipeError:  # `... | head`: the reader left; say nothing more
         devnull = os.open(os.devnull, os.O_WRONLY)
