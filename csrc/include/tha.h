@@ -321,7 +321,8 @@ THA_API void *tha_heap_base(const tha_heap_t *h);
  * lives until tha_heap_free or until a snapshot is applied over the heap. */
 THA_API int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
                            void **out);
-/* p must be the start of a live allocation. */
+/* p must be the start of a live allocation; NULL is ignored (returns 0),
+ * as free(NULL) is. */
 THA_API int tha_heap_free(tha_heap_t *h, void *p);
 /* Marks [p, p+len) dirty; len 0 marks the whole allocation holding p. */
 THA_API int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
@@ -341,9 +342,11 @@ THA_API int tha_heap_lookup(const tha_heap_t *h, const void *p, tha_obj_t *out);
  * fills out while there is one, 0 at the end. */
 THA_API int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out);
 
-/* Named roots (THA_NAME_MAX - 1 bytes at most, 256 of them). p may be an
- * interior pointer; NULL removes the root. */
+/* Named roots: 256 of them, names of 1 to THA_ROOT_NAME_MAX - 1 = 55 bytes
+ * (a root entry is one 64-byte block: the name with its NUL, then the
+ * target). p may be an interior pointer; NULL removes the root. */
 #define THA_MAX_ROOTS 256
+#define THA_ROOT_NAME_MAX 56
 THA_API int tha_root_set(tha_heap_t *h, const char *name, const void *p);
 THA_API int tha_root_get(const tha_heap_t *h, const char *name, void **p);
 /* Roots in table order: start with *cursor = 0; 1 while there is one. name

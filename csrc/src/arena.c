@@ -576,6 +576,7 @@ static const char *rooted(const tha_heap_t *h, uint64_t payload, uint64_t bytes)
 }
 
 int tha_heap_free(tha_heap_t *h, void *ptr) {
+    if (!ptr) return h ? 0 : THA_EINVAL; /* as free(NULL) */
     uint8_t *p = ptr;
     tha__region_t *r = tha__reg(h);
     if (p < h->base || p >= h->base + r->top)

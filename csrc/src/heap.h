@@ -95,7 +95,7 @@ typedef struct tha__objhdr {
 } tha__objhdr_t;
 
 typedef struct tha__root {
-    char name[THA_NAME_MAX - 8]; /* "" = empty entry */
+    char name[THA_ROOT_NAME_MAX]; /* "" = empty entry */
     uint64_t offset;             /* target, 0 = none */
 } tha__root_t;
 

@@ -152,6 +152,19 @@ static void test_alloc_free_lookup(void) {
     CHECK_OK(tha_root_set(h, "boss", NULL));
     CHECK_RC(tha_root_get(h, "boss", &got), THA_ENOTFOUND);
     CHECK_OK(tha_heap_free(h, e));
+    CHECK_OK(tha_heap_free(h, NULL)); /* as free(NULL) */
+    /* root names: THA_ROOT_NAME_MAX - 1 bytes, no more */
+    char name[THA_ROOT_NAME_MAX + 1];
+    memset(name, 'r', sizeof name);
+    name[THA_ROOT_NAME_MAX - 1] = 0;
+    CHECK_OK(tha_root_set(h, name, big));
+    CHECK_OK(tha_root_get(h, name, &got));
+    CHECK(got == big);
+    CHECK_OK(tha_root_set(h, name, NULL));
+    name[THA_ROOT_NAME_MAX - 1] = 'r';
+    name[THA_ROOT_NAME_MAX] = 0;
+    CHECK_RC(tha_root_set(h, name, big), THA_EINVAL);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "55");
     tha_stats_t st;
     CHECK_OK(tha_heap_stats(h, &st));
     CHECK(st.live_objects == 1 && st.live_bytes == 100000);
