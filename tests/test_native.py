@@ -138,3 +138,39 @@ def test_c_active_without_standby_fails_cleanly(native):
         proc = run_active(port, env, rounds=1)
     assert proc.returncode == 1
     assert "connecting to" in proc.stderr and "refused" in proc.stderr
+
+
+@pytest.mark.parametrize("static", [False, True], ids=["shared", "static"])
+def test_a_program_builds_against_the_tree_with_pkg_config(tmp_path, static):
+    """`make -C csrc` writes build/tha-uninstalled.pc, so a C program builds
+    against this tree before `make install`; static linking takes
+    pkg-config --static (libtha needs -lm -pthread)."""
+    import shutil
+    if not shutil.which("pkg-config"):
+        pytest.skip("pkg-config is not installed")
+    r = subprocess.run(["make", "-C", str(CSRC)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    env = dict(os.environ, PKG_CONFIG_PATH=str(CSRC / "build"))
+    flags = subprocess.run(["pkg-config", *(["--static"] if static else []), "--cflags",
+                            "--libs", "tha-uninstalled"], capture_output=True, text=True,
+                           env=env, check=True).stdout.split()
+    src = tmp_path / "v.c"
+    src.write_text('#include "tha.h"\n#include <stdio.h>\n'
+                   'int main(void) { printf("%s\\n", tha_version()); return 0; }\n')
+    exe = tmp_path / "v"
+    if static:  # the archive, not the shared object beside it
+        flags = [f for f in flags if f != "-ltha"] + [str(CSRC / "build" / "libtha.a")]
+        cmd = ["cc", str(src), "-o", str(exe), *flags]
+    else:
+        cmd = ["cc", str(src), "-o", str(exe), *flags,
+               f"-Wl,-rpath,{CSRC / 'build'}"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.strip() == tha_version()
+
+
+def tha_version():
+    import tha
+    return tha.__version__
