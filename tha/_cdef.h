@@ -60,6 +60,7 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
 int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void));
 int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void));
 int tha_schema_seal(tha_schema_t *s);
+void tha_schema_clear_add_error(tha_schema_t *s);
 uint64_t tha_schema_fingerprint(const tha_schema_t *s);
 int tha_schema_serialize(const tha_schema_t *s, void *buf, size_t cap,
                          size_t *len);

@@ -199,7 +199,12 @@ THA_API int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
  * by name: a function's id (its index in tha_schema_func_info) is its rank. */
 THA_API int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void));
 THA_API int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void));
+/* Fails with THA_ESCHEMA, quoting the first failure, if any add_* failed:
+ * an error a caller ignored would leave a field out (its bytes copied raw,
+ * a pointer never rebased). A caller that handled the failure on purpose
+ * (a probe, a fallback spelling) says so with tha_schema_clear_add_error. */
 THA_API int tha_schema_seal(tha_schema_t *s);
+THA_API void tha_schema_clear_add_error(tha_schema_t *s);
 THA_API uint64_t tha_schema_fingerprint(const tha_schema_t *s);
 /* Canonical byte form (carried by snapshots and the handshake). With buf
  * NULL only *len is set. */

@@ -364,8 +364,41 @@ static const char *canonical_target(const char *name) {
 
 /* ---- registration ------------------------------------------------------- */
 
+/* Every add that fails is remembered (the first one's message), so that
+ * seal refuses a schema a caller went on building after an ignored error:
+ * a missing field would otherwise travel as raw bytes. */
+static int added(tha_schema_t *s, int rc) {
+    if (rc && s && !s->add_failed) {
+        s->add_failed = rc;
+        snprintf(s->add_err, sizeof s->add_err, "%s", s->err);
+    }
+    return rc;
+}
+
+void tha_schema_clear_add_error(tha_schema_t *s) {
+    if (s) s->add_failed = 0;
+}
+
+static int add_struct(tha_schema_t *s, const char *name, size_t size, size_t align,
+                      int is_union, uint32_t *type_id);
+static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field);
+static int add_func(tha_schema_t *s, const char *name, void (*fn)(void));
+
 int tha_schema_add_struct(tha_schema_t *s, const char *name, size_t size,
                           size_t align, int is_union, uint32_t *type_id) {
+    return added(s, add_struct(s, name, size, align, is_union, type_id));
+}
+
+int tha_schema_add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field) {
+    return added(s, add_field(s, type_id, field));
+}
+
+int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void)) {
+    return added(s, add_func(s, name, fn));
+}
+
+static int add_struct(tha_schema_t *s, const char *name, size_t size, size_t align,
+                      int is_union, uint32_t *type_id) {
     if (!s)
         return THA_EINVAL;
     if (s->sealed)
@@ -443,8 +476,7 @@ uint64_t tha__field_elem_size(const tha__field_t *f) {
     }
 }
 
-int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
-                         const tha_field_t *field) {
+static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field) {
     if (!s)
         return THA_EINVAL;
     if (s->sealed)
@@ -595,7 +627,7 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
     return 0;
 }
 
-int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void)) {
+static int add_func(tha_schema_t *s, const char *name, void (*fn)(void)) {
     if (!s)
         return THA_EINVAL;
     if (s->sealed)

@@ -69,6 +69,8 @@ struct tha_schema {
     uint32_t max_size_id;       /* ...and its id (0: no user types) */
     uint64_t total_slots;       /* once sealed: relocation-table entries of all
                                    types (<= THA_SCHEMA_MAX_SLOTS) */
+    int add_failed;             /* the first add_* that failed: seal refuses */
+    char add_err[256];          /* ...and what it said */
     char err[256];
 };
 

@@ -288,6 +288,10 @@ int tha_schema_seal(tha_schema_t *s) {
         return THA_EINVAL;
     if (s->sealed)
         return 0;
+    if (s->add_failed)
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA, "not sealed: an earlier "
+                         "add failed (%s): fix it and build the schema again",
+                         s->add_err);
     canonical_order(s);
     for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++)
         s->types[id].seal_state = 0;

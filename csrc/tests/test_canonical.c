@@ -226,11 +226,20 @@ static void test_handles(void) {
     CHECK_OK(THA_STRUCT(s, struct skill, "aa", &b));
     CHECK(a != b && a >= THA_T_HANDLE && b >= THA_T_HANDLE);
     CHECK(tha_schema_type_id(s, a) == 0); /* no canonical id before seal */
-    /* before seal a plain id is not a user type */
+    /* before seal a plain id is not a user type (on a schema of its own:
+     * a failed add makes its schema refuse to seal) */
     tha_field_t f = {.name = "x", .offset = 0, .kind = THA_K_SCALAR,
                      .prim = THA_T_CHAR};
-    CHECK_RC(tha_schema_add_field(s, THA_T_FIRST_USER, &f), THA_ENOTFOUND);
-    CHECK_CONTAINS(tha_schema_errmsg(s), "tha_schema_add_struct");
+    tha_schema_t *t;
+    uint32_t ta;
+    CHECK_OK(tha_schema_create(&t));
+    CHECK_OK(THA_STRUCT(t, struct skill, "zz", &ta));
+    CHECK_RC(tha_schema_add_field(t, THA_T_FIRST_USER, &f), THA_ENOTFOUND);
+    CHECK_CONTAINS(tha_schema_errmsg(t), "tha_schema_add_struct");
+    CHECK_RC(tha_schema_seal(t), THA_ESCHEMA);
+    CHECK_CONTAINS(tha_schema_errmsg(t), "an earlier add failed");
+    CHECK_CONTAINS(tha_schema_errmsg(t), "tha_schema_add_struct");
+    tha_schema_release(t);
     CHECK_OK(tha_schema_add_field(s, a, &f));
     CHECK_OK(tha_schema_add_field(s, b, &f));
     CHECK_OK(tha_schema_seal(s));
@@ -426,10 +435,17 @@ static void test_alias_errors(void) {
     tha_schema_t *s;
     uint32_t id;
     CHECK_OK(tha_schema_create(&s));
-    CHECK_OK(THA_STRUCT(s, struct ll_node, "ll_node", &id));
-    CHECK_RC(THA_FIELD_PTR(s, id, struct ll_node, next, "unsigned float", 0),
+    tha_schema_t *t;
+    uint32_t tid;
+    CHECK_OK(tha_schema_create(&t));
+    CHECK_OK(THA_STRUCT(t, struct ll_node, "ll_node", &tid));
+    CHECK_RC(THA_FIELD_PTR(t, tid, struct ll_node, next, "unsigned float", 0),
              THA_EINVAL);
-    CHECK_CONTAINS(tha_schema_errmsg(s), "unsigned float");
+    CHECK_CONTAINS(tha_schema_errmsg(t), "unsigned float");
+    CHECK_RC(tha_schema_seal(t), THA_ESCHEMA); /* the error was not forgotten */
+    CHECK_CONTAINS(tha_schema_errmsg(t), "unsigned float");
+    tha_schema_release(t);
+    CHECK_OK(THA_STRUCT(s, struct ll_node, "ll_node", &id));
     CHECK_OK(THA_FIELD_PTR(s, id, struct ll_node, next, "  long   long ", 0));
     /* cffi prints "void(*)()" for void (*)(void): the same signature */
     tha_field_t v = {.name = "visit", .offset = offsetof(struct ll_node, visit),

@@ -393,6 +393,9 @@ static void test_bits_union(void) {
     g.name = "d";
     g.prim = THA_T_F64;
     CHECK_OK(tha_schema_add_field(s, u, &g));
+    CHECK_RC(tha_schema_seal(s), THA_ESCHEMA);  /* field c was refused */
+    CHECK_CONTAINS(tha_schema_errmsg(s), "bits 30:3");
+    tha_schema_clear_add_error(s);
     CHECK_OK(tha_schema_seal(s));
     uint32_t x;
     CHECK_OK(tha_schema_type_by_name(s, "union num", &x));
@@ -739,6 +742,11 @@ static void test_struct_errors(void) {
     CHECK_RC(tha_schema_add_func(s, "f2", fn_a), THA_EINVAL);
     CHECK_RC(tha_schema_add_func(s, "", NULL), THA_EINVAL);
 
+    /* the failed adds above are remembered: the first one is quoted */
+    CHECK_RC(tha_schema_seal(s), THA_ESCHEMA);
+    CHECK_CONTAINS(tha_schema_errmsg(s), "an earlier add failed");
+    CHECK_CONTAINS(tha_schema_errmsg(s), "emp");
+    tha_schema_clear_add_error(s); /* this test meant them */
     CHECK_OK(tha_schema_seal(s));
     CHECK_RC(tha_schema_add_struct(s, "late", 8, 8, 0, NULL), THA_ESTATE);
     CHECK_CONTAINS(tha_schema_errmsg(s), "sealed");
