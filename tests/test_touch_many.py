@@ -87,3 +87,29 @@ def test_bad_indexes_are_refused_before_anything_is_marked():
         a.touch_many(es, [1], field="nope")
     assert a.stats()["dirty_blocks"] == 0  # nothing was marked
     a.touch_many(es, [])                    # nothing to do
+
+
+def test_touch_range_across_allocations_and_touch_all():
+    schema = tha.Schema(CDEF)
+    a = tha.Heap(schema, tracking="explicit")
+    es = [a.new("struct emp", id=i) for i in range(6)]
+    a.roots["first"] = es[0]
+    b = tha.Heap(tha.Schema(CDEF))
+    b.apply(a.snapshot())
+    for i, e in enumerate(es):
+        e.salary = 10.0 + i                       # written by "a library"
+    lo = a.offset_of(es[1])
+    a.touch_range(es[1], a.offset_of(es[3]) + 56 - lo)
+    b.apply(a.delta())
+    def salary(i):
+        return b.schema.ffi.cast("struct emp *", b.base + a.offset_of(es[i])).salary
+    assert [salary(i) for i in (1, 2, 3)] == [11.0, 12.0, 13.0]
+    assert salary(5) == 0.0
+    a.touch_all()
+    b.apply(a.delta())
+    assert [salary(i) for i in range(6)] == [10.0 + i for i in range(6)]
+    b.check()
+    with pytest.raises(tha.InvalidPointer, match="not inside the heap's data"):
+        a.touch_range(a.base, 64)
+    with pytest.raises(tha.InvalidArgument):
+        a.touch_range(es[0], -1)

@@ -111,6 +111,8 @@ int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
                    void **out);
 int tha_heap_free(tha_heap_t *h, void *p);
 int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
+int tha_heap_touch_range(tha_heap_t *h, const void *p, size_t len);
+int tha_heap_touch_all(tha_heap_t *h);
 
 typedef struct tha_obj {
     void *ptr;

@@ -317,6 +317,21 @@ class Heap:
             if rc[0]:
                 self._check(rc[0])
 
+    def touch_range(self, p: CData, nbytes: int) -> None:
+        """Marks ``nbytes`` from ``p`` changed wherever they lie (across
+        allocations and the free space between them): explicit tracking when
+        a library wrote somewhere in a range and nobody knows which objects."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
+            raise InvalidArgument(f"touch_range: nbytes must be an int >= 0, not {nbytes!r}")
+        with self._lock:
+            self._check(lib.tha_heap_touch_range(self._h, _cffi.cast("void *", self._addr(p)),
+                                                 nbytes))
+
+    def touch_all(self) -> None:
+        """Marks the whole image changed: the next delta carries all of it."""
+        with self._lock:
+            self._check(lib.tha_heap_touch_all(self._h))
+
     def objects(self, type: str | None = None) -> list:
         """Typed pointers to every live allocation (of ``type``), by address."""
         want = None if type is None else self.schema.type_id(type)

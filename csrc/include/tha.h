@@ -331,6 +331,14 @@ THA_API int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
 THA_API int tha_heap_free(tha_heap_t *h, void *p);
 /* Marks [p, p+len) dirty; len 0 marks the whole allocation holding p. */
 THA_API int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
+/* Marks [p, p+len) dirty wherever it lies in the heap's data pages, across
+ * allocations and the free space between them: for explicit tracking when
+ * a library wrote somewhere in a range and nobody knows which objects.
+ * THA_EFOREIGN if the range is not inside [first data page, top). */
+THA_API int tha_heap_touch_range(tha_heap_t *h, const void *p, size_t len);
+/* Marks every data page up to the top dirty: the next delta carries the
+ * whole image (as a snapshot would, but in this frame series). */
+THA_API int tha_heap_touch_all(tha_heap_t *h);
 
 /* A live allocation. */
 typedef struct tha_obj {

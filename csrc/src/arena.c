@@ -638,6 +638,26 @@ int tha_heap_touch(tha_heap_t *h, const void *ptr, size_t len) {
     return 0;
 }
 
+int tha_heap_touch_range(tha_heap_t *h, const void *ptr, size_t len) {
+    if (!h || (!ptr && len)) return THA_EINVAL;
+    const uint64_t first = tha__region_layout(h->capacity).data_off, top = tha__reg(h)->top;
+    const uint8_t *p = ptr;
+    uint64_t off = (uint64_t)(uintptr_t)p - (uint64_t)(uintptr_t)h->base;
+    if (p < h->base || off < first || off > top || len > top - off)
+        return tha__hfail(h, THA_EFOREIGN, "touch_range of %zu bytes at %p: not inside "
+                          "the heap's data (offsets 0x%llx..0x%llx)", len, ptr,
+                          (unsigned long long)first, (unsigned long long)top);
+    if (len) tha__mark(h, off, len);
+    return 0;
+}
+
+int tha_heap_touch_all(tha_heap_t *h) {
+    if (!h) return THA_EINVAL;
+    const uint64_t first = tha__region_layout(h->capacity).data_off, top = tha__reg(h)->top;
+    if (top > first) tha__mark(h, first, top - first);
+    return 0;
+}
+
 /* ---- roots ------------------------------------------------------------ */
 
 static tha__root_t *roots_table(const tha_heap_t *h) {

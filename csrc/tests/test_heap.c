@@ -25,6 +25,7 @@ struct dept {
     struct emp *head;
 };
 
+static uint64_t slot_sink; /* an address outside every heap */
 static void raise_a(void) {}
 static void raise_b(void) {}
 
@@ -518,6 +519,50 @@ static void test_set_tracking_diff(void) { switched(THA_TRACK_DIFF, NULL); }
 static void test_set_tracking_auto(void) { switched(THA_TRACK_AUTO, NULL); }
 static void test_set_tracking_mprotect(void) { switched(THA_TRACK_WP, "mprotect"); }
 
+/* Explicit tracking when nobody knows which objects a library wrote:
+ * touch_range across allocations and free space, touch_all. */
+static void test_touch_range_and_all(void) {
+    tha_schema_t *s = make_schema();
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, s, 8 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, s, 8 << 20, THA_TRACK_EXPLICIT));
+    struct emp *e[6];
+    for (int i = 0; i < 6; i++) CHECK_OK(tha_heap_alloc(a, EMP, 1, (void **)&e[i]));
+    CHECK_OK(tha_heap_free(a, e[2])); /* free space inside the range */
+    CHECK_OK(tha_root_set(a, "first", e[0]));
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    for (int i = 0; i < 6; i++)
+        if (i != 2) e[i]->id = 100 + (uint32_t)i; /* written, not touched */
+    CHECK_OK(tha_heap_touch_range(a, &e[1]->id, (size_t)((char *)&e[3]->id + 4 -
+                                                         (char *)&e[1]->id)));
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    void *r;
+    CHECK_OK(tha_root_get(b, "first", &r));
+    struct emp *m = r; /* the mirror's objects, at the same offsets */
+    uint64_t stride = (uint64_t)((char *)e[1] - (char *)e[0]);
+    struct emp *m1 = (struct emp *)((char *)m + stride), *m3 = (struct emp *)((char *)m + 3 * stride);
+    struct emp *m5 = (struct emp *)((char *)m + 5 * stride);
+    CHECK(m1->id == 101 && m3->id == 103);
+    CHECK(m5->id == 0); /* outside the range: not carried */
+    CHECK_OK(tha_heap_check(b));
+    CHECK_OK(tha_heap_touch_all(a));
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK(m->id == 100 && m5->id == 105);
+    CHECK_OK(tha_heap_check(b));
+    /* outside the data pages, or past the top */
+    CHECK_RC(tha_heap_touch_range(a, tha_heap_base(a), 64), THA_EFOREIGN);
+    CHECK_CONTAINS(tha_heap_errmsg(a), "not inside the heap's data");
+    tha_stats_t st;
+    CHECK_OK(tha_heap_stats(a, &st));
+    CHECK_RC(tha_heap_touch_range(a, (char *)tha_heap_base(a) + st.top - 8, 64),
+             THA_EFOREIGN);
+    CHECK_RC(tha_heap_touch_range(a, &slot_sink, 8), THA_EFOREIGN);
+    CHECK_OK(tha_heap_touch_range(a, e[0], 0));
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(s);
+}
+
 int main(void) {
     /* Under valgrind (make valgrind) write-protect tracking cannot run:
      * memcheck reports the very writes the SIGSEGV handler exists to see. */
@@ -531,6 +576,7 @@ int main(void) {
     RUN(test_set_tracking_auto);
     if (wp) RUN(test_set_tracking_mprotect);
     RUN(test_alloc_free_lookup);
+    RUN(test_touch_range_and_all);
     RUN(test_reuse_after_full);
     RUN(test_mirror_random);
     RUN(test_bad_frames);
