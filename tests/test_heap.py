@@ -266,3 +266,31 @@ def test_exception_hierarchy():
 def test_bad_capacity(small_schema):
     with pytest.raises(tha.Error):
         tha.Heap(small_schema, 1024)  # below the minimum
+
+
+def test_roots_bound_to_variables_follow_them():
+    """roots.bind(name, getter): swapping two variables is mirrored with no
+    assignment to roots (the seed demo's "exchange lists")."""
+    s = tha.Schema("struct node { int v; struct node *next; };")
+    a = tha.Heap(s, tracking="explicit")
+    lists = {"l1": a.new("struct node", v=1), "l2": a.new("struct node", v=2)}
+    a.roots.bind("list1", lambda: lists["l1"])
+    a.roots.bind("list2", lambda: lists["l2"])
+    b = tha.Heap(tha.Schema("struct node { int v; struct node *next; };"))
+    b.apply(a.snapshot())
+    assert b.roots["list1"].v == 1
+    lists["l1"], lists["l2"] = lists["l2"], lists["l1"]
+    b.apply(a.delta())
+    assert b.roots["list1"].v == 2 and b.roots["list2"].v == 1
+    lists["l2"] = None                      # no such root any more
+    b.apply(a.delta())
+    assert "list2" not in b.roots
+    with tha.Standby() as sb, tha.Active(a, [sb.address]) as act:
+        act.sync()
+        lists["l1"], lists["l2"] = None, lists["l1"]
+        r = act.sync()
+        assert sb.wait_for(r.seq)
+        assert "list1" not in sb.heap.roots and sb.heap.roots["list2"].v == 2
+    a.roots.bind("list1", None)
+    with pytest.raises(tha.NotFound):
+        a.roots.bind("list1", None)

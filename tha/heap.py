@@ -362,6 +362,7 @@ class Heap:
         size = _cffi.new("size_t *")
         n = _cffi.new("size_t *")
         with self._lock:
+            self.roots._refresh()
             self._check(lib.tha_heap_frame_size(self._h, kind, size))
             if out is None:
                 buf = bytearray(size[0])
@@ -448,6 +449,7 @@ class Heap:
         the file is a consistent image only if nothing writes meanwhile)."""
         cb, ctx, keep = durability.progress_args(progress)
         with self._lock:
+            self.roots._refresh()
             self._check(lib.tha_heap_checkpoint(self._h, os.fsencode(path), cb, ctx))
             self._checkpoint_path = path
         del keep
@@ -494,6 +496,7 @@ class Heap:
                         "was written or loaded yet)")
         cb, ctx, keep = durability.progress_args(progress)
         with self._lock:
+            self.roots._refresh()
             self._check(lib.tha_heap_compact(self._h, os.fsencode(path), cb, ctx))
             self._checkpoint_path = path
         del keep
@@ -542,6 +545,35 @@ class Roots(MutableMapping):
 
     def __init__(self, heap: Heap):
         self._heap = heap
+        self._bound: dict = {}   # name -> getter, read before every frame
+
+    def bind(self, name: str, getter: Callable[[], Any] | None) -> None:
+        """The root ``name`` follows ``getter()`` (a typed pointer, or None to
+        have no such root), read before every delta, snapshot, checkpoint and
+        ``Active.sync()``: swap two variables and the mirror follows, no
+        assignment to ``roots``. ``getter`` None unbinds (the root stays)."""
+        if getter is not None and not callable(getter):
+            raise InvalidArgument(f"roots.bind('{name}'): getter must be callable")
+        if getter is None:
+            if self._bound.pop(name, None) is None:
+                raise NotFound(f"no root bound as {name!r}")
+        else:
+            self._bound[name] = getter
+            self._refresh()
+
+    def _refresh(self) -> None:
+        """Sets each bound root from its getter (before a frame is made)."""
+        for name, getter in self._bound.items():
+            p = getter()
+            h = self._heap
+            if p is None or p == h.schema.ffi.NULL:
+                if name in self:
+                    del self[name]
+            else:
+                try:
+                    self[name] = p
+                except Error as e:
+                    raise type(e)(f"root '{name}' bound to {getter!r}: {e}") from None
 
     def __setitem__(self, name: str, p) -> None:
         h = self._heap

@@ -362,6 +362,13 @@ THA_API int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out)
 #define THA_ROOT_NAME_MAX 56
 THA_API int tha_root_set(tha_heap_t *h, const char *name, const void *p);
 THA_API int tha_root_get(const tha_heap_t *h, const char *name, void **p);
+/* Roots by reference: the root `name` follows the pointer variable at
+ * *where, read at every frame (tha_heap_frame_size, tha_heap_encode, the
+ * first segment of a bulk sync), so swapping two global list heads needs
+ * no tha_root_set. NULL in *where removes the root; a value that is not in
+ * a live allocation fails that frame, naming the root. where NULL unbinds
+ * (the root keeps its last value). At most THA_MAX_ROOTS bindings. */
+THA_API int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
 /* Roots in table order: start with *cursor = 0; 1 while there is one. name
  * points into the region and lives until the root changes. */
 THA_API int tha_root_next(const tha_heap_t *h, uint32_t *cursor,

@@ -130,6 +130,7 @@ void tha_heap_destroy(tha_heap_t *h) {
     free(h->dsum);
     free(h->ptrmap);
     free(h->scratch);
+    free(h->binds);
     tha_schema_release(h->schema);
     free(h);
 }
@@ -660,6 +661,11 @@ int tha_heap_touch_all(tha_heap_t *h) {
 
 /* ---- roots ------------------------------------------------------------ */
 
+struct tha__root_bind {
+    char name[THA_ROOT_NAME_MAX];
+    void *const *where;
+};
+
 static tha__root_t *roots_table(const tha_heap_t *h) {
     return THA__AT(h, tha__reg(h)->roots_off, tha__root_t);
 }
@@ -724,6 +730,48 @@ int tha_root_get(const tha_heap_t *h, const char *name, void **p) {
     int64_t i = root_find(h, name);
     if (i < 0) return THA_ENOTFOUND;
     *p = h->base + roots_table(h)[i].offset;
+    return 0;
+}
+
+int tha_root_bind(tha_heap_t *h, const char *name, void *const *where) {
+    int rc = root_name_ok(h, name);
+    if (rc) return rc;
+    uint32_t i = 0;
+    while (i < h->nbinds && strcmp(h->binds[i].name, name) != 0) i++;
+    if (!where) { /* unbind */
+        if (i == h->nbinds) return tha__hfail(h, THA_ENOTFOUND, "no root bound as '%s'", name);
+        h->binds[i] = h->binds[--h->nbinds];
+        return 0;
+    }
+    if (i == h->nbinds) {
+        if (h->nbinds == THA_MAX_ROOTS)
+            return tha__hfail(h, THA_EFULL, "root_bind '%s': %d roots are bound already",
+                              name, THA_MAX_ROOTS);
+        if (!h->binds) {
+            h->binds = calloc(THA_MAX_ROOTS, sizeof *h->binds);
+            if (!h->binds) return tha__hfail(h, THA_ENOMEM, "root_bind: out of memory");
+        }
+        snprintf(h->binds[i].name, sizeof h->binds[i].name, "%s", name);
+        h->nbinds++;
+    }
+    h->binds[i].where = where;
+    return 0;
+}
+
+int tha__roots_refresh(tha_heap_t *h) {
+    for (uint32_t i = 0; i < h->nbinds; i++) {
+        const struct tha__root_bind *b = &h->binds[i];
+        void *now = *b->where, *was = NULL;
+        int have = tha_root_get(h, b->name, &was) == 0;
+        if (have ? now == was : now == NULL) continue;
+        int rc = tha_root_set(h, b->name, now);
+        if (rc) {
+            char why[sizeof h->err];
+            snprintf(why, sizeof why, "%s", h->err);
+            return tha__hfail(h, rc, "root '%s' bound to the variable at %p: %s", b->name,
+                              (const void *)b->where, why);
+        }
+    }
     return 0;
 }
 

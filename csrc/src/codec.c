@@ -180,6 +180,8 @@ static int frame_size_now(const tha_heap_t *h, int kind, size_t *size) {
 }
 
 int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size) {
+    int rc = tha__roots_refresh(h);
+    if (rc) return rc;
     tha__track_collect(h);
     h->collected = h->mech != THA__MECH_EXPLICIT;
     return frame_size_now(h, kind, size);
@@ -400,6 +402,8 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
     if (!len || (kind != THA_FRAME_SNAPSHOT && kind != THA_FRAME_DELTA))
         return tha__hfail(h, THA_EINVAL, "encode: kind must be snapshot or delta");
     size_t need;
+    int rrc = tha__roots_refresh(h); /* a no-op if frame_size just did it */
+    if (rrc) return rrc;
     if (!h->collected) tha__track_collect(h); /* else frame_size just did */
     h->collected = 0;
     int rc = frame_size_now(h, kind, &need);
@@ -983,6 +987,10 @@ size_t tha__segment_size(const tha_heap_t *h, uint64_t from, uint64_t max) {
 
 int tha__encode_segment(tha_heap_t *h, uint64_t *from, uint64_t max, void *buf,
                         size_t cap, size_t *len) {
+    if (*from == 0) { /* a bulk sync or checkpoint begins: bound roots first */
+        int rc = tha__roots_refresh(h);
+        if (rc) return rc;
+    }
     uint64_t nb = segment_blocks(h, *from, max);
     size_t need = tha__segment_size(h, *from, max);
     *len = need;

@@ -165,6 +165,8 @@ struct tha_heap {
                                this heap's frames (tha_heap_encode refuses
                                while set); it points back (tha_backlog.heap)
                                and whichever is destroyed first unlinks both */
+    struct tha__root_bind *binds; /* tha_root_bind: roots read at each frame */
+    uint32_t nbinds;
     tha_heap_t **backlog_ref; /* where that backlog points back (its heap
                                field): what tha_heap_destroy clears, since the
                                heap does not know the backlog's insides */
@@ -194,6 +196,9 @@ uint32_t tha__class_size(int cls);
 int tha__commit(tha_heap_t *h, uint64_t bytes);
 /* Offset of the allocation payload holding byte off, 0 if none live. */
 uint64_t tha__find(const tha_heap_t *h, uint64_t off, tha__objhdr_t **hdr);
+/* Sets every bound root (tha_root_bind) from the variable it follows; the
+ * codec calls it before it gathers a frame's changes. */
+int tha__roots_refresh(tha_heap_t *h);
 /* Lays out an empty region (header, page map, roots) in a committed heap. */
 int tha__region_init(tha_heap_t *h);
 

@@ -563,6 +563,53 @@ static void test_touch_range_and_all(void) {
     tha_schema_release(s);
 }
 
+/* Roots by reference: two global list heads swapped by the program travel
+ * without a tha_root_set (the seed demo's "exchange lists"). */
+static struct emp *list1, *list2;
+
+static void test_root_bind(void) {
+    tha_schema_t *s = make_schema();
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, s, 8 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, s, 8 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_alloc(a, EMP, 1, (void **)&list1));
+    CHECK_OK(tha_heap_alloc(a, EMP, 1, (void **)&list2));
+    list1->id = 1;
+    list2->id = 2;
+    CHECK_OK(tha_heap_touch(a, list1, 0));
+    CHECK_OK(tha_heap_touch(a, list2, 0));
+    CHECK_OK(tha_root_bind(a, "list1", (void *const *)&list1));
+    CHECK_OK(tha_root_bind(a, "list2", (void *const *)&list2));
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    void *r1, *r2;
+    CHECK_OK(tha_root_get(b, "list1", &r1));
+    CHECK(((struct emp *)r1)->id == 1);
+    struct emp *t = list1; /* exchange the lists: plain C, no tha call */
+    list1 = list2;
+    list2 = t;
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK_OK(tha_root_get(b, "list1", &r1));
+    CHECK_OK(tha_root_get(b, "list2", &r2));
+    CHECK(((struct emp *)r1)->id == 2 && ((struct emp *)r2)->id == 1);
+    list2 = NULL; /* NULL removes the root */
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK_RC(tha_root_get(b, "list2", &r2), THA_ENOTFOUND);
+    struct emp *gone = list1;
+    CHECK_OK(tha_root_set(a, "list1", NULL));
+    list1 = (struct emp *)&slot_sink; /* not in the heap: the frame fails, naming it */
+    size_t n;
+    CHECK_RC(tha_heap_frame_size(a, THA_FRAME_DELTA, &n), THA_EFOREIGN);
+    CHECK_CONTAINS(tha_heap_errmsg(a), "root 'list1' bound to the variable");
+    list1 = gone;
+    CHECK_OK(tha_root_bind(a, "list1", NULL)); /* unbind: the root stays */
+    CHECK_RC(tha_root_bind(a, "list1", NULL), THA_ENOTFOUND);
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK_OK(tha_heap_check(b));
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(s);
+}
+
 int main(void) {
     /* Under valgrind (make valgrind) write-protect tracking cannot run:
      * memcheck reports the very writes the SIGSEGV handler exists to see. */
@@ -577,6 +624,7 @@ int main(void) {
     if (wp) RUN(test_set_tracking_mprotect);
     RUN(test_alloc_free_lookup);
     RUN(test_touch_range_and_all);
+    RUN(test_root_bind);
     RUN(test_reuse_after_full);
     RUN(test_mirror_random);
     RUN(test_bad_frames);

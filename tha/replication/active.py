@@ -309,6 +309,7 @@ class Active(_Node):
             # frame it last dropped: no copy, no fresh pages per sync.
             seq_p = _cffi.new("uint64_t *")
             len_p = _cffi.new("size_t *")
+            self.heap.roots._refresh()   # roots.bind(): read before the frame
             self.heap._check(lib.tha_backlog_encode(self._backlog, self.heap._h,
                                                     seq_p, len_p))
             seq, nbytes = seq_p[0], len_p[0]
