@@ -174,3 +174,21 @@ def test_a_program_builds_against_the_tree_with_pkg_config(tmp_path, static):
 def tha_version():
     import tha
     return tha.__version__
+
+
+def test_registration_macros_compile_as_cxx(tmp_path):
+    import shutil
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    if not cxx:
+        pytest.skip("no C++ compiler")
+    r = subprocess.run(["make", "-C", str(CSRC)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    exe = tmp_path / "macros"
+    r = subprocess.run([cxx, "-std=c++11", "-Wall", "-Wextra", "-Werror",
+                        f"-I{CSRC / 'include'}", str(CSRC / "tests" / "cxx" / "macros.cpp"),
+                        str(CSRC / "build" / "libtha.a"), "-lm", "-pthread", "-o", str(exe)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out

@@ -246,25 +246,46 @@ THA_API uint32_t tha_schema_func_count(const tha_schema_t *s);
 THA_API int tha_schema_func_info(const tha_schema_t *s, uint32_t i,
                                  const char **name, void (**fn)(void));
 
-/* Registration macros for native code (layout taken from the compiler). */
+/* Registration macros for native code (layout taken from the compiler);
+ * they compile as C11 and as C++11. */
+#ifdef __cplusplus
+#define THA__ALIGNOF(T) alignof(T)
+#else
+#define THA__ALIGNOF(T) _Alignof(T)
+#endif
 #define THA_STRUCT(s, T, name, idp)                                           \
-    tha_schema_add_struct((s), (name), sizeof(T), _Alignof(T), 0, (idp))
-#define THA__FIELD(T, f, k, p, tgt, d0)                                       \
-    (&(const tha_field_t){.name = #f, .offset = (uint32_t)offsetof(T, f),      \
-                          .kind = (k), .prim = (p), .target = (tgt),          \
-                          .dims = {(d0)}})
+    tha_schema_add_struct((s), (name), sizeof(T), THA__ALIGNOF(T), 0, (idp))
+/* One field from its parts (what the THA_FIELD_* macros expand to). */
+static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
+                                 size_t offset, uint32_t kind, uint32_t prim,
+                                 const char *target, uint32_t d0) {
+#ifdef __cplusplus
+    tha_field_t f = {};
+#else
+    tha_field_t f = {0};
+#endif
+    f.name = name;
+    f.offset = (uint32_t)offset;
+    f.kind = kind;
+    f.prim = prim;
+    f.target = target;
+    f.dims[0] = d0;
+    return tha_schema_add_field(s, id, &f);
+}
+#define THA__FIELD(s, id, T, f, k, p, tgt, d0)                                \
+    tha__add_field((s), (id), #f, offsetof(T, f), (k), (p), (tgt), (uint32_t)(d0))
 /* A primitive, or a 1-D array of them when n > 0 ("char name[32]"). */
 #define THA_FIELD_SCALAR(s, id, T, f, prim, n)                                \
-    tha_schema_add_field((s), (id), THA__FIELD(T, f, THA_K_SCALAR, (prim), NULL, (n)))
+    THA__FIELD(s, id, T, f, THA_K_SCALAR, (prim), NULL, (n))
 /* A pointer to type tgt ("emp", "char", "void"), or an array of n of them. */
 #define THA_FIELD_PTR(s, id, T, f, tgt, n)                                    \
-    tha_schema_add_field((s), (id), THA__FIELD(T, f, THA_K_PTR, 0, (tgt), (n)))
+    THA__FIELD(s, id, T, f, THA_K_PTR, 0, (tgt), (n))
 /* A nested struct by value, or an array of n of them. */
 #define THA_FIELD_STRUCT(s, id, T, f, tgt, n)                                 \
-    tha_schema_add_field((s), (id), THA__FIELD(T, f, THA_K_STRUCT, 0, (tgt), (n)))
+    THA__FIELD(s, id, T, f, THA_K_STRUCT, 0, (tgt), (n))
 /* A function pointer slot, or an array of n of them. */
 #define THA_FIELD_FUNC(s, id, T, f, n)                                        \
-    tha_schema_add_field((s), (id), THA__FIELD(T, f, THA_K_FUNC, 0, NULL, (n)))
+    THA__FIELD(s, id, T, f, THA_K_FUNC, 0, NULL, (n))
 
 /* ---- heap -------------------------------------------------------------- */
 
