@@ -899,7 +899,9 @@ typedef struct tha_net_options {
                                   long without progress; 0 = 10000 */
     uint64_t backlog_bytes;    /* active: deltas kept for resume; 0 = 64 MiB */
     /* Called with every session event (progress, acks, errors) as it is
-     * drained, from inside the net call; NULL: none. */
+     * drained, from inside the net call, after the handle took it in (for
+     * THA_EV_BULK_DONE, tha_net_heap already returns the new heap); NULL:
+     * none. */
     void (*on_event)(void *ctx, const tha_event_t *ev);
     void *event_ctx;
 } tha_net_options_t;

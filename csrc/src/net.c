@@ -122,7 +122,8 @@ static int drain_events(tha_net_t *n) {
     tha_event_t ev;
     int status = 0;
     while (n->s && tha_session_event(n->s, &ev)) {
-        if (n->opt.on_event) n->opt.on_event(n->opt.event_ctx, &ev);
+        /* the handle's state first, then the callback: inside on_event for
+         * THA_EV_BULK_DONE, tha_net_heap already returns the new heap */
         switch (ev.type) {
         case THA_EV_BULK_DONE:
             if (n->role == THA_ROLE_STANDBY) { /* a new live heap: ours now */
@@ -160,6 +161,7 @@ static int drain_events(tha_net_t *n) {
         default:
             break;
         }
+        if (n->opt.on_event) n->opt.on_event(n->opt.event_ctx, &ev);
     }
     if (!n->s || status == THA_ETIMEOUT || status == THA_EFENCED) return status;
     tha_session_status_t st;

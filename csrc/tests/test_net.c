@@ -35,6 +35,16 @@ static tha_schema_t *make_schema(void) {
 enum { NREC = 100, CONNECTIONS = 2 };
 
 static int resumed; /* READY events that said "resuming" */
+static tha_net_t *standby_net; /* the standby's handle, for its callback */
+static int bulk_heap_seen;     /* BULK_DONE found the new heap in the handle */
+
+static void standby_event(void *ctx, const tha_event_t *ev) {
+    (void)ctx;
+    void *r;
+    if (ev->type == THA_EV_BULK_DONE && tha_net_heap(standby_net, 0) &&
+        tha_root_get(tha_net_heap(standby_net, 0), "list", &r) == 0)
+        bulk_heap_seen = 1;
+}
 
 static void on_event(void *ctx, const tha_event_t *ev) {
     (void)ctx;
@@ -59,14 +69,16 @@ static int standby_main(tha_net_t *n, double want) {
         if (!r || r->id != (uint64_t)i) return 31;
         if (r->value != (i % 10 == 0 ? want : 0.0)) return 32;
     }
+    if (!bulk_heap_seen) return 34; /* on_event saw the old heap */
     return tha_heap_check(h) ? 33 : 0;
 }
 
 static void test_loopback(void) {
     uint16_t port = 0;
     tha_net_t *sb;
-    tha_net_options_t sopt = {.timeout_ms = 5000};
+    tha_net_options_t sopt = {.timeout_ms = 5000, .on_event = standby_event};
     CHECK_OK(tha_net_standby_listen(&sb, NULL, "127.0.0.1", &port, &sopt));
+    standby_net = sb;
     CHECK(port != 0);
     const double last = 3.5;
     fflush(NULL);
