@@ -401,7 +401,11 @@ typedef struct tha_stats {
     uint64_t top;             /* bytes of the region in use (the image size) */
     uint64_t live_objects;    /* allocations */
     uint64_t live_bytes;      /* payload bytes of live allocations */
-    uint64_t dirty_blocks;    /* blocks a delta would carry now */
+    uint64_t dirty_blocks;    /* blocks marked changed so far. Explicit: what
+                                 a delta would carry now. wp/diff find plain
+                                 writes only when a frame is sized (stats
+                                 does not scan): call tha_heap_frame_size
+                                 first for the current count */
     uint64_t seq;             /* last frame encoded or applied */
     uint64_t epoch;
     uint64_t lineage;         /* identity of the frame series */
