@@ -10,22 +10,18 @@ import pytest
 
 import tha
 from tha import dump as D
+from tha.bench.workload import SCHEMA
 from tha._ffi import ffi as tha_ffi, lib as tha_lib
 
 pytestmark = pytest.mark.bench
 
 N = int(os.environ.get("THA_BENCH_DUMP_OBJECTS", 200_000))
-CDEF = """
-struct dept { char name[32]; uint32_t id; };
-struct emp { char name[32]; uint32_t id; double salary;
-             struct emp *mgr; struct dept *dept; struct emp *reports[4]; };
-"""
 BEST = {}
 
 
 @pytest.fixture(scope="module")
 def heap():
-    h = tha.Heap(tha.Schema(CDEF), capacity=max(64 << 20, N * 256))
+    h = tha.Heap(tha.Schema(SCHEMA), capacity=max(64 << 20, N * 256))
     d = h.new("struct dept", name=b"eng", id=1)
     es = []
     for i in range(N):

@@ -16,24 +16,20 @@ import time
 import pytest
 
 import tha
+from tha.bench.workload import SCHEMA
 from tha.cli import main
 
 pytestmark = pytest.mark.bench
 
 OBJECTS = int(os.environ.get("THA_BENCH_VERIFY_OBJECTS", 2_000_000))
 MB = int(os.environ.get("THA_BENCH_VERIFY_MB", 1024))
-CDEF = """
-struct dept { char name[32]; uint32_t id; };
-struct emp { char name[32]; uint32_t id; double salary;
-             struct emp *mgr; struct dept *dept; struct emp *reports[4]; };
-"""
 BEST = {}
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("verify") / "big.tha"
-    h = tha.Heap(tha.Schema(CDEF), capacity=(MB + 512) << 20, tracking="explicit")
+    h = tha.Heap(tha.Schema(SCHEMA), capacity=(MB + 512) << 20, tracking="explicit")
     d = h.new("struct dept", name=b"eng", id=1)
     prev = h.new("struct emp", id=0, dept=d)
     h.roots["boss"] = prev
@@ -54,27 +50,22 @@ def test_load(benchmark, checkpoint):
     BEST["load"] = min(benchmark.stats.stats.data)
 
 
-def test_verify(benchmark, checkpoint):
-    def verify():
+def _command(benchmark, checkpoint, command):
+    """`python -m tha <command> FILE` (in process, output swallowed), beside load."""
+    def run():
         with contextlib.redirect_stdout(io.StringIO()) as out:
-            rc = main(["verify", checkpoint])
+            rc = main([command, checkpoint])
         assert rc == 0, out.getvalue()
-    benchmark.pedantic(verify, rounds=3, warmup_rounds=0)
-    BEST["verify"] = min(benchmark.stats.stats.data)
+    benchmark.pedantic(run, rounds=3, warmup_rounds=0)
+    BEST[command] = best = min(benchmark.stats.stats.data)
     if "load" in BEST:
-        benchmark.extra_info["x_load"] = BEST["verify"] / BEST["load"]
-        print(f"\nverify {BEST['verify']:.2f}s = {BEST['verify'] / BEST['load']:.2f}x "
-              f"load {BEST['load']:.2f}s")
+        benchmark.extra_info["x_load"] = best / BEST["load"]
+        print(f"\n{command} {best:.2f}s = {best / BEST['load']:.2f}x load {BEST['load']:.2f}s")
+
+
+def test_verify(benchmark, checkpoint):
+    _command(benchmark, checkpoint, "verify")
 
 
 def test_inspect(benchmark, checkpoint):
-    def inspect():
-        with contextlib.redirect_stdout(io.StringIO()) as out:
-            rc = main(["inspect", checkpoint])
-        assert rc == 0, out.getvalue()
-    benchmark.pedantic(inspect, rounds=3, warmup_rounds=0)
-    BEST["inspect"] = min(benchmark.stats.stats.data)
-    if "load" in BEST:
-        benchmark.extra_info["x_load"] = BEST["inspect"] / BEST["load"]
-        print(f"\ninspect {BEST['inspect']:.2f}s = {BEST['inspect'] / BEST['load']:.2f}x "
-              f"load {BEST['load']:.2f}s")
+    _command(benchmark, checkpoint, "inspect")
