@@ -113,3 +113,28 @@ def test_touch_range_across_allocations_and_touch_all():
         a.touch_range(a.base, 64)
     with pytest.raises(tha.InvalidArgument):
         a.touch_range(es[0], -1)
+
+
+def test_attack_findings_on_touch_and_roots():
+    """From an outside review: each was a builtin exception, a silent wrong
+    mark, or a root removed by a 0."""
+    a, b, es = pair()
+    with pytest.raises(tha.InvalidPointer):
+        a.touch_many(a.offset_of(es) + a.base, [1])     # an int, not a typed pointer
+    a.touch_many(es, array.array("i", [1, 0]))          # int32 indexes: both, as ints
+    with pytest.raises(tha.InvalidPointer):
+        a.touch_many(es, range(0, 2 ** 70))             # no OverflowError
+    with pytest.raises(tha.InvalidArgument):
+        a.touch_range(es, 2 ** 64)
+    with pytest.raises(tha.InvalidPointer):
+        a.touch_range("x", 2)
+    with pytest.raises(tha.InvalidPointer):
+        a.roots["es"] = 0                               # used to delete the root
+    assert "es" in a.roots
+    with pytest.raises(tha.InvalidArgument):
+        a.roots.bind("n" * 56, lambda: es)
+    with pytest.raises(tha.Error, match="getter raised ZeroDivisionError"):
+        a.roots.bind("r", lambda: 1 / 0)
+    a.delta()                                           # a failed bind is not kept
+    with pytest.raises(tha.InvalidArgument):
+        tha.Active(a, ["host:\u00b2"])

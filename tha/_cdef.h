@@ -136,6 +136,7 @@ size_t tha_py_touch_each(tha_heap_t *h, uintptr_t first, size_t stride, size_t l
 int tha_root_set(tha_heap_t *h, const char *name, const void *p);
 int tha_root_get(const tha_heap_t *h, const char *name, void **p);
 int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
+#define THA_ROOT_NAME_MAX ...
 int tha_root_next(const tha_heap_t *h, uint32_t *cursor, const char **name,
                   void **p);
 

@@ -17,6 +17,7 @@ import gc
 import struct
 
 from ._ffi import ffi as _cffi, lib
+from .errors import CorruptHeap
 
 
 # tha_obj_t as the walk returns it: ptr, offset, type_id, count, size
@@ -69,7 +70,10 @@ def _dump(heap) -> dict:
             else:
                 p = schema.ffi.cast(cdata_conv[0], base + off)
                 conv = cdata_conv[1]
-                value = [conv(p[i]) for i in range(count)]
+                try:
+                    value = [conv(p[i]) for i in range(count)]
+                except ValueError as e:  # cffi refuses e.g. a _Bool holding 2
+                    raise CorruptHeap(f"dump: {name} @0x{off:x}: {e}") from None
             append({"offset": off, "type": name, "count": count, "value": value})
     cur = _cffi.new("uint32_t *")
     rname = _cffi.new("const char **")

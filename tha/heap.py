@@ -173,8 +173,11 @@ class Heap:
         return check(rc, lambda: lib.tha_heap_errmsg(self._h))
 
     def _addr(self, p) -> int:
-        if isinstance(p, int):
+        if isinstance(p, int) and not isinstance(p, bool):
             return p
+        if isinstance(p, (str, bytes, bool)) or p is None:
+            raise InvalidPointer(f"expected a cdata pointer into the heap, "
+                                 f"got {type(p).__name__}")
         try:
             return int(self.schema.ffi.cast("uintptr_t", p))
         except TypeError:
@@ -281,9 +284,9 @@ class Heap:
         try:
             item = ffi.typeof(p).item
             stride = ffi.sizeof(item)
-        except (TypeError, ffi.error):
+        except (TypeError, AttributeError, KeyError, ValueError):
             raise InvalidPointer("touch_many: expected a typed pointer to an "
-                                 f"element, got {ffi.typeof(p).cname}") from None
+                                 f"element, got {type(p).__name__}") from None
         with self._lock:
             obj = self._lookup(addr)
             end = self._base + obj.offset + obj.size * obj.count
@@ -292,11 +295,19 @@ class Heap:
             index, n = _cffi.NULL, avail
             if indexes is not None:
                 if isinstance(indexes, range) and indexes.step == 1:
-                    lo, n = indexes.start, len(indexes)
-                    hi = indexes.stop - 1
+                    lo, hi = indexes.start, indexes.stop - 1
+                    n = max(0, indexes.stop - indexes.start)  # len() overflows past 2**63
+                    if n and (lo < 0 or hi >= avail):
+                        raise InvalidPointer(
+                            f"touch_many: index {lo if lo < 0 else hi} is outside the "
+                            f"{avail} {item.cname} elements from offset "
+                            f"0x{addr - self._base:x} to the allocation's end")
                     addr += lo * stride
                 else:
-                    try:
+                    try:  # a uint64 buffer is taken as it is; anything else as ints
+                        mv = memoryview(indexes)
+                        if mv.itemsize != 8 or mv.format not in ("Q", "<Q", "=Q", "L", "<L", "=L"):
+                            raise TypeError
                         index = _cffi.from_buffer("uint64_t[]", indexes)
                     except TypeError:
                         try:
@@ -321,8 +332,9 @@ class Heap:
         """Marks ``nbytes`` from ``p`` changed wherever they lie (across
         allocations and the free space between them): explicit tracking when
         a library wrote somewhere in a range and nobody knows which objects."""
-        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or nbytes < 0:
-            raise InvalidArgument(f"touch_range: nbytes must be an int >= 0, not {nbytes!r}")
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 <= nbytes < 1 << 64:
+            raise InvalidArgument(f"touch_range: nbytes must be an int in 0..2**64-1, "
+                                  f"not {nbytes!r}")
         with self._lock:
             self._check(lib.tha_heap_touch_range(self._h, _cffi.cast("void *", self._addr(p)),
                                                  nbytes))
@@ -552,33 +564,44 @@ class Roots(MutableMapping):
         have no such root), read before every delta, snapshot, checkpoint and
         ``Active.sync()``: swap two variables and the mirror follows, no
         assignment to ``roots``. ``getter`` None unbinds (the root stays)."""
+        if not isinstance(name, str) or not 0 < len(name.encode()) < lib.THA_ROOT_NAME_MAX:
+            raise InvalidArgument(f"roots.bind: a root name is a str of 1.."
+                                  f"{lib.THA_ROOT_NAME_MAX - 1} bytes, not {name!r}")
         if getter is not None and not callable(getter):
             raise InvalidArgument(f"roots.bind('{name}'): getter must be callable")
         if getter is None:
             if self._bound.pop(name, None) is None:
                 raise NotFound(f"no root bound as {name!r}")
-        else:
-            self._bound[name] = getter
-            self._refresh()
+            return
+        self._set_from(name, getter)  # works once before it is kept
+        self._bound[name] = getter
 
     def _refresh(self) -> None:
         """Sets each bound root from its getter (before a frame is made)."""
-        for name, getter in self._bound.items():
+        for name, getter in list(self._bound.items()):
+            self._set_from(name, getter)
+
+    def _set_from(self, name: str, getter) -> None:
+        try:
             p = getter()
-            h = self._heap
-            if p is None or p == h.schema.ffi.NULL:
-                if name in self:
-                    del self[name]
-            else:
-                try:
-                    self[name] = p
-                except Error as e:
-                    raise type(e)(f"root '{name}' bound to {getter!r}: {e}") from None
+        except Exception as e:  # the application's code: named, not swallowed
+            raise Error(f"root '{name}': its bound getter raised "
+                        f"{type(e).__name__}: {e}") from e
+        h = self._heap
+        if p is None or (not isinstance(p, int) and p == h.schema.ffi.NULL):
+            if name in self:
+                del self[name]
+            return
+        try:
+            self[name] = p
+        except Error as e:
+            raise type(e)(f"root '{name}' bound to {getter!r}: {e}") from None
 
     def __setitem__(self, name: str, p) -> None:
         h = self._heap
-        if p is None or p == h.schema.ffi.NULL:
-            raise InvalidPointer(f"root '{name}': cannot hold NULL; use del")
+        if p is None or isinstance(p, (int, str, bytes)) or p == h.schema.ffi.NULL:
+            raise InvalidPointer(f"root '{name}': needs a typed pointer into the heap "
+                                 f"(NULL: use del), not {p!r}")
         with h._lock:
             h._check(lib.tha_root_set(h._h, name.encode(),
                                       _cffi.cast("void *", h._addr(p))))

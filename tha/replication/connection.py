@@ -366,7 +366,7 @@ def parse_address(value: Address, what: str, any_port: bool = False) -> tuple:
     Port 0 ("any free port") only where ``any_port`` (a listener)."""
     if isinstance(value, str):
         host, sep, port = value.rpartition(":")
-        if not sep or not port.isdigit():
+        if not sep or not (port.isascii() and port.isdigit()):
             raise InvalidArgument(f"{what}: {value!r} is not HOST:PORT")
         value = (host.strip("[]"), int(port))
     try:
