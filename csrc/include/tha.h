@@ -287,6 +287,31 @@ static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
 #define THA_FIELD_FUNC(s, id, T, f, n)                                        \
     THA__FIELD(s, id, T, f, THA_K_FUNC, 0, NULL, (n))
 
+/* <sys/queue.h> (and BSD) intrusive links, one line each. f is the
+ * TAILQ_ENTRY / LIST_ENTRY field of T, or the TAILQ_HEAD / LIST_HEAD field
+ * of a struct in the heap; tgt names the element type ("job"). The
+ * "previous" links point at the previous element's next field (or the
+ * head's first): interior pointers, registered as void *. The fields are
+ * named f_tqe_next, f_tqe_prev, and so on. */
+#define THA_FIELD_TAILQ_ENTRY(s, id, T, f, tgt)                               \
+    (tha__add_field((s), (id), #f "_tqe_next", offsetof(T, f.tqe_next),        \
+                    THA_K_PTR, 0, (tgt), 0) ||                                \
+     tha__add_field((s), (id), #f "_tqe_prev", offsetof(T, f.tqe_prev),        \
+                    THA_K_PTR, 0, "void", 0))
+#define THA_FIELD_TAILQ_HEAD(s, id, T, f, tgt)                                \
+    (tha__add_field((s), (id), #f "_tqh_first", offsetof(T, f.tqh_first),      \
+                    THA_K_PTR, 0, (tgt), 0) ||                                \
+     tha__add_field((s), (id), #f "_tqh_last", offsetof(T, f.tqh_last),        \
+                    THA_K_PTR, 0, "void", 0))
+#define THA_FIELD_LIST_ENTRY(s, id, T, f, tgt)                                \
+    (tha__add_field((s), (id), #f "_le_next", offsetof(T, f.le_next),          \
+                    THA_K_PTR, 0, (tgt), 0) ||                                \
+     tha__add_field((s), (id), #f "_le_prev", offsetof(T, f.le_prev),          \
+                    THA_K_PTR, 0, "void", 0))
+#define THA_FIELD_LIST_HEAD(s, id, T, f, tgt)                                 \
+    tha__add_field((s), (id), #f "_lh_first", offsetof(T, f.lh_first),         \
+                   THA_K_PTR, 0, (tgt), 0)
+
 /* ---- heap -------------------------------------------------------------- */
 
 typedef struct tha_heap tha_heap_t;
