@@ -312,6 +312,22 @@ static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
     tha__add_field((s), (id), #f "_lh_first", offsetof(T, f.lh_first),         \
                    THA_K_PTR, 0, (tgt), 0)
 
+/* BSD <sys/tree.h> red-black trees (libbsd's <bsd/sys/tree.h>, colour in
+ * its own int): the three links and the colour of an RB_ENTRY field f, and
+ * the root of an RB_HEAD field. */
+#define THA_FIELD_RB_ENTRY(s, id, T, f, tgt)                                  \
+    (tha__add_field((s), (id), #f "_rbe_left", offsetof(T, f.rbe_left),        \
+                    THA_K_PTR, 0, (tgt), 0) ||                                \
+     tha__add_field((s), (id), #f "_rbe_right", offsetof(T, f.rbe_right),      \
+                    THA_K_PTR, 0, (tgt), 0) ||                                \
+     tha__add_field((s), (id), #f "_rbe_parent", offsetof(T, f.rbe_parent),    \
+                    THA_K_PTR, 0, (tgt), 0) ||                                \
+     tha__add_field((s), (id), #f "_rbe_color", offsetof(T, f.rbe_color),      \
+                    THA_K_SCALAR, THA_T_I32, NULL, 0))
+#define THA_FIELD_RB_HEAD(s, id, T, f, tgt)                                   \
+    tha__add_field((s), (id), #f "_rbh_root", offsetof(T, f.rbh_root),         \
+                   THA_K_PTR, 0, (tgt), 0)
+
 /* ---- heap -------------------------------------------------------------- */
 
 typedef struct tha_heap tha_heap_t;
