@@ -4,6 +4,7 @@
  * working; heaps built from differently ordered registrations mirror each
  * other. */
 #include "check.h"
+#include "ship.h"
 #include "tha.h"
 
 #include <stdbool.h>
@@ -276,19 +277,6 @@ static void test_handles(void) {
 
 static uint64_t off(tha_heap_t *h, const void *p) {
     return p ? (uint64_t)((const char *)p - (const char *)tha_heap_base(h)) : 0;
-}
-
-static int ship(tha_heap_t *src, tha_heap_t *dst, int kind) {
-    size_t n, len;
-    CHECK_OK(tha_heap_frame_size(src, kind, &n));
-    void *buf = malloc(n);
-    int rc = tha_heap_encode(src, kind, buf, n, &len);
-    if (rc == 0)
-        rc = tha_heap_apply(dst, buf, len);
-    if (rc)
-        fprintf(stderr, "ship: %s | %s\n", tha_heap_errmsg(src), tha_heap_errmsg(dst));
-    free(buf);
-    return rc;
 }
 
 /* Same objects, same types, same bytes with pointers compared as offsets. */

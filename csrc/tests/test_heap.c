@@ -3,6 +3,7 @@
  * at another address, checked object by object after every frame. */
 #include "tha.h"
 #include "check.h"
+#include "ship.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -97,18 +98,6 @@ static bool mirrors(tha_heap_t *a, tha_heap_t *b) {
         if (!ma) return true;
         if (strcmp(na, nb) || off_of(a, pa) != off_of(b, pb)) return false;
     }
-}
-
-static int ship(tha_heap_t *src, tha_heap_t *dst, int kind) {
-    size_t n, len;
-    CHECK_OK(tha_heap_frame_size(src, kind, &n));
-    void *buf = malloc(n);
-    int rc = tha_heap_encode(src, kind, buf, n, &len);
-    CHECK(len == n);
-    if (rc == 0) rc = tha_heap_apply(dst, buf, len);
-    if (rc) fprintf(stderr, "ship: %s | %s\n", tha_heap_errmsg(src), tha_heap_errmsg(dst));
-    free(buf);
-    return rc;
 }
 
 static void test_alloc_free_lookup(void) {

@@ -4,6 +4,7 @@
  * walked there with the library's own macros, both directions. */
 #include "tha.h"
 #include "check.h"
+#include "ship.h"
 
 #include <stdint.h>
 #include <stdlib.h>
@@ -40,16 +41,6 @@ static tha_schema_t *make_schema(void) {
     JOB = tha_schema_type_id(s, JOB);
     JOBS = tha_schema_type_id(s, JOBS);
     return s;
-}
-
-static int ship(tha_heap_t *a, tha_heap_t *b, int kind) {
-    size_t n, len;
-    CHECK_OK(tha_heap_frame_size(a, kind, &n));
-    void *buf = malloc(n);
-    int rc = tha_heap_encode(a, kind, buf, n, &len);
-    if (!rc) rc = tha_heap_apply(b, buf, len);
-    free(buf);
-    return rc;
 }
 
 /* The mirror's queue, both ways, and its list, as the source has them. */

@@ -5,6 +5,7 @@
  * generated functions. */
 #include "tha.h"
 #include "check.h"
+#include "ship.h"
 
 /* RB_GENERATE_STATIC marks its functions __unused, which libbsd's cdefs.h
  * leaves undefined (Debian #522773): this file defines it. */
@@ -43,16 +44,6 @@ static tha_schema_t *make_schema(void) {
     NODE = tha_schema_type_id(s, NODE);
     TREE = tha_schema_type_id(s, TREE);
     return s;
-}
-
-static int ship(tha_heap_t *a, tha_heap_t *b, int kind) {
-    size_t n, len;
-    CHECK_OK(tha_heap_frame_size(a, kind, &n));
-    void *buf = malloc(n);
-    int rc = tha_heap_encode(a, kind, buf, n, &len);
-    if (!rc) rc = tha_heap_apply(b, buf, len);
-    free(buf);
-    return rc;
 }
 
 /* The mirror holds the same keys in order, and finds each of them. */
