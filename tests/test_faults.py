@@ -267,6 +267,18 @@ def cli_standby(tmp_path, save, log, secret_file, port=0, extra=(), proc=None):
     return p, (host, int(port))
 
 
+def first_acked(sync, tries, timeout, before=lambda: None):
+    """The first of `tries` syncs acked in time (a standby recovering by
+    itself, the active retrying), or None."""
+    for _ in range(tries):
+        before()
+        try:
+            return sync(timeout=timeout)
+        except SyncTimeout:
+            continue
+    return None
+
+
 @pytest.fixture
 def secret_file(tmp_path):
     f = tmp_path / "secret"
@@ -320,13 +332,7 @@ def test_disk_full_on_a_standby_acking_persisted(small_fs, tmp_path, secret_file
         os.unlink(filler)
         # space is back: it persists again (bounded wait; the active retries)
         grow(heap, 1)
-        r = None
-        for _ in range(20):
-            try:
-                r = sync(timeout=2)
-                break
-            except SyncTimeout:
-                continue
+        r = first_acked(sync, tries=20, timeout=2)
         assert r is not None, "the standby did not persist again once space returned"
         seq, dg, _ = loaded(save, log)
         assert seq >= r.seq and dg == digest(heap)
@@ -485,14 +491,8 @@ def test_fsync_failure_on_a_standby_acking_persisted(tmp_path, secret_file, fiu)
         err = sb.stderr()
         assert "Input/output error" in err and (str(log) in err or str(save) in err), err
         sb.fail_sync(False)
-        r = None
-        for _ in range(30):                 # it retries the disk by itself
-            write_op(heap, int(heap.roots["t"].last) + 1, False)
-            try:
-                r = sync(timeout=1)
-                break
-            except SyncTimeout:
-                continue
+        r = first_acked(sync, tries=30, timeout=1,  # it retries the disk by itself
+                        before=lambda: write_op(heap, int(heap.roots["t"].last) + 1, False))
         assert r is not None, "the standby did not persist again once fsync worked"
         seq, dg, _ = loaded(save, log)
         assert seq >= r.seq and dg == digest(heap)
