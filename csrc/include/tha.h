@@ -104,6 +104,10 @@ enum tha_prim {
     THA_T_CHAR = 1, THA_T_I8, THA_T_U8, THA_T_I16, THA_T_U16, THA_T_I32,
     THA_T_U32, THA_T_I64, THA_T_U64, THA_T_F32, THA_T_F64, THA_T_BOOL,
     THA_T_VOID, /* only as a pointer target: void * */
+    THA_T_RAW,  /* "tha_raw": untyped bytes that may hold pointers (a library
+                   you cannot describe): an allocation type only,
+                   tha_heap_alloc(h, THA_T_RAW, nbytes, &p), and only in a
+                   same-address heap (see tha_heap_create_at) */
     THA_T_FIRST_USER = 32
 };
 #define THA_T_HANDLE 0x40000000u
@@ -364,6 +368,38 @@ enum tha_tracking {
  * named in tha_schema_errmsg(schema)). */
 THA_API int tha_heap_create(tha_heap_t **out, tha_schema_t *schema,
                             size_t capacity, int tracking);
+/* Same-address mode: the region is mapped at base (mmap with
+ * MAP_FIXED_NOREPLACE), and every mirror of it must be mapped at the same
+ * base in its own process. Pointer words then travel as the addresses they
+ * are and apply is a straight copy with no rebasing, so allocations of
+ * untyped bytes (THA_T_RAW: a library whose structs you cannot describe,
+ * pointers inside) replicate too: their bytes travel as they are and mean
+ * the same on the mirror. Function pointers still travel as registry ids
+ * (ASLR puts code elsewhere in every process), which typed slots allow.
+ *
+ * base: a multiple of THA_BASE_ALIGN below 2^48; NULL selects
+ * THA_BASE_DEFAULT, a range Linux leaves free unless asked for it (x86-64
+ * and arm64 with 48-bit addresses). Failures: THA_EINVAL for a base that
+ * is not one, -EEXIST when [base, base + capacity) is taken (by another
+ * mapping, or a kernel without MAP_FIXED_NOREPLACE placed it elsewhere:
+ * refused, never moved), another -errno from mmap; the detail, naming the
+ * address and what occupies it, in tha_schema_errmsg(schema). Otherwise as
+ * tha_heap_create.
+ *
+ * Frames of a same-address heap say so (frame format version 2, the base in
+ * the header: tha_frame_info_t.base) and apply only to a same-address heap
+ * at that base; a same-address heap takes only such frames (THA_EMISMATCH
+ * both ways, naming both addresses). Apply still verifies everything: every
+ * typed pointer word must be NULL, inside [base, base + top) or a bound
+ * function id, so tha_heap_check passes on whatever it accepts; the bytes of
+ * THA_T_RAW allocations are the program's and are not checked. Snapshots
+ * name the base (tha_frame_info), checkpoints too (tha_checkpoint_info;
+ * tha_heap_load maps the heap there), and a standby's bulk sync creates its
+ * heap at the active's base (docs/protocol.md). */
+#define THA_BASE_ALIGN (64u << 10)
+#define THA_BASE_DEFAULT ((void *)0x200000000000ull) /* 32 TiB */
+THA_API int tha_heap_create_at(tha_heap_t **out, tha_schema_t *schema,
+                               size_t capacity, int tracking, void *base);
 /* Unmaps the region: every pointer into it dies. NULL is ignored. */
 THA_API void tha_heap_destroy(tha_heap_t *h);
 /* Detail of the last failed call on h ("double free of offset 0x4008"). */
@@ -453,14 +489,18 @@ typedef struct tha_stats {
     uint64_t frames_encoded, bytes_encoded;
     uint64_t frames_applied, bytes_applied;
     int tracking;             /* enum tha_tracking in force (never AUTO) */
+    uint64_t same_address;    /* the base of a same-address heap
+                                 (tha_heap_create_at), 0 if relocatable */
 } tha_stats_t;
 
 THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
 
 /* Walks the whole heap and verifies every allocator invariant, the pointer
  * map and that every pointer slot holds NULL, an address in the image or a
- * registered function. 0, or THA_ECORRUPT with the first problem in
- * tha_heap_errmsg. Read-only; O(image size). */
+ * registered function; untyped allocations (THA_T_RAW) only in a
+ * same-address heap, their bytes unchecked (they are the program's). 0, or
+ * THA_ECORRUPT with the first problem in tha_heap_errmsg. Read-only;
+ * O(image size). */
 THA_API int tha_heap_check(tha_heap_t *h);
 
 /* ---- reachability (reach.c) --------------------------------------------- */
@@ -480,6 +520,10 @@ typedef struct tha_leak {
  * included (&team[3], a char * into the middle of a buffer). Function-
  * pointer slots and integer fields are never references; a pointer to freed
  * memory, to metadata or one past the end of its allocation reaches nothing.
+ * Untyped allocations (THA_T_RAW) have no slots: they are scanned
+ * conservatively, every 8-aligned word of one that holds an address inside
+ * a live allocation marks it (an integer that happens to look like one
+ * keeps its target alive; an unaligned or disguised pointer is not seen).
  * Writes the first cap unreachable allocations, in address order, to out
  * (NULL with cap 0 only counts) and their total number to *n, which may
  * exceed cap: call again with a larger array. Iterative (no recursion);
@@ -501,14 +545,21 @@ THA_API int tha_collect(tha_heap_t *h, uint64_t *bytes_freed);
  * the image, or inside a live allocation. tha_heap_check only asks that
  * pointers stay inside the image; a heap that should not dangle (a saved
  * checkpoint: `python -m tha verify`) asks this too. O(live objects +
- * pointer slots); read-only. */
+ * pointer slots); read-only. The words of untyped allocations (THA_T_RAW)
+ * are not slots and are not looked at. */
 THA_API int tha_heap_dangling(const tha_heap_t *h, uint64_t *slot, uint64_t *target);
 
 /* ---- frames ------------------------------------------------------------ */
 
 enum tha_frame_kind { THA_FRAME_SNAPSHOT = 1, THA_FRAME_DELTA = 2 };
 
-#define THA_FRAME_VERSION 1
+/* The newest frame format this build reads and writes. Version 2 is
+ * version 1 plus the base of a same-address source in a header word that
+ * version 1 left zero; relocatable frames are still written as version 1
+ * (byte for byte what earlier builds wrote and read), same-address frames
+ * as version 2, so a build that knows only version 1 refuses them
+ * (THA_EVERSION) instead of misreading raw addresses as offsets. */
+#define THA_FRAME_VERSION 2
 #define THA_FRAME_HEADER_SIZE 96
 
 typedef struct tha_frame_info {
@@ -523,6 +574,9 @@ typedef struct tha_frame_info {
     uint64_t length;       /* whole frame, header included */
     uint32_t nruns;
     uint64_t nblocks;      /* data blocks carried */
+    uint64_t base;         /* same-address source: its base, where a mirror
+                              must map the heap (tha_heap_create_at); 0:
+                              relocatable */
 } tha_frame_info_t;
 
 /* Exact bytes tha_heap_encode(kind) will need now. In diff and wp modes
@@ -621,6 +675,8 @@ typedef struct tha_checkpoint_info {
     uint64_t top;          /* image bytes */
     uint64_t segments;
     uint64_t file_bytes;
+    uint64_t base;         /* a same-address heap's base (tha_heap_load maps
+                              it there); 0: relocatable */
 } tha_checkpoint_info_t;
 
 /* Reads a checkpoint's header (and, with schema non-NULL, the schema it
@@ -662,7 +718,9 @@ typedef struct tha_load_report {
     char msg[256];            /* the stop, or the load's failure, in words */
 } tha_load_report_t;
 
-/* A new heap (at an address of the system's choosing) from a checkpoint:
+/* A new heap (at an address of the system's choosing, or at the base of a
+ * same-address heap's checkpoint: -EEXIST naming the address if it is
+ * taken) from a checkpoint:
  * checks the format version, the header, schema and trailer checksums,
  * every segment (checksums, identity, order, pointers) and the checksum of
  * the whole file, then (opt->log) replays the log's valid prefix: frames at

@@ -60,13 +60,49 @@ int tha__commit(tha_heap_t *h, uint64_t bytes) {
     return 0;
 }
 
-int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
-                    int tracking) {
+#ifndef MAP_FIXED_NOREPLACE
+#define MAP_FIXED_NOREPLACE 0x100000 /* Linux 4.17; older kernels take a hint */
+#endif
+
+int tha__base_ok(uint64_t base, uint64_t capacity, char *msg, size_t msgcap) {
+    if (base == 0 || base % THA_BASE_ALIGN || base >= (1ull << 48) ||
+        capacity > (1ull << 48) - base)
+        return tha__fail(msg, msgcap, THA_EINVAL, "same-address base 0x%llx: not a "
+                         "multiple of 64 KiB below 2^48 with room for %llu bytes",
+                         (unsigned long long)base, (unsigned long long)capacity);
+    return 0;
+}
+
+/* What this process has mapped over [addr, addr + len), from
+ * /proc/self/maps: the first overlapping mapping, or why it is not known. */
+static void occupant(uint64_t addr, uint64_t len, char *buf, size_t cap) {
+    snprintf(buf, cap, "no mapping listed in /proc/self/maps");
+    FILE *f = fopen("/proc/self/maps", "re");
+    if (!f) {
+        snprintf(buf, cap, "/proc/self/maps unreadable: %s", strerror(errno));
+        return;
+    }
+    char line[512];
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long lo, hi;
+        if (sscanf(line, "%llx-%llx", &lo, &hi) != 2 || hi <= addr || lo >= addr + len)
+            continue;
+        line[strcspn(line, "\n")] = 0;
+        snprintf(buf, cap, "%.200s", line);
+        break;
+    }
+    fclose(f);
+}
+
+int tha__heap_new(tha_heap_t **out, tha_schema_t *schema, size_t capacity, int tracking,
+                  uint64_t at, uint64_t addr, char *msg, size_t msgcap) {
     if (!out || !schema || !schema->sealed) return THA_EINVAL;
     if (tracking < THA_TRACK_AUTO || tracking > THA_TRACK_WP) return THA_EINVAL;
     *out = NULL;
     uint64_t cap = tha__align_up(capacity ? capacity : (64u << 20), THA__GRANULE);
     if (cap < (1u << 20) || cap > (1ull << 44)) return THA_EINVAL;
+    int rc;
+    if (addr && (rc = tha__base_ok(addr, cap, msg, msgcap))) return rc;
     /* a type larger than the heap could never be allocated (detail in the
      * schema's errmsg) */
     int fit = tha__schema_fits(schema, cap, schema->err, sizeof schema->err);
@@ -77,11 +113,34 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
     h->nblocks = cap / THA__BLOCK;
     h->tracking = tracking;
     h->uffd = h->pagemap = h->slot = -1;
-    int rc = THA_ENOMEM;
-    void *base = mmap(NULL, cap, PROT_NONE,
-                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
-    if (base == MAP_FAILED) {
-        rc = -errno;
+    h->addr = addr;
+    rc = THA_ENOMEM;
+    /* Same-address: that range or nothing; MAP_FIXED_NOREPLACE never
+     * replaces what is there, and a kernel that ignores it (it is then a
+     * hint) and maps elsewhere is refused just the same. */
+    void *want = (void *)(uintptr_t)at;
+    void *base = mmap(want, cap, PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE |
+                          (at ? MAP_FIXED_NOREPLACE : 0), -1, 0);
+    if (base == MAP_FAILED || (at && base != want)) {
+        char who[300];
+        rc = base == MAP_FAILED ? -errno : -EEXIST;
+        occupant(at, cap, who, sizeof who);
+        if (base != MAP_FAILED) {
+            munmap(base, cap);
+            tha__fail(msg, msgcap, rc, "same-address heap at 0x%llx: the kernel mapped "
+                      "it at %p instead (it does not know MAP_FIXED_NOREPLACE, Linux < "
+                      "4.17, and [0x%llx, 0x%llx) is taken: %s)", (unsigned long long)at,
+                      base, (unsigned long long)at, (unsigned long long)(at + cap), who);
+        } else if (at && rc == -EEXIST) {
+            tha__fail(msg, msgcap, rc, "same-address heap at 0x%llx: [0x%llx, 0x%llx) "
+                      "is taken in this process: %s", (unsigned long long)at,
+                      (unsigned long long)at, (unsigned long long)(at + cap), who);
+        } else {
+            tha__fail(msg, msgcap, rc, "cannot reserve %llu bytes%s: %s",
+                      (unsigned long long)cap, at ? " at the same-address base" : "",
+                      strerror(-rc));
+        }
         free(h);
         return rc;
     }
@@ -118,6 +177,20 @@ int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
 fail:
     tha_heap_destroy(h);
     return rc;
+}
+
+int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
+                    int tracking) {
+    char msg[256];
+    return tha__heap_new(out, schema, capacity, tracking, 0, 0, msg, sizeof msg);
+}
+
+int tha_heap_create_at(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
+                       int tracking, void *base) {
+    if (!schema) return THA_EINVAL;
+    uint64_t b = (uint64_t)(uintptr_t)(base ? base : THA_BASE_DEFAULT);
+    return tha__heap_new(out, schema, capacity, tracking, b, b, schema->err,
+                         sizeof schema->err);
 }
 
 void tha_heap_destroy(tha_heap_t *h) {
@@ -523,6 +596,11 @@ int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count, void **out) 
                           given >= THA_T_HANDLE && !t
                               ? " (a registration handle of another schema?)" : "");
     if (count == 0) return tha__hfail(h, THA_EINVAL, "count must be at least 1");
+    if (type_id == THA_T_RAW && !h->addr) /* only a copy at the same address keeps them */
+        return tha__hfail(h, THA_ESTATE, "an untyped allocation (tha_raw, %u bytes) "
+                          "needs a same-address heap (tha_heap_create_at): the pointers "
+                          "inside it would reach a mirror at another address unrebased",
+                          count);
     tha__region_t *r = tha__reg(h);
     uint64_t bytes = t->size * (uint64_t)count;
     if (bytes > r->capacity)
@@ -806,6 +884,7 @@ int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out) {
     out->frames_applied = h->frames_applied;
     out->bytes_applied = h->bytes_applied;
     out->tracking = h->tracking;
+    out->same_address = h->addr;
     return 0;
 }
 

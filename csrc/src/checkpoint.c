@@ -144,7 +144,8 @@ int tha_heap_checkpoint(tha_heap_t *h, const char *path, tha_progress_fn progres
     hd.magic = THA__CKPT_MAGIC;
     hd.version = THA_FILE_VERSION;
     hd.header_size = THA__CKPT_HDR;
-    hd.frame_version = THA_FRAME_VERSION;
+    hd.frame_version = h->addr ? THA_FRAME_VERSION : THA__FRAME_V1; /* as its segments */
+    hd.base = h->addr;
     hd.schema_len = (uint32_t)slen;
     hd.fingerprint = tha_schema_fingerprint(h->schema);
     hd.lineage = h->lineage;

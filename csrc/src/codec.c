@@ -215,9 +215,11 @@ __attribute__((noinline, cold)) static int wire_slow(tha_heap_t *h, int kind,
 }
 
 /* Rewrites the pointer words of nb blocks copied to dst (first block b0):
- * heap addresses become offsets, functions become tagged registry ids. */
-static int to_wire(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
-                   uint64_t b0, uint64_t nb) {
+ * heap addresses become offsets (same-address mode, fixed: stay as they
+ * are), functions become tagged registry ids. */
+static inline __attribute__((always_inline)) int
+to_wire_k(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask, uint64_t b0,
+          uint64_t nb, const int fixed) {
     uint64_t base = (uint64_t)(uintptr_t)h->base, top = tha__reg(h)->top;
     for (uint64_t i = 0; i < nb; i++) {
         for (unsigned m = mask[i]; m; m &= m - 1) {
@@ -225,7 +227,7 @@ static int to_wire(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
             uint64_t *w = (uint64_t *)(dst + i * THA__BLOCK + j * 8), v = *w;
             uint64_t o = v - base;
             if (THA__LIKELY(o - 1 < top)) { /* 1..top: offset 0 is never an object */
-                *w = o;
+                if (!fixed) *w = o;
                 continue;
             }
             if (v == 0) continue;
@@ -234,6 +236,12 @@ static int to_wire(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
         }
     }
     return 0;
+}
+
+static int to_wire(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
+                   uint64_t b0, uint64_t nb) {
+    return h->addr ? to_wire_k(h, kind, dst, mask, b0, nb, 1)
+                   : to_wire_k(h, kind, dst, mask, b0, nb, 0);
 }
 
 /* Portable big run: 64 KiB chunks copied, rewritten, then checksummed while
@@ -254,10 +262,11 @@ static int put_chunked(tha_heap_t *h, int kind, uint8_t *data, const uint8_t *ma
 #ifdef FAST_X86
 #define KERNEL static inline __attribute__((always_inline, target("sse4.2")))
 
-/* One block to the wire: load, rewrite pointer words, CRC, store. */
+/* One block to the wire: load, rewrite pointer words, CRC, store. fixed:
+ * same-address mode, heap addresses stay as they are. */
 KERNEL int enc_block(tha_heap_t *h, int kind, uint8_t *d, const uint8_t *s,
                      unsigned m, uint64_t off, uint64_t base, uint64_t top,
-                     uint64_t *crc, const int nt) {
+                     uint64_t *crc, const int nt, const int fixed) {
     uint64_t c = *crc;
 #pragma GCC unroll 8
     for (unsigned j = 0; j < 8; j++) { /* word by word: it stays in a register */
@@ -266,7 +275,7 @@ KERNEL int enc_block(tha_heap_t *h, int kind, uint8_t *d, const uint8_t *s,
         if (m >> j & 1) {
             uint64_t o = v - base;
             if (THA__LIKELY(o - 1 < top)) {
-                v = o;
+                if (!fixed) v = o;
             } else if (v) {
                 uint64_t id;
                 int rc = wire_slow(h, kind, off + j * 8, v, &id);
@@ -285,18 +294,20 @@ KERNEL int enc_block(tha_heap_t *h, int kind, uint8_t *d, const uint8_t *s,
 }
 
 KERNEL int enc_run_k(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
-                     uint64_t b0, uint64_t nb, uint32_t *raw, const int nt) {
+                     uint64_t b0, uint64_t nb, uint32_t *raw, const int nt,
+                     const int fixed) {
     const uint64_t base = (uint64_t)(uintptr_t)h->base, top = tha__reg(h)->top;
     const uint8_t *src = h->base + b0 * THA__BLOCK;
     uint64_t t = nb / 3, c0 = *raw, c1 = 0, c2 = 0, i;
     const uint64_t t1 = t * THA__BLOCK, t2 = 2 * t1;
     for (i = 0; i < t; i++) {
         uint64_t o = i * THA__BLOCK, off = (b0 + i) * THA__BLOCK;
-        int rc = enc_block(h, kind, dst + o, src + o, mask[i], off, base, top, &c0, nt);
+        int rc = enc_block(h, kind, dst + o, src + o, mask[i], off, base, top, &c0, nt,
+                           fixed);
         rc |= enc_block(h, kind, dst + t1 + o, src + t1 + o, mask[t + i], off + t1,
-                        base, top, &c1, nt);
+                        base, top, &c1, nt, fixed);
         rc |= enc_block(h, kind, dst + t2 + o, src + t2 + o, mask[2 * t + i], off + t2,
-                        base, top, &c2, nt);
+                        base, top, &c2, nt, fixed);
         if (THA__UNLIKELY(rc)) return rc;
     }
     c0 = tha__crc32c_shift((uint32_t)c0, t1) ^ (uint32_t)c1;
@@ -304,7 +315,7 @@ KERNEL int enc_run_k(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask,
     for (i = 3 * t; i < nb; i++) {
         uint64_t o = i * THA__BLOCK;
         int rc = enc_block(h, kind, dst + o, src + o, mask[i], (b0 + i) * THA__BLOCK,
-                           base, top, &c0, nt);
+                           base, top, &c0, nt, fixed);
         if (THA__UNLIKELY(rc)) return rc;
     }
     if (nt) _mm_sfence();
@@ -316,8 +327,13 @@ __attribute__((target("sse4.2"))) static int
 enc_run(tha_heap_t *h, int kind, uint8_t *dst, const uint8_t *mask, uint64_t b0,
         uint64_t nb, uint32_t *raw) {
     uint32_t r = *raw;
-    int rc = nb >= NT_BLOCKS ? enc_run_k(h, kind, dst, mask, b0, nb, &r, 1)
-                             : enc_run_k(h, kind, dst, mask, b0, nb, &r, 0);
+    int rc;
+    if (h->addr) /* same-address: addresses travel as they are */
+        rc = nb >= NT_BLOCKS ? enc_run_k(h, kind, dst, mask, b0, nb, &r, 1, 1)
+                             : enc_run_k(h, kind, dst, mask, b0, nb, &r, 0, 1);
+    else
+        rc = nb >= NT_BLOCKS ? enc_run_k(h, kind, dst, mask, b0, nb, &r, 1, 0)
+                             : enc_run_k(h, kind, dst, mask, b0, nb, &r, 0, 0);
     /* A failure is reported for the first bad word in address order, which
      * the three streams may not have met first. */
     if (rc) return put_chunked(h, kind, dst, mask, b0, nb, raw);
@@ -401,6 +417,8 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
                 tha__frame_hdr_t *hdp) {
     if (!len || (kind != THA_FRAME_SNAPSHOT && kind != THA_FRAME_DELTA))
         return tha__hfail(h, THA_EINVAL, "encode: kind must be snapshot or delta");
+    /* only a bulk sync's staging heap is away from its address; it never encodes */
+    THA_ASSERT(!h->addr || h->addr == (uint64_t)(uintptr_t)h->base);
     size_t need;
     int rrc = tha__roots_refresh(h); /* a no-op if frame_size just did it */
     if (rrc) return rrc;
@@ -475,11 +493,13 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
 
 /* ---- verify ----------------------------------------------------------- */
 
-/* A pointer word as it travels: 0, an offset in 1..top, or a tagged id. */
+/* A pointer word as it travels: 0, an offset in 1..top (same-address
+ * frames: an address in base+1..base+top), or a tagged id. */
 static int check_word(tha_heap_t *h, const tha__frame_hdr_t *hd, uint64_t off,
                       uint64_t v) {
     if (v == 0) return 0;
-    if (v & THA__FUNC_TAG) {
+    if (v & THA__FUNC_TAG) { /* no address below 2^48 has this bit */
+        h->funcs_seen = 1;
         uint64_t id = v & ~THA__FUNC_TAG;
         if (id >= h->schema->nfuncs)
             return tha__hfail(h, THA_ERANGE, "%s seq %llu: function id %llu at offset "
@@ -494,7 +514,14 @@ static int check_word(tha_heap_t *h, const tha__frame_hdr_t *hd, uint64_t off,
                         h->schema->funcs[id].name, (unsigned long long)off);
         return 0;
     }
-    if (v > hd->top)
+    const uint64_t fb = tha__frame_base(hd);
+    if (fb && v - fb - 1 >= hd->top)
+        return tha__hfail(h, THA_ERANGE, "%s seq %llu: pointer at offset 0x%llx holds "
+                    "0x%llx, outside the same-address image [0x%llx, 0x%llx]",
+                    kind_name(hd->kind), (unsigned long long)hd->seq,
+                    (unsigned long long)off, (unsigned long long)v,
+                    (unsigned long long)fb + 1, (unsigned long long)(fb + hd->top));
+    if (!fb && v > hd->top)
         return tha__hfail(h, THA_ERANGE, "%s seq %llu: pointer at offset 0x%llx points "
                     "to offset 0x%llx, past the image end 0x%llx",
                     kind_name(hd->kind), (unsigned long long)hd->seq,
@@ -538,12 +565,13 @@ static int check_region_header(tha_heap_t *h, const tha__frame_hdr_t *hd,
 /* Pointer words of nb blocks at data (first block b0), one at a time. */
 static int check_words(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
                        const uint8_t *mask, uint64_t b0, uint64_t nb) {
+    const uint64_t lo = tha__frame_base(hd) + 1; /* 1: offsets; base + 1: addresses */
     for (uint64_t j = 0; j < nb; j++)
         for (unsigned m = mask[j]; m; m &= m - 1) {
             unsigned w = (unsigned)__builtin_ctz(m);
             uint64_t v;
             memcpy(&v, data + j * THA__BLOCK + w * 8, 8);
-            if (THA__LIKELY(v - 1 < hd->top)) continue;
+            if (THA__LIKELY(v - lo < hd->top)) continue;
             int rc = check_word(h, hd, (b0 + j) * THA__BLOCK + w * 8, v);
             if (rc) return rc;
         }
@@ -566,8 +594,10 @@ static int verify_chunked(tha_heap_t *h, const tha__frame_hdr_t *hd,
 #ifdef FAST_X86
 /* One block: CRC and the range check of its pointer words; nonzero if a
  * word lies above top (a function id, or out of range). NULL and offsets
- * 1..top are exactly the words <= top. */
-KERNEL int ver_block(const uint8_t *s, unsigned m, uint64_t top, uint64_t *crc) {
+ * 1..top are exactly the words <= top. fixed (a same-address frame): NULL
+ * and the addresses lo..lo+top-1 (lo = base + 1) pass. */
+KERNEL int ver_block(const uint8_t *s, unsigned m, uint64_t top, uint64_t *crc,
+                     const int fixed, uint64_t lo) {
     uint64_t c = *crc, v;
     int bad = 0;
 #pragma GCC unroll 8
@@ -577,7 +607,10 @@ KERNEL int ver_block(const uint8_t *s, unsigned m, uint64_t top, uint64_t *crc) 
     }
     for (; m; m &= m - 1) {
         memcpy(&v, s + (unsigned)__builtin_ctz(m) * 8, 8);
-        bad |= v > top;
+        if (fixed)
+            bad |= (v - lo >= top) & (v != 0);
+        else
+            bad |= v > top;
     }
     *crc = c;
     return bad;
@@ -586,16 +619,17 @@ KERNEL int ver_block(const uint8_t *s, unsigned m, uint64_t top, uint64_t *crc) 
 /* Three streams over the thirds of the run. A block with a word outside
  * 1..top is checked through check_words: functions ids pass, anything else
  * fails (reported for the first bad word in order, by the caller's rescan). */
-__attribute__((target("sse4.2"))) static int
-verify_run(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
-           const uint8_t *mask, uint64_t b0, uint64_t nb, uint32_t *raw) {
+KERNEL int verify_run_k(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+                        const uint8_t *mask, uint64_t b0, uint64_t nb, uint32_t *raw,
+                        const int fixed) {
     const uint64_t top = hd->top, t = nb / 3, t1 = t * THA__BLOCK, t2 = 2 * t1;
+    const uint64_t lo = tha__frame_base(hd) + 1;
     uint64_t c0 = *raw, c1 = 0, c2 = 0, i;
     for (i = 0; i < t; i++) {
         const uint8_t *s = data + i * THA__BLOCK;
-        int bad = ver_block(s, mask[i], top, &c0);
-        bad |= ver_block(s + t1, mask[t + i], top, &c1) << 1;
-        bad |= ver_block(s + t2, mask[2 * t + i], top, &c2) << 2;
+        int bad = ver_block(s, mask[i], top, &c0, fixed, lo);
+        bad |= ver_block(s + t1, mask[t + i], top, &c1, fixed, lo) << 1;
+        bad |= ver_block(s + t2, mask[2 * t + i], top, &c2, fixed, lo) << 2;
         if (THA__UNLIKELY(bad))
             for (unsigned k = 0; k < 3; k++)
                 if ((bad >> k & 1) &&
@@ -606,13 +640,20 @@ verify_run(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
     c0 = tha__crc32c_shift((uint32_t)c0, t1) ^ (uint32_t)c2;
     for (i = 3 * t; i < nb; i++) {
         const uint8_t *s = data + i * THA__BLOCK;
-        if (THA__UNLIKELY(ver_block(s, mask[i], top, &c0))) {
+        if (THA__UNLIKELY(ver_block(s, mask[i], top, &c0, fixed, lo))) {
             int rc = check_words(h, hd, s, mask + i, b0 + i, 1);
             if (rc) return verify_chunked(h, hd, data, mask, b0, nb, raw);
         }
     }
     *raw = (uint32_t)c0;
     return 0;
+}
+
+__attribute__((target("sse4.2"))) static int
+verify_run(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+           const uint8_t *mask, uint64_t b0, uint64_t nb, uint32_t *raw) {
+    return tha__frame_base(hd) ? verify_run_k(h, hd, data, mask, b0, nb, raw, 1)
+                               : verify_run_k(h, hd, data, mask, b0, nb, raw, 0);
 }
 
 static int ver_half(half_t *x) {
@@ -633,6 +674,7 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
     const uint8_t *crc_from = body;
     int rc = 0;
     *done = 0;
+    h->funcs_seen = 0;
     if (pos > body_len)
         return tha__hfail(h, THA_EFRAME, "%s seq %llu: schema padding past the end", k, seq);
     uint64_t top_blocks = hd->top / THA__BLOCK, next_block = 0, blocks = 0;
@@ -695,6 +737,7 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
                        b;
                 split(&a, &b, h, run.nblocks, raw);
                 run_halves(&a, &b);
+                h->funcs_seen |= b.copy.funcs_seen;
                 if (a.rc || b.rc) /* report the first bad word in order */
                     rc = verify_chunked(h, hd, data, mask, b0, run.nblocks, &raw);
                 else
@@ -734,6 +777,8 @@ static int check_identity(tha_heap_t *h, const tha__frame_hdr_t *hd,
                           const uint8_t *frame, size_t len) {
     const tha__region_t *r = tha__reg(h);
     unsigned long long seq = (unsigned long long)hd->seq;
+    int arc = tha__frame_address_ok(h, hd);
+    if (arc) return arc;
     if (hd->fingerprint != tha_schema_fingerprint(h->schema)) {
         if (hd->kind == THA_FRAME_SNAPSHOT) {
             tha_schema_t *theirs = NULL;
@@ -852,9 +897,36 @@ static int copy_half(half_t *x) {
 }
 #endif
 
+/* ---- apply, same-address frames --------------------------------------- */
+
+/* The function ids among the pointer words of nb verified blocks at dst
+ * become this process's addresses (heap addresses are right as they are). */
+static void funcs_from_wire(tha_heap_t *h, uint8_t *dst, const uint8_t *mask, uint64_t nb) {
+    for (uint64_t i = 0; i < nb; i++)
+        for (unsigned m = mask[i]; m; m &= m - 1) {
+            uint64_t *w = (uint64_t *)(dst + i * THA__BLOCK + (unsigned)__builtin_ctz(m) * 8);
+            if (*w & THA__FUNC_TAG)
+                *w = (uint64_t)(uintptr_t)h->schema->funcs[*w & ~THA__FUNC_TAG].fn;
+        }
+}
+
+/* A verified run of a same-address frame into the heap: a straight copy,
+ * then the function ids if the verify pass met any (h->funcs_seen). */
+static void copy_fixed(tha_heap_t *h, uint8_t *dst, const uint8_t *data,
+                       const uint8_t *mask, uint64_t nb) {
+    memcpy(dst, data, nb * THA__BLOCK);
+    if (h->funcs_seen) funcs_from_wire(h, dst, mask, nb);
+}
+
+static int copy_fixed_half(half_t *x) {
+    copy_fixed(x->h, x->dst, x->src, x->mask, x->nb);
+    return 0;
+}
+
 /* Copies and rebases every run of a verified frame into the heap. */
 static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body) {
     const tha__frame_hdr_t hd = *hdp;
+    const int fixed = tha__frame_base(&hd) != 0;
     const uint8_t *p = body + tha__align_up(hd.schema_len, 8), *pf = p;
     uint32_t pfi = 0;
     for (uint32_t i = 0; i < hd.nruns; i++) {
@@ -872,6 +944,15 @@ static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t 
         const uint8_t *data = mask + tha__align_up(run.nblocks, 8);
         uint64_t b0 = run.offset / THA__BLOCK;
         uint8_t *dst = h->base + b0 * THA__BLOCK;
+        if (fixed && run.nblocks >= PAR_BLOCKS && codec_threads > 1) {
+            half_t a = {.fn = copy_fixed_half, .dst = dst, .src = data, .mask = mask,
+                        .b0 = b0},
+                   b;
+            split(&a, &b, h, run.nblocks, 0);
+            run_halves(&a, &b);
+        } else if (fixed) {
+            copy_fixed(h, dst, data, mask, run.nblocks);
+        } else
 #ifdef FAST_X86
         if (run.nblocks >= PAR_BLOCKS && codec_threads > 1) {
             half_t a = {.fn = copy_half, .dst = dst, .src = data, .mask = mask, .b0 = b0},
@@ -1028,7 +1109,7 @@ static int check_segment_identity(tha_heap_t *h, const tha__frame_hdr_t *hd) {
                           "exceeds this heap's %llu", seq,
                           (unsigned long long)hd->capacity,
                           (unsigned long long)h->capacity);
-    return 0;
+    return tha__frame_address_ok(h, hd);
 }
 
 int tha__apply_segment(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame,
@@ -1091,6 +1172,7 @@ int tha__apply_segment_in_place(tha_heap_t *h, const tha__frame_hdr_t *hdp,
         if (mask[j])
             rc = tha__hfail(h, THA_EFRAME, "segment seq %llu: run mask padding is not "
                             "zero", seq);
+    h->funcs_seen = 0;
     if (!rc) {
 #ifdef FAST_X86
         if (fast)
@@ -1105,7 +1187,10 @@ int tha__apply_segment_in_place(tha_heap_t *h, const tha__frame_hdr_t *hdp,
         return tha__hfail(h, THA_ECHECKSUM, "segment seq %llu: body checksum mismatch",
                           seq);
     if (rc) return rc;
-    from_wire(h, data, mask, nb);
+    if (!tha__frame_base(&hd))
+        from_wire(h, data, mask, nb);
+    else if (h->funcs_seen) /* same-address: the data is in place already */
+        funcs_from_wire(h, data, mask, nb);
     memcpy(h->ptrmap + b0, mask, nb);
     tha__track_sync_shadow(h, b0, nb);
     return 0;

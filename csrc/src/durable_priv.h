@@ -28,7 +28,8 @@ typedef struct tha__ckpt_hdr {
     uint32_t magic;          /* THA__CKPT_MAGIC */
     uint16_t version;        /* THA_FILE_VERSION */
     uint16_t header_size;    /* THA__CKPT_HDR */
-    uint32_t frame_version;  /* THA_FRAME_VERSION of the segments */
+    uint32_t frame_version;  /* frame format version of the segments: 1, or 2
+                                for a same-address heap's */
     uint32_t schema_len;     /* canonical schema bytes after the header */
     uint64_t fingerprint;
     uint64_t lineage;
@@ -43,7 +44,9 @@ typedef struct tha__ckpt_hdr {
     uint64_t nsegments;
     uint32_t schema_crc;     /* CRC32C of the schema bytes */
     uint32_t dirty_crc;      /* CRC32C of the dirty bitmap */
-    uint64_t reserved[2];
+    uint64_t base;           /* a same-address heap's base (frame version 2);
+                                0: relocatable (version 1) */
+    uint64_t reserved;
     uint32_t reserved2;
     uint32_t header_crc;     /* CRC32C of the bytes before this field */
 } tha__ckpt_hdr_t;

@@ -15,7 +15,9 @@ void tha__frame_fill(const tha_heap_t *h, tha__frame_hdr_t *hd, int kind, uint64
     const tha__region_t *r = tha__reg(h);
     memset(hd, 0, sizeof *hd);
     hd->magic = THA__FRAME_MAGIC;
-    hd->version = THA_FRAME_VERSION;
+    /* relocatable frames stay version 1, byte for byte */
+    hd->version = h->addr ? THA_FRAME_VERSION : THA__FRAME_V1;
+    hd->base64k = (uint32_t)(h->addr >> 16); /* tha__base_ok: < 2^48, 64 KiB aligned */
     hd->kind = (uint16_t)kind;
     hd->header_size = THA_FRAME_HEADER_SIZE;
     hd->fingerprint = tha_schema_fingerprint(h->schema);
@@ -45,10 +47,15 @@ int tha__frame_header_ok(const void *p, tha__frame_hdr_t *hd, char *msg, size_t 
                          hd->magic);
     if (tha_crc32c(0, hd, offsetof(tha__frame_hdr_t, header_crc)) != hd->header_crc)
         return tha__fail(msg, cap, THA_ECHECKSUM, "frame header checksum mismatch");
-    if (hd->version != THA_FRAME_VERSION)
+    if (hd->version != THA__FRAME_V1 && hd->version != THA_FRAME_VERSION)
         return tha__fail(msg, cap, THA_EVERSION, "frame format version %u; this "
-                         "build reads version %d", hd->version, THA_FRAME_VERSION);
+                         "build reads versions 1 to %d", hd->version, THA_FRAME_VERSION);
     if (hd->header_size != THA_FRAME_HEADER_SIZE) return malformed(hd, msg, cap);
+    /* version 2 is exactly the frames with a base */
+    if ((hd->version == THA__FRAME_V1) != (hd->base64k == 0))
+        return tha__fail(msg, cap, THA_EFRAME, "frame header malformed: version %u "
+                         "with same-address base 0x%llx", hd->version,
+                         (unsigned long long)tha__frame_base(hd));
     return 0;
 }
 
@@ -82,6 +89,27 @@ int tha__frame_parse(const void *frame, size_t len, tha__frame_hdr_t *hd, char *
     return 0;
 }
 
+int tha__frame_address_ok(tha_heap_t *h, const tha__frame_hdr_t *hd) {
+    uint64_t fb = tha__frame_base(hd);
+    if (fb == h->addr) return 0;
+    unsigned long long seq = (unsigned long long)hd->seq;
+    if (!h->addr)
+        return tha__hfail(h, THA_EMISMATCH, "%s seq %llu comes from a same-address heap "
+                          "at 0x%llx (its pointers are addresses there): this heap is "
+                          "relocatable (at %p); apply it to a heap made with "
+                          "tha_heap_create_at(0x%llx)", tha__frame_kind_name(hd->kind), seq,
+                          (unsigned long long)fb, (void *)h->base, (unsigned long long)fb);
+    if (!fb)
+        return tha__hfail(h, THA_EMISMATCH, "%s seq %llu comes from a relocatable heap: "
+                          "this heap is same-address (at 0x%llx) and takes only frames "
+                          "of a same-address heap there", tha__frame_kind_name(hd->kind),
+                          seq, (unsigned long long)h->addr);
+    return tha__hfail(h, THA_EMISMATCH, "%s seq %llu comes from a same-address heap at "
+                      "0x%llx: this one is at 0x%llx (pointers are addresses: a mirror "
+                      "must be at its source's base)", tha__frame_kind_name(hd->kind), seq,
+                      (unsigned long long)fb, (unsigned long long)h->addr);
+}
+
 int tha_frame_info(const void *frame, size_t len, tha_frame_info_t *out) {
     tha__frame_hdr_t hd;
     char msg[160];
@@ -98,6 +126,7 @@ int tha_frame_info(const void *frame, size_t len, tha_frame_info_t *out) {
     out->length = hd.length;
     out->nruns = hd.nruns;
     out->nblocks = hd.nblocks;
+    out->base = tha__frame_base(&hd);
     return 0;
 }
 

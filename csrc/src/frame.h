@@ -27,7 +27,8 @@ typedef struct tha__frame_hdr {
     uint64_t nblocks;
     uint32_t schema_len;   /* snapshot: schema bytes right after the header */
     uint32_t body_crc;     /* CRC32C of every byte after the header */
-    uint32_t reserved;
+    uint32_t base64k;      /* version 2 (same-address source): its base / 64
+                              KiB, never 0; version 1: 0 (relocatable) */
     uint32_t header_crc;   /* CRC32C of the bytes before this field */
 } tha__frame_hdr_t;
 
@@ -56,6 +57,17 @@ static inline uint64_t tha__segment_bytes(uint64_t nblocks) {
     return nblocks ? tha__segment_head_bytes(nblocks) + nblocks * THA__BLOCK
                    : THA_FRAME_HEADER_SIZE;
 }
+
+#define THA__FRAME_V1 1 /* relocatable frames: pointer words are offsets */
+
+/* The base of a same-address frame's source; 0 for a relocatable one. */
+static inline uint64_t tha__frame_base(const tha__frame_hdr_t *hd) {
+    return (uint64_t)hd->base64k << 16;
+}
+/* 0 if a frame of header hd may touch h: a same-address frame only a
+ * same-address heap at its base, a relocatable frame only a relocatable
+ * heap; else THA_EMISMATCH naming both, the detail in h->err. */
+int tha__frame_address_ok(tha_heap_t *h, const tha__frame_hdr_t *hd);
 
 /* "snapshot", "delta" or "segment", for messages. */
 const char *tha__frame_kind_name(int kind);

@@ -126,6 +126,10 @@ typedef struct tha__log_sink {
 struct tha_heap {
     tha_schema_t *schema;   /* own reference */
     uint8_t *base;          /* region start; page aligned */
+    uint64_t addr;          /* same-address mode: the address the image's
+                               pointer words are relative to (== base, except
+                               a bulk sync's staging heap filled away from an
+                               address its live heap holds); 0: relocatable */
     uint64_t capacity;      /* bytes reserved */
     uint64_t committed;     /* bytes read-write from base */
     uint64_t *dirty;        /* bit per block: changed since the last frame */
@@ -137,6 +141,9 @@ struct tha_heap {
     int collected;          /* diff/wp: frame_size just collected changes */
     void *scratch;          /* heapcheck.c: a delta's run index, kept */
     size_t scratch_cap;
+    int funcs_seen;         /* codec.c: the verify pass of a same-address
+                               frame met a function id (apply rewrites ids
+                               only then; else the copy is straight) */
     int fuzzy;              /* a staging heap being filled by bulk sync: not
                                consistent until tha__check_staging passes, so
                                deltas are not checked against it */
@@ -173,6 +180,12 @@ struct tha_heap {
     char err[256];
 };
 
+/* What a pointer word of h holds minus its region offset: the base the
+ * image means (same-address) or where it is mapped (relocatable). */
+static inline uint64_t tha__origin(const tha_heap_t *h) {
+    return h->addr ? h->addr : (uint64_t)(uintptr_t)h->base;
+}
+
 static inline tha__region_t *tha__reg(const tha_heap_t *h) {
     return (tha__region_t *)h->base;
 }
@@ -191,6 +204,17 @@ static inline tha__page_t *tha__pagemap(const tha_heap_t *h) {
 /* Size class of a slot size (header included), or -1 for a page span. */
 int tha__size_class(uint64_t slot_bytes);
 uint32_t tha__class_size(int cls);
+
+/* tha_heap_create / tha_heap_create_at: maps the region at `at` (0: where
+ * the system likes) for an image whose pointers mean addr + offset (0:
+ * relocatable). A staging heap of a same-address bulk sync whose address
+ * its live heap holds is made with at 0 and addr = that address
+ * (tha__take_image moves its image home). Failure details go to msg. */
+int tha__heap_new(tha_heap_t **out, tha_schema_t *schema, size_t capacity, int tracking,
+                  uint64_t at, uint64_t addr, char *msg, size_t msgcap);
+/* The check of a same-address base from a caller, a frame, a file or a
+ * peer: 0, or THA_EINVAL with why in msg. */
+int tha__base_ok(uint64_t base, uint64_t capacity, char *msg, size_t msgcap);
 
 /* Commits the region up to at least bytes. */
 int tha__commit(tha_heap_t *h, uint64_t bytes);

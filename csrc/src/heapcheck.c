@@ -42,8 +42,12 @@ typedef struct view {
     const uint8_t *map;     /* mask byte per block */
     uint64_t limit;         /* bytes readable at base; above: zero */
     uint64_t room;          /* the top may reach this (a delta commits after) */
-    uint64_t pbase;         /* heap: a pointer word minus this is its offset */
-    int wire;               /* pointer words are offsets / tagged ids */
+    uint64_t pbase;         /* a data pointer word minus this is its offset
+                               (the heap's origin; a frame: 0, or the base of
+                               a same-address frame) */
+    int wire;               /* function pointers are tagged ids (a frame) */
+    int raw_ok;             /* a same-address image: untyped (THA_T_RAW)
+                               allocations allowed, their bytes unchecked */
     int values;             /* check pointer values (else verified already) */
     const vrun_t *runs;     /* overlay: blocks replaced by a delta's runs */
     uint32_t nruns, cur;
@@ -212,7 +216,7 @@ static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64
         if (w & THA__FUNC_TAG) {
             uint64_t id = w & ~THA__FUNC_TAG;
             if (id < v->h->schema->nfuncs && v->h->schema->funcs[id].fn) return 0;
-        } else if (w <= top) {
+        } else if (w - v->pbase - 1 < top) {
             return 0;
         }
     } else {
@@ -233,6 +237,9 @@ static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
     if (!t || t->size == 0)
         BAD("object at 0x%llx has unknown type %u", (ull)slot, oh.type_id);
+    if (oh.type_id == THA_T_RAW && !v->raw_ok) /* its pointers cannot be rebased */
+        BAD("object at 0x%llx is untyped (tha_raw), which only a same-address heap "
+            "may hold", (ull)slot);
     if (oh.count == 0 || oh.count > (unit - THA__HDR) / t->size)
         BAD("object at 0x%llx (%u x %s) overflows its %llu-byte slot", (ull)slot,
             oh.count, t->name, (ull)unit);
@@ -499,7 +506,8 @@ static int check_all(view_t *v) {
 
 int tha_heap_check(tha_heap_t *h) {
     view_t v = {.h = h, .base = h->base, .map = h->ptrmap, .limit = h->committed,
-                .room = h->committed, .pbase = (uint64_t)(uintptr_t)h->base, .values = 1};
+                .room = h->committed, .pbase = tha__origin(h), .values = 1,
+                .raw_ok = h->addr != 0};
     if (h->committed < sizeof(tha__region_t))
         return tha__hfail(h, THA_ECORRUPT, "heap check: nothing committed");
     int rc = check_all(&v);
@@ -518,7 +526,7 @@ int tha_heap_check(tha_heap_t *h) {
 int tha__check_snapshot(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
                         const uint8_t *mask) {
     view_t v = {.h = h, .base = data, .map = mask, .limit = hd->top, .room = hd->top,
-                .wire = 1};
+                .wire = 1, .pbase = tha__frame_base(hd), .raw_ok = hd->base64k != 0};
     if (hd->top < sizeof(tha__region_t))
         return tha__hfail(h, THA_ECORRUPT, "heap check: image too small");
     return check_all(&v);
@@ -785,7 +793,8 @@ int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *b
     }
     view_t v = {.h = h, .base = h->base, .map = h->ptrmap, .limit = h->committed,
                 .room = hd->top > h->committed ? hd->top : h->committed,
-                .pbase = (uint64_t)(uintptr_t)h->base, .runs = runs, .nruns = hd->nruns};
+                .pbase = tha__origin(h), .runs = runs, .nruns = hd->nruns,
+                .raw_ok = hd->base64k != 0};
     dstate_t d = {.v = &v, .h = h};
     span_set_t pmt = {0};
     int rc;

@@ -52,11 +52,18 @@ static int read_ckpt_hdr(int fd, const char *path, tha__ckpt_hdr_t *hd, uint64_t
     if (tha_crc32c(0, hd, offsetof(tha__ckpt_hdr_t, header_crc)) != hd->header_crc)
         return tha__fail(msg, cap, THA_ECHECKSUM, "checkpoint %s: header checksum "
                          "mismatch", path);
-    if (hd->version != THA_FILE_VERSION || hd->frame_version != THA_FRAME_VERSION)
+    if (hd->version != THA_FILE_VERSION ||
+        (hd->frame_version != THA__FRAME_V1 && hd->frame_version != THA_FRAME_VERSION))
         return tha__fail(msg, cap, THA_EVERSION, "checkpoint %s: file format version "
-                         "%u (frames %u); this build reads %d (frames %d)", path,
+                         "%u (frames %u); this build reads %d (frames 1 to %d)", path,
                          hd->version, hd->frame_version, THA_FILE_VERSION,
                          THA_FRAME_VERSION);
+    /* frames of version 2 are exactly the same-address ones */
+    if ((hd->frame_version == THA__FRAME_V1) != (hd->base == 0) ||
+        (hd->base && tha__base_ok(hd->base, hd->capacity, msg, cap)))
+        return tha__fail(msg, cap, THA_EFRAME, "checkpoint %s: header is inconsistent "
+                         "(frames version %u, same-address base 0x%llx)", path,
+                         hd->frame_version, (unsigned long long)hd->base);
     uint64_t top_blocks = hd->top / THA__BLOCK;
     if (hd->header_size != THA__CKPT_HDR || hd->top % THA__PAGE || hd->top == 0 ||
         hd->top > hd->capacity || hd->capacity % THA__GRANULE ||
@@ -131,6 +138,7 @@ int tha_checkpoint_info(const char *path, tha_checkpoint_info_t *out,
     out->top = hd.top;
     out->segments = hd.nsegments;
     out->file_bytes = size;
+    out->base = hd.base;
     return 0;
 }
 
@@ -264,6 +272,7 @@ static int seg_head_ok(const tha__ckpt_hdr_t *hd, const uint8_t *head, uint64_t 
     tha__run_t run;
     memcpy(&run, head + THA_FRAME_HEADER_SIZE, sizeof run);
     if (fh->kind != THA__FRAME_SEGMENT || fh->seq != hd->seq ||
+        tha__frame_base(fh) != hd->base ||
         fh->epoch != hd->epoch || fh->top != hd->top || fh->capacity != hd->capacity ||
         fh->nruns != 1 || fh->nblocks != want || run.offset != next_block * THA__BLOCK ||
         run.nblocks != want)
@@ -565,10 +574,14 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
     uint32_t fcrc = tha_crc32c(0, &hd, sizeof hd);
     fcrc = tha__crc_cat(fcrc, hd.schema_crc, tha__align_up(hd.schema_len, 8));
     fcrc = tha__crc_cat(fcrc, hd.dirty_crc, hd.dirty_len);
-    rc = tha_heap_create(&h, schema, hd.capacity, opt->tracking);
+    /* a same-address heap's checkpoint: at its base or nowhere */
+    char why[256] = "";
+    rc = tha__heap_new(&h, schema, hd.capacity, opt->tracking, hd.base, hd.base, why,
+                       sizeof why);
     if (rc) {
         tha__fail(msg, mcap, rc, "checkpoint %s: cannot create a heap of %llu bytes: "
-                  "%s", path, (unsigned long long)hd.capacity, tha_strerror(rc));
+                  "%s", path, (unsigned long long)hd.capacity,
+                  why[0] ? why : tha_strerror(rc));
         goto done;
     }
     if (h->capacity != hd.capacity) {

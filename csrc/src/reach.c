@@ -75,6 +75,24 @@ static int reference(mark_t *m, uint64_t off) {
     return enqueue(m, off);
 }
 
+/* An untyped allocation (THA_T_RAW, same-address heaps only) has no slots
+ * to follow: it is scanned conservatively. Every 8-aligned word that holds
+ * an address inside a live allocation reaches it; other words (integers,
+ * unaligned copies of addresses) reach nothing. It may keep alive what a
+ * coincidental integer names, never frees what a pointer holds. */
+static int scan_raw(mark_t *m, uint64_t payload, uint64_t bytes) {
+    const uint8_t *p = m->h->base + payload;
+    for (uint64_t i = 0; i + 8 <= bytes; i += 8) {
+        uint64_t v;
+        memcpy(&v, p + i, 8);
+        uint64_t off = v - m->base; /* NULL and foreign wrap past top */
+        if (off >= m->top) continue;
+        int rc = reference(m, off);
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 /* Every data pointer slot of every element of the allocation at payload. */
 static int scan(mark_t *m, uint64_t payload) {
     const tha_heap_t *h = m->h;
@@ -107,6 +125,7 @@ static int visit(mark_t *m, uint64_t off) {
     if (*w & b) return 0;
     *w |= b;
     m->marked++;
+    if (oh->type_id == THA_T_RAW) return scan_raw(m, payload, oh->count);
     if (!m->types[oh->type_id].nslots) return 0;
     return scan(m, payload);
 }
@@ -117,7 +136,7 @@ static int mark_all(tha_heap_t *h, mark_t *m) {
     const tha__region_t *r = tha__reg(h);
     memset(m, 0, sizeof *m);
     m->h = h;
-    m->base = (uint64_t)(uintptr_t)h->base;
+    m->base = tha__origin(h);
     m->top = r->top;
     m->types = h->schema->types;
     size_t words = (size_t)(((r->top >> MARK_SHIFT) + 63) / 64);
@@ -218,7 +237,8 @@ int tha_collect(tha_heap_t *h, uint64_t *bytes_freed) {
 
 int tha_heap_dangling(const tha_heap_t *h, uint64_t *slot, uint64_t *target) {
     if (!h || !slot || !target) return THA_EINVAL;
-    const uint64_t base = (uint64_t)(uintptr_t)h->base, top = tha__reg(h)->top;
+    /* untyped allocations have no slots: their words are not checked */
+    const uint64_t base = tha__origin(h), top = tha__reg(h)->top;
     const tha__type_t *types = h->schema->types;
     uint64_t cursor = 0;
     tha_obj_t o;

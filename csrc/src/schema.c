@@ -16,7 +16,7 @@
 static const struct {
     const char *name;
     uint32_t size;
-} prims[THA_T_VOID + 1] = {
+} prims[THA_T_RAW + 1] = {
     [THA_T_CHAR] = {"char", 1},     [THA_T_I8] = {"int8_t", 1},
     [THA_T_U8] = {"uint8_t", 1},    [THA_T_I16] = {"int16_t", 2},
     [THA_T_U16] = {"uint16_t", 2},  [THA_T_I32] = {"int32_t", 4},
@@ -24,6 +24,7 @@ static const struct {
     [THA_T_U64] = {"uint64_t", 8},  [THA_T_F32] = {"float", 4},
     [THA_T_F64] = {"double", 8},    [THA_T_BOOL] = {"bool", 1},
     [THA_T_VOID] = {"void", 0},
+    [THA_T_RAW] = {"tha_raw", 1}, /* untyped bytes: allocations only */
 };
 
 static int is_value_prim(uint32_t p) { return p >= THA_T_CHAR && p <= THA_T_BOOL; }
@@ -40,7 +41,7 @@ const char *tha__schema_kind_name(uint32_t k) {
 }
 
 const char *tha__schema_prim_name(uint32_t p) {
-    return (p >= THA_T_CHAR && p <= THA_T_VOID) ? prims[p].name : "none";
+    return (p >= THA_T_CHAR && p <= THA_T_RAW) ? prims[p].name : "none";
 }
 
 /* ---- lifetime ----------------------------------------------------------- */
@@ -79,7 +80,7 @@ int tha_schema_create(tha_schema_t **out) {
     }
     for (uint32_t i = 0; i < THA_T_FIRST_USER; i++)
         s->types[i].id = i;
-    for (uint32_t p = THA_T_CHAR; p <= THA_T_VOID; p++) {
+    for (uint32_t p = THA_T_CHAR; p <= THA_T_RAW; p++) {
         tha__type_t *t = &s->types[p];
         snprintf(t->name, sizeof t->name, "%s", prims[p].name);
         t->is_prim = 1;
@@ -88,7 +89,7 @@ int tha_schema_create(tha_schema_t **out) {
         t->align = prims[p].size ? prims[p].size : 1;
         t->seal_state = 2;
     }
-    s->ntypes = THA_T_VOID + 1;
+    s->ntypes = THA_T_RAW + 1;
     s->refs = 1;
     tha__schema_hash_rebuild(s, THA_T_FIRST_USER);
     *out = s;

@@ -121,7 +121,7 @@ static void test_primitives(void) {
                 {"uint32_t", THA_T_U32, 4},  {"int64_t", THA_T_I64, 8},
                 {"uint64_t", THA_T_U64, 8},  {"float", THA_T_F32, 4},
                 {"double", THA_T_F64, 8},    {"bool", THA_T_BOOL, 1},
-                {"void", THA_T_VOID, 0}};
+                {"void", THA_T_VOID, 0},     {"tha_raw", THA_T_RAW, 1}};
     for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
         tha_type_info_t ti;
         uint32_t id = 0;
@@ -135,12 +135,12 @@ static void test_primitives(void) {
     }
     tha_type_info_t ti;
     CHECK_RC(tha_schema_type_info(s, 0, &ti), THA_ENOTFOUND);
-    for (uint32_t id = 14; id < 32; id++) {
+    for (uint32_t id = THA_T_RAW + 1; id < 32; id++) {
         CHECK_RC(tha_schema_type_info(s, id, &ti), THA_ENOTFOUND);
         CHECK(type_of(s, id) == NULL);
     }
     CHECK_RC(tha_schema_type_info(s, 1000, &ti), THA_ENOTFOUND);
-    CHECK(tha_schema_type_count(s) == THA_T_VOID + 1);
+    CHECK(tha_schema_type_count(s) == THA_T_RAW + 1);
     CHECK_RC(tha_schema_type_by_name(s, "struct char", NULL), THA_ENOTFOUND);
     CHECK_RC(tha_schema_type_by_name(s, "nope", NULL), THA_ENOTFOUND);
     CHECK(sizeof(bool) == 1);
