@@ -28,7 +28,7 @@ typedef ... tha_schema_t;
 enum tha_prim {
     THA_T_CHAR, THA_T_I8, THA_T_U8, THA_T_I16, THA_T_U16, THA_T_I32,
     THA_T_U32, THA_T_I64, THA_T_U64, THA_T_F32, THA_T_F64, THA_T_BOOL,
-    THA_T_VOID, THA_T_FIRST_USER, ...
+    THA_T_VOID, THA_T_RAW, THA_T_FIRST_USER, ...
 };
 
 enum tha_kind {
@@ -100,6 +100,9 @@ enum tha_tracking { THA_TRACK_AUTO, THA_TRACK_EXPLICIT, THA_TRACK_DIFF, THA_TRAC
 
 int tha_heap_create(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
                     int tracking);
+#define THA_BASE_ALIGN ...
+int tha_heap_create_at(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
+                       int tracking, void *base);
 void tha_heap_destroy(tha_heap_t *h);
 const char *tha_heap_errmsg(const tha_heap_t *h);
 const char *tha_heap_tracking_name(const tha_heap_t *h);
@@ -153,6 +156,7 @@ typedef struct tha_stats {
     uint64_t frames_encoded, bytes_encoded;
     uint64_t frames_applied, bytes_applied;
     int tracking;
+    uint64_t same_address;
 } tha_stats_t;
 
 int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
@@ -188,6 +192,7 @@ typedef struct tha_frame_info {
     uint64_t length;
     uint32_t nruns;
     uint64_t nblocks;
+    uint64_t base;
 } tha_frame_info_t;
 
 int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size);
@@ -223,6 +228,7 @@ typedef struct tha_checkpoint_info {
     uint64_t top;
     uint64_t segments;
     uint64_t file_bytes;
+    uint64_t base;
 } tha_checkpoint_info_t;
 int tha_checkpoint_info(const char *path, tha_checkpoint_info_t *out,
                         tha_schema_t **schema, char *msg, size_t msgcap);

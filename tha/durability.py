@@ -146,14 +146,15 @@ class LogSyncer:
 
 def checkpoint_info(path) -> dict:
     """The header of a checkpoint file (seq, epoch, lineage, capacity, top,
-    segments, file_bytes, fingerprint, version) without reading the image."""
+    segments, file_bytes, fingerprint, version; base: a same-address heap's
+    base, 0 if relocatable) without reading the image."""
     info = _cffi.new("tha_checkpoint_info_t *")
     msg = _cffi.new("char[256]")
     check(lib.tha_checkpoint_info(os.fsencode(path), info, _cffi.NULL, msg, 256),
           lambda: msg)
     return {k: getattr(info, k) for k in ("version", "fingerprint", "lineage", "epoch",
                                           "seq", "capacity", "top", "segments",
-                                          "file_bytes")}
+                                          "file_bytes", "base")}
 
 
 def file_schema(path, functions=None):

@@ -73,18 +73,36 @@ class Heap:
 
     def __init__(self, schema: Schema, capacity: int = 64 << 20,
                  tracking: str = "auto", log: PathLike | None = None,
-                 fsync: str = "always"):
+                 fsync: str = "always", *, same_address: bool = False,
+                 base: int | None = None):
+        """``same_address=True`` (or a ``base``) maps the region at ``base``
+        (a multiple of 64 KiB below 2**48; None: C's THA_BASE_DEFAULT) and
+        makes it a same-address heap: its frames carry raw addresses, apply
+        only to a heap at that base (a mirror in another process), and it
+        may hold untyped allocations (new_raw). An address that is taken is
+        refused (OSFailure, errno EEXIST) naming what holds it."""
         _check_tracking(tracking)
         if not isinstance(schema, Schema):
             raise InvalidArgument(f"Heap: schema must be a tha.Schema, not {type(schema).__name__}")
         _check_capacity(capacity)
+        if base is not None and (isinstance(base, bool) or not isinstance(base, int)
+                                 or base <= 0 or base % lib.THA_BASE_ALIGN
+                                 or base >= 1 << 48):
+            raise InvalidArgument(f"Heap: base must be a multiple of 64 KiB in "
+                                  f"(0, 2**48), not {base!r}")
         self.schema = schema
         self._lock = threading.RLock()  # replication drivers re-enter it
         out = _cffi.new("tha_heap_t **")
-        rc = lib.tha_heap_create(out, schema._c, capacity, _TRACKING[tracking])
-        # ESCHEMA: a type larger than the capacity, named by the schema
-        check(rc, (lambda: lib.tha_schema_errmsg(schema._c))
-              if rc == lib.THA_ESCHEMA else None)
+        if same_address or base is not None:
+            at = _cffi.cast("void *", base or 0)
+            rc = lib.tha_heap_create_at(out, schema._c, capacity, _TRACKING[tracking], at)
+            # every failure is named by the schema (the address, its occupant)
+            check(rc, lambda: lib.tha_schema_errmsg(schema._c))
+        else:
+            rc = lib.tha_heap_create(out, schema._c, capacity, _TRACKING[tracking])
+            # ESCHEMA: a type larger than the capacity, named by the schema
+            check(rc, (lambda: lib.tha_schema_errmsg(schema._c))
+                  if rc == lib.THA_ESCHEMA else None)
         self._h = _cffi.gc(out[0], lib.tha_heap_destroy)
         self._base = int(_cffi.cast("uintptr_t", lib.tha_heap_base(self._h)))
         self.roots = Roots(self)
@@ -118,8 +136,9 @@ class Heap:
     def from_snapshot(cls, frame: Buffer, capacity: int | None = None,
                       functions: dict | None = None,
                       tracking: str = "auto") -> "Heap":
-        """A new heap holding a snapshot frame; the schema comes from the frame.
-        ``functions`` binds the frame's function names in this process (a
+        """A new heap holding a snapshot frame; the schema comes from the frame
+        (a same-address heap's snapshot: at the frame's base, OSFailure EEXIST
+        if that is taken). ``functions`` binds the frame's function names in this process (a
         function-pointer field that holds one cannot be applied unbound).
         ``tracking`` as for ``Heap()``."""
         _check_tracking(tracking)
@@ -130,7 +149,9 @@ class Heap:
         check(lib.tha_frame_schema(buf, len(buf), out, msg, 256), lambda: msg)
         schema = Schema("", functions, _c=_cffi.gc(out[0], lib.tha_schema_release))
         check(lib.tha_frame_info(buf, len(buf), info))
-        heap = cls(schema, capacity or info.capacity, tracking=tracking)
+        # a same-address heap's snapshot: at its base or nowhere
+        heap = cls(schema, capacity or info.capacity, tracking=tracking,
+                   base=info.base or None)
         heap.apply(frame)
         return heap
 
@@ -140,7 +161,7 @@ class Heap:
              tracking: str = "auto", progress: Progress | None = None,
              check: bool = True) -> "Heap":
         """A heap restored from a checkpoint file, at whatever address this
-        process maps it. The schema comes from the file; with ``schema`` the
+        process maps it (a same-address heap's checkpoint: at its base). The schema comes from the file; with ``schema`` the
         file's is compared to it first (SchemaMismatch names the differing
         field) and the heap uses it (its function bindings). ``log``: a
         delta log replayed on top up to its first torn, corrupt or
@@ -235,6 +256,23 @@ class Heap:
                     raise InvalidArgument(f"new {self.schema.type_name(ctype)}: field "
                                           f"{k!r}: {e}") from None
         return self._keep(p)
+
+    def new_raw(self, nbytes: int) -> CData:
+        """An untyped allocation of ``nbytes`` zeroed bytes (THA_T_RAW), as a
+        ``uint8_t *``: bytes whose layout tha does not know (a library's
+        state, pointers inside). Only a same-address heap takes one (else
+        StateError): it travels byte for byte and means the same on a mirror
+        at the same base. heap.check() does not look inside; leaks() scans it
+        conservatively (every aligned word that holds an address inside a
+        live allocation reaches it)."""
+        if isinstance(nbytes, bool) or not isinstance(nbytes, int) or \
+                not 1 <= nbytes < 1 << 32:
+            raise InvalidArgument(f"new_raw: nbytes must be an int in 1..2**32-1, "
+                                  f"not {nbytes!r}")
+        out = _cffi.new("void **")
+        with self._lock:
+            self._check(lib.tha_heap_alloc(self._h, lib.THA_T_RAW, nbytes, out))
+        return self._keep(self.schema.ffi.cast("uint8_t *", out[0]))
 
     def free(self, p: CData) -> None:
         """Frees the allocation that ``p`` (as returned by new()) starts."""
@@ -526,6 +564,7 @@ class Heap:
         d["tracking_mechanism"] = _cffi.string(
             lib.tha_heap_tracking_name(self._h)).decode()
         d["base"] = self._base
+        d["same_address"] = bool(st.same_address)  # its frames need a mirror at base
         return d
 
     def history(self) -> list:

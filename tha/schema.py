@@ -301,6 +301,9 @@ class Schema:
             if info.is_prim:
                 if tid == lib.THA_T_VOID:
                     continue
+                if tid == lib.THA_T_RAW:  # untyped bytes: seen as uint8_t
+                    self._by_id[tid] = self._named("uint8_t")
+                    continue
                 ctype = self._named(_PRIM_NAMES[tid])
             else:
                 kw = "union" if info.is_union else "struct"

@@ -974,6 +974,16 @@ static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t 
     }
 }
 
+/* A whole new image ending at top replaced one ending at old_top: what lay
+ * above top reads zero, maps no pointer words and is no local change. */
+static void zap_above(tha_heap_t *h, uint64_t top, uint64_t old_top) {
+    if (old_top <= top) return;
+    madvise(h->base + top, old_top - top, MADV_DONTNEED);
+    if (h->shadow) madvise(h->shadow + top, old_top - top, MADV_DONTNEED);
+    tha__wp_zapped(h, top, old_top - top);
+    memset(h->ptrmap + top / THA__BLOCK, 0, (old_top - top) / THA__BLOCK);
+}
+
 int tha_heap_apply(tha_heap_t *h, const void *frame, size_t len) {
     tha__frame_hdr_t hd;
     int rc = tha__frame_parse(frame, len, &hd, h->err, sizeof h->err);
@@ -1037,13 +1047,7 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
     uint64_t old_top = tha__reg(h)->top;
     copy_runs(h, &hd, body);
     if (hd.kind == THA_FRAME_SNAPSHOT) {
-        if (old_top > hd.top) { /* the image shrank: what lay above reads zero */
-            madvise(h->base + hd.top, old_top - hd.top, MADV_DONTNEED);
-            if (h->shadow)
-                madvise(h->shadow + hd.top, old_top - hd.top, MADV_DONTNEED);
-            tha__wp_zapped(h, hd.top, old_top - hd.top);
-            memset(h->ptrmap + hd.top / THA__BLOCK, 0, (old_top - hd.top) / THA__BLOCK);
-        }
+        zap_above(h, hd.top, old_top);
         tha__clear_dirty(h);
         h->lineage = hd.lineage;
     }
@@ -1193,5 +1197,36 @@ int tha__apply_segment_in_place(tha_heap_t *h, const tha__frame_hdr_t *hdp,
         funcs_from_wire(h, data, mask, nb);
     memcpy(h->ptrmap + b0, mask, nb);
     tha__track_sync_shadow(h, b0, nb);
+    return 0;
+}
+
+/* ---- a same-address bulk sync going live in place --------------------- */
+
+int tha__take_image(tha_heap_t *L, tha_heap_t *S) {
+    THA_ASSERT(L->addr && L->addr == S->addr && L->capacity >= S->capacity &&
+               L->addr == (uint64_t)(uintptr_t)L->base);
+    const uint64_t top = tha__reg(S)->top, old_top = tha__reg(L)->top;
+    int rc = tha__commit(L, top);
+    if (rc)
+        return tha__hfail(L, rc, "bulk sync: the live heap at 0x%llx cannot commit the "
+                          "image's %llu bytes: %s", (unsigned long long)L->addr,
+                          (unsigned long long)top, tha_strerror(rc));
+    if (L->log_sink) { /* what tha_heap_detach_log does, through the sink */
+        L->log_sink->close(L->log);
+        L->log_sink = NULL;
+        L->log = NULL;
+    }
+    /* the staging heap passed tha__check_staging at this very address */
+    memcpy(L->base, S->base, top);
+    memcpy(L->ptrmap, S->ptrmap, top / THA__BLOCK);
+    tha__track_sync_shadow(L, 0, top / THA__BLOCK);
+    zap_above(L, top, old_top);
+    tha__clear_dirty(L);
+    L->collected = 0;
+    L->lineage = S->lineage;
+    L->seq = S->seq;
+    L->epoch = S->epoch;
+    L->frames_applied += S->frames_applied;
+    L->bytes_applied += S->bytes_applied;
     return 0;
 }

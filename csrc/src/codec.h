@@ -33,6 +33,16 @@ int tha__apply_segment(tha_heap_t *h, const tha__frame_hdr_t *hd, const void *fr
 int tha__apply_segment_in_place(tha_heap_t *h, const tha__frame_hdr_t *hd,
                                 const void *head, size_t head_len, uint64_t data_len);
 
+/* A same-address bulk sync's staging heap S, filled away from the base its
+ * live heap L holds (L->addr == S->addr == L's base), goes live: L takes
+ * S's image in place, as if a snapshot of it were applied to L (its old
+ * allocations are gone; seq, epoch and lineage become S's; its tracking
+ * mode stays, re-baselined). A log attached to L is detached (synced and
+ * closed): it follows the old series, and a bulk sync's heap starts without
+ * one. S is left to the caller to destroy. Fails only if L cannot commit
+ * S's top (L unchanged; the detail in L->err). */
+int tha__take_image(tha_heap_t *L, tha_heap_t *S);
+
 /* Threads big work may use (tha_set_threads): 1 or 2. */
 int tha__threads(void);
 

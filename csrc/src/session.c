@@ -10,6 +10,7 @@
 #include "heapcheck.h"
 #include "replication.h"
 
+#include <errno.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -48,12 +49,14 @@ typedef struct outitem {
 } outitem_t;
 
 /* HELLO payload, both directions, fixed size (little-endian, packed by
- * hand). epoch_start/epoch_id: the sender's current history entry. */
+ * hand). epoch_start/epoch_id: the sender's current history entry.
+ * base64k: the base of the sender's heap / 64 KiB if it is same-address
+ * (tha_heap_create_at), else 0; a standby bulk syncs into a heap there. */
 typedef struct hello {
     uint32_t version, role;
     uint64_t node, epoch, lineage, seq, capacity, fingerprint;
     uint8_t nonce[NONCE], mac[THA_MAC_SIZE];
-    uint32_t flags, unused;
+    uint32_t flags, base64k;
     uint64_t epoch_start, epoch_id;
 } hello_t;
 #define HELLO_MAC_AT (4 + 4 + 6 * 8 + NONCE)
@@ -436,7 +439,7 @@ static void hello_pack(const tha_session_t *s, uint8_t *p) {
     memset(p + HELLO_MAC_AT, 0, THA_MAC_SIZE);
     size_t q = HELLO_MAC_AT + THA_MAC_SIZE;
     put32(p + q, h ? 1u : 0u);
-    put32(p + q + 4, 0);
+    put32(p + q + 4, h ? (uint32_t)(h->addr >> 16) : 0u);
     put64(p + q + 8, e ? e->start : 0);
     put64(p + q + 16, e ? e->id : 0);
 }
@@ -455,7 +458,7 @@ static int hello_parse(const uint8_t *p, size_t len, hello_t *o) {
     memcpy(o->mac, p + HELLO_MAC_AT, THA_MAC_SIZE);
     size_t q = HELLO_MAC_AT + THA_MAC_SIZE;
     o->flags = get32(p + q);
-    o->unused = get32(p + q + 4);
+    o->base64k = get32(p + q + 4);
     o->epoch_start = get64(p + q + 8);
     o->epoch_id = get64(p + q + 16);
     return 0;
@@ -848,10 +851,24 @@ static int maybe_go_live(tha_session_t *s, int ack) {
         return close_with(s, THA_EV_ERROR, rc, "bulk sync refused at seq %llu: %s",
                           (unsigned long long)s->consistent_at, why);
     }
-    if (s->owns_heap) tha_heap_destroy(s->heap);
-    s->heap = s->staging;
-    s->owns_heap = 1;
-    s->staging = NULL;
+    if (s->staging->addr && s->staging->addr != (uint64_t)(uintptr_t)s->staging->base) {
+        /* same-address, filled away from the base the live heap holds:
+         * the live heap takes the image in place (same handle) */
+        rc = tha__take_image(s->heap, s->staging);
+        tha_heap_destroy(s->staging);
+        s->staging = NULL;
+        if (rc) {
+            send_nack(s, s->consistent_at, rc, "bulk sync: cannot take the image live");
+            return close_with(s, THA_EV_ERROR, rc, "bulk sync at seq %llu: %s",
+                              (unsigned long long)s->consistent_at,
+                              tha_heap_errmsg(s->heap));
+        }
+    } else {
+        if (s->owns_heap) tha_heap_destroy(s->heap);
+        s->heap = s->staging;
+        s->owns_heap = 1;
+        s->staging = NULL;
+    }
     s->state = S_STREAMING;
     /* The new heap has no log: nothing of it is on disk until the driver
      * checkpoints it and starts a fresh log (tha_session_persisted). */
@@ -862,18 +879,49 @@ static int maybe_go_live(tha_session_t *s, int ack) {
                     (ack < THA_ACK_APPLIED ? THA_ACK_APPLIED : ack));
 }
 
+/* The heap a bulk sync fills: relocatable, or at the active's base for a
+ * same-address active. Its live heap may hold that base (the mirror of an
+ * earlier bulk sync): two images cannot share an address, so the staging
+ * heap is then filled elsewhere and the live heap takes its image at go-live
+ * (tha__take_image). */
+static int create_staging(tha_session_t *s, uint64_t seq, uint64_t capacity) {
+    const uint64_t base = (uint64_t)s->peer.base64k << 16;
+    char why[256] = "";
+    int rc = tha__heap_new(&s->staging, s->peer_schema, capacity, THA_TRACK_EXPLICIT,
+                           base, base, why, sizeof why);
+    tha_heap_t *live = s->heap;
+    if (rc == -EEXIST && live && live->addr == base &&
+        (uint64_t)(uintptr_t)live->base == base) {
+        if (live->capacity < capacity) {
+            rc = THA_ECAPACITY;
+            snprintf(why, sizeof why, "the active's same-address heap at 0x%llx has "
+                     "capacity %llu; the mirror there reserved %llu, and another heap "
+                     "cannot share its address: restart this standby without a heap",
+                     (unsigned long long)base, (unsigned long long)capacity,
+                     (unsigned long long)live->capacity);
+        } else {
+            rc = tha__heap_new(&s->staging, s->peer_schema, capacity, THA_TRACK_EXPLICIT,
+                               0, base, why, sizeof why);
+        }
+    }
+    if (rc) {
+        s->staging = NULL;
+        if (!why[0]) snprintf(why, sizeof why, "%s", tha_strerror(rc));
+        send_nack(s, seq, rc, "cannot create the bulk sync's heap");
+        return close_with(s, THA_EV_ERROR, rc, "bulk sync: cannot create a %llu-byte "
+                          "heap: %s", (unsigned long long)capacity, why);
+    }
+    return 0;
+}
+
 static int on_snap_begin(tha_session_t *s, const uint8_t *p, size_t len) {
     if (len < 44 || get32(p + 40) != len - 44 || !s->peer_schema)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "malformed SNAP_BEGIN");
     uint64_t capacity = get64(p + 24);
     tha_heap_destroy(s->staging);
     s->staging = NULL;
-    int rc = tha_heap_create(&s->staging, s->peer_schema, capacity, THA_TRACK_EXPLICIT);
-    if (rc) {
-        send_nack(s, get64(p), rc, "cannot create the staging heap");
-        return close_with(s, THA_EV_ERROR, rc, "bulk sync: cannot create a %llu-byte "
-                          "heap: %s", (unsigned long long)capacity, tha_strerror(rc));
-    }
+    int rc = create_staging(s, get64(p), capacity);
+    if (rc) return rc;
     s->staging->fuzzy = 1;
     s->staging->seq = get64(p);
     s->staging->epoch = get64(p + 8);

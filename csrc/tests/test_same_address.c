@@ -120,7 +120,7 @@ static void test_raw_needs_same_address(void) {
 
 /* A list of n items whose blobs are raw buffers pointing back at their
  * item, at the next blob and at themselves. */
-static struct item *build(tha_heap_t *h, int n) {
+static struct item *build(tha_heap_t *h, int n, void (*fn)(void)) {
     struct item *head = NULL;
     void *next_blob = NULL;
     for (int i = n - 1; i >= 0; i--) {
@@ -135,7 +135,7 @@ static struct item *build(tha_heap_t *h, int n) {
         it->key = (uint64_t)i;
         it->next = head;
         it->blob = blob;
-        it->fn = fn_a;
+        it->fn = fn;
         head = it;
         next_blob = blob;
     }
@@ -168,7 +168,7 @@ static void test_mirror_in_process(void) {
     tha_schema_t *s = make_schema(fn_a), *m = make_schema(fn_b);
     tha_heap_t *a, *b;
     CHECK_OK(tha_heap_create_at(&a, s, CAP, THA_TRACK_DIFF, BASE(5)));
-    struct item *head = build(a, 50);
+    struct item *head = build(a, 50, fn_a);
     CHECK_OK(tha_root_set(a, "list", head));
     size_t slen, dlen, d2len;
     void *snap = encode(a, THA_FRAME_SNAPSHOT, &slen);
@@ -394,7 +394,7 @@ static void test_checkpoint_load(void) {
     char path[64];
     snprintf(path, sizeof path, "%s/ck", dir);
     CHECK_OK(tha_heap_create_at(&a, s, CAP, THA_TRACK_DIFF, BASE(11)));
-    struct item *head = build(a, 30);
+    struct item *head = build(a, 30, fn_a);
     CHECK_OK(tha_root_set(a, "list", head));
     CHECK_OK(tha_heap_checkpoint(a, path, NULL, NULL));
     tha_checkpoint_info_t ci;
@@ -436,7 +436,8 @@ static void standby_event(void *ctx, const tha_event_t *ev) {
     last_live = h;
 }
 
-/* The standby: two actives in turn (two frame series, both at BASE(12)):
+/* The standby: two actives in turn (two frame series, both at BASE(12);
+ * no function pointers: a standby without a heap has nothing to bind):
  * the first bulk sync creates the mirror at the base, the second lands on
  * the base the mirror holds and replaces its image in place. */
 static int standby_main(tha_net_t *n) {
@@ -452,7 +453,7 @@ static int standby_main(tha_net_t *n) {
         if (tha_root_get(h, "list", (void **)&it)) return 40 + c;
         int len = c == 0 ? 40 : 25;
         int before = check_failures;
-        same_list(it, len, fn_a);
+        same_list(it, len, NULL);
         if (check_failures != before) return 50 + c;
         if (tha_heap_check(h)) return 60 + c;
     }
@@ -479,7 +480,7 @@ static void test_net_standby(void) {
         tha_heap_t *h;
         CHECK_OK(tha_heap_create_at(&h, s, 8u << 20, THA_TRACK_AUTO, BASE(12)));
         int len = round == 0 ? 40 : 25;
-        struct item *head = build(h, len + 1);
+        struct item *head = build(h, len + 1, NULL);
         CHECK_OK(tha_root_set(h, "list", head));
         tha_net_t *n;
         tha_net_options_t opt = {.timeout_ms = 5000};
@@ -505,6 +506,46 @@ static void test_net_standby(void) {
     tha_schema_release(s);
 }
 
+/* A standby where something else holds the active's base refuses the
+ * bulk sync, naming the address and the mapping there. */
+static void test_net_base_taken(void) {
+    uint16_t port = 0;
+    tha_net_t *sb;
+    tha_net_options_t sopt = {.timeout_ms = 5000};
+    CHECK_OK(tha_net_standby_listen(&sb, NULL, "127.0.0.1", &port, &sopt));
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid == 0) {
+        void *page = mmap((uint8_t *)BASE(13) + 8192, 4096, PROT_READ,
+                          MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED_NOREPLACE, -1, 0);
+        int rc = page == MAP_FAILED ? 1 : 0;
+        if (!rc && tha_net_standby_accept(sb, 20000)) rc = 2;
+        if (!rc && tha_net_standby_serve(sb, 0) == 0) rc = 3;
+        if (!rc && !strstr(tha_net_errmsg(sb), "[0x21d000000000, 0x21d000800000) is "
+                                               "taken in this process: 21d000002000-"))
+            rc = 4;
+        if (rc) fprintf(stderr, "standby: %d: %s\n", rc, tha_net_errmsg(sb));
+        if (!rc && tha_net_heap(sb, 0)) rc = 5;
+        tha_net_close(sb);
+        _exit(rc);
+    }
+    tha_net_close(sb);
+    tha_schema_t *s = make_schema(fn_a);
+    tha_heap_t *h;
+    CHECK_OK(tha_heap_create_at(&h, s, 8u << 20, THA_TRACK_EXPLICIT, BASE(13)));
+    tha_net_t *n = NULL;
+    tha_net_options_t opt = {.timeout_ms = 5000};
+    int rc = tha_net_active_open(&n, h, "127.0.0.1", port, &opt);
+    if (rc == 0) rc = tha_net_sync(n, THA_ACK_APPLIED, 5000, NULL);
+    CHECK(rc != 0);
+    tha_net_close(n);
+    int status;
+    CHECK(waitpid(pid, &status, 0) == pid);
+    CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    tha_heap_destroy(h);
+    tha_schema_release(s);
+}
+
 int main(void) {
     if (!mkdtemp(dir)) return 1;
     RUN(test_create_at);
@@ -515,6 +556,7 @@ int main(void) {
     RUN(test_leaks_conservative);
     RUN(test_checkpoint_load);
     RUN(test_net_standby);
+    RUN(test_net_base_taken);
     rmdir(dir);
     return CHECK_DONE();
 }

@@ -355,7 +355,12 @@ class Standby(_Node):
         new state stays live in memory, without the persisted ack."""
         old, old_seq = self.heap, self.applied_seq
         heap_c = lib.tha_session_take_heap(conn.s)
-        new = Heap._adopt(heap_c, self._lock, self.functions)
+        if old is not None and heap_c == old._h:
+            # same-address: the bulk sync landed on the base the live mirror
+            # holds, which took the image in place (its C log was detached)
+            new = old
+        else:
+            new = Heap._adopt(heap_c, self._lock, self.functions)
         conn.keep = new  # the session points at it until it is destroyed
         detached = False
         try:
