@@ -4,12 +4,27 @@
  * other frame through tha_heap_apply (catch-up deltas on the fuzzy
  * image). The harness gives each item the staging heap's lineage (and a
  * delta the next seq) and reseals it. Then tha__check_staging, as the
- * session runs it before the heap goes live; if it passes, fz_oracle. */
+ * session runs it before the heap goes live; if it passes, fz_oracle.
+ * A first item of frame version 2 makes the staging heap same-address
+ * (FZ_BASE, as an active's HELLO does): with an even header epoch it is
+ * mapped there; with an odd one it is filled elsewhere, as when the live
+ * mirror holds the base, and once it passes a live heap at FZ_BASE takes
+ * its image (tha__take_image) and faces the oracle. */
 #include "fuzz_common.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     tha_heap_t *h;
-    fz_must(tha_heap_create(&h, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT), "create");
+    tha__frame_hdr_t first = {0};
+    if (size >= 4 + sizeof first) memcpy(&first, data + 4, sizeof first);
+    const int fixed = first.version == 2, away = fixed && (first.epoch & 1);
+    char why[256];
+    if (fixed)
+        fz_must(tha__heap_new(&h, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT,
+                              away ? 0 : (uint64_t)(uintptr_t)FZ_BASE,
+                              (uint64_t)(uintptr_t)FZ_BASE, why, sizeof why),
+                "create the staging heap");
+    else
+        fz_must(tha_heap_create(&h, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT), "create");
     h->fuzzy = 1; /* as on_snap_begin makes it */
     h->seq = 1;
     size_t pos = 0;
@@ -40,7 +55,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             (void)tha_heap_apply(h, f, n);
         free(f);
     }
-    if (items && tha__check_staging(h) == 0) fz_oracle(h);
+    if (items && tha__check_staging(h) == 0) {
+        if (away) { /* go-live in place, as maybe_go_live does */
+            tha_heap_t *live;
+            fz_must(tha_heap_create_at(&live, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT,
+                                       FZ_BASE), "create the live heap");
+            fz_must(tha__take_image(live, h), "take the image");
+            tha_heap_destroy(h);
+            h = live;
+        }
+        fz_oracle(h);
+    }
     tha_heap_destroy(h);
     return 0;
 }

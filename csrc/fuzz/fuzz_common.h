@@ -48,11 +48,20 @@ static __attribute__((unused)) void fz_must(int rc, const char *what) {
     }
 }
 
+/* Where same-address sources and mirrors live (one at a time). */
+#define FZ_BASE ((void *)(uintptr_t)0x240000000000ull)
+
 /* A deterministic source heap: chains of nodes in two slab classes, some
- * freed, one array big enough for a span, two roots. */
-static __attribute__((unused)) tha_heap_t *fz_source(void) {
+ * freed, one array big enough for a span, two roots. same_address: at
+ * FZ_BASE, with an untyped buffer (root "raw") holding addresses of a node,
+ * of the span, of itself, and an integer. */
+static __attribute__((unused)) tha_heap_t *fz_source_mode(int same_address) {
     tha_heap_t *h;
-    fz_must(tha_heap_create(&h, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT), "create");
+    if (same_address)
+        fz_must(tha_heap_create_at(&h, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT, FZ_BASE),
+                "create at FZ_BASE");
+    else
+        fz_must(tha_heap_create(&h, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT), "create");
     struct fz_node *prev = NULL, *keep[40];
     for (int i = 0; i < 40; i++) {
         struct fz_node *n;
@@ -73,8 +82,19 @@ static __attribute__((unused)) tha_heap_t *fz_source(void) {
         keep[i + 1]->next = keep[i - 1]; /* unlink keep[i] before freeing it */
         fz_must(tha_heap_free(h, keep[i]), "free");
     }
+    if (same_address) {
+        void **raw;
+        fz_must(tha_heap_alloc(h, THA_T_RAW, 40, (void **)&raw), "alloc raw");
+        raw[0] = keep[2];
+        raw[1] = &big[7].id;
+        raw[2] = &raw[3];
+        raw[3] = (void *)(uintptr_t)12345;
+        fz_must(tha_root_set(h, "raw", raw), "root");
+    }
     return h;
 }
+
+static __attribute__((unused)) tha_heap_t *fz_source(void) { return fz_source_mode(0); }
 
 /* The source's next change: a few allocs, frees, writes, a root. */
 static __attribute__((unused)) void fz_mutate(tha_heap_t *h, unsigned round) {

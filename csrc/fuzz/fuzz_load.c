@@ -4,15 +4,20 @@
  * whatever a writer's memory held, a bit flip before the checksums), its
  * region's capacity and top set so the writer can stream it, and that heap
  * writes a real checkpoint (valid checksums) and, through its log, the
- * deltas (each given the next seq and resealed). Then load; if it returns
- * a heap, fz_oracle. */
+ * deltas (each given the next seq and resealed). A version-2 snapshot
+ * makes that writer a same-address heap at FZ_BASE (gone before the load,
+ * which maps the heap there again). Then load; if it returns a heap,
+ * fz_oracle. */
 #include "fuzz_common.h"
 
 #include <unistd.h>
 
 static char ckpt[64], logf[64];
 
-static void rebase(tha_heap_t *h, uint64_t top) {
+/* Pointer words as a writer's memory holds them: offsets (same-address:
+ * addresses already) in the image stay, function id 0 is fz_hook, the
+ * rest NULL. */
+static void rebase(tha_heap_t *h, uint64_t top, uint64_t fb) {
     uint64_t base = (uint64_t)(uintptr_t)h->base;
     for (uint64_t b = 0; b < top / THA__BLOCK; b++)
         for (unsigned m = h->ptrmap[b]; m; m &= m - 1) {
@@ -20,8 +25,8 @@ static void rebase(tha_heap_t *h, uint64_t top) {
             if (*w == 0) continue;
             if (*w & THA__FUNC_TAG)
                 *w = (*w & ~THA__FUNC_TAG) == 0 ? (uint64_t)(uintptr_t)fz_hook : 0;
-            else if (*w <= top)
-                *w += base;
+            else if (*w - fb - 1 < top)
+                *w += fb ? 0 : base;
             else
                 *w = 0;
         }
@@ -51,8 +56,14 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     uint64_t nb = run.nblocks, mlen = tha__align_up(nb, 8);
     if (nb == 0 || nb > FZ_CAP / THA__BLOCK || mlen + nb * THA__BLOCK > avail) return 0;
     uint64_t top = tha__align_up(nb * THA__BLOCK, THA__PAGE);
+    /* a same-address snapshot (version 2) stands for a same-address writer */
+    const uint64_t fb = hd.version == 2 ? (uint64_t)(uintptr_t)FZ_BASE : 0;
     tha_heap_t *src;
-    fz_must(tha_heap_create(&src, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT), "create");
+    if (fb)
+        fz_must(tha_heap_create_at(&src, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT, FZ_BASE),
+                "create at FZ_BASE");
+    else
+        fz_must(tha_heap_create(&src, fz_schema(), FZ_CAP, THA_TRACK_EXPLICIT), "create");
     if (tha__commit(src, top)) {
         tha_heap_destroy(src);
         return 0;
@@ -60,7 +71,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     memset(src->base, 0, src->committed);
     memcpy(src->base, p + sizeof run + mlen, nb * THA__BLOCK);
     memcpy(src->ptrmap, p + sizeof run, nb);
-    rebase(src, top);
+    rebase(src, top, fb);
     tha__region_t *r = tha__reg(src);
     r->capacity = FZ_CAP; /* what the writer itself relies on */
     r->top = top;

@@ -1,5 +1,6 @@
 /* gen_corpus.c — writes the fuzzers' seed corpora (fuzz/corpus/<target>/)
- * from real frames of fz_source: `make fuzz-corpus`. Deterministic except
+ * from real frames of fz_source (and of its same-address twin):
+ * `make fuzz-corpus`. Deterministic except
  * for lineages, which the targets overwrite anyway. */
 #include "fuzz_common.h"
 
@@ -53,6 +54,74 @@ static void change(tha_heap_t *h, int k) {
         fz_must(tha_heap_touch(h, &n->id, 8), "touch");
     }
     }
+}
+
+/* The same seeds for same-address heaps (fz_source_mode(1) at FZ_BASE):
+ * fuzz_frame with flags bit 1, fuzz_bulk mapped at the base and filled
+ * away from it (odd epoch in its first segment), fuzz_load. */
+static void same_address_seeds(void) {
+    uint8_t flags = 2;
+    char name[40];
+    tha_heap_t *h = fz_source_mode(1);
+    size_t slen;
+    uint8_t *snap = fz_encode(h, THA_FRAME_SNAPSHOT, &slen);
+    buf_t b = {0}, bulk = {0}, away = {0};
+    add(&b, &flags, 1);
+    add(&b, snap, slen);
+    put("fuzz_frame", "fixed_snapshot", b.p, b.n);
+    uint64_t from = 0;
+    for (int first = 1;; first = 0) {
+        size_t cap = tha__segment_size(h, from, 1024), len;
+        if (cap <= THA_FRAME_HEADER_SIZE) break;
+        uint8_t *seg = malloc(cap);
+        fz_must(tha__encode_segment(h, &from, 1024, seg, cap, &len), "segment");
+        add_item(&bulk, seg, len);
+        if (first) { /* odd epoch: the staging heap is filled elsewhere */
+            tha__frame_hdr_t hd;
+            memcpy(&hd, seg, sizeof hd);
+            hd.epoch = 1;
+            memcpy(seg, &hd, sizeof hd);
+            fz_reseal(seg, len);
+        }
+        add_item(&away, seg, len);
+        free(seg);
+    }
+    tha_heap_destroy(h);
+    for (int k = 0; k < 6; k++) {
+        h = fz_source_mode(1);
+        free(fz_encode(h, THA_FRAME_SNAPSHOT, &slen));
+        change(h, k);
+        size_t dlen;
+        uint8_t *d = fz_encode(h, THA_FRAME_DELTA, &dlen);
+        free(b.p);
+        b = (buf_t){0};
+        add(&b, &flags, 1);
+        add(&b, d, dlen);
+        snprintf(name, sizeof name, "fixed_delta%d", k);
+        put("fuzz_frame", name, b.p, b.n);
+        if (k == 0) {
+            add_item(&bulk, d, dlen);
+            add_item(&away, d, dlen);
+            put("fuzz_bulk", "fixed_segments_delta", bulk.p, bulk.n);
+            put("fuzz_bulk", "fixed_away_segments_delta", away.p, away.n);
+        }
+        buf_t ld = {0};
+        add_item(&ld, snap, slen);
+        add_item(&ld, d, dlen);
+        change(h, (k + 1) % 6);
+        uint8_t *d2 = fz_encode(h, THA_FRAME_DELTA, &dlen);
+        add_item(&ld, d2, dlen);
+        snprintf(name, sizeof name, "fixed_ckpt_log%d", k);
+        put("fuzz_load", name, ld.p, ld.n);
+        free(ld.p);
+        free(d);
+        free(d2);
+        tha_heap_destroy(h);
+    }
+    free(b.p);
+    free(bulk.p);
+    free(away.p);
+    free(snap);
 }
 
 int main(void) {
@@ -109,5 +178,6 @@ int main(void) {
     free(b.p);
     free(bulk.p);
     free(snap);
+    same_address_seeds();
     return 0;
 }
