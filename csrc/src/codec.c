@@ -562,10 +562,11 @@ static int check_region_header(tha_heap_t *h, const tha__frame_hdr_t *hd,
     return 0;
 }
 
-/* Pointer words of nb blocks at data (first block b0), one at a time. */
-static int check_words(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
-                       const uint8_t *mask, uint64_t b0, uint64_t nb) {
-    const uint64_t lo = tha__frame_base(hd) + 1; /* 1: offsets; base + 1: addresses */
+/* Pointer words of nb blocks at data (first block b0), one at a time.
+ * lo: 1 (offsets), or base + 1 (addresses of a same-address frame). */
+static inline __attribute__((always_inline)) int
+check_words_k(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+              const uint8_t *mask, uint64_t b0, uint64_t nb, const uint64_t lo) {
     for (uint64_t j = 0; j < nb; j++)
         for (unsigned m = mask[j]; m; m &= m - 1) {
             unsigned w = (unsigned)__builtin_ctz(m);
@@ -576,6 +577,13 @@ static int check_words(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t 
             if (rc) return rc;
         }
     return 0;
+}
+
+static int check_words(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+                       const uint8_t *mask, uint64_t b0, uint64_t nb) {
+    const uint64_t fb = tha__frame_base(hd);
+    return fb ? check_words_k(h, hd, data, mask, b0, nb, fb + 1)
+              : check_words_k(h, hd, data, mask, b0, nb, 1);
 }
 
 /* Portable big run: checksum and check 64 KiB at a time. */
@@ -923,10 +931,12 @@ static int copy_fixed_half(half_t *x) {
     return 0;
 }
 
-/* Copies and rebases every run of a verified frame into the heap. */
-static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body) {
+/* Copies and rebases every run of a verified frame into the heap (fixed,
+ * a same-address frame: copies only). */
+static inline __attribute__((always_inline)) void
+copy_runs_k(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body,
+            const int fixed) {
     const tha__frame_hdr_t hd = *hdp;
-    const int fixed = tha__frame_base(&hd) != 0;
     const uint8_t *p = body + tha__align_up(hd.schema_len, 8), *pf = p;
     uint32_t pfi = 0;
     for (uint32_t i = 0; i < hd.nruns; i++) {
@@ -972,6 +982,13 @@ static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t 
         tha__track_sync_shadow(h, b0, run.nblocks);
         p = data + run.nblocks * THA__BLOCK;
     }
+}
+
+static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+    if (tha__frame_base(hd))
+        copy_runs_k(h, hd, body, 1);
+    else
+        copy_runs_k(h, hd, body, 0);
 }
 
 /* A whole new image ending at top replaced one ending at old_top: what lay
