@@ -26,6 +26,16 @@ def test_c_examples():
     _make("examples")
 
 
+def test_c_rbtree_bench_smoke():
+    """csrc/bench/rbtree_bench.c at 3,000 nodes and 2 rounds (make
+    bench-smoke): every mode runs and every mirror it walks matches, so the
+    benchmark behind README's ratios cannot rot."""
+    import pytest
+    if not Path("/usr/include/bsd/sys/tree.h").exists():
+        pytest.skip("no <bsd/sys/tree.h> (apt-get install libbsd-dev)")
+    _make("bench-smoke")
+
+
 def test_c_under_valgrind():
     """Every C test and example under valgrind memcheck: no error, no
     definite leak (.ci/run installs valgrind; write-protect tracking is left
