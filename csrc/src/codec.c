@@ -919,10 +919,30 @@ static void funcs_from_wire(tha_heap_t *h, uint8_t *dst, const uint8_t *mask, ui
 }
 
 /* A verified run of a same-address frame into the heap: a straight copy,
- * then the function ids if the verify pass met any (h->funcs_seen). */
+ * then the function ids if the verify pass met any (h->funcs_seen). A big
+ * run is copied as put_run_fast copies (256 KiB pieces from the end back,
+ * where the verify pass left the frame in the cache; non-temporal stores
+ * from 1 MiB), only without rewriting a word: a front-to-back memcpy
+ * would read it all from memory again. */
 static void copy_fixed(tha_heap_t *h, uint8_t *dst, const uint8_t *data,
                        const uint8_t *mask, uint64_t nb) {
-    memcpy(dst, data, nb * THA__BLOCK);
+#ifdef FAST_X86
+    if (nb >= BIG_BLOCKS) {
+        const int nt = nb >= NT_BLOCKS;
+        for (uint64_t end = nb; end > 0;) {
+            uint64_t start = end > 4096 ? end - 4096 : 0;
+            if (nt)
+                for (uint64_t i = start; i < end; i++)
+                    put_block(h, dst + i * THA__BLOCK, data + i * THA__BLOCK, 0, 0, 1);
+            else
+                memcpy(dst + start * THA__BLOCK, data + start * THA__BLOCK,
+                       (end - start) * THA__BLOCK);
+            end = start;
+        }
+        if (nt) _mm_sfence();
+    } else
+#endif
+        memcpy(dst, data, nb * THA__BLOCK);
     if (h->funcs_seen) funcs_from_wire(h, dst, mask, nb);
 }
 

@@ -220,6 +220,43 @@ static void test_mirror_in_process(void) {
     tha_schema_release(m);
 }
 
+/* A snapshot past 16 MiB: its one run is copied by two threads, in
+ * non-temporal pieces, and the function ids in it rewritten after. */
+static void test_big_snapshot(void) {
+    tha_schema_t *s = make_schema(fn_a), *m = make_schema(fn_b);
+    tha_heap_t *a, *b;
+    enum { N = 700000 }; /* 22 MB of items */
+    CHECK_OK(tha_heap_create_at(&a, s, 64u << 20, THA_TRACK_EXPLICIT, BASE(14)));
+    struct item *v;
+    CHECK_OK(tha_heap_alloc(a, ITEM, N, (void **)&v));
+    for (int i = 0; i < N; i++) {
+        v[i].key = (uint64_t)i * 3;
+        v[i].next = i + 1 < N ? &v[i + 1] : NULL;
+        v[i].fn = i % 1000 == 0 && i > N / 2 ? fn_a : NULL; /* second half only */
+    }
+    CHECK_OK(tha_heap_touch(a, v, 0));
+    CHECK_OK(tha_root_set(a, "v", v));
+    size_t len;
+    void *snap = encode(a, THA_FRAME_SNAPSHOT, &len);
+    CHECK(len > (20u << 20));
+    tha_heap_destroy(a);
+    CHECK_OK(tha_heap_create_at(&b, m, 64u << 20, THA_TRACK_EXPLICIT, BASE(14)));
+    for (int threads = 1; threads <= 2; threads++) {
+        CHECK_OK(tha_set_threads(threads));
+        CHECK_OK(tha_heap_apply(b, snap, len));
+        int bad = 0;
+        for (int i = 0; i < N; i++)
+            bad += v[i].key != (uint64_t)i * 3 || v[i].next != (i + 1 < N ? &v[i + 1] : NULL) ||
+                   v[i].fn != (i % 1000 == 0 && i > N / 2 ? fn_b : NULL);
+        CHECK(bad == 0);
+    }
+    CHECK_OK(tha_heap_check(b));
+    tha_heap_destroy(b);
+    free(snap);
+    tha_schema_release(s);
+    tha_schema_release(m);
+}
+
 /* Frames and heaps of different modes or bases never meet. */
 static void test_mismatch(void) {
     tha_schema_t *s = make_schema(fn_a);
@@ -554,6 +591,7 @@ int main(void) {
     RUN(test_create_at);
     RUN(test_raw_needs_same_address);
     RUN(test_mirror_in_process);
+    RUN(test_big_snapshot);
     RUN(test_mismatch);
     RUN(test_untrusted);
     RUN(test_leaks_conservative);

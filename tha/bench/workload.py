@@ -33,7 +33,10 @@ class Graph:
     every measurement reuses (allocated and faulted once)."""
 
     def __init__(self, n: int = 1_000_000, dirty_pct: float = 1.0, seed: int = 1,
-                 clustered: bool = False):
+                 clustered: bool = False, base: int | None = None, mirror: bool = True):
+        """``base``: the source is a same-address heap there (its frames
+        then need a mirror at the same base: ``mirror=False`` makes none,
+        for a caller that applies them after the source is gone)."""
         if n < 2:
             raise ValueError("need at least 2 emps")
         self.n = n
@@ -41,16 +44,18 @@ class Graph:
         ndepts = max(1, n // EMPS_PER_DEPT)
         capacity = ((n * EMP_SIZE + ndepts * DEPT_SIZE) * 9 // 8 + (8 << 20))
         self.capacity = capacity
-        self.heap = Heap(self.schema, capacity=capacity, tracking="explicit")
+        self.heap = Heap(self.schema, capacity=capacity, tracking="explicit", base=base)
         self.depts = self.heap.new("struct dept", count=ndepts)
         self.emps = self.heap.new("struct emp", count=n)
         self._wire(ndepts)
         self.heap.touch(self.emps)  # the whole array: written behind the heap's back
-        self.mirror = Heap(self.schema, capacity=capacity, tracking="explicit")
+        self.mirror = Heap(self.schema, capacity=capacity, tracking="explicit") \
+            if mirror else None
         self.snap_size = self.heap.frame_size("snapshot")
         self.snap_buf = bytearray(self.snap_size + 4096)
         self.delta_buf = bytearray(self.snap_size + 4096)
-        self.sync()
+        if mirror:
+            self.sync()
         # The dirty set: scattered emps, never element 0 (touching the start
         # of an allocation marks all of it).
         k = max(1, round(n * dirty_pct / 100))

@@ -10,6 +10,7 @@ import os
 import sys
 
 from ..bench import checkpoint as bc, codec, leaks as bl, replication as br, tracking as bt
+from ..bench import same_address as bs
 from ..bench.workload import machine
 
 
@@ -55,6 +56,11 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
                    help="instead: checkpoint() and Heap.load() against a plain "
                    "sequential write+fsync / cold read of the same bytes to the same "
                    "disk (see tha/bench/checkpoint.py); --size, --dir, --repeat")
+    p.add_argument("--same-address", action="store_true",
+                   help="instead: applying a same-address heap's frames (raw "
+                   "addresses, a straight copy) against a relocatable heap's and "
+                   "memcpy of the same bytes (see tha/bench/same_address.py); "
+                   "--objects, --dirty, --repeat")
     p.add_argument("--size", type=_size, default="256M", metavar="BYTES",
                    help="with --checkpoint: heap image size (256M, 1G; default 256M)")
     p.add_argument("--dir", default=None, metavar="DIR",
@@ -74,6 +80,14 @@ def run(args) -> int:
         print("bench: need --objects >= 2, --repeat >= 1, 0 < --dirty <= 100",
               file=sys.stderr)
         return 2
+    if getattr(args, "same_address", False):
+        res = bs.run(args.objects, args.dirty, args.repeat)
+        if args.json:
+            json.dump({"modes": res["modes"], **res["info"]}, sys.stdout, indent=2)
+            print()
+        else:
+            bs.report(res)
+        return 0
     if args.leaks:
         res = bl.run(args.objects, args.repeat)
         if args.json:
