@@ -428,7 +428,10 @@ THA_API int tha_root_get(const tha_heap_t *h, const char *name, void **p);
  * *where, read at every frame (tha_heap_frame_size, tha_heap_encode, the
  * first segment of a bulk sync), so swapping two global list heads needs
  * no tha_root_set. NULL in *where removes the root; a value that is not in
- * a live allocation fails that frame, naming the root. where NULL unbinds
+ * a live allocation fails that frame, naming the root. A root pins its
+ * allocation (tha_heap_free refuses it) while the variable points into it;
+ * once the variable has moved on (a list head unlinked, then freed), the
+ * free takes the variable's new value as the root. where NULL unbinds
  * (the root keeps its last value). At most THA_MAX_ROOTS bindings. */
 THA_API int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
 /* Roots in table order: start with *cursor = 0; 1 while there is one. name
@@ -918,7 +921,7 @@ THA_API int tha_set_threads(int n);
  * (a tha_mac_fn) in the options; libtha has no cryptography of its own and
  * does not link libcrypto, so native users without OpenSSL are not forced
  * to have it, and those with another crypto library use that. The example
- * examples/c/org.h uses OpenSSL's HMAC when the build finds libcrypto.
+ * examples/c/netauth.h uses OpenSSL's HMAC when the build finds libcrypto.
  * With a secret every message after the handshake is authenticated under
  * a per-connection key (docs/protocol.md, "Security model"); without one
  * both ends must run without, and the standby refuses to listen on a
