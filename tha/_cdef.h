@@ -110,6 +110,9 @@ void *tha_heap_base(const tha_heap_t *h);
 int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
                    void **out);
 int tha_heap_free(tha_heap_t *h, void *p);
+int tha_heap_size_type(tha_heap_t *h, size_t size, uint32_t type_id);
+int tha_heap_size_multiple(tha_heap_t *h, uint32_t type_id);
+int tha_heap_alloc_sized(tha_heap_t *h, size_t size, void **out);
 int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
 int tha_heap_touch_range(tha_heap_t *h, const void *p, size_t len);
 int tha_heap_touch_all(tha_heap_t *h);

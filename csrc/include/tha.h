@@ -391,6 +391,43 @@ THA_API int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
 /* p must be the start of a live allocation; NULL is ignored (returns 0),
  * as free(NULL) is. */
 THA_API int tha_heap_free(tha_heap_t *h, void *p);
+
+/* Size rules (sized.c), for libraries that allocate through a malloc(size)
+ * hook and say nothing of the type (uthash's uthash_malloc, see
+ * tha_uthash.h): an allocation needs a type, so that its pointer slots are
+ * rebased, and the heap keeps rules that give each size one.
+ *
+ *   tha_heap_size_type(h, size, T)   exactly size bytes are size/sizeof(T)
+ *                                    elements of T (size a multiple of it):
+ *                                    one struct, or a byte array of a fixed
+ *                                    size (T = THA_T_U8).
+ *   tha_heap_size_multiple(h, T)     any multiple of sizeof(T) is that many
+ *                                    elements of T (an array that grows).
+ *   tha_heap_alloc_sized(h, size, &p) tha_heap_alloc of the type the rules
+ *                                    give: an exact rule if one has this
+ *                                    size, else the one multiple rule that
+ *                                    divides it.
+ *
+ * Never a guess: a size no rule covers, or that two multiple rules both
+ * divide (with no exact rule for it), fails with THA_ESCHEMA, the heap's
+ * message naming the size, the rules that exist and the call that would
+ * cover it; no allocation is made untyped. Registering a rule again is a
+ * no-op; an exact rule for a size that already has another type is
+ * THA_ESTATE. type_id: a registration handle or canonical id of h's
+ * schema, or a primitive; THA_EINVAL for one that cannot be allocated
+ * (void). Free with tha_heap_free.
+ *
+ * The rules belong to this heap handle, as function bindings belong to a
+ * schema handle: they describe how this program's code allocates, not the
+ * data, so they are not in the image, the frames or the fingerprint. A
+ * mirror (snapshot, bulk sync, tha_heap_load) starts with none and applies
+ * frames without them (object headers carry the types); the program that
+ * promotes it registers its rules on it before it allocates, as it binds
+ * its functions (tha_uthash_use does both steps for uthash). A lookup is
+ * O(rules). */
+THA_API int tha_heap_size_type(tha_heap_t *h, size_t size, uint32_t type_id);
+THA_API int tha_heap_size_multiple(tha_heap_t *h, uint32_t type_id);
+THA_API int tha_heap_alloc_sized(tha_heap_t *h, size_t size, void **out);
 /* Marks [p, p+len) dirty; len 0 marks the whole allocation holding p. */
 THA_API int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
 /* Marks [p, p+len) dirty wherever it lies in the heap's data pages, across

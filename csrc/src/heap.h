@@ -1,5 +1,6 @@
 /* heap.h — layer 2 (heap): the region, its allocator records, the heap
- * struct, tracking (track.c) and write protection (wp.c).
+ * struct, tracking (track.c), write protection (wp.c) and size rules
+ * (sized.c).
  */
 #ifndef THA_HEAP_H
 #define THA_HEAP_H
@@ -94,6 +95,13 @@ typedef struct tha__objhdr {
     uint32_t count;
 } tha__objhdr_t;
 
+/* A size rule (sized.c): size bytes are size / sizeof(type) elements of
+ * type; size 0: any multiple of sizeof(type). type is a canonical id. */
+typedef struct tha__size_rule {
+    uint64_t size;
+    uint32_t type;
+} tha__size_rule_t;
+
 typedef struct tha__root {
     char name[THA_ROOT_NAME_MAX]; /* "" = empty entry */
     uint64_t offset;             /* target, 0 = none */
@@ -167,6 +175,9 @@ struct tha_heap {
                                and whichever is destroyed first unlinks both */
     struct tha__root_bind *binds; /* tha_root_bind: roots read at each frame */
     uint32_t nbinds;
+    struct tha__size_rule *size_rules; /* tha_heap_size_type/_multiple (sized.c):
+                               of this handle only, not in the image */
+    uint32_t nsize_rules, size_rules_cap;
     tha_heap_t **backlog_ref; /* where that backlog points back (its heap
                                field): what tha_heap_destroy clears, since the
                                heap does not know the backlog's insides */
