@@ -157,7 +157,7 @@ static void add_user(struct tables *t, int id) {
         HASH_FIND_STR(t->groups, name, g);
         if (!g) {
             CHECK_OK(tha_heap_alloc(h, GROUP, 1, (void **)&g));
-            memcpy(g->name, name, sizeof name);
+            strcpy(g->name, name);
             HASH_ADD_STR(t->groups, name, g);
         }
         g->members++;
