@@ -350,7 +350,7 @@ def run(args) -> int:
         try:
             demo = _Demo(args, board)
             rc = demo.run()
-        except DemoFailed as e:
+        except (DemoFailed, OSError) as e:  # OSError: a temp dir, a process, a pipe
             error = f"python -m tha demo: error: {e}"
         except KeyboardInterrupt:
             error, rc = "python -m tha demo: interrupted", 130
