@@ -161,6 +161,22 @@ typedef struct tha_stats {
 int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
 int tha_heap_check(tha_heap_t *h);
 
+/* ---- type checks ---- */
+int tha_heap_check_types(tha_heap_t *h);
+#define THA_DEBUG_TYPES ...
+int tha_heap_set_debug(tha_heap_t *h, unsigned flags);
+typedef struct tha_lint {
+    uint64_t offset;
+    uint64_t object;
+    uint32_t type_id;
+    uint32_t element;
+    uint32_t at;
+    uint32_t unused;
+    uint64_t value;
+    char what[224];
+} tha_lint_t;
+int tha_heap_lint(const tha_heap_t *h, tha_lint_t *out, size_t cap, size_t *n);
+
 /* ---- reachability ---- */
 typedef struct tha_leak {
     uint64_t offset;

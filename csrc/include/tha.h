@@ -129,7 +129,8 @@ enum tha_kind {
  * single object exists. So:
  *
  *  - THA_SCHEMA_MAX_SLOTS: the pointer slots of all types together, at most
- *    4 Mi entries (32 MiB of tables, well under a second to build). That
+ *    4 Mi entries (12 bytes each with the slot's declared target: 48 MiB
+ *    of tables, well under a second to build). That
  *    is, for instance, one struct holding 4 million pointers inline (a
  *    32 MiB struct). Large pointer tables belong in an allocation of count
  *    elements (tha_heap_alloc(h, slot_type, 1 << 24, &p)): count costs no
@@ -139,6 +140,10 @@ enum tha_kind {
  *  - THA_MAX_USER_TYPES types, THA_MAX_FIELDS fields per type and
  *    THA_MAX_FUNCS functions; a serialized schema must also hold at least
  *    the minimum encoding of every type and field it announces.
+ *  - The type check's tables (see tha_heap_check_types) hold at most
+ *    THA_SCHEMA_MAX_SLOTS entries of each kind in all, 8 bytes each; a
+ *    type that would need more seals all the same and is checked less (as
+ *    said there).
  *  - Sizes: a type is at most 4 GiB - 1 (UINT32_MAX bytes, checked with its
  *    array dimensions multiplied out), and no larger than the capacity of
  *    the heap it backs: tha_heap_create refuses a schema holding a type
@@ -202,7 +207,13 @@ THA_API int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(v
 /* Fails with THA_ESCHEMA, quoting the first failure, if any add_* failed:
  * an error a caller ignored would leave a field out (its bytes copied raw,
  * a pointer never rebased). A caller that handled the failure on purpose
- * (a probe, a fallback spelling) says so with tha_schema_clear_add_error. */
+ * (a probe, a fallback spelling) says so with tha_schema_clear_add_error.
+ * Also refuses, naming both fields, a scalar, bitfield or nested struct
+ * whose non-pointer bytes overlap a pointer or function pointer slot (a
+ * flattened `union { void *p; uintptr_t bits; }`): that word would be
+ * rebased as a pointer whatever it held. Scalars may overlap scalars (a
+ * flattened union of numbers); unions themselves hold no pointers (refused
+ * too), so their members overlap freely. */
 THA_API int tha_schema_seal(tha_schema_t *s);
 THA_API void tha_schema_clear_add_error(tha_schema_t *s);
 THA_API uint64_t tha_schema_fingerprint(const tha_schema_t *s);
@@ -500,8 +511,84 @@ THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
 /* Walks the whole heap and verifies every allocator invariant, the pointer
  * map and that every pointer slot holds NULL, an address in the image or a
  * registered function. 0, or THA_ECORRUPT with the first problem in
- * tha_heap_errmsg. Read-only; O(image size). */
+ * tha_heap_errmsg. Read-only; O(image size). With THA_DEBUG_TYPES set
+ * (tha_heap_set_debug) it then runs tha_heap_check_types (THA_EMISMATCH). */
 THA_API int tha_heap_check(tha_heap_t *h);
+
+/* ---- type checks (typecheck.c) ------------------------------------------ */
+
+/* What a pointer field may hold, by its declared target:
+ *  - void *, char *, int8_t *, uint8_t *: any byte of a live allocation.
+ *  - struct T * (or union T *): the start of an element of a T allocation
+ *    (&arr[3]), or the start of a T nested by value in an element of
+ *    another allocation, at any depth and in arrays of them (the intrusive
+ *    idiom: a struct node * to the node inside a struct job; a struct
+ *    base * to the base that begins a struct derived). Any other address
+ *    inside an allocation is wrong, one past the end of a nested array
+ *    included.
+ *  - other primitives (uint32_t *, double *, bool *, ...): the start of an
+ *    element of an allocation of that primitive, or of a scalar field (or
+ *    array element) of it, at any depth. Signed and unsigned of one width
+ *    count as one type (C lets them alias); bitfields have no address.
+ * NULL is always right, and so is every pointer that is not inside a live
+ * allocation (outside the heap, freed memory, allocator metadata, one past
+ * the end of its allocation): those are not a question of type (encode
+ * refuses foreign ones, tha_heap_dangling reports the rest). Function
+ * pointer slots are not concerned.
+ * Sealing lists, for each type, where in one element every type that some
+ * pointer field targets begins (nested structs and arrays flattened), so a
+ * check is a lookup of the allocation and a binary search. At most
+ * THA_SCHEMA_MAX_SLOTS entries are listed in all: a type that would need
+ * more (millions of pointed-to structs inline in one struct) is checked at
+ * its element starts only, and an address inside it is accepted.
+ * tha_heap_check_types: 0, or THA_EMISMATCH naming the first wrong pointer
+ * in address order: the object, element and field holding it, the declared
+ * type, and the allocation and field it points into. Read-only; O(image
+ * / 64 + pointer slots), independent of nesting depth. */
+THA_API int tha_heap_check_types(tha_heap_t *h);
+
+/* Debug flags of one heap (0 to clear them all); THA_EINVAL for an
+ * unknown bit. THA_DEBUG_TYPES: tha_heap_check also runs
+ * tha_heap_check_types, and tha_heap_encode (so tha_backlog_encode,
+ * tha_net_sync, Active.sync) checks the pointer words the frame carries
+ * (a delta: those in its dirty blocks; a snapshot: all of them) by the
+ * same rule, failing with THA_EMISMATCH and changing nothing, as any
+ * failed encode. Off, encode pays one branch per frame. A runtime flag,
+ * not a build option: one libtha serves debug and release runs, and a
+ * test turns it on for the heap it checks. Flags are not in the image:
+ * a mirror holds what its source wrote, apply never refuses a frame for
+ * the types of its pointers, and what apply accepts passes tha_heap_check
+ * on a heap without the flag. */
+#define THA_DEBUG_TYPES 1u
+THA_API int tha_heap_set_debug(tha_heap_t *h, unsigned flags);
+
+/* A word that looks like a forgotten pointer field. */
+typedef struct tha_lint {
+    uint64_t offset;   /* region offset of the word */
+    uint64_t object;   /* region offset of its allocation's first element */
+    uint32_t type_id;  /* of that allocation */
+    uint32_t element;  /* index of the element holding the word */
+    uint32_t at;       /* byte offset of the word in its element */
+    uint32_t unused;
+    uint64_t value;    /* the word: an address in this heap */
+    char what[224];    /* "struct holder @0x4008[1] bytes 8..15: not covered
+                          by any field, holds 0x7f.. (offset 0x5010, struct
+                          emp @0x5010): ..." */
+} tha_lint_t;
+
+/* Forgotten pointer fields: 8-byte aligned words of a struct element that
+ * its fields do not wholly cover (bytes left out of the schema, padding)
+ * and that hold an address inside the heap's image. Such a word is copied
+ * raw: a mirror would hold this heap's address. Warnings, not errors (a
+ * struct copied over padding may carry any bytes): Python's heap.check()
+ * warns of them (tha.PointerWarning) and `python -m tha verify` prints
+ * them. Writes the first cap, in address order, to out (NULL with cap 0
+ * only counts) and the total to *n. Words of registered scalar fields are
+ * never findings; nor are types whose size is not a multiple of 8 (no
+ * pointer fits in each element) or whose uncovered ranges, nested arrays
+ * flattened, pass THA_SCHEMA_MAX_SLOTS in all. Read-only; O(live objects
+ * x uncovered words of their types). */
+THA_API int tha_heap_lint(const tha_heap_t *h, tha_lint_t *out, size_t cap, size_t *n);
 
 /* ---- reachability (reach.c) --------------------------------------------- */
 

@@ -165,6 +165,8 @@ struct tha_heap {
                                once a frame of that epoch is encoded/applied */
     uint64_t lineage;       /* random at create; taken from applied snapshots */
     int tracking;
+    unsigned debug;         /* THA_DEBUG_* flags (tha_heap_set_debug); this
+                               process's, never in the image */
     uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;
     const tha__log_sink_t *log_sink; /* the attached delta log's hooks
                                (tha_heap_attach_log); NULL = no log */
