@@ -853,7 +853,8 @@ static int maybe_go_live(tha_session_t *s, int ack) {
     }
     if (s->staging->addr && s->staging->addr != (uint64_t)(uintptr_t)s->staging->base) {
         /* same-address, filled away from the base the live heap holds:
-         * the live heap takes the image in place (same handle) */
+         * the live heap takes the image in place (same handle; it clears
+         * the dirty bits too) */
         rc = tha__take_image(s->heap, s->staging);
         tha_heap_destroy(s->staging);
         s->staging = NULL;
@@ -864,6 +865,10 @@ static int maybe_go_live(tha_session_t *s, int ack) {
                               tha_heap_errmsg(s->heap));
         }
     } else {
+        /* A mirror live at a seq holds no change of its own: the bits its
+         * creation set (the fresh region's metadata; segments set none) are
+         * cleared, or a promotion would ship them all in its first delta. */
+        tha__clear_dirty(s->staging);
         if (s->owns_heap) tha_heap_destroy(s->heap);
         s->heap = s->staging;
         s->owns_heap = 1;
