@@ -427,6 +427,7 @@ static int build_holes(tha_schema_t *s, tha__type_t *t, tables_t *c) {
                                 the intervals before them, plus one */
     for (uint64_t i = 0; i < n; i++) {
         tha__hole_t iv = v[i];
+        if (iv.from == iv.to) continue; /* covers nothing: it must not split a hole */
         if (iv.from > cur)
             v[u++] = (tha__hole_t){(uint32_t)cur, iv.from};
         if (iv.to > cur)
