@@ -135,6 +135,9 @@ struct tha_heap {
     uint8_t *shadow;        /* diff and wp modes: the image as of the last
                                frame (capacity bytes reserved; else NULL) */
     int collected;          /* diff/wp: frame_size just collected changes */
+    int wire_tagnull;       /* apply: the frame being verified holds tagged-
+                               NULL words (codec.c check_word), whose slots
+                               are checked on its layout (tha__check_tagged) */
     void *scratch;          /* heapcheck.c: a delta's run index, kept */
     size_t scratch_cap;
     int fuzzy;              /* a staging heap being filled by bulk sync: not

@@ -522,9 +522,9 @@ static void test_deserialize_errors(void) {
     CHECK_RC(tha_schema_deserialize(buf, len, &r, msg, sizeof msg), THA_EFRAME);
     CHECK_CONTAINS(msg, "magic");
     buf[0] ^= 1;
-    buf[4] = 2;
+    buf[4] = 3; /* 1 and 2 (externs, tag masks) exist */
     CHECK_RC(tha_schema_deserialize(buf, len, &r, msg, sizeof msg), THA_EVERSION);
-    CHECK_CONTAINS(msg, "version 2");
+    CHECK_CONTAINS(msg, "version 3");
     buf[4] = 1;
     buf[10] = 0x7f; /* type count */
     CHECK_RC(tha_schema_deserialize(buf, len, &r, msg, sizeof msg), THA_EFRAME);
