@@ -223,9 +223,9 @@ static int foreign(tha_heap_t *h, int kind, uint64_t off, uint64_t value) {
         snprintf(obj, sizeof obj, "object at 0x%llx", (unsigned long long)payload);
     if (value <= THA__TAG_BITS)
         return tha__hfail(h, THA_EFOREIGN, "%s: %s (%s) holds 0x%llx, a tagged NULL "
-                          "outside the field's tag mask 0x%x: declare the bits "
-                          "(THA_FIELD_PTR_TAGGED) or clear them", kind_name(kind), where,
-                          obj, (unsigned long long)value, sl ? sl->tag_mask : 0);
+                          "outside the field's tag mask 0x%x: declare the bits in its "
+                          "tag_mask (THA_FIELD_PTR_TAGGED) or clear them", kind_name(kind),
+                          where, obj, (unsigned long long)value, sl ? sl->tag_mask : 0);
     return tha__hfail(h, THA_EFOREIGN, "%s: %s (%s) holds 0x%llx: not in the heap, a "
                       "function or an extern; register it (tha_schema_add_extern) or "
                       "clear the field", kind_name(kind), where, obj,

@@ -547,7 +547,7 @@ static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field
         rc = check_name(s, "target", tg);
         if (rc)
             return rc;
-        snprintf(nf.target, sizeof nf.target, "%s", tg);
+        snprintf(nf.target, sizeof nf.target, "%.*s", THA_NAME_MAX - 1, tg); /* checked */
     }
     if (field->tag_mask) {
         if (kind != THA_K_PTR)
