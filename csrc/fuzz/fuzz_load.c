@@ -17,13 +17,7 @@ static void rebase(tha_heap_t *h, uint64_t top) {
     for (uint64_t b = 0; b < top / THA__BLOCK; b++)
         for (unsigned m = h->ptrmap[b]; m; m &= m - 1) {
             uint64_t *w = (uint64_t *)(h->base + b * THA__BLOCK + __builtin_ctz(m) * 8);
-            if (*w == 0) continue;
-            if (*w & THA__FUNC_TAG)
-                *w = (*w & ~THA__FUNC_TAG) == 0 ? (uint64_t)(uintptr_t)fz_hook : 0;
-            else if (*w <= top)
-                *w += base;
-            else
-                *w = 0;
+            *w = fz_native(*w, base, top);
         }
 }
 
