@@ -48,6 +48,8 @@ def test_extern_pointers_resolve_to_the_receivers_objects():
     assert ffi.string(m.key) == b"pha"
     assert int(ffi.cast("uintptr_t", m.prev)) == int(ffi.cast("uintptr_t", head_b))
     mirror.check()
+    assert mirror.dump() == src.dump()                 # the extern by name
+    assert src.dump()["objects"][0]["value"][0]["key"] == "&key+2"
     # a delta, and a snapshot taken into a heap of its own
     j.key = sa.ffi.cast("char *", key_a)
     src.touch(j)
@@ -123,6 +125,8 @@ def test_tagged_null_travels_only_in_an_annotated_field():
     mroot, mkid = mirror.roots["root"], mirror.roots["kid"]
     assert int(ffi.cast("uintptr_t", mroot.parent)) == 1
     assert int(ffi.cast("uintptr_t", mkid.parent)) == int(ffi.cast("uintptr_t", mroot)) | 1
+    assert mirror.dump() == src.dump()
+    assert src.dump()["objects"][0]["value"][0]["parent"] == "NULL|0x1"
     root.plain = ffi.cast("struct tn *", 1)           # not annotated
     src.touch(root)
     with pytest.raises(tha.InvalidPointer) as ei:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import bisect
 import re
 
 import cffi
@@ -230,6 +231,7 @@ class Schema:
         self._names: dict = {}        # cffi ctype -> "struct emp" (cffi's
                                       # cname is the typedef name if any)
         self._extern_keep: dict = {}  # name -> the cdata bound (kept alive)
+        self._extern_index = None     # sorted (address, size, name), or None
         self._masks = _tag_masks(cdef)  # (owner, field) -> tag mask
         if _c is None:
             self._c = self._register(functions or {}, externs or {})
@@ -240,6 +242,8 @@ class Schema:
                 self.bind(name, fn)
             for name, target in (externs or {}).items():
                 self.bind_extern(name, target)
+        # pointers out of the region may mean something (dump() reads them)
+        self.outside_pointers = bool(self._masks) or bool(self.externs())
 
     def _parse(self, cdef: str) -> None:
         """A new ffi holding cdef, every struct and union laid out."""
@@ -588,6 +592,19 @@ class Schema:
             self._extern_keep.pop(name, None)
         else:
             self._extern_keep[name] = target
+        self._extern_index = None
+
+    def extern_at(self, addr: int) -> tuple | None:
+        """(name, byte offset) of the bound extern holding address addr."""
+        if self._extern_index is None:
+            self._extern_index = sorted((a, size, n) for n, (size, a)
+                                        in self.externs().items() if a)
+        i = bisect.bisect_right(self._extern_index, (addr, float("inf"))) - 1
+        if i >= 0:
+            a, size, name = self._extern_index[i]
+            if addr - a < size:
+                return name, addr - a
+        return None
 
     def externs(self) -> dict:
         """Declared externs: name -> (size, bound address or None), by id."""
