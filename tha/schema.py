@@ -127,7 +127,9 @@ def _tag_masks(cdef: str) -> dict:
     a SchemaError, so a misplaced one is not silently ignored."""
     out, stack = {}, []   # stack: the open bodies, "struct node" or None
     start, last = 0, None  # where the current declaration began; the last
-                           # field's (owner, names, end) for an annotation
+                           # field's (owner, start, end) for an annotation
+    if "tha:" not in cdef:  # the common case costs one search
+        return out
     for m in _SCAN.finditer(cdef):
         if m["comment"]:
             ann = _ANNOTATION.match(m["comment"])
@@ -142,7 +144,9 @@ def _tag_masks(cdef: str) -> dict:
             if not mask:
                 raise SchemaError(f"cdef line {line}: unknown tha annotation "
                                   f"'{ann[1]}' (known: tag_mask=0xN)")
-            for name in last[1]:
+            text = _SCAN.sub(lambda c: " " if c["comment"] else c[0],
+                             cdef[last[1]:last[2] - 1])
+            for name in _declarators(text):
                 out[(last[0], name)] = int(mask[1], 0)
             last = None
             start = m.end()
@@ -153,9 +157,8 @@ def _tag_masks(cdef: str) -> dict:
             if stack:
                 stack.pop()
             start, last = m.end(), None
-        else:
-            text = _SCAN.sub(lambda c: " " if c["comment"] else c[0], cdef[start:m.start()])
-            last = (stack[-1], _declarators(text), m.end()) if stack and stack[-1] else None
+        else:  # a field's names are read only if an annotation follows
+            last = (stack[-1], start, m.end()) if stack and stack[-1] else None
             start = m.end()
     return out
 
