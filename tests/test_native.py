@@ -192,3 +192,48 @@ def test_registration_macros_compile_as_cxx(tmp_path):
     assert r.returncode == 0, r.stderr
     out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out
+
+
+def test_uthash_header_compiles_as_cxx(tmp_path):
+    """tha_uthash.h with uthash's macros, as C++11: a table built on one
+    heap, mirrored, and found on the other (csrc/tests/cxx/uthash.cpp)."""
+    import shutil
+    cxx = shutil.which("g++") or shutil.which("clang++")
+    if not cxx:
+        pytest.skip("no C++ compiler")
+    if not Path("/usr/include/uthash.h").exists():
+        pytest.skip("no <uthash.h> (apt-get install uthash-dev)")
+    r = subprocess.run(["make", "-C", str(CSRC)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    exe = tmp_path / "uthash"
+    r = subprocess.run([cxx, "-std=c++11", "-Wall", "-Wextra", "-Werror",
+                        f"-I{CSRC / 'include'}", str(CSRC / "tests" / "cxx" / "uthash.cpp"),
+                        str(CSRC / "build" / "libtha.a"), "-lm", "-pthread", "-o", str(exe)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout.startswith("ok 1000 items"), out
+
+
+def test_uthash_current_heap_is_one_per_program(tmp_path):
+    """tha_uthash_use in one file, HASH_ADD in another: both files see the
+    same current heap (csrc/tests/multi_tu)."""
+    import shutil
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        pytest.skip("no C compiler")
+    if not Path("/usr/include/uthash.h").exists():
+        pytest.skip("no <uthash.h> (apt-get install uthash-dev)")
+    r = subprocess.run(["make", "-C", str(CSRC)], capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    exe = tmp_path / "multi"
+    src = CSRC / "tests" / "multi_tu"
+    r = subprocess.run([cc, "-std=c11", "-Wall", "-Wextra", "-Werror",
+                        f"-I{CSRC / 'include'}", str(src / "main.c"), str(src / "table.c"),
+                        str(CSRC / "build" / "libtha.a"), "-lm", "-pthread", "-o", str(exe)],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = subprocess.run([str(exe)], capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0 and out.stdout == "ok\n", out

@@ -8,11 +8,11 @@ ships them as frames (``snapshot()``, ``delta()``) that another heap
 from ._ffi import ffi as _ffi, lib as _lib
 from .errors import (AuthError, CapacityError, ChecksumError, CorruptHeap, Error, Fenced,
                      FrameError, InvalidArgument, InvalidPointer, NotFound, OSFailure,
-                     SchemaError, SchemaMismatch, SequenceError, StaleEpoch, StateError, SyncTimeout,
+                     PointerWarning, SchemaError, SchemaMismatch, SequenceError, StaleEpoch, StateError, SyncTimeout,
                      Timeout, VersionMismatch, ProtocolError, ConnectionClosed)
 from .durability import LoadReport
 from .heap import Heap, Roots
-from .reach import Leak
+from .reach import Leak, Lint
 from .schema import Schema
 from .replication import Active, Standby, SyncResult
 
@@ -26,9 +26,9 @@ def set_threads(n: int) -> None:
 
 __all__ = [
     "Active", "Standby", "SyncResult", "SyncTimeout", "Fenced", "AuthError",
-    "Heap", "Leak", "LoadReport", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
+    "Heap", "Leak", "Lint", "LoadReport", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
     "CorruptHeap", "Timeout",
-    "FrameError", "InvalidArgument", "InvalidPointer", "NotFound", "OSFailure", "SchemaError",
+    "FrameError", "InvalidArgument", "InvalidPointer", "NotFound", "OSFailure", "PointerWarning", "SchemaError",
     "SchemaMismatch", "SequenceError", "StaleEpoch", "StateError", "VersionMismatch", "ProtocolError", "ConnectionClosed",
     "__version__", "set_threads",
 ]

@@ -117,6 +117,9 @@ void *tha_heap_base(const tha_heap_t *h);
 int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
                    void **out);
 int tha_heap_free(tha_heap_t *h, void *p);
+int tha_heap_size_type(tha_heap_t *h, size_t size, uint32_t type_id);
+int tha_heap_size_multiple(tha_heap_t *h, uint32_t type_id);
+int tha_heap_alloc_sized(tha_heap_t *h, size_t size, void **out);
 int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
 int tha_heap_touch_range(tha_heap_t *h, const void *p, size_t len);
 int tha_heap_touch_all(tha_heap_t *h);
@@ -164,6 +167,22 @@ typedef struct tha_stats {
 
 int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
 int tha_heap_check(tha_heap_t *h);
+
+/* ---- type checks ---- */
+int tha_heap_check_types(tha_heap_t *h);
+#define THA_DEBUG_TYPES ...
+int tha_heap_set_debug(tha_heap_t *h, unsigned flags);
+typedef struct tha_lint {
+    uint64_t offset;
+    uint64_t object;
+    uint32_t type_id;
+    uint32_t element;
+    uint32_t at;
+    uint32_t unused;
+    uint64_t value;
+    char what[224];
+} tha_lint_t;
+int tha_heap_lint(const tha_heap_t *h, tha_lint_t *out, size_t cap, size_t *n);
 
 /* ---- reachability ---- */
 typedef struct tha_leak {

@@ -72,6 +72,13 @@ class CorruptHeap(Error, ValueError):
     """tha_heap_check found a broken invariant; the message names it."""
 
 
+class PointerWarning(Error, UserWarning):
+    """heap.check() found words no field covers that hold addresses in the
+    heap: forgotten pointer fields, copied raw (heap.lint() lists them). A
+    warning (warnings.warn); an Error too, as every class here, for a
+    program that turns warnings into exceptions."""
+
+
 class Timeout(Error, TimeoutError):
     """The peer did not answer in time."""
 

@@ -430,11 +430,37 @@ class Heap:
         with self._lock:
             return dump_heap(self)
 
-    def check(self) -> None:
-        """Verifies every allocator invariant and pointer of the image;
-        raises CorruptHeap naming the first problem."""
+    def check(self, *, lint: bool = True) -> None:
+        """Verifies every allocator invariant and pointer of the image
+        (raises CorruptHeap naming the first problem), then that every
+        pointer holds the start of an object of its declared type or of one
+        nested in another object, char and void pointers anywhere in a live
+        allocation (raises SchemaMismatch naming the field, its object, what
+        it points into and the declared type; the rule is tha.h's, at
+        tha_heap_check_types). With ``lint``, then warns
+        (``tha.PointerWarning``, one warning per word of a type) of words
+        no field covers that hold addresses in the heap: forgotten pointer
+        fields, which a mirror would get raw (``lint()`` lists them)."""
         with self._lock:
             self._check(lib.tha_heap_check(self._h))
+            self._check(lib.tha_heap_check_types(self._h))
+            if lint:
+                reach.warn_lint(self, stacklevel=2)
+
+    def lint(self) -> list:
+        """Every word no field covers (padding, bytes left out of the
+        schema) that holds an address in the heap, in address order, as
+        ``tha.Lint(type, object, element, at, offset, target, message)``."""
+        with self._lock:
+            return reach.find_lint(self)[0]
+
+    def set_debug(self, *, types: bool) -> None:
+        """types=True: every frame this heap encodes checks the pointers it
+        carries as check() does, raising SchemaMismatch (and changing
+        nothing) at the first of the wrong type; off by default (a cost per
+        pointer word of each frame)."""
+        with self._lock:
+            self._check(lib.tha_heap_set_debug(self._h, lib.THA_DEBUG_TYPES if types else 0))
 
     def leaks(self) -> list:
         """Every allocation no root reaches, in address order, as

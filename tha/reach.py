@@ -1,16 +1,21 @@
-"""Leaks: allocations no root reaches (``Heap.leaks()``, ``Heap.collect()``).
+"""Where pointers lead: leaks, allocations no root reaches (``Heap.leaks()``,
+``Heap.collect()``), dangling pointers, and words that look like forgotten
+pointer fields (``Heap.lint()``, warned of by ``Heap.check()``).
 
 The marking runs in C (``tha_leaks``/``tha_collect`` in csrc/src/reach.c):
 from the roots through each type's relocation table, interior pointers
 counting as references to their allocation, function pointers and integers
-never. This module turns its answer into :class:`Leak` records.
+never. The lint is ``tha_heap_lint`` (csrc/src/typecheck.c). This module
+turns their answers into :class:`Leak` and :class:`Lint` records.
 """
 
 from __future__ import annotations
 
+import warnings
 from typing import NamedTuple
 
 from ._ffi import ffi as _cffi, lib
+from .errors import PointerWarning
 
 
 class Leak(NamedTuple):
@@ -100,3 +105,60 @@ def collect(heap) -> int:
     freed = _cffi.new("uint64_t *")
     heap._check(lib.tha_collect(heap._h, freed))
     return freed[0]
+
+
+class Lint(NamedTuple):
+    """A word no field covers that holds an address in the heap."""
+
+    type: str     # of the allocation holding it: 'struct emp'
+    object: int   # region offset of that allocation
+    element: int  # its element holding the word
+    at: int       # byte offset of the word in the element
+    offset: int   # region offset of the word
+    target: int   # region offset the word holds
+    message: str  # 'struct emp @0x4008[2] bytes 40..47: not covered by any field, ...'
+
+
+def find_lint(heap, limit: int | None = None) -> tuple:
+    """(the first ``limit`` findings of tha_heap_lint, all if None, as Lint
+    records in address order; how many there are). The caller holds the
+    heap's lock."""
+    n = _cffi.new("size_t *")
+    heap._check(lib.tha_heap_lint(heap._h, _cffi.NULL, 0, n))
+    cap = n[0] if limit is None else min(n[0], limit)
+    if not cap:
+        return [], n[0]
+    out = _cffi.new("tha_lint_t[]", cap)
+    heap._check(lib.tha_heap_lint(heap._h, out, cap, n))  # read-only: same answer
+    schema, names, found = heap.schema, {}, []
+    for i in range(min(cap, n[0])):
+        r = out[i]
+        name = names.get(r.type_id)
+        if name is None:
+            name = names[r.type_id] = schema.type_name(schema.ctype_of(r.type_id))
+        found.append(Lint(name, r.object, r.element, r.at, r.offset, r.value - heap._base,
+                          _cffi.string(r.what).decode(errors="replace")))
+    return found, n[0]
+
+
+# heap.check() looks at this many findings at most: one warning per word of
+# a type, however many objects repeat it
+WARN_LIMIT = 10_000
+
+
+def warn_lint(heap, stacklevel: int) -> None:
+    """One PointerWarning per (type, word offset) among the findings, with
+    how many objects hold one there. The caller holds the heap's lock."""
+    found, total = find_lint(heap, WARN_LIMIT)
+    groups: dict = {}
+    for f in found:
+        groups.setdefault((f.type, f.at), []).append(f)
+    for (type_, _at), fs in groups.items():
+        count = len(fs)
+        warnings.warn(PointerWarning(
+            f"{fs[0].message} [in {count:,} object{'s' if count != 1 else ''} of {type_}; "
+            "heap.lint() lists them]"), stacklevel=stacklevel + 1)
+    if total > len(found):
+        warnings.warn(PointerWarning(
+            f"{total - len(found):,} more words like these not shown (heap.lint() "
+            "lists all of them)"), stacklevel=stacklevel + 1)

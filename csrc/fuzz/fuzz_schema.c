@@ -10,10 +10,13 @@
  * every type can be allocated, pointer slots written (the object itself,
  * the tag mask's tagged NULL where the field declares one, a byte of the
  * first extern once bound), described, freed, and the heap snapshotted,
- * the snapshot applied to a second heap and both checked. Refusals must
- * come with a message.
+ * the snapshot applied to a second heap and both checked, its pointer
+ * types checked and linted (any answer, with a message when it is a
+ * refusal). The type check's tables are sorted, inside their types and
+ * within their bound. Refusals must come with a message.
  * The whole thing must stay fast and small: a schema may not cost more
- * than THA_SCHEMA_MAX_SLOTS table entries however few its bytes. */
+ * than THA_SCHEMA_MAX_SLOTS table entries of each kind however few its
+ * bytes. */
 #include "tha.h"
 #include "tha_internal.h"
 
@@ -38,6 +41,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     }
     if (!s || !tha_schema_fingerprint(s)) die("accepted but not sealed", NULL);
     if (s->total_slots > THA_SCHEMA_MAX_SLOTS) die("over the slot limit", NULL);
+    uint64_t nplaces = 0, nholes = 0;
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
+        const tha__type_t *t = &s->types[id];
+        nplaces += t->nplaces;
+        nholes += t->nholes;
+        for (uint32_t i = 0; i < t->nplaces; i++)
+            if (t->places[i].offset >= t->size ||
+                (i && (t->places[i].offset < t->places[i - 1].offset ||
+                       (t->places[i].offset == t->places[i - 1].offset &&
+                        t->places[i].type <= t->places[i - 1].type))))
+                die("places out of order or outside their type", t->name);
+        for (uint32_t i = 0; i < t->nholes; i++)
+            if (t->holes[i].from >= t->holes[i].to || t->holes[i].to > t->size ||
+                (i && t->holes[i].from <= t->holes[i - 1].to))
+                die("holes out of order or outside their type", t->name);
+    }
+    if (nplaces > THA_SCHEMA_MAX_SLOTS || nholes > THA_SCHEMA_MAX_SLOTS)
+        die("type check tables over the limit", NULL);
     if (tha_schema_compare(s, s, msg, sizeof msg)) die("not equal to itself", msg);
     size_t len;
     if (tha_schema_serialize(s, NULL, 0, &len) || len != size)
@@ -93,6 +114,12 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             char d[200];
             tha__schema_describe(s, id, ti.size / 2, d, sizeof d);
             if (tha_heap_check(h)) die("check with the object", tha_heap_errmsg(h));
+            rc = tha_heap_check_types(h); /* slots declared another type fail */
+            if (rc && (rc != THA_EMISMATCH || !tha_heap_errmsg(h)[0]))
+                die("type check", tha_heap_errmsg(h));
+            size_t nl;
+            tha_lint_t lint[2];
+            if (tha_heap_lint(h, lint, 2, &nl)) die("lint", tha_heap_errmsg(h));
             size_t fn, fl;
             if (tha_heap_frame_size(h, THA_FRAME_SNAPSHOT, &fn)) die("frame size", tha_heap_errmsg(h));
             void *f = malloc(fn);

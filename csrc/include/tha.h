@@ -129,7 +129,8 @@ enum tha_kind {
  * single object exists. So:
  *
  *  - THA_SCHEMA_MAX_SLOTS: the pointer slots of all types together, at most
- *    4 Mi entries (32 MiB of tables, well under a second to build). That
+ *    4 Mi entries (12 bytes each with the slot's declared target: 48 MiB
+ *    of tables, well under a second to build). That
  *    is, for instance, one struct holding 4 million pointers inline (a
  *    32 MiB struct). Large pointer tables belong in an allocation of count
  *    elements (tha_heap_alloc(h, slot_type, 1 << 24, &p)): count costs no
@@ -139,6 +140,10 @@ enum tha_kind {
  *  - THA_MAX_USER_TYPES types, THA_MAX_FIELDS fields per type and
  *    THA_MAX_FUNCS functions; a serialized schema must also hold at least
  *    the minimum encoding of every type and field it announces.
+ *  - The type check's tables (see tha_heap_check_types) hold at most
+ *    THA_SCHEMA_MAX_SLOTS entries of each kind in all, 8 bytes each; a
+ *    type that would need more seals all the same and is checked less (as
+ *    said there).
  *  - Sizes: a type is at most 4 GiB - 1 (UINT32_MAX bytes, checked with its
  *    array dimensions multiplied out), and no larger than the capacity of
  *    the heap it backs: tha_heap_create refuses a schema holding a type
@@ -233,7 +238,13 @@ THA_API int tha_schema_bind_extern(tha_schema_t *s, const char *name, const void
 /* Fails with THA_ESCHEMA, quoting the first failure, if any add_* failed:
  * an error a caller ignored would leave a field out (its bytes copied raw,
  * a pointer never rebased). A caller that handled the failure on purpose
- * (a probe, a fallback spelling) says so with tha_schema_clear_add_error. */
+ * (a probe, a fallback spelling) says so with tha_schema_clear_add_error.
+ * Also refuses, naming both fields, a scalar, bitfield or nested struct
+ * whose non-pointer bytes overlap a pointer or function pointer slot (a
+ * flattened `union { void *p; uintptr_t bits; }`): that word would be
+ * rebased as a pointer whatever it held. Scalars may overlap scalars (a
+ * flattened union of numbers); unions themselves hold no pointers (refused
+ * too), so their members overlap freely. */
 THA_API int tha_schema_seal(tha_schema_t *s);
 THA_API void tha_schema_clear_add_error(tha_schema_t *s);
 THA_API uint64_t tha_schema_fingerprint(const tha_schema_t *s);
@@ -444,6 +455,43 @@ THA_API int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count,
 /* p must be the start of a live allocation; NULL is ignored (returns 0),
  * as free(NULL) is. */
 THA_API int tha_heap_free(tha_heap_t *h, void *p);
+
+/* Size rules (sized.c), for libraries that allocate through a malloc(size)
+ * hook and say nothing of the type (uthash's uthash_malloc, see
+ * tha_uthash.h): an allocation needs a type, so that its pointer slots are
+ * rebased, and the heap keeps rules that give each size one.
+ *
+ *   tha_heap_size_type(h, size, T)   exactly size bytes are size/sizeof(T)
+ *                                    elements of T (size a multiple of it):
+ *                                    one struct, or a byte array of a fixed
+ *                                    size (T = THA_T_U8).
+ *   tha_heap_size_multiple(h, T)     any multiple of sizeof(T) is that many
+ *                                    elements of T (an array that grows).
+ *   tha_heap_alloc_sized(h, size, &p) tha_heap_alloc of the type the rules
+ *                                    give: an exact rule if one has this
+ *                                    size, else the one multiple rule that
+ *                                    divides it.
+ *
+ * Never a guess: a size no rule covers, or that two multiple rules both
+ * divide (with no exact rule for it), fails with THA_ESCHEMA, the heap's
+ * message naming the size, the rules that exist and the call that would
+ * cover it; no allocation is made untyped. Registering a rule again is a
+ * no-op; an exact rule for a size that already has another type is
+ * THA_ESTATE. type_id: a registration handle or canonical id of h's
+ * schema, or a primitive; THA_EINVAL for one that cannot be allocated
+ * (void). Free with tha_heap_free.
+ *
+ * The rules belong to this heap handle, as function bindings belong to a
+ * schema handle: they describe how this program's code allocates, not the
+ * data, so they are not in the image, the frames or the fingerprint. A
+ * mirror (snapshot, bulk sync, tha_heap_load) starts with none and applies
+ * frames without them (object headers carry the types); the program that
+ * promotes it registers its rules on it before it allocates, as it binds
+ * its functions (tha_uthash_use does both steps for uthash). A lookup is
+ * O(rules). */
+THA_API int tha_heap_size_type(tha_heap_t *h, size_t size, uint32_t type_id);
+THA_API int tha_heap_size_multiple(tha_heap_t *h, uint32_t type_id);
+THA_API int tha_heap_alloc_sized(tha_heap_t *h, size_t size, void **out);
 /* Marks [p, p+len) dirty; len 0 marks the whole allocation holding p. */
 THA_API int tha_heap_touch(tha_heap_t *h, const void *p, size_t len);
 /* Marks [p, p+len) dirty wherever it lies in the heap's data pages, across
@@ -481,7 +529,10 @@ THA_API int tha_root_get(const tha_heap_t *h, const char *name, void **p);
  * *where, read at every frame (tha_heap_frame_size, tha_heap_encode, the
  * first segment of a bulk sync), so swapping two global list heads needs
  * no tha_root_set. NULL in *where removes the root; a value that is not in
- * a live allocation fails that frame, naming the root. where NULL unbinds
+ * a live allocation fails that frame, naming the root. A root pins its
+ * allocation (tha_heap_free refuses it) while the variable points into it;
+ * once the variable has moved on (a list head unlinked, then freed), the
+ * free takes the variable's new value as the root. where NULL unbinds
  * (the root keeps its last value). At most THA_MAX_ROOTS bindings. */
 THA_API int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
 /* Roots in table order: start with *cursor = 0; 1 while there is one. name
@@ -514,8 +565,85 @@ THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
  * map and that every pointer slot holds NULL, an address in the image, a
  * registered function, an address inside a bound data extern or (in a
  * field with a tag mask) a tagged NULL of those bits. 0, or THA_ECORRUPT
- * with the first problem in tha_heap_errmsg. Read-only; O(image size). */
+ * with the first problem in tha_heap_errmsg. Read-only; O(image size).
+ * With THA_DEBUG_TYPES set (tha_heap_set_debug) it then runs
+ * tha_heap_check_types (THA_EMISMATCH). */
 THA_API int tha_heap_check(tha_heap_t *h);
+
+/* ---- type checks (typecheck.c) ------------------------------------------ */
+
+/* What a pointer field may hold, by its declared target:
+ *  - void *, char *, int8_t *, uint8_t *: any byte of a live allocation.
+ *  - struct T * (or union T *): the start of an element of a T allocation
+ *    (&arr[3]), or the start of a T nested by value in an element of
+ *    another allocation, at any depth and in arrays of them (the intrusive
+ *    idiom: a struct node * to the node inside a struct job; a struct
+ *    base * to the base that begins a struct derived). Any other address
+ *    inside an allocation is wrong, one past the end of a nested array
+ *    included.
+ *  - other primitives (uint32_t *, double *, bool *, ...): the start of an
+ *    element of an allocation of that primitive, or of a scalar field (or
+ *    array element) of it, at any depth. Signed and unsigned of one width
+ *    count as one type (C lets them alias); bitfields have no address.
+ * NULL is always right, and so is every pointer that is not inside a live
+ * allocation (outside the heap, freed memory, allocator metadata, one past
+ * the end of its allocation): those are not a question of type (encode
+ * refuses foreign ones, tha_heap_dangling reports the rest). Function
+ * pointer slots are not concerned.
+ * Sealing lists, for each type, where in one element every type that some
+ * pointer field targets begins (nested structs and arrays flattened), so a
+ * check is a lookup of the allocation and a binary search. At most
+ * THA_SCHEMA_MAX_SLOTS entries are listed in all: a type that would need
+ * more (millions of pointed-to structs inline in one struct) is checked at
+ * its element starts only, and an address inside it is accepted.
+ * tha_heap_check_types: 0, or THA_EMISMATCH naming the first wrong pointer
+ * in address order: the object, element and field holding it, the declared
+ * type, and the allocation and field it points into. Read-only; O(image
+ * / 64 + pointer slots), independent of nesting depth. */
+THA_API int tha_heap_check_types(tha_heap_t *h);
+
+/* Debug flags of one heap (0 to clear them all); THA_EINVAL for an
+ * unknown bit. THA_DEBUG_TYPES: tha_heap_check also runs
+ * tha_heap_check_types, and tha_heap_encode (so tha_backlog_encode,
+ * tha_net_sync, Active.sync) checks the pointer words the frame carries
+ * (a delta: those in its dirty blocks; a snapshot: all of them) by the
+ * same rule, failing with THA_EMISMATCH and changing nothing, as any
+ * failed encode. Off, encode pays one branch per frame. A runtime flag,
+ * not a build option: one libtha serves debug and release runs, and a
+ * test turns it on for the heap it checks. Flags are not in the image:
+ * a mirror holds what its source wrote, apply never refuses a frame for
+ * the types of its pointers, and what apply accepts passes tha_heap_check
+ * on a heap without the flag. */
+#define THA_DEBUG_TYPES 1u
+THA_API int tha_heap_set_debug(tha_heap_t *h, unsigned flags);
+
+/* A word that looks like a forgotten pointer field. */
+typedef struct tha_lint {
+    uint64_t offset;   /* region offset of the word */
+    uint64_t object;   /* region offset of its allocation's first element */
+    uint32_t type_id;  /* of that allocation */
+    uint32_t element;  /* index of the element holding the word */
+    uint32_t at;       /* byte offset of the word in its element */
+    uint32_t unused;
+    uint64_t value;    /* the word: an address in this heap */
+    char what[224];    /* "struct holder @0x4008[1] bytes 8..15: not covered
+                          by any field, holds 0x7f.. (offset 0x5010, struct
+                          emp @0x5010): ..." */
+} tha_lint_t;
+
+/* Forgotten pointer fields: 8-byte aligned words of a struct element that
+ * its fields do not wholly cover (bytes left out of the schema, padding)
+ * and that hold an address inside the heap's image. Such a word is copied
+ * raw: a mirror would hold this heap's address. Warnings, not errors (a
+ * struct copied over padding may carry any bytes): Python's heap.check()
+ * warns of them (tha.PointerWarning) and `python -m tha verify` prints
+ * them. Writes the first cap, in address order, to out (NULL with cap 0
+ * only counts) and the total to *n. Words of registered scalar fields are
+ * never findings; nor are types whose size is not a multiple of 8 (no
+ * pointer fits in each element) or whose uncovered ranges, nested arrays
+ * flattened, pass THA_SCHEMA_MAX_SLOTS in all. Read-only; O(live objects
+ * x uncovered words of their types). */
+THA_API int tha_heap_lint(const tha_heap_t *h, tha_lint_t *out, size_t cap, size_t *n);
 
 /* ---- reachability (reach.c) --------------------------------------------- */
 
@@ -976,7 +1104,7 @@ THA_API int tha_set_threads(int n);
  * (a tha_mac_fn) in the options; libtha has no cryptography of its own and
  * does not link libcrypto, so native users without OpenSSL are not forced
  * to have it, and those with another crypto library use that. The example
- * examples/c/org.h uses OpenSSL's HMAC when the build finds libcrypto.
+ * examples/c/netauth.h uses OpenSSL's HMAC when the build finds libcrypto.
  * With a secret every message after the handshake is authenticated under
  * a per-connection key (docs/protocol.md, "Security model"); without one
  * both ends must run without, and the standby refuses to listen on a

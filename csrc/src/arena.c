@@ -132,6 +132,7 @@ void tha_heap_destroy(tha_heap_t *h) {
     free(h->ptrmap);
     free(h->scratch);
     free(h->binds);
+    free(h->size_rules);
     tha_schema_release(h->schema);
     free(h);
 }
@@ -567,6 +568,10 @@ int tha_heap_alloc(tha_heap_t *h, uint32_t type_id, uint32_t count, void **out) 
     return 0;
 }
 
+/* 1 and the value of the variable root `name` is bound to (tha_root_bind),
+ * 0 if it is not bound. */
+static int bound_value(const tha_heap_t *h, const char *name, void **now);
+
 /* Name of a root holding an address inside [payload, payload+bytes), or NULL. */
 static const char *rooted(const tha_heap_t *h, uint64_t payload, uint64_t bytes) {
     const tha__region_t *r = tha__reg(h);
@@ -597,10 +602,22 @@ int tha_heap_free(tha_heap_t *h, void *ptr) {
                     (unsigned long long)(slot + THA__HDR));
     const tha__type_t *t = tha__schema_type(h->schema, oh->type_id);
     uint64_t bytes = t->size * oh->count;
-    const char *root = rooted(h, off, bytes);
-    if (root)
-        return tha__hfail(h, THA_ESTATE, "free of offset 0x%llx: still held by root "
-                    "'%s'; remove the root first", (unsigned long long)off, root);
+    /* A root pins its allocation; a bound root follows its variable, so
+     * one whose variable has moved on (a list head unlinked, then freed) is
+     * refreshed here rather than blocking the free. */
+    for (const char *root; (root = rooted(h, off, bytes));) {
+        void *now;
+        if (!bound_value(h, root, &now) ||
+            ((uint8_t *)now >= p && (uint8_t *)now < p + bytes))
+            return tha__hfail(h, THA_ESTATE, "free of offset 0x%llx: still held by root "
+                        "'%s'; %s", (unsigned long long)off, root,
+                        bound_value(h, root, &now) ? "its bound variable still points here"
+                                                   : "remove the root first");
+        char name[THA_ROOT_NAME_MAX];
+        snprintf(name, sizeof name, "%s", root);
+        int rc = tha_root_set(h, name, now);
+        if (rc) return rc;
+    }
     if (t->nslots) tha__ptrmap_clear(h, off, tha__align_up(bytes, 8));
     oh->type_id = 0;
     oh->count = 0;
@@ -756,6 +773,15 @@ int tha_root_bind(tha_heap_t *h, const char *name, void *const *where) {
         h->nbinds++;
     }
     h->binds[i].where = where;
+    return 0;
+}
+
+static int bound_value(const tha_heap_t *h, const char *name, void **now) {
+    for (uint32_t i = 0; i < h->nbinds; i++)
+        if (strcmp(h->binds[i].name, name) == 0) {
+            *now = *h->binds[i].where;
+            return 1;
+        }
     return 0;
 }
 

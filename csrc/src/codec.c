@@ -436,6 +436,26 @@ static int put_run(tha_heap_t *h, int kind, uint64_t b0, uint64_t nb,
     return put_chunked(h, kind, data, mask, b0, nb, raw);
 }
 
+/* THA_DEBUG_TYPES: the pointer words the frame will carry, against their
+ * declared types, before a byte is written (a snapshot: every one). Kept
+ * out of the copy loops: off, encode pays the branch that calls this.
+ * Safe on a scribbled image, as encode is (lookups are bounds-checked). */
+__attribute__((noinline, cold)) static int debug_types(tha_heap_t *h, int kind) {
+    char what[64];
+    snprintf(what, sizeof what, "%s seq %llu: type check", kind_name(kind),
+             (unsigned long long)h->seq + 1);
+    if (kind == THA_FRAME_SNAPSHOT) return tha__check_types(h, what);
+    uint64_t pos = 0, b, n, top_blocks = tha__reg(h)->top / THA__BLOCK;
+    while (next_run(h, top_blocks, &pos, &b, &n))
+        for (uint64_t i = b; i < b + n; i++)
+            for (unsigned m = h->ptrmap[i]; m; m &= m - 1) {
+                uint64_t at = i * THA__BLOCK + (unsigned)__builtin_ctz(m) * 8;
+                int rc = tha__check_word_type(h, at, what);
+                if (rc) return rc;
+            }
+    return 0;
+}
+
 /* Rule (sizing): the size frame_size or a THA_ETOOSMALL reports is the size
  * the next encode needs. Both collect (diff, wp) and leave h->collected
  * set, so that encode works on the changes they found instead of looking
@@ -462,6 +482,8 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
         return tha__hfail(h, THA_ETOOSMALL, "encode: the %s needs %zu bytes, buffer "
                     "has %zu", kind_name(kind), need, buf ? cap : 0);
     }
+    if (THA__UNLIKELY(h->debug & THA_DEBUG_TYPES) && (rc = debug_types(h, kind)))
+        return rc;
     const tha__region_t *r = tha__reg(h);
     uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
     const uint8_t *crc_from = q;

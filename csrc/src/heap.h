@@ -1,5 +1,6 @@
 /* heap.h — layer 2 (heap): the region, its allocator records, the heap
- * struct, tracking (track.c) and write protection (wp.c).
+ * struct, tracking (track.c), write protection (wp.c) and size rules
+ * (sized.c).
  */
 #ifndef THA_HEAP_H
 #define THA_HEAP_H
@@ -94,6 +95,13 @@ typedef struct tha__objhdr {
     uint32_t count;
 } tha__objhdr_t;
 
+/* A size rule (sized.c): size bytes are size / sizeof(type) elements of
+ * type; size 0: any multiple of sizeof(type). type is a canonical id. */
+typedef struct tha__size_rule {
+    uint64_t size;
+    uint32_t type;
+} tha__size_rule_t;
+
 typedef struct tha__root {
     char name[THA_ROOT_NAME_MAX]; /* "" = empty entry */
     uint64_t offset;             /* target, 0 = none */
@@ -160,6 +168,8 @@ struct tha_heap {
                                once a frame of that epoch is encoded/applied */
     uint64_t lineage;       /* random at create; taken from applied snapshots */
     int tracking;
+    unsigned debug;         /* THA_DEBUG_* flags (tha_heap_set_debug); this
+                               process's, never in the image */
     uint64_t frames_encoded, bytes_encoded, frames_applied, bytes_applied;
     const tha__log_sink_t *log_sink; /* the attached delta log's hooks
                                (tha_heap_attach_log); NULL = no log */
@@ -170,6 +180,9 @@ struct tha_heap {
                                and whichever is destroyed first unlinks both */
     struct tha__root_bind *binds; /* tha_root_bind: roots read at each frame */
     uint32_t nbinds;
+    struct tha__size_rule *size_rules; /* tha_heap_size_type/_multiple (sized.c):
+                               of this handle only, not in the image */
+    uint32_t nsize_rules, size_rules_cap;
     tha_heap_t **backlog_ref; /* where that backlog points back (its heap
                                field): what tha_heap_destroy clears, since the
                                heap does not know the backlog's insides */

@@ -527,6 +527,9 @@ int tha_heap_check(tha_heap_t *h) {
     if (end_b > top_b && vpopcount(&v, top_b, end_b - top_b))
         return tha__hfail(h, THA_ECORRUPT, "heap check: pointer map marks words above "
                           "the top (0x%llx)", (ull)v.r.top);
+    /* the types of the pointers are the program's business, unless asked:
+     * apply never refuses a frame for them */
+    if (h->debug & THA_DEBUG_TYPES) return tha__check_types(h, "heap check: type check");
     return 0;
 }
 

@@ -1,5 +1,5 @@
-/* heapcheck.h — layer 4 (check): whole-heap walks (heapcheck.c; reach.c
- * has nothing the other files call).
+/* heapcheck.h — layer 4 (check): whole-heap walks (heapcheck.c), the type
+ * check (typecheck.c; reach.c has nothing the other files call).
  */
 #ifndef THA_HEAPCHECK_H
 #define THA_HEAPCHECK_H
@@ -22,5 +22,12 @@ int tha__check_tagged(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *
 /* Bulk sync, before the staging heap goes live: zeroes what is above its
  * top, then tha_heap_check; clears h->fuzzy when it passes. */
 int tha__check_staging(tha_heap_t *h);
+
+/* typecheck.c: every pointer slot of the heap against its declared type
+ * (tha_heap_check_types), what prefixing the message; and the pointer word
+ * at region offset at, a word of the pointer map (encode under
+ * THA_DEBUG_TYPES). 0 or THA_EMISMATCH with the detail in h->err. */
+int tha__check_types(tha_heap_t *h, const char *what);
+int tha__check_word_type(tha_heap_t *h, uint64_t at, const char *what);
 
 #endif /* THA_HEAPCHECK_H */

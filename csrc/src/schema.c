@@ -99,6 +99,9 @@ static void free_schema(tha_schema_t *s) {
     for (uint32_t i = 0; i < s->ntypes; i++) {
         free(s->types[i].fields);
         free(s->types[i].slots);
+        free(s->types[i].slot_decl);
+        free(s->types[i].places);
+        free(s->types[i].holes);
     }
     free(s->types);
     free(s->handles);

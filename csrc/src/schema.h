@@ -18,6 +18,18 @@ typedef struct tha__slot {
                           these bits is a valid value here */
 } tha__slot_t;
 
+/* Where an object of a pointed-to type begins inside one element: type is
+ * a user type id or a primitive's alias class (tha__ptr_class). */
+typedef struct tha__place {
+    uint32_t offset;
+    uint32_t type;
+} tha__place_t;
+
+/* Bytes [from, to) of one element that no field covers. */
+typedef struct tha__hole {
+    uint32_t from, to;
+} tha__hole_t;
+
 typedef struct tha__field {
     tha_field_t pub;            /* name/target/sig point at the arrays below */
     char name[THA_NAME_MAX];
@@ -38,7 +50,21 @@ typedef struct tha__type {
     tha__field_t *fields;
     uint32_t nfields, fields_cap;
     tha__slot_t *slots;         /* relocation table of one element */
+    uint32_t *slot_decl;        /* declared target of each slot (a type id;
+                                   0: function pointer), for the type check */
     uint32_t nslots;
+    /* Built at seal for the type check (typecheck.c), each counted against
+     * THA_SCHEMA_MAX_SLOTS entries of its kind in all. A type past that
+     * (or holding one by value) gets no table and its flag set. */
+    tha__place_t *places;       /* sorted by (offset, type), no repeats:
+                                   every position in one element where a
+                                   type some pointer field targets begins,
+                                   except offset 0 for the type itself */
+    uint32_t nplaces;
+    uint32_t places_partial;    /* 1: not listed; interior pointers unchecked */
+    tha__hole_t *holes;         /* ascending, disjoint: what no field covers */
+    uint32_t nholes;
+    uint32_t holes_partial;     /* 1: not listed; not linted */
     uint32_t seal_state;        /* 0 unvisited, 1 in progress, 2 done */
     uint32_t handle;            /* registration order (THA_T_HANDLE + it) */
 } tha__type_t;
@@ -91,6 +117,30 @@ struct tha_schema {
     char add_err[256];          /* ...and what it said */
     char err[256];
 };
+
+/* The type a pointer to primitive id may alias: signed and unsigned of one
+ * width are one (C lets them alias), and char, int8_t and uint8_t are the
+ * bytes class (THA_T_U8). Struct and union ids are themselves. */
+static inline uint32_t tha__ptr_class(uint32_t id) {
+    switch (id) {
+    case THA_T_CHAR: case THA_T_I8: return THA_T_U8;
+    case THA_T_I16: return THA_T_U16;
+    case THA_T_I32: return THA_T_U32;
+    case THA_T_I64: return THA_T_U64;
+    default: return id;
+    }
+}
+
+/* A pointer declared to class c may point at any byte of an allocation. */
+static inline bool tha__ptr_anywhere(uint32_t c) {
+    return c == THA_T_VOID || c == THA_T_U8;
+}
+
+/* The address that slot k of an element of t refers to when it holds v:
+ * its value without the tag bits its field declares (a tagged NULL is 0). */
+static inline uint64_t tha__slot_addr(const tha__type_t *t, uint32_t k, uint64_t v) {
+    return v & ~(uint64_t)t->slots[k].tag_mask;
+}
 
 tha_schema_t *tha__schema_retain(tha_schema_t *s);
 /* tha_schema_deserialize for a schema that comes with a heap image of

@@ -2,15 +2,36 @@
  * functions (ids), name resolution, the checks of what cannot be mirrored,
  * each type's relocation table (pointer slots of nested structs and arrays
  * flattened, counted against THA_SCHEMA_MAX_SLOTS before one allocation),
- * and the fingerprint. Nested types are sealed with an explicit stack.
+ * the type check's tables (where pointed-to types begin, what no field
+ * covers; same bound, but past it a type is checked less instead of
+ * refused), and the fingerprint. Nested types are sealed with an explicit
+ * stack.
  */
 #include "schema_priv.h"
 
 #include <stdlib.h>
 
+typedef struct slot_sort {
+    tha__slot_t slot;
+    uint32_t decl;
+} slot_sort_t;
+
 static int cmp_slot(const void *a, const void *b) {
-    const tha__slot_t *x = a, *y = b;
-    return (x->offset > y->offset) - (x->offset < y->offset);
+    const slot_sort_t *x = a, *y = b;
+    return (x->slot.offset > y->slot.offset) - (x->slot.offset < y->slot.offset);
+}
+
+/* By offset, then type. */
+static int cmp_place(const void *a, const void *b) {
+    const tha__place_t *x = a, *y = b;
+    if (x->offset != y->offset)
+        return (x->offset > y->offset) - (x->offset < y->offset);
+    return (x->type > y->type) - (x->type < y->type);
+}
+
+static int cmp_hole(const void *a, const void *b) {
+    const tha__hole_t *x = a, *y = b;
+    return (x->from > y->from) - (x->from < y->from);
 }
 
 /* Defined types sorted by name, for lookups while sealing. */
@@ -108,7 +129,9 @@ static int field_post(tha_schema_t *s, tha__type_t *t, tha__field_t *f) {
 static int build_slots(tha_schema_t *s, tha__type_t *t, uint64_t *budget) {
     const char *k = tha__schema_kw(t);
     free(t->slots);
+    free(t->slot_decl);
     t->slots = NULL;
+    t->slot_decl = NULL;
     t->nslots = 0;
     uint64_t n = 0;
     for (uint32_t i = 0; i < t->nfields; i++) {
@@ -132,7 +155,8 @@ static int build_slots(tha_schema_t *s, tha__type_t *t, uint64_t *budget) {
     if (n == 0)
         return 0;
     t->slots = malloc((size_t)n * sizeof *t->slots);
-    if (!t->slots)
+    t->slot_decl = malloc((size_t)n * sizeof *t->slot_decl);
+    if (!t->slots || !t->slot_decl)
         return tha__fail(s->err, sizeof s->err, THA_ENOMEM,
                          "%s %s: out of memory for %llu pointer slots", k, t->name,
                          (unsigned long long)n);
@@ -145,15 +169,17 @@ static int build_slots(tha_schema_t *s, tha__type_t *t, uint64_t *budget) {
             for (uint64_t e = 0; e < f->count; e++) {
                 t->slots[m].offset = (uint32_t)(f->pub.offset + e * 8);
                 t->slots[m].is_func = kind == THA_K_FUNC;
-                t->slots[m++].tag_mask = (uint16_t)f->pub.tag_mask;
+                t->slots[m].tag_mask = (uint16_t)f->pub.tag_mask;
+                t->slot_decl[m++] = kind == THA_K_PTR ? f->target_id : 0;
             }
         } else if (kind == THA_K_STRUCT) {
             const tha__type_t *tt = &s->types[f->target_id];
             for (uint64_t e = 0; e < f->count && tt->nslots; e++)
                 for (uint32_t j = 0; j < tt->nslots; j++) {
-                    t->slots[m] = tt->slots[j];
-                    t->slots[m++].offset = (uint32_t)(f->pub.offset + e * f->elem_size +
-                                                      tt->slots[j].offset);
+                    t->slots[m] = tt->slots[j]; /* is_func, tag_mask */
+                    t->slots[m].offset = (uint32_t)(f->pub.offset + e * f->elem_size +
+                                                    tt->slots[j].offset);
+                    t->slot_decl[m++] = tt->slot_decl[j];
                 }
         }
     }
@@ -180,14 +206,257 @@ static int build_slots(tha_schema_t *s, tha__type_t *t, uint64_t *budget) {
     int sorted = 1;
     for (uint32_t i = 1; i < m && sorted; i++)
         sorted = t->slots[i].offset > t->slots[i - 1].offset;
-    if (!sorted)
-        qsort(t->slots, m, sizeof *t->slots, cmp_slot);
+    if (!sorted) { /* slots and their declared targets move together */
+        slot_sort_t *v = malloc((size_t)m * sizeof *v);
+        if (!v)
+            return tha__fail(s->err, sizeof s->err, THA_ENOMEM,
+                             "%s %s: out of memory for %u pointer slots", k, t->name, m);
+        for (uint32_t i = 0; i < m; i++)
+            v[i] = (slot_sort_t){t->slots[i], t->slot_decl[i]};
+        qsort(v, m, sizeof *v, cmp_slot);
+        for (uint32_t i = 0; i < m; i++) {
+            t->slots[i] = v[i].slot;
+            t->slot_decl[i] = v[i].decl;
+        }
+        free(v);
+    }
     for (uint32_t i = 1; i < m; i++)
         if (t->slots[i].offset < t->slots[i - 1].offset + 8)
             return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
                              "%s %s: pointer slots at offsets %u and %u overlap", k,
                              t->name, t->slots[i - 1].offset, t->slots[i].offset);
     return 0;
+}
+
+/* Index of the first slot of t that ends after byte off (slots ascend and
+ * are 8 bytes each). */
+static uint32_t slot_after(const tha__type_t *t, uint64_t off) {
+    uint32_t lo = 0, hi = t->nslots;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if ((uint64_t)t->slots[mid].offset + 8 <= off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* 1 if byte off of an element of tt is where one of its slots starts. */
+static int is_slot(const tha__type_t *tt, uint64_t off) {
+    uint32_t i = slot_after(tt, off);
+    return i < tt->nslots && tt->slots[i].offset == off;
+}
+
+/* The field of t other than not holding the slot at byte off (a pointer or
+ * function pointer field, or a struct holding pointers). */
+static const tha__field_t *slot_owner(const tha_schema_t *s, const tha__type_t *t,
+                                      const tha__field_t *not, uint64_t off) {
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        const tha__field_t *f = &t->fields[i];
+        uint64_t rel = off - f->pub.offset;
+        if (f == not || off < f->pub.offset || rel >= f->elem_size * f->count)
+            continue;
+        if (f->pub.kind == THA_K_PTR || f->pub.kind == THA_K_FUNC)
+            return f;
+        if (f->pub.kind == THA_K_STRUCT && is_slot(&s->types[f->target_id], rel % f->elem_size))
+            return f;
+    }
+    return NULL; /* not reached: every slot comes from a field */
+}
+
+/* No scalar, bitfield or nested struct of t lays non-pointer bytes over a
+ * pointer slot (t's slots are built and sorted). A field's bytes hold
+ * count x its own slots (a struct's) and no other: two binary searches
+ * count what lies there, so this costs O(fields x log slots). */
+static int check_overlaps(tha_schema_t *s, const tha__type_t *t) {
+    if (!t->nslots)
+        return 0;
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        const tha__field_t *f = &t->fields[i];
+        uint32_t kind = f->pub.kind;
+        if (kind == THA_K_PTR || kind == THA_K_FUNC)
+            continue;
+        const tha__type_t *tt = kind == THA_K_STRUCT ? &s->types[f->target_id] : NULL;
+        uint64_t from = f->pub.offset, to = from + f->elem_size * f->count;
+        uint32_t a = slot_after(t, from), b = slot_after(t, to + 7);
+        uint64_t own = tt ? f->count * tt->nslots : 0;
+        if (b - a <= own)
+            continue;
+        uint32_t k = a; /* the first slot there that is not the field's own */
+        while (tt && is_slot(tt, (t->slots[k].offset - from) % f->elem_size))
+            k++;
+        uint32_t at = t->slots[k].offset;
+        const tha__field_t *p = slot_owner(s, t, f, at);
+        return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                         "%s %s: %s field %s (bytes %llu..%llu) overlaps the %s at bytes "
+                         "%u..%u of field %s: that word would be rebased as a pointer "
+                         "whatever it holds (a union of a pointer and a number cannot "
+                         "be mirrored: register one of them)", tha__schema_kw(t), t->name,
+                         tt ? tha__schema_kw(tt) : tha__schema_kind_name(kind), f->name,
+                         (unsigned long long)from,
+                         (unsigned long long)to - 1,
+                         t->slots[k].is_func ? "function pointer" : "pointer", at,
+                         at + 7, p ? p->name : "?");
+    }
+    return 0;
+}
+
+/* What the type check's tables may still spend (THA_SCHEMA_MAX_SLOTS
+ * entries of each kind in all) and which types pointer fields target. */
+typedef struct tables {
+    const uint8_t *pointed; /* by type id or primitive class: 1 if some
+                               pointer field targets it */
+    uint64_t place_budget, hole_budget;
+} tables_t;
+
+/* t's places: where in one element each pointed-to type begins (scalars of
+ * pointed-to primitives, nested structs, and what those hold), flattened
+ * through nested structs and arrays. Counted first; past the budget, or
+ * holding a type that has none, t is left partial (checked less, never
+ * refused: the schema worked before it had these tables). */
+static int build_places(tha_schema_t *s, tha__type_t *t, tables_t *c) {
+    free(t->places);
+    t->places = NULL;
+    t->nplaces = 0;
+    t->places_partial = 0;
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        const tha__field_t *f = &t->fields[i];
+        if (f->pub.kind == THA_K_SCALAR && c->pointed[tha__ptr_class(f->pub.prim)]) {
+            n += f->count;
+        } else if (f->pub.kind == THA_K_STRUCT) {
+            const tha__type_t *tt = &s->types[f->target_id];
+            if (tt->places_partial) {
+                t->places_partial = 1;
+                return 0;
+            }
+            n += f->count * (c->pointed[tt->id] + (uint64_t)tt->nplaces); /* < 2^55 */
+        }
+        if (n > c->place_budget) {
+            t->places_partial = 1;
+            return 0;
+        }
+    }
+    if (!n)
+        return 0;
+    tha__place_t *v = malloc((size_t)n * sizeof *v);
+    if (!v)
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM,
+                         "%s %s: out of memory for %llu type check entries",
+                         tha__schema_kw(t), t->name, (unsigned long long)n);
+    uint64_t m = 0;
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        const tha__field_t *f = &t->fields[i];
+        uint64_t off = f->pub.offset;
+        if (f->pub.kind == THA_K_SCALAR && c->pointed[tha__ptr_class(f->pub.prim)]) {
+            for (uint64_t e = 0; e < f->count; e++)
+                v[m++] = (tha__place_t){(uint32_t)(off + e * f->elem_size),
+                                        tha__ptr_class(f->pub.prim)};
+        } else if (f->pub.kind == THA_K_STRUCT) {
+            const tha__type_t *tt = &s->types[f->target_id];
+            for (uint64_t e = 0, at = off; e < f->count; e++, at += tt->size) {
+                if (c->pointed[tt->id])
+                    v[m++] = (tha__place_t){(uint32_t)at, tt->id};
+                for (uint32_t j = 0; j < tt->nplaces; j++)
+                    v[m++] = (tha__place_t){(uint32_t)(at + tt->places[j].offset),
+                                            tt->places[j].type};
+            }
+        }
+    }
+    THA_ASSERT(m == n);
+    qsort(v, (size_t)n, sizeof *v, cmp_place);
+    uint64_t u = 1; /* a union's members may repeat a place */
+    for (uint64_t i = 1; i < n; i++)
+        if (v[i].offset != v[u - 1].offset || v[i].type != v[u - 1].type)
+            v[u++] = v[i];
+    t->places = v;
+    t->nplaces = (uint32_t)u;
+    c->place_budget -= u;
+    return 0;
+}
+
+/* t's holes: the bytes of one element no field covers, nested structs'
+ * holes included unless another field covers them. The covered intervals
+ * are listed (a nested struct: the stretches between its holes, per
+ * element), counted first against the budget, sorted, and complemented. */
+static int build_holes(tha_schema_t *s, tha__type_t *t, tables_t *c) {
+    free(t->holes);
+    t->holes = NULL;
+    t->nholes = 0;
+    t->holes_partial = 0;
+    uint64_t n = 0;
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        const tha__field_t *f = &t->fields[i];
+        const tha__type_t *tt = f->pub.kind == THA_K_STRUCT ? &s->types[f->target_id] : NULL;
+        if (tt && tt->holes_partial) {
+            t->holes_partial = 1;
+            return 0;
+        }
+        n += tt && tt->nholes ? f->count * ((uint64_t)tt->nholes + 1) : 1; /* < 2^55 */
+        if (n + 1 > c->hole_budget) {
+            t->holes_partial = 1;
+            return 0;
+        }
+    }
+    tha__hole_t *v = malloc((size_t)(n + 1) * sizeof *v);
+    if (!v)
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM,
+                         "%s %s: out of memory for %llu type check entries",
+                         tha__schema_kw(t), t->name, (unsigned long long)n);
+    uint64_t m = 0;
+    for (uint32_t i = 0; i < t->nfields; i++) {
+        const tha__field_t *f = &t->fields[i];
+        uint64_t from = f->pub.offset, bytes = f->elem_size * f->count;
+        const tha__type_t *tt = f->pub.kind == THA_K_STRUCT ? &s->types[f->target_id] : NULL;
+        if (!tt || !tt->nholes) {
+            v[m++] = (tha__hole_t){(uint32_t)from, (uint32_t)(from + bytes)};
+            continue;
+        }
+        for (uint64_t e = 0, at = from; e < f->count; e++, at += tt->size) {
+            uint64_t cur = 0;
+            for (uint32_t j = 0; j < tt->nholes; j++) {
+                v[m++] = (tha__hole_t){(uint32_t)(at + cur), (uint32_t)(at + tt->holes[j].from)};
+                cur = tt->holes[j].to;
+            }
+            v[m++] = (tha__hole_t){(uint32_t)(at + cur), (uint32_t)(at + tt->size)};
+        }
+    }
+    THA_ASSERT(m == n);
+    qsort(v, (size_t)n, sizeof *v, cmp_hole);
+    uint64_t u = 0, cur = 0; /* complement in place: holes never outnumber
+                                the intervals before them, plus one */
+    for (uint64_t i = 0; i < n; i++) {
+        tha__hole_t iv = v[i];
+        if (iv.from >= iv.to) /* a nested struct ending in a hole: covers nothing */
+            continue;          /* (else it splits the hole around it in two) */
+        if (iv.from > cur)
+            v[u++] = (tha__hole_t){(uint32_t)cur, iv.from};
+        if (iv.to > cur)
+            cur = iv.to;
+    }
+    if (cur < t->size)
+        v[u++] = (tha__hole_t){(uint32_t)cur, (uint32_t)t->size};
+    if (!u) {
+        free(v);
+        return 0;
+    }
+    t->holes = v;
+    t->nholes = (uint32_t)u;
+    c->hole_budget -= u;
+    return 0;
+}
+
+/* Everything of t that needs the types it holds by value built first. */
+static int build_tables(tha_schema_t *s, tha__type_t *t, uint64_t *budget, tables_t *c) {
+    int rc = build_slots(s, t, budget);
+    if (!rc)
+        rc = check_overlaps(s, t);
+    if (!rc)
+        rc = build_places(s, t, c);
+    if (!rc)
+        rc = build_holes(s, t, c);
+    return rc;
 }
 
 /* Seals every user type: resolves fields, sealing the types a struct holds
@@ -202,7 +471,7 @@ typedef struct seal_frame {
     uint32_t back;   /* 1: returning to that field from its nested type */
 } seal_frame_t;
 
-static int seal_types(tha_schema_t *s, const name_index_t *ix) {
+static int seal_types(tha_schema_t *s, const name_index_t *ix, tables_t *tab) {
     uint32_t nuser = s->ntypes > THA_T_FIRST_USER ? s->ntypes - THA_T_FIRST_USER : 0;
     s->total_slots = 0;
     if (!nuser)
@@ -222,7 +491,7 @@ static int seal_types(tha_schema_t *s, const name_index_t *ix) {
             seal_frame_t *fr = &st[sp - 1];
             tha__type_t *t = fr->t;
             if (fr->field == t->nfields) {
-                rc = build_slots(s, t, &budget);
+                rc = build_tables(s, t, &budget, tab);
                 t->seal_state = 2;
                 sp--;
                 continue;
@@ -312,7 +581,21 @@ int tha_schema_seal(tha_schema_t *s) {
         if (s->types[id].defined)
             ix.v[ix.n++] = &s->types[id];
     qsort(ix.v, ix.n, sizeof *ix.v, cmp_type_name);
-    int rc = seal_types(s, &ix);
+    uint8_t *pointed = calloc(s->ntypes, 1);
+    if (!pointed) {
+        free(ix.v);
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+    }
+    for (uint32_t i = 0; i < ix.n; i++)
+        for (uint32_t j = 0; j < ix.v[i]->nfields; j++) {
+            const tha__field_t *f = &ix.v[i]->fields[j];
+            const tha__type_t *tt;
+            if (f->pub.kind == THA_K_PTR && (tt = index_find(&ix, f->target)))
+                pointed[tha__ptr_class(tt->id)] = 1; /* unresolved: seal fails */
+        }
+    tables_t tab = {pointed, THA_SCHEMA_MAX_SLOTS, THA_SCHEMA_MAX_SLOTS};
+    int rc = seal_types(s, &ix, &tab);
+    free(pointed);
     free(ix.v);
     if (rc)
         return rc;

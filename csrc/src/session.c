@@ -848,6 +848,10 @@ static int maybe_go_live(tha_session_t *s, int ack) {
         return close_with(s, THA_EV_ERROR, rc, "bulk sync refused at seq %llu: %s",
                           (unsigned long long)s->consistent_at, why);
     }
+    /* A mirror live at a seq holds no change of its own: the bits its
+     * creation set (the fresh region's metadata; segments set none) are
+     * cleared, or a promotion would ship them all in its first delta. */
+    tha__clear_dirty(s->staging);
     if (s->owns_heap) tha_heap_destroy(s->heap);
     s->heap = s->staging;
     s->owns_heap = 1;

@@ -127,6 +127,7 @@ static void test_static_tailq_head_mirrored(void) {
     CHECK_OK(tha_heap_check(b));
     fill_head_b(b);
     same_queue();
+    CHECK_OK(tha_heap_check_types(b)); /* extern targets are not the heap's */
 
     /* deltas: the first element removed (the second now points at the
      * head), new ones at the head, keys changed, plain writes (diff) */

@@ -594,6 +594,29 @@ static void test_root_bind(void) {
     CHECK_RC(tha_root_bind(a, "list1", NULL), THA_ENOTFOUND);
     CHECK_OK(ship(a, b, THA_FRAME_DELTA));
     CHECK_OK(tha_heap_check(b));
+
+    /* A bound root follows its variable at free too: the head unlinked by
+     * plain C (list1 = list1->mgr) and then freed, before any frame. */
+    CHECK_OK(tha_root_bind(a, "list1", (void *const *)&list1));
+    struct emp *head, *second;
+    CHECK_OK(tha_heap_alloc(a, EMP, 1, (void **)&head));
+    CHECK_OK(tha_heap_alloc(a, EMP, 1, (void **)&second));
+    head->mgr = second;
+    list1 = head;
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA)); /* the root now holds head */
+    list1 = head->mgr;
+    CHECK_OK(tha_heap_free(a, head));
+    CHECK_OK(tha_root_get(a, "list1", &r1));
+    CHECK(r1 == second);
+    /* while the variable still points at it, the allocation stays pinned */
+    CHECK_RC(tha_heap_free(a, second), THA_ESTATE);
+    CHECK_CONTAINS(tha_heap_errmsg(a), "its bound variable still points here");
+    list1 = NULL; /* the list emptied: the root goes with its last node */
+    CHECK_OK(tha_heap_free(a, second));
+    CHECK_RC(tha_root_get(a, "list1", &r1), THA_ENOTFOUND);
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK_RC(tha_root_get(b, "list1", &r1), THA_ENOTFOUND);
+    CHECK_OK(tha_heap_check(b));
     tha_heap_destroy(a);
     tha_heap_destroy(b);
     tha_schema_release(s);

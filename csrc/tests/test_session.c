@@ -281,6 +281,11 @@ static void test_handshake_bulk_deltas(void) {
     CHECK(mirror && mirrors(ref_src, mirror));
     CHECK(tha_heap_base(mirror) != tha_heap_base(ref_src));
     CHECK_OK(tha_heap_check(mirror));
+    /* a mirror live at seq has no change of its own: promoted, its first
+     * delta carries only what the new active writes */
+    tha_stats_t ms;
+    CHECK_OK(tha_heap_stats(mirror, &ms));
+    CHECK(ms.dirty_blocks == 0);
 
     for (int round = 1; round <= 4; round++) {
         mutate(ref_src, ref_staff, round);

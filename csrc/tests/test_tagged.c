@@ -91,6 +91,7 @@ static void test_tagged_null_travels(void) {
     struct tn *root = build(a, 200);
     CHECK(root->parent == (struct tn *)1);
     CHECK_OK(tha_root_set(a, "root", root));
+    CHECK_OK(tha_heap_check_types(a)); /* a tagged field's targets, tags stripped */
     /* a non-NULL tagged pointer in an untagged field works as before */
     root->plain = (struct tn *)((uintptr_t)root->right | 3);
     struct holder *hd;
@@ -109,6 +110,9 @@ static void test_tagged_null_travels(void) {
     CHECK(rb->parent == (struct tn *)1);
     CHECK(same_tree(root, rb, NULL));
     CHECK(rb->right && rb->plain == (struct tn *)((uintptr_t)rb->right | 3));
+    /* ...where an untagged field holding tag bits is a type error */
+    CHECK_RC(tha_heap_check_types(b), THA_EMISMATCH);
+    CHECK_CONTAINS(tha_heap_errmsg(b), "field plain");
     CHECK(hb[1].node.parent == (struct tn *)1);
     CHECK(hb[0].node.parent == (struct tn *)((uintptr_t)rb | 1));
 

@@ -55,7 +55,7 @@ static void change(tha_heap_t *h, struct emp *es, int round) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        printf("usage: %s HOST PORT [ROUNDS]\n  %s\n", argv[0], ORG_MAC_SUPPORT);
+        printf("usage: %s HOST PORT [ROUNDS]\n  %s\n", argv[0], NET_MAC_SUPPORT);
         return 0;
     }
     const char *host = argv[1];
@@ -90,7 +90,7 @@ int main(int argc, char **argv) {
 
     tha_net_options_t opt = {.on_event = on_event};
     secret_t key;
-    if (org_secret(&opt, &key)) return 2;
+    if (net_secret(&opt, &key)) return 2;
     tha_net_t *net;
     int rc = tha_net_active_open(&net, heap, host, (uint16_t)port, &opt);
     if (rc) {

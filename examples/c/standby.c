@@ -59,7 +59,7 @@ static int summarize(tha_heap_t *h) {
 
 int main(int argc, char **argv) {
     if (argc < 3) {
-        printf("usage: %s HOST PORT\n  %s\n", argv[0], ORG_MAC_SUPPORT);
+        printf("usage: %s HOST PORT\n  %s\n", argv[0], NET_MAC_SUPPORT);
         return 0;
     }
     long p = strtol(argv[2], NULL, 10);
@@ -70,7 +70,7 @@ int main(int argc, char **argv) {
     uint16_t port = (uint16_t)p;
     tha_net_options_t opt = {.on_event = on_event};
     secret_t key;
-    if (org_secret(&opt, &key)) return 2;
+    if (net_secret(&opt, &key)) return 2;
     tha_net_t *net;
     int rc = tha_net_standby_listen(&net, NULL, argv[1], &port, &opt);
     if (rc) {

@@ -1,7 +1,8 @@
 """What the long-running subcommands (demo roles, standby) share: address,
-duration and secret-file parsing, logging, SIGTERM/SIGINT handling and a
+duration and secret-file parsing, logging, SIGTERM/SIGINT handling, a
 console that prints from the main thread only (replication callbacks run
-under the heap's lock and must never block on a full stdout pipe).
+under the heap's lock and must never block on a full stdout pipe), and
+what draws on a terminal only (a progress line, live lines per process).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import queue
+import shutil
 import signal
 import sys
 import threading
@@ -171,6 +173,67 @@ def terminal_progress(label: str, stream=None):
             stream.write(f"\r{label}  {pct:3d}%  {done / 1e6:,.0f}/{total / 1e6:,.0f} MB")
         stream.flush()
     return progress
+
+
+class LiveLines:
+    """One line per key (a process, say), redrawn in place on a terminal
+    (at most twenty redraws a second, and at close()); ``note()`` prints a
+    line for good above them. When the stream is not a terminal each
+    ``set()`` is a plain line of its own: piped output stays a clean log.
+    After close() the lines stay as they were; notes go below them."""
+
+    def __init__(self, keys, stream=None):
+        self.stream = stream or sys.stdout
+        self.tty = self.stream.isatty()
+        self.text = {k: "" for k in keys}   # in display order
+        self._drawn = 0                      # board lines now on the screen
+        self._when = 0.0
+        self._closed = False
+        self._stale = False                  # a set() not drawn yet
+
+    def set(self, key, text: str) -> None:
+        self.text[key] = text
+        if not self.tty:
+            self._write(text + "\n")
+        elif not self._closed:
+            self._stale = True
+            if time.monotonic() - self._when >= 0.05:
+                self._redraw()
+
+    def refresh(self) -> None:
+        """Draws what a set() too soon after a redraw left undrawn; call it
+        when idle."""
+        if self.tty and self._stale and not self._closed:
+            self._redraw()
+
+    def note(self, text: str) -> None:
+        if not self.tty or self._closed:
+            self._write(text + "\n")
+            return
+        self._redraw(text)
+
+    def close(self) -> None:
+        """The board's last state stays on the screen, the cursor below it."""
+        if self.tty and not self._closed:
+            self._redraw()
+        self._closed = True
+
+    def _redraw(self, note: str | None = None) -> None:
+        width = max(20, shutil.get_terminal_size().columns - 1)
+        # back to the board's first line, clear to the end of the screen
+        out = [f"\x1b[{self._drawn}F\x1b[J" if self._drawn else ""]
+        if note is not None:
+            out.append(note + "\n")
+        lines = [t[:width] for t in self.text.values() if t]
+        out.extend(line + "\n" for line in lines)
+        self._drawn = len(lines)
+        self._when = time.monotonic()
+        self._stale = False
+        self._write("".join(out))
+
+    def _write(self, data: str) -> None:
+        self.stream.write(data)
+        self.stream.flush()
 
 
 def print_applied(console: Console):
