@@ -31,6 +31,7 @@ def reference(heap):
     """The cdata reading of every object (what dump() gave before it
     unpacked bytes)."""
     schema, base, out = heap.schema, heap._base, []
+    end = base + heap.stats()["capacity"]
     cursor = tha_ffi.new("uint64_t *")
     o = tha_ffi.new("tha_obj_t *")
     while tha_lib.tha_heap_next(heap._h, cursor, o):
@@ -39,7 +40,7 @@ def reference(heap):
         if ctype.cname == "char":
             value = schema.ffi.buffer(p, o.count)[:]
         else:
-            conv = D._converter(schema, ctype, base)
+            conv = D._converter(schema, ctype, base, end)
             value = [conv(p[i]) for i in range(o.count)]
         out.append({"offset": o.offset, "type": schema.type_name(ctype),
                     "count": o.count, "value": value})

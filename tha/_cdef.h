@@ -48,6 +48,7 @@ typedef struct tha_field {
     uint32_t dims[...]; /* THA_MAX_DIMS */
     uint32_t bits[2];
     const char *sig;
+    uint32_t tag_mask;
 } tha_field_t;
 
 int tha_schema_create(tha_schema_t **out);
@@ -59,6 +60,9 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
                          const tha_field_t *field);
 int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void));
 int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void));
+int tha_schema_add_extern(tha_schema_t *s, const char *name, size_t size,
+                          const void *addr);
+int tha_schema_bind_extern(tha_schema_t *s, const char *name, const void *addr);
 int tha_schema_seal(tha_schema_t *s);
 void tha_schema_clear_add_error(tha_schema_t *s);
 uint64_t tha_schema_fingerprint(const tha_schema_t *s);
@@ -91,6 +95,9 @@ int tha_schema_field_info(const tha_schema_t *s, uint32_t id, uint32_t i,
 uint32_t tha_schema_func_count(const tha_schema_t *s);
 int tha_schema_func_info(const tha_schema_t *s, uint32_t i, const char **name,
                          void (**fn)(void));
+uint32_t tha_schema_extern_count(const tha_schema_t *s);
+int tha_schema_extern_info(const tha_schema_t *s, uint32_t i, const char **name,
+                           size_t *size, const void **addr);
 
 /* ---- heap ---- */
 typedef ... tha_heap_t;

@@ -1,7 +1,9 @@
 """dump(): a heap as plain Python data, pointers as region offsets.
 
 Two heaps dump equal exactly when they mirror each other, whatever their
-base addresses. Each C type gets a plan once per schema and base: its
+base addresses. With a schema that declares data externs or tag masks, a
+pointer outside the region reads as what travels for it: ``"&name+off"``
+inside a bound extern, ``"NULL|0x1"`` for a tagged NULL. Each C type gets a plan once per schema and base: its
 element's bytes as one ``struct.Struct`` (fields at their cffi offsets,
 padding skipped) and a compiled function turning the unpacked tuple into
 the value (dicts for structs, lists for arrays, offsets for pointers), so
@@ -58,7 +60,8 @@ def _dump(heap) -> dict:
         for _, off, tid, count, _ in _OBJ.iter_unpack(_cffi.buffer(batch, n * _OBJ.size)):
             plan = plans.get((tid, base))
             if plan is None:
-                plan = plans[(tid, base)] = _plan_for(schema, tid, base)
+                plan = plans[(tid, base)] = _plan_for(schema, tid, base,
+                                                      base + st.capacity)
             name, size, one, many, build, cdata_conv = plan
             if build is not None:
                 if count == 1:
@@ -104,27 +107,44 @@ def census(heap) -> dict:
             t[2] += size * count
 
 
+def _outside(schema, base: int):
+    """The value of a pointer word outside the region: None for NULL, what
+    travels for an extern or a tagged NULL, else (a stray pointer) its
+    distance from the base, as without externs."""
+    def value(addr: int):
+        if not addr:
+            return None
+        hit = schema.extern_at(addr)
+        if hit is not None:
+            return f"&{hit[0]}+{hit[1]}"
+        if addr <= 7:
+            return f"NULL|0x{addr:x}"
+        return addr - base
+    return value
+
+
 def _float(v: float):
     if v != v:  # NaN never equals itself: compare its bits instead
         return "nan:" + struct.pack("<d", v).hex()
     return v
 
 
-def _plan_for(schema, type_id: int, base: int):
+def _plan_for(schema, type_id: int, base: int, end: int):
     """(type name, element size, unpack_from of one element, iter_unpack
     of many, tuple -> value; or for char: a true ``one`` and no build; or
-    for the fallback: (pointer ctype, cdata converter))."""
+    for the fallback: (pointer ctype, cdata converter)). [base, end): the
+    region."""
     ffi = schema.ffi
     ctype = schema.ctype_of(type_id)
     name, size = schema.type_name(ctype), ffi.sizeof(ctype)
     if ctype.cname == "char":
         return name, size, True, None, None, None
-    flat = _Flat(schema, base)
+    flat = _Flat(schema, base, end)
     try:
         expr = flat.value(ctype, 0)
     except _NoByteForm:
         return name, size, None, None, None, (schema.pointer_type(ctype),
-                                              _converter(schema, ctype, base))
+                                              _converter(schema, ctype, base, end))
     element = struct.Struct(flat.struct_format(size))
     return name, size, element.unpack_from, element.iter_unpack, flat.compile(expr), None
 
@@ -143,10 +163,11 @@ class _Flat:
     writes the Python expression that rebuilds its value from the tuple
     ``t`` of a whole element."""
 
-    def __init__(self, schema, base: int):
+    def __init__(self, schema, base: int, end: int):
         self.schema, self.ffi, self.base = schema, schema.ffi, base
         self.items = []           # (offset, struct code), in offset order
-        self.env = {"F": _float, "B": base, "FN": self._function_name}
+        self.env = {"F": _float, "B": base, "E": end, "P": _outside(schema, base),
+                    "FN": self._function_name}
 
     def _function_name(self, addr: int):
         if not addr:
@@ -179,6 +200,8 @@ class _Flat:
                                    for i in range(ctype.length)) + "]"
         if kind == "pointer":
             t = self._item(off, "Q")
+            if self.schema.outside_pointers:  # externs or tag bits: one more test
+                return f"({t} - B if B <= {t} < E else P({t}))"
             return f"({t} - B if {t} else None)"
         if kind == "function":
             return f"FN({self._item(off, 'Q')})"
@@ -220,13 +243,13 @@ class _Flat:
         return eval(f"lambda t: {expr}", dict(self.env))
 
 
-def _converter(schema, ctype, base: int):
+def _converter(schema, ctype, base: int, end: int):
     """A function turning one cdata value of ctype into plain data (the
     fallback for types without a byte form)."""
     ffi = schema.ffi
     kind = ctype.kind
     if kind == "struct":
-        fields = [(name, _converter(schema, f.type, base))
+        fields = [(name, _converter(schema, f.type, base, end))
                   for name, f in ctype.fields]
         return lambda cd: {name: conv(getattr(cd, name)) for name, conv in fields}
     if kind == "union":
@@ -236,12 +259,14 @@ def _converter(schema, ctype, base: int):
         item = ctype.item
         if item.cname == "char":
             return lambda cd: ffi.buffer(cd)[:]
-        conv = _converter(schema, item, base)
+        conv = _converter(schema, item, base, end)
         return lambda cd: [conv(x) for x in cd]
     if kind == "pointer":
+        outside = _outside(schema, base)
+
         def pointer(cd):
             addr = int(ffi.cast("uintptr_t", cd))
-            return addr - base if addr else None
+            return addr - base if base <= addr < end else outside(addr)
         return pointer
     if kind == "function":
         def function(cd):

@@ -157,24 +157,28 @@ def checkpoint_info(path) -> dict:
                                           "file_bytes", "base")}
 
 
-def file_schema(path, functions=None):
-    """The Schema a checkpoint carries (functions bound from ``functions``)."""
+def file_schema(path, functions=None, externs=None):
+    """The Schema a checkpoint carries (functions and externs bound from
+    ``functions`` and ``externs``)."""
     info = _cffi.new("tha_checkpoint_info_t *")
     msg = _cffi.new("char[256]")
     out = _cffi.new("tha_schema_t **")
     check(lib.tha_checkpoint_info(os.fsencode(path), info, out, msg, 256), lambda: msg)
-    return Schema("", functions, _c=_cffi.gc(out[0], lib.tha_schema_release))
+    return Schema("", functions, externs=externs,
+                  _c=_cffi.gc(out[0], lib.tha_schema_release))
 
 
 def load(path, *, tracking: int, schema=None, log=None, functions=None,
-         progress=None, check_heap=True):
+         progress=None, check_heap=True, externs=None):
     """tha_heap_load: (schema, C heap handle, LoadReport); ``tracking`` is
     the C mode (THA_TRACK_*). Heap.load wraps the handle."""
     if schema is None:
-        schema = file_schema(path, functions)
-    elif functions:
-        for name, fn in functions.items():
+        schema = file_schema(path, functions, externs)
+    else:
+        for name, fn in (functions or {}).items():
             schema.bind(name, fn)
+        for name, target in (externs or {}).items():
+            schema.bind_extern(name, target)
     opt = _cffi.new("tha_load_options_t *")
     keep = [os.fsencode(path)]
     opt.schema = schema._c

@@ -135,19 +135,21 @@ class Heap:
     @classmethod
     def from_snapshot(cls, frame: Buffer, capacity: int | None = None,
                       functions: dict | None = None,
-                      tracking: str = "auto") -> "Heap":
+                      tracking: str = "auto", externs: dict | None = None) -> "Heap":
         """A new heap holding a snapshot frame; the schema comes from the frame
         (a same-address heap's snapshot: at the frame's base, OSFailure EEXIST
-        if that is taken). ``functions`` binds the frame's function names in this process (a
-        function-pointer field that holds one cannot be applied unbound).
-        ``tracking`` as for ``Heap()``."""
+        if that is taken). ``functions`` binds the frame's function names in
+        this process (a function-pointer field that holds one cannot be
+        applied unbound), ``externs`` its data externs (name -> cdata or
+        address, see Schema). ``tracking`` as for ``Heap()``."""
         _check_tracking(tracking)
         buf = _frame_buffer("from_snapshot", frame)
         info = _cffi.new("tha_frame_info_t *")
         msg = _cffi.new("char[256]")
         out = _cffi.new("tha_schema_t **")
         check(lib.tha_frame_schema(buf, len(buf), out, msg, 256), lambda: msg)
-        schema = Schema("", functions, _c=_cffi.gc(out[0], lib.tha_schema_release))
+        schema = Schema("", functions, externs=externs,
+                        _c=_cffi.gc(out[0], lib.tha_schema_release))
         check(lib.tha_frame_info(buf, len(buf), info))
         # a same-address heap's snapshot: at its base or nowhere
         heap = cls(schema, capacity or info.capacity, tracking=tracking,
@@ -159,11 +161,12 @@ class Heap:
     def load(cls, path: PathLike, *, schema: Schema | None = None,
              log: PathLike | None = None, functions: dict | None = None,
              tracking: str = "auto", progress: Progress | None = None,
-             check: bool = True) -> "Heap":
+             check: bool = True, externs: dict | None = None) -> "Heap":
         """A heap restored from a checkpoint file, at whatever address this
         process maps it (a same-address heap's checkpoint: at its base). The schema comes from the file; with ``schema`` the
         file's is compared to it first (SchemaMismatch names the differing
-        field) and the heap uses it (its function bindings). ``log``: a
+        field) and the heap uses it (its function and extern bindings);
+        ``functions`` and ``externs`` bind names in either. ``log``: a
         delta log replayed on top up to its first torn, corrupt or
         out-of-sequence frame; ``heap.load_report`` (a tha.LoadReport) says
         what was replayed and where it stopped. ``progress(done, total)`` is
@@ -172,7 +175,7 @@ class Heap:
         it (its torn tail is cut then)."""
         _check_tracking(tracking)
         schema, heap_c, report = durability.load(
-            path, schema=schema, log=log, functions=functions,
+            path, schema=schema, log=log, functions=functions, externs=externs,
             tracking=_TRACKING[tracking], progress=progress, check_heap=check)
         heap = cls.__new__(cls)
         heap._init_from_c(schema, heap_c)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import bisect
 import re
 
 import cffi
@@ -37,6 +38,13 @@ _C_SPELLINGS = ("int", "unsigned int", "long", "unsigned long", "short",
 # every primitive spelling the schema looks up, laid out with the structs
 _PRIM_SPELLINGS = tuple(n for n in _PRIM_NAMES.values() if n != "void") + _C_SPELLINGS
 _DEFINITION = re.compile(r"\b(struct|union)\s+([A-Za-z_$][\w$]*)\s*\{")
+# what _tag_masks reads of a cdef: comments (a "tha:" one is an annotation),
+# struct and union bodies, and the semicolons ending their fields
+_SCAN = re.compile(r"(?P<comment>/\*.*?\*/|//[^\n]*)"
+                   r"|(?P<open>(?:\b(?P<kw>struct|union)\s+(?P<tag>[A-Za-z_$][\w$]*)\s*)?\{)"
+                   r"|(?P<close>\})|(?P<semi>;)", re.S)
+_ANNOTATION = re.compile(r"(?:/\*|//)\s*tha:\s*(.*?)\s*(?:\*/)?$", re.S)
+_TAG_MASK = re.compile(r"tag_mask\s*=\s*(0[xX][0-9a-fA-F]+|\d+)")
 _INTS = {
     (1, True): lib.THA_T_I8, (1, False): lib.THA_T_U8,
     (2, True): lib.THA_T_I16, (2, False): lib.THA_T_U16,
@@ -84,6 +92,99 @@ def _anonymous_member(ffi: cffi.FFI, kw: str, name: str):
     return None
 
 
+def _declarators(text: str) -> list:
+    """Names a field declaration declares: "struct n *a, *b[2]" -> a, b;
+    "int (*cb)(int)" -> cb; "unsigned x : 3" -> x."""
+    parts, depth, cur = [], 0, []
+    for ch in text:
+        if ch in "([":
+            depth += 1
+        elif ch in ")]":
+            depth -= 1
+        if ch == "," and depth == 0:
+            parts.append("".join(cur))
+            cur = []
+        else:
+            cur.append(ch)
+    parts.append("".join(cur))
+    names = []
+    for part in parts:
+        m = re.search(r"\(\s*\*\s*([A-Za-z_$][\w$]*)", part)
+        if not m:
+            m = re.search(r"([A-Za-z_$][\w$]*)\s*(?:\[[^\]]*\]\s*)*(?::[^,]*)?$",
+                          part.strip())
+        if m:
+            names.append(m[1])
+    return names
+
+
+def _tag_masks(cdef: str) -> dict:
+    """{("struct node", "parent"): 0x1} from the cdef's field annotations:
+    a comment ``/* tha: tag_mask=0x1 */`` (or ``// tha: tag_mask=0x1``)
+    right after a field's semicolon, on its line, gives every name that
+    declaration declares the tag mask (tha_field_t.tag_mask: low bits of
+    the pointer that are tags, within 0x7). An annotation anywhere else is
+    a SchemaError, so a misplaced one is not silently ignored."""
+    out, stack = {}, []   # stack: the open bodies, "struct node" or None
+    start, last = 0, None  # where the current declaration began; the last
+                           # field's (owner, start, end) for an annotation
+    if "tha:" not in cdef:  # the common case costs one search
+        return out
+    for m in _SCAN.finditer(cdef):
+        if m["comment"]:
+            ann = _ANNOTATION.match(m["comment"])
+            if not ann:
+                continue
+            line = cdef.count("\n", 0, m.start()) + 1
+            if last is None or cdef[last[2]:m.start()].strip() or \
+                    "\n" in cdef[last[2]:m.start()]:
+                raise SchemaError(f"cdef line {line}: '{m['comment']}' follows no "
+                                  "field declaration on its line")
+            mask = _TAG_MASK.fullmatch(ann[1])
+            if not mask:
+                raise SchemaError(f"cdef line {line}: unknown tha annotation "
+                                  f"'{ann[1]}' (known: tag_mask=0xN)")
+            text = _SCAN.sub(lambda c: " " if c["comment"] else c[0],
+                             cdef[last[1]:last[2] - 1])
+            for name in _declarators(text):
+                out[(last[0], name)] = int(mask[1], 0)
+            last = None
+            start = m.end()
+        elif m["open"]:
+            stack.append(f"{m['kw']} {m['tag']}" if m["tag"] else None)
+            start, last = m.end(), None
+        elif m["close"]:
+            if stack:
+                stack.pop()
+            start, last = m.end(), None
+        else:  # a field's names are read only if an annotation follows
+            last = (stack[-1], start, m.end()) if stack and stack[-1] else None
+            start = m.end()
+    return out
+
+
+def _extern_target(ffi: cffi.FFI, target, where: str) -> tuple:
+    """(address, size or None) of what an extern is bound to: a cffi array
+    or pointer cdata (its size, when a pointer's item has one), or an int
+    address (size unknown)."""
+    if isinstance(target, int):
+        return target, None
+    try:
+        ctype = ffi.typeof(target)
+    except TypeError:
+        raise SchemaError(f"{where}: expected a cffi pointer or array or an int "
+                          f"address, not {type(target).__name__}") from None
+    addr = int(ffi.cast("uintptr_t", target))
+    if ctype.kind == "array":
+        return addr, ffi.sizeof(target)
+    if ctype.kind != "pointer":
+        raise SchemaError(f"{where}: expected a cffi pointer or array, not {ctype.cname}")
+    try:
+        return addr, ffi.sizeof(ctype.item)
+    except (cffi.FFIError, TypeError, ValueError):
+        return addr, None  # void *, an opaque struct
+
+
 class Schema:
     """Registered struct layouts.
 
@@ -91,9 +192,27 @@ class Schema:
     typedefs, enums) with cffi. ``functions`` maps names to cffi function
     pointers for function-pointer fields; names travel, addresses are bound
     per process (``bind``).
+
+    ``externs`` declares data externs: objects outside the heap that heap
+    pointers may point into (a static list head, a string literal, a
+    sentinel), by name and size, bound per process like functions. It maps
+    a name to a cffi cdata (an array, or a pointer to a sized type: that
+    size, that address), to ``(cdata_or_address, size)``, or to
+    ``(None, size)`` (declared, bound later with ``bind_extern``). A pointer
+    into a bound extern travels as the extern's name and offset and lands
+    in the receiver's own object; one into nothing registered fails
+    ``delta()``/``snapshot()`` with InvalidPointer naming the object and
+    field. For a Schema taken from a frame or file (which carries names and
+    sizes), ``externs`` maps names to what to bind them to.
+
+    Tag bits: a pointer field annotated ``/* tha: tag_mask=0x1 */`` after
+    its semicolon keeps those low bits as tags (a red-black tree's colour
+    in the parent pointer); a tagged NULL (``0x1``) then travels in that
+    field, and only there.
     """
 
-    def __init__(self, cdef: str, functions: dict | None = None, *, _c=None):
+    def __init__(self, cdef: str, functions: dict | None = None, *,
+                 externs: dict | None = None, _c=None):
         if _c is not None:  # adopt a C schema (from a frame or a file)
             self._c = _c
             cdef = self._cdef_from_c()
@@ -114,13 +233,20 @@ class Schema:
         self._funcs: dict = {}        # function address -> name
         self._names: dict = {}        # cffi ctype -> "struct emp" (cffi's
                                       # cname is the typedef name if any)
+        self._extern_keep: dict = {}  # name -> the cdata bound (kept alive)
+        self._extern_index = None     # sorted (address, size, name), or None
+        self._masks = _tag_masks(cdef)  # (owner, field) -> tag mask
         if _c is None:
-            self._c = self._register(functions or {})
+            self._c = self._register(functions or {}, externs or {})
         else:
             self._index()
             self._check_regenerated()
-        for name, fn in (functions or {}).items() if _c is not None else ():
-            self.bind(name, fn)
+            for name, fn in (functions or {}).items():
+                self.bind(name, fn)
+            for name, target in (externs or {}).items():
+                self.bind_extern(name, target)
+        # pointers out of the region may mean something (dump() reads them)
+        self.outside_pointers = bool(self._masks) or bool(self.externs())
 
     def _parse(self, cdef: str) -> None:
         """A new ffi holding cdef, every struct and union laid out."""
@@ -183,17 +309,36 @@ class Schema:
 
     # -- building the C schema ------------------------------------------------
 
-    def _register(self, functions: dict):
-        c = self._build(functions)
+    def _register(self, functions: dict, externs: dict):
+        declared, bind = {}, {}
+        for name, spec in externs.items():
+            where = f"extern '{name}'"
+            if isinstance(spec, tuple):
+                if len(spec) != 2 or not isinstance(spec[1], int):
+                    raise SchemaError(f"{where}: expected (cdata_or_address, size), "
+                                      f"got {spec!r}")
+                target, declared[name] = spec
+                if target is not None:
+                    bind[name] = target
+            else:
+                _addr, size = _extern_target(self.ffi, spec, where)
+                if size is None:
+                    raise SchemaError(f"{where}: the size of {spec!r} is unknown: "
+                                      "give (cdata_or_address, size)")
+                declared[name], bind[name] = size, spec
+        c = self._build(functions, declared)
         self._c = c
         for name, fn in functions.items():
             self.bind(name, fn)
+        for name, target in bind.items():
+            self.bind_extern(name, target)
         self._index()
         return c
 
-    def _build(self, functions: dict):
+    def _build(self, functions: dict, externs: dict | None = None):
         """A sealed C schema of every struct and union self.ffi declares
-        (fills _names); functions by name, unbound."""
+        (fills _names); functions by name, unbound; externs (name -> size)
+        unbound; the cdef's tag masks on their fields."""
         out = _cffi.new("tha_schema_t **")
         check(lib.tha_schema_create(out))
         c = _cffi.gc(out[0], lib.tha_schema_release)
@@ -221,8 +366,14 @@ class Schema:
         for ctype, tid in ids.items():
             for fname, field in ctype.fields or ():
                 self._add_field(c, ctype, tid, fname, field)
+        used = {(self._names[ct], fname) for ct in ids for fname, _f in ct.fields or ()}
+        for owner, fname in self._masks.keys() - used:
+            raise SchemaError(f"tag_mask annotation on {owner} field {fname}: this "
+                              "schema has no such field")
         for name in functions:
             _check_c(c, lib.tha_schema_add_func(c, name.encode(), _cffi.NULL))
+        for name, size in (externs or {}).items():
+            _check_c(c, lib.tha_schema_add_extern(c, name.encode(), size, _cffi.NULL))
         _check_c(c, lib.tha_schema_seal(c))
         return c
 
@@ -252,6 +403,8 @@ class Schema:
             raise SchemaError(f"{where}: more than {lib.THA_MAX_DIMS} array dimensions")
         for i, d in enumerate(dims):
             f.dims[i] = d
+        # the C side refuses a mask on anything but a data pointer
+        f.tag_mask = self._masks.get((self._names[owner], fname), 0)
         if field.bitsize not in (-1, None) and field.bitshift not in (-1, None):
             f.kind = lib.THA_K_BITS
             f.prim = _prim_id(self.ffi, ftype, where)
@@ -355,7 +508,8 @@ class Schema:
                 elif f.kind == lib.THA_K_PTR:
                     base = (f"{kinds[target]} {target}" if target in kinds
                             else target.replace("bool", "_Bool"))
-                    lines.append(f"{base} *{fname}{dims};")
+                    tags = f" /* tha: tag_mask=0x{f.tag_mask:x} */" if f.tag_mask else ""
+                    lines.append(f"{base} *{fname}{dims};{tags}")
                 elif f.kind == lib.THA_K_FUNC:
                     sig = s(f.sig) or "void(*)(void)"
                     lines.append(sig.replace("(*)", f"(*{fname}{dims})", 1) + ";")
@@ -381,7 +535,8 @@ class Schema:
     def _check_regenerated(self) -> None:
         """The declarations rebuilt from a C schema must lay out the same.
         Registers them again from this ffi (parsed and laid out already)."""
-        again = self._build(_functions_declared(self._c))
+        again = self._build(_functions_declared(self._c),
+                            {n: size for n, (size, _a) in _externs_declared(self._c).items()})
         msg = _cffi.new("char[256]")
         rc = lib.tha_schema_compare(self._c, again, msg, 256)
         if rc:
@@ -425,6 +580,41 @@ class Schema:
 
     def function_name(self, addr: int) -> str | None:
         return self._funcs.get(addr)
+
+    def bind_extern(self, name: str, target: Any) -> None:
+        """Binds a declared extern to this process's object: a cffi array or
+        pointer cdata (kept alive by the schema; refused if smaller than the
+        declared size), an int address, or None to unbind. Frames pointing
+        into an extern this process has not bound are refused."""
+        where = f"bind_extern('{name}')"
+        addr, size = (0, None) if target is None else _extern_target(self.ffi, target, where)
+        declared = self.externs().get(name)
+        if declared is not None and size is not None and size < declared[0]:
+            raise SchemaError(f"{where}: {size} bytes, the extern is declared "
+                              f"with {declared[0]}")
+        self._check(lib.tha_schema_bind_extern(self._c, name.encode(),
+                                               _cffi.cast("void *", addr)))
+        if isinstance(target, int) or target is None:
+            self._extern_keep.pop(name, None)
+        else:
+            self._extern_keep[name] = target
+        self._extern_index = None
+
+    def extern_at(self, addr: int) -> tuple | None:
+        """(name, byte offset) of the bound extern holding address addr."""
+        if self._extern_index is None:
+            self._extern_index = sorted((a, size, n) for n, (size, a)
+                                        in self.externs().items() if a)
+        i = bisect.bisect_right(self._extern_index, (addr, float("inf"))) - 1
+        if i >= 0:
+            a, size, name = self._extern_index[i]
+            if addr - a < size:
+                return name, addr - a
+        return None
+
+    def externs(self) -> dict:
+        """Declared externs: name -> (size, bound address or None), by id."""
+        return _externs_declared(self._c)
 
     def type_id(self, ctype: Any) -> int:
         """tha type id of a cffi ctype or type name ('struct emp', 'emp')."""
@@ -492,4 +682,17 @@ def _functions_declared(c) -> dict:
     for i in range(lib.tha_schema_func_count(c)):
         check(lib.tha_schema_func_info(c, i, name, fn))
         out[_cffi.string(name[0]).decode()] = int(_cffi.cast("uintptr_t", fn[0]))
+    return out
+
+
+def _externs_declared(c) -> dict:
+    """Declared externs of a C schema: name -> (size, address or None)."""
+    out = {}
+    name = _cffi.new("const char **")
+    size = _cffi.new("size_t *")
+    addr = _cffi.new("const void **")
+    for i in range(lib.tha_schema_extern_count(c)):
+        check(lib.tha_schema_extern_info(c, i, name, size, addr))
+        a = int(_cffi.cast("uintptr_t", addr[0]))
+        out[_cffi.string(name[0]).decode()] = (size[0], a or None)
     return out

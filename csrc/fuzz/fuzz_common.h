@@ -1,7 +1,9 @@
 /* fuzz_common.h — what the libFuzzer targets share: a schema, a source heap
  * with slabs, free slots, a span and roots, frame resealing (so mutations
  * get past the checksums), and the oracle every accepted heap must pass:
- * tha_heap_check, then a fixed sequence of API calls, run clean. */
+ * tha_heap_check, then a fixed sequence of API calls, run clean. Every
+ * pointer word class travels in its frames: offsets, tagged offsets,
+ * function ids, data externs (fz_static, fz_label) and tagged NULLs (up). */
 #ifndef THA_FUZZ_COMMON_H
 #define THA_FUZZ_COMMON_H
 
@@ -18,10 +20,15 @@ struct fz_node {
     uint64_t id;
     struct fz_node *next, *peer;
     void (*hook)(void);
+    struct fz_node *up;  /* tag mask 0x1: a tagged NULL or a tagged pointer */
+    const char *label;   /* into fz_label (an extern) or NULL */
 };
 
 static __attribute__((unused)) void fz_hook(void) {}
 static uint32_t FZ_NODE;
+/* data externs: a node outside the heap, a string */
+static struct fz_node fz_static;
+static const char fz_label[] = "fuzz label";
 
 static __attribute__((unused)) tha_schema_t *fz_schema(void) {
     static tha_schema_t *s;
@@ -33,7 +40,11 @@ static __attribute__((unused)) tha_schema_t *fz_schema(void) {
         THA_FIELD_PTR(s, FZ_NODE, struct fz_node, next, "fz_node", 0) ||
         THA_FIELD_PTR(s, FZ_NODE, struct fz_node, peer, "fz_node", 0) ||
         THA_FIELD_FUNC(s, FZ_NODE, struct fz_node, hook, 0) ||
-        tha_schema_add_func(s, "fz_hook", fz_hook) || tha_schema_seal(s))
+        THA_FIELD_PTR_TAGGED(s, FZ_NODE, struct fz_node, up, "fz_node", 0x1) ||
+        THA_FIELD_PTR(s, FZ_NODE, struct fz_node, label, "char", 0) ||
+        tha_schema_add_func(s, "fz_hook", fz_hook) ||
+        THA_EXTERN(s, "fz_static", fz_static) || THA_EXTERN(s, "fz_label", fz_label) ||
+        tha_schema_seal(s))
         abort();
     FZ_NODE = tha_schema_type_id(s, FZ_NODE);
     return s;
@@ -70,16 +81,22 @@ static __attribute__((unused)) tha_heap_t *fz_source_mode(int same_address) {
         n->id = (uint64_t)i;
         n->next = prev;
         n->hook = i % 3 ? fz_hook : NULL;
+        n->up = (struct fz_node *)(i % 4 ? (uintptr_t)prev | 1 : 1); /* tagged */
+        n->label = i % 3 == 1 ? fz_label + i % 5 : NULL;
+        if (i % 7 == 2) n->peer = &fz_static;
         prev = keep[i] = n;
     }
     struct fz_node *big;
     fz_must(tha_heap_alloc(h, FZ_NODE, 300, (void **)&big), "alloc span");
     big[0].next = prev;
     big[299].peer = keep[3];
+    big[150].up = (struct fz_node *)1;
+    big[151].label = fz_label;
     fz_must(tha_root_set(h, "chain", prev), "root");
     fz_must(tha_root_set(h, "big", big), "root");
     for (int i = 5; i < 40; i += 7) {
         keep[i + 1]->next = keep[i - 1]; /* unlink keep[i] before freeing it */
+        keep[i + 1]->up = (struct fz_node *)1;
         fz_must(tha_heap_free(h, keep[i]), "free");
     }
     if (same_address) {
@@ -104,12 +121,35 @@ static __attribute__((unused)) void fz_mutate(tha_heap_t *h, unsigned round) {
     fz_must(tha_heap_alloc(h, FZ_NODE, 1 + round % 4, (void **)&n), "alloc");
     n->next = head;
     n->id = round;
+    n->up = (struct fz_node *)(uintptr_t)(round & 1);
+    n->label = fz_label + round % sizeof fz_label;
+    n->peer = round % 3 ? &fz_static : NULL;
     fz_must(tha_root_set(h, "chain", n), "root set");
     if (head->next && head->next->next) {
         struct fz_node *gone = head->next;
         head->next = gone->next;
         fz_must(tha_heap_touch(h, head, 0), "touch");
         fz_must(tha_heap_free(h, gone), "free");
+    }
+}
+
+/* A pointer word of a frame as this process would hold it: what apply
+ * would write if the word were valid, 0 for anything it would refuse (for
+ * harnesses that lay an image in place without apply). */
+static __attribute__((unused)) uint64_t fz_native(uint64_t w, uint64_t base, uint64_t top) {
+    if (w == 0) return 0;
+    if (!(w & THA__FUNC_TAG)) return w <= top ? base + w : 0;
+    switch (THA__WIRE_CLASS(w)) {
+    case 0: return (w & ~THA__FUNC_TAG) == 0 ? (uint64_t)(uintptr_t)fz_hook : 0;
+    case 1: {
+        uint64_t off = w & THA__EXTERN_OFF_MASK;
+        uint32_t id = THA__EXTERN_ID(w); /* by name: fz_label 0, fz_static 1 */
+        if (id == 0 && off < sizeof fz_label) return (uint64_t)(uintptr_t)fz_label + off;
+        if (id == 1 && off < sizeof fz_static) return (uint64_t)(uintptr_t)&fz_static + off;
+        return 0;
+    }
+    case 2: return w & THA__TAG_BITS; /* the heap check judges its slot */
+    default: return 0;
     }
 }
 
@@ -160,6 +200,10 @@ static __attribute__((unused)) void fz_oracle(tha_heap_t *h) {
         a->next = b;
         b[1].peer = a;
         b[0].hook = fz_hook;
+        a->up = (struct fz_node *)1;
+        b[0].label = fz_label + 3;
+        b[0].peer = &fz_static;
+        b[1].up = (struct fz_node *)((uintptr_t)a | 1);
         if (tha_root_set(h, "fz", a)) fz_fail(h, "root set");
         void *got;
         if (tha_root_get(h, "fz", &got) || got != a) fz_fail(h, "root get");

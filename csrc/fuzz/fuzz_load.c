@@ -22,13 +22,11 @@ static void rebase(tha_heap_t *h, uint64_t top, uint64_t fb) {
     for (uint64_t b = 0; b < top / THA__BLOCK; b++)
         for (unsigned m = h->ptrmap[b]; m; m &= m - 1) {
             uint64_t *w = (uint64_t *)(h->base + b * THA__BLOCK + __builtin_ctz(m) * 8);
-            if (*w == 0) continue;
-            if (*w & THA__FUNC_TAG)
-                *w = (*w & ~THA__FUNC_TAG) == 0 ? (uint64_t)(uintptr_t)fz_hook : 0;
-            else if (*w - fb - 1 < top)
-                *w += fb ? 0 : base;
-            else
-                *w = 0;
+            if (fb && !(*w & THA__FUNC_TAG)) { /* same-address: addresses already */
+                if (*w && *w - fb - 1 >= top) *w = 0;
+                continue;
+            }
+            *w = fz_native(*w, base, top);
         }
 }
 

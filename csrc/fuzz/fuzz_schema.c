@@ -7,11 +7,13 @@
  * and deserializes again to an equal schema with the same fingerprint; a
  * heap of bounded capacity can be created with it (or is refused with
  * THA_ESCHEMA because a type is larger than the capacity), an object of
- * every type can be allocated, pointer slots written, described, freed,
- * and the heap snapshotted and checked, its pointer types checked and
- * linted (any answer, with a message when it is a refusal). The type
- * check's tables are sorted, inside their types and within their bound.
- * Refusals must come with a message.
+ * every type can be allocated, pointer slots written (the object itself,
+ * the tag mask's tagged NULL where the field declares one, a byte of the
+ * first extern once bound), described, freed, and the heap snapshotted,
+ * the snapshot applied to a second heap and both checked, its pointer
+ * types checked and linted (any answer, with a message when it is a
+ * refusal). The type check's tables are sorted, inside their types and
+ * within their bound. Refusals must come with a message.
  * The whole thing must stay fast and small: a schema may not cost more
  * than THA_SCHEMA_MAX_SLOTS table entries of each kind however few its
  * bytes. */
@@ -72,6 +74,17 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         die("round trip differs", msg);
     free(buf);
 
+    /* the first extern, bound here when it is small */
+    static uint8_t ext_mem[4096];
+    const char *ename;
+    size_t esize = 0;
+    uint8_t *ext = NULL;
+    if (tha_schema_extern_count(s) &&
+        !tha_schema_extern_info(s, 0, &ename, &esize, NULL) && esize <= sizeof ext_mem) {
+        if (tha_schema_bind_extern(s, ename, ext_mem)) die("bind extern", tha_schema_errmsg(s));
+        ext = ext_mem + esize - 1;
+    }
+
     /* a bounded heap: 8 MiB */
     tha_heap_t *h = NULL;
     rc = tha_heap_create(&h, s, 8 << 20, THA_TRACK_EXPLICIT);
@@ -88,11 +101,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             rc = tha_heap_alloc(h, id, 1, &p);
             if (rc == THA_ECAPACITY) continue;
             if (rc) die("alloc", tha_heap_errmsg(h));
-            /* point every data slot at the object itself */
+            /* every data slot: a tagged NULL where its field has tags, every
+             * other one into the extern, the rest at the object itself */
             const tha__type_t *t = tha__schema_type(s, id);
-            for (uint32_t k = 0; k < t->nslots; k++)
-                if (!t->slots[k].is_func)
-                    memcpy((uint8_t *)p + t->slots[k].offset, &p, sizeof p);
+            for (uint32_t k = 0; k < t->nslots; k++) {
+                if (t->slots[k].is_func) continue;
+                void *v = t->slots[k].tag_mask ? (void *)(uintptr_t)t->slots[k].tag_mask
+                          : ext && k % 2 ? (void *)ext : p;
+                memcpy((uint8_t *)p + t->slots[k].offset, &v, sizeof v);
+            }
             tha_heap_touch(h, p, 0);
             char d[200];
             tha__schema_describe(s, id, ti.size / 2, d, sizeof d);
@@ -110,6 +127,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             tha_schema_t *fs = NULL;
             if (tha_frame_schema(f, fl, &fs, msg, sizeof msg)) die("frame schema", msg);
             tha_schema_release(fs);
+            tha_heap_t *m = NULL;
+            if (tha_heap_create(&m, s, 8 << 20, THA_TRACK_EXPLICIT)) die("mirror", NULL);
+            if (tha_heap_apply(m, f, fl)) die("apply the snapshot", tha_heap_errmsg(m));
+            if (tha_heap_check(m)) die("check the mirror", tha_heap_errmsg(m));
+            tha_heap_destroy(m);
             free(f);
             if (tha_heap_free(h, p)) die("free", tha_heap_errmsg(h));
         }

@@ -87,6 +87,19 @@ static void schemas(void) {
                                                        .target = i < 39 ? nx : "void"});
     }
     put_schema("deep40", s);
+    /* tag masks (nested too) and data externs: format 2 */
+    tha_schema_create(&s);
+    tha_schema_add_struct(s, "rb", 32, 8, 0, &a);
+    tha_schema_add_field(s, a, &(tha_field_t){.name = "left", .kind = THA_K_PTR, .target = "rb"});
+    tha_schema_add_field(s, a, &(tha_field_t){.name = "parent", .offset = 8, .kind = THA_K_PTR, .target = "rb", .tag_mask = 1});
+    tha_schema_add_field(s, a, &(tha_field_t){.name = "key", .offset = 16, .kind = THA_K_PTR, .target = "char", .tag_mask = 6});
+    tha_schema_add_field(s, a, &(tha_field_t){.name = "n", .offset = 24, .kind = THA_K_SCALAR, .prim = THA_T_U64});
+    tha_schema_add_struct(s, "tree", 40, 8, 0, &b);
+    tha_schema_add_field(s, b, &(tha_field_t){.name = "root", .kind = THA_K_STRUCT, .target = "rb"});
+    tha_schema_add_field(s, b, &(tha_field_t){.name = "head", .offset = 32, .kind = THA_K_PTR, .target = "void"});
+    tha_schema_add_extern(s, "head", 16, NULL);
+    tha_schema_add_extern(s, "literal", 6, NULL);
+    put_schema("externs_tags", s);
 }
 
 static void seed(const char *name, uint8_t sel, const fz_tape_t *body) {

@@ -163,6 +163,8 @@ enum tha_kind {
 #define THA_MAX_USER_TYPES (1u << 16)
 #define THA_MAX_FIELDS (1u << 16)
 #define THA_MAX_FUNCS (1u << 16)
+#define THA_MAX_EXTERNS (1u << 16)
+#define THA_EXTERN_MAX_SIZE (1ull << 40) /* bytes of one data extern */
 
 /* One field as registered. Strings are copied. */
 typedef struct tha_field {
@@ -186,6 +188,16 @@ typedef struct tha_field {
                                       identifier characters, one space:
                                       "int (*)(int, char *)" is
                                       "int(*)(int,char*)" */
+    uint32_t tag_mask;             /* THA_K_PTR: low bits of the pointer that
+                                      are tags (a red-black tree's colour in
+                                      its parent pointer), within 0x7 since
+                                      allocations are 8-aligned; 0: none. A
+                                      tagged pointer into the heap travels as
+                                      its offset with the tags; a tagged NULL
+                                      (the value has no bits outside the mask,
+                                      0x1) travels only in a field declaring
+                                      those bits, and is refused (encode,
+                                      apply, tha_heap_check) anywhere else */
 } tha_field_t;
 
 /* A schema is built (add_struct/add_field/add_func) then sealed; only a
@@ -208,6 +220,25 @@ THA_API int tha_schema_add_field(tha_schema_t *s, uint32_t type_id,
  * by name: a function's id (its index in tha_schema_func_info) is its rank. */
 THA_API int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void));
 THA_API int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void));
+/* Data externs: objects outside the heap that heap pointers may point
+ * into — a static TAILQ_HEAD (its first element's tqe_prev points at
+ * &head.tqh_first), a string literal a hash table keys on, a global
+ * sentinel node. Declared by name and size (1..THA_EXTERN_MAX_SIZE bytes;
+ * both fingerprinted, so active and standby must declare the same), bound
+ * to an address per process; addr may be NULL and bound later. A pointer
+ * word inside [addr, addr + size) of a bound extern travels as the
+ * extern's id and the byte offset inside it, and is resolved on apply to
+ * the receiver's bound address + offset; a frame naming an extern this
+ * process has not bound (or an id or offset out of range) is refused,
+ * nothing written. Bound ranges may not overlap one another. Sealing sorts
+ * the registry by name: an extern's id (its index in tha_schema_extern_info)
+ * is its rank. Binding (and unbinding with NULL) is allowed after seal, but
+ * not while a heap of the schema encodes, applies or is checked. */
+THA_API int tha_schema_add_extern(tha_schema_t *s, const char *name, size_t size,
+                                  const void *addr);
+THA_API int tha_schema_bind_extern(tha_schema_t *s, const char *name, const void *addr);
+/* An extern for a variable (a static, a const char array), by its size. */
+#define THA_EXTERN(s, name, var) tha_schema_add_extern((s), (name), sizeof(var), &(var))
 /* Fails with THA_ESCHEMA, quoting the first failure, if any add_* failed:
  * an error a caller ignored would leave a field out (its bytes copied raw,
  * a pointer never rebased). A caller that handled the failure on purpose
@@ -260,6 +291,11 @@ THA_API int tha_schema_field_info(const tha_schema_t *s, uint32_t id,
 THA_API uint32_t tha_schema_func_count(const tha_schema_t *s);
 THA_API int tha_schema_func_info(const tha_schema_t *s, uint32_t i,
                                  const char **name, void (**fn)(void));
+/* Extern i (0..count-1: its id once sealed); *addr NULL while unbound. Any
+ * out pointer may be NULL. */
+THA_API uint32_t tha_schema_extern_count(const tha_schema_t *s);
+THA_API int tha_schema_extern_info(const tha_schema_t *s, uint32_t i, const char **name,
+                                   size_t *size, const void **addr);
 
 /* Registration macros for native code (layout taken from the compiler);
  * they compile as C11 and as C++11. */
@@ -295,6 +331,23 @@ static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
 /* A pointer to type tgt ("emp", "char", "void"), or an array of n of them. */
 #define THA_FIELD_PTR(s, id, T, f, tgt, n)                                    \
     THA__FIELD(s, id, T, f, THA_K_PTR, 0, (tgt), (n))
+/* A pointer to tgt whose low bits mask (within 0x7) are tags. */
+static inline int tha__add_tagged(tha_schema_t *s, uint32_t id, const char *name,
+                                  size_t offset, const char *target, uint32_t mask) {
+#ifdef __cplusplus
+    tha_field_t f = {};
+#else
+    tha_field_t f = {0};
+#endif
+    f.name = name;
+    f.offset = (uint32_t)offset;
+    f.kind = THA_K_PTR;
+    f.target = target;
+    f.tag_mask = mask;
+    return tha_schema_add_field(s, id, &f);
+}
+#define THA_FIELD_PTR_TAGGED(s, id, T, f, tgt, mask)                          \
+    tha__add_tagged((s), (id), #f, offsetof(T, f), (tgt), (uint32_t)(mask))
 /* A nested struct by value, or an array of n of them. */
 #define THA_FIELD_STRUCT(s, id, T, f, tgt, n)                                 \
     THA__FIELD(s, id, T, f, THA_K_STRUCT, 0, (tgt), (n))
@@ -547,12 +600,13 @@ typedef struct tha_stats {
 THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
 
 /* Walks the whole heap and verifies every allocator invariant, the pointer
- * map and that every pointer slot holds NULL, an address in the image or a
- * registered function; untyped allocations (THA_T_RAW) only in a
- * same-address heap, their bytes unchecked (they are the program's). 0, or
- * THA_ECORRUPT with the first problem in tha_heap_errmsg. Read-only;
- * O(image size). With THA_DEBUG_TYPES set (tha_heap_set_debug) it then
- * runs tha_heap_check_types (THA_EMISMATCH). */
+ * map and that every pointer slot holds NULL, an address in the image, a
+ * registered function, an address inside a bound data extern or (in a
+ * field with a tag mask) a tagged NULL of those bits; untyped allocations
+ * (THA_T_RAW) only in a same-address heap, their bytes unchecked (they
+ * are the program's). 0, or THA_ECORRUPT with the first problem in
+ * tha_heap_errmsg. Read-only; O(image size). With THA_DEBUG_TYPES set
+ * (tha_heap_set_debug) it then runs tha_heap_check_types (THA_EMISMATCH). */
 THA_API int tha_heap_check(tha_heap_t *h);
 
 /* ---- type checks (typecheck.c) ------------------------------------------ */
@@ -720,7 +774,11 @@ THA_API int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size);
  * frame). THA_ETOOSMALL: *len holds the size needed, and as after
  * tha_heap_frame_size an encode with *len bytes fits whatever other
  * threads write meanwhile. A pointer slot holding neither NULL, an address
- * in the region nor a registered function fails with THA_EFOREIGN.
+ * in the region, a registered function, an address inside a bound data
+ * extern nor (in a field with a tag mask) a tagged NULL fails with
+ * THA_EFOREIGN, the message naming the allocation, the field path, the
+ * value and the fix (register the target with tha_schema_add_extern, or
+ * clear the field): until then every frame fails the same way.
  * THA_ESTATE while a backlog makes the heap's frames (tha_backlog_encode:
  * an active replicating it): a frame made here would be a seq its standbys
  * never get. */

@@ -189,29 +189,77 @@ int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size) {
 
 /* ---- encode ----------------------------------------------------------- */
 
-static int foreign(tha_heap_t *h, int kind, uint64_t off, uint64_t value) {
-    char where[160] = "allocator metadata";
+/* The slot of the pointer word at off (in a live allocation, else NULL),
+ * with the object's payload offset, element and the field path. */
+static const tha__slot_t *slot_of(const tha_heap_t *h, uint64_t off, uint64_t *payload,
+                                  uint64_t *elem, uint32_t *count, char *where,
+                                  size_t cap) {
     tha__objhdr_t *oh;
-    uint64_t payload = tha__find(h, off, &oh);
-    if (payload) {
-        const tha__type_t *t = tha__schema_type(h->schema, oh->type_id);
-        tha__schema_describe(h->schema, oh->type_id, (off - payload) % t->size,
-                             where, sizeof where);
-    }
-    return tha__hfail(h, THA_EFOREIGN, "%s: pointer at offset 0x%llx (%s) holds %p, "
-                "which is neither in this heap nor a registered function",
-                kind_name(kind), (unsigned long long)off, where, (void *)value);
+    *payload = tha__find(h, off, &oh);
+    if (!*payload) return NULL;
+    const tha__type_t *t = tha__schema_type(h->schema, oh->type_id);
+    uint64_t rel = off - *payload;
+    *elem = rel / t->size;
+    *count = oh->count;
+    if (where) tha__schema_describe(h->schema, oh->type_id, rel % t->size, where, cap);
+    return tha__schema_slot_at(t, rel % t->size);
+}
+
+/* One bad pointer blocks every frame until it is fixed, so the message
+ * says which object and field, what it holds, and what to do. */
+static int foreign(tha_heap_t *h, int kind, uint64_t off, uint64_t value) {
+    char where[160], obj[80];
+    uint64_t payload, elem = 0;
+    uint32_t count = 0;
+    const tha__slot_t *sl = slot_of(h, off, &payload, &elem, &count, where, sizeof where);
+    if (!payload)
+        return tha__hfail(h, THA_EFOREIGN, "%s: pointer word at offset 0x%llx (allocator "
+                          "metadata or free memory) holds 0x%llx", kind_name(kind),
+                          (unsigned long long)off, (unsigned long long)value);
+    if (count > 1)
+        snprintf(obj, sizeof obj, "element %llu of the object at 0x%llx",
+                 (unsigned long long)elem, (unsigned long long)payload);
+    else
+        snprintf(obj, sizeof obj, "object at 0x%llx", (unsigned long long)payload);
+    if (value <= THA__TAG_BITS)
+        return tha__hfail(h, THA_EFOREIGN, "%s: %s (%s) holds 0x%llx, a tagged NULL "
+                          "outside the field's tag mask 0x%x: declare the bits in its "
+                          "tag_mask (THA_FIELD_PTR_TAGGED) or clear them", kind_name(kind),
+                          where, obj, (unsigned long long)value, sl ? sl->tag_mask : 0);
+    return tha__hfail(h, THA_EFOREIGN, "%s: %s (%s) holds 0x%llx: not in the heap, a "
+                      "function or an extern; register it (tha_schema_add_extern) or "
+                      "clear the field", kind_name(kind), where, obj,
+                      (unsigned long long)value);
 }
 
 /* A pointer word that is neither NULL nor in the heap: a registered
- * function becomes its tagged id, anything else is foreign. */
+ * function becomes its tagged id, an address inside a bound extern the
+ * extern's id and offset, a tagged NULL in a slot whose field declares
+ * those bits a tagged NULL; anything else is foreign. */
 __attribute__((noinline, cold)) static int wire_slow(tha_heap_t *h, int kind,
                                                      uint64_t off, uint64_t v,
                                                      uint64_t *out) {
     int64_t id = tha__schema_func_id(h->schema, (void (*)(void))(uintptr_t)v);
-    if (id < 0) return foreign(h, kind, off, v);
-    *out = THA__FUNC_TAG | (uint64_t)id;
-    return 0;
+    if (id >= 0) {
+        *out = THA__FUNC_TAG | (uint64_t)id;
+        return 0;
+    }
+    uint64_t in;
+    id = tha__schema_extern_at(h->schema, (uintptr_t)v, &in);
+    if (id >= 0) {
+        *out = THA__WIRE_EXTERN | (uint64_t)id << THA__EXTERN_ID_SHIFT | in;
+        return 0;
+    }
+    if (v <= THA__TAG_BITS) {
+        uint64_t payload, elem;
+        uint32_t count;
+        const tha__slot_t *sl = slot_of(h, off, &payload, &elem, &count, NULL, 0);
+        if (sl && !(v & ~(uint64_t)sl->tag_mask)) {
+            *out = THA__WIRE_TAGNULL | v;
+            return 0;
+        }
+    }
+    return foreign(h, kind, off, v);
 }
 
 /* Rewrites the pointer words of nb blocks copied to dst (first block b0):
@@ -515,13 +563,58 @@ int tha_heap_encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len)
 
 /* ---- verify ----------------------------------------------------------- */
 
+/* An extern word: an id in the registry, bound here, an offset inside. */
+static int check_extern(tha_heap_t *h, const tha__frame_hdr_t *hd, uint64_t off,
+                        uint64_t v) {
+    const char *k = kind_name(hd->kind);
+    unsigned long long seq = (unsigned long long)hd->seq;
+    uint32_t id = THA__EXTERN_ID(v);
+    uint64_t in = v & THA__EXTERN_OFF_MASK;
+    if (id >= h->schema->nexterns)
+        return tha__hfail(h, THA_ERANGE, "%s seq %llu: extern id %u at offset 0x%llx is "
+                          "out of range (%u declared)", k, seq, id,
+                          (unsigned long long)off, h->schema->nexterns);
+    const tha__extern_t *e = &h->schema->externs[id];
+    if (!e->addr)
+        return tha__hfail(h, THA_ERANGE, "%s seq %llu: extern '%s' at offset 0x%llx is "
+                          "not bound in this process (tha_schema_bind_extern)", k, seq,
+                          e->name, (unsigned long long)off);
+    if (in >= e->size)
+        return tha__hfail(h, THA_ERANGE, "%s seq %llu: extern '%s' at offset 0x%llx: byte "
+                          "offset %llu is past its %llu bytes", k, seq, e->name,
+                          (unsigned long long)off, (unsigned long long)in,
+                          (unsigned long long)e->size);
+    return 0;
+}
+
 /* A pointer word as it travels: 0, an offset in 1..top (same-address
- * frames: an address in base+1..base+top), or a tagged id. */
+ * frames: an address in base+1..base+top), or a word of a class
+ * (frame.h). A tagged NULL's slot is checked once the frame's layout is
+ * (tha__check_tagged): here only its form, and h->wire_tagnull says there
+ * is one. */
 static int check_word(tha_heap_t *h, const tha__frame_hdr_t *hd, uint64_t off,
                       uint64_t v) {
     if (v == 0) return 0;
     if (v & THA__FUNC_TAG) { /* no address below 2^48 has this bit */
-        h->funcs_seen = 1;
+        unsigned cls = THA__WIRE_CLASS(v);
+        h->funcs_seen = 1; /* a class word: a same-address apply rewrites it too */
+        if (cls == 1) return check_extern(h, hd, off, v);
+        if (cls == 2) {
+            uint64_t tags = v & ~THA__WIRE_TAGNULL;
+            if (tags == 0 || tags > THA__TAG_BITS)
+                return tha__hfail(h, THA_ERANGE, "%s seq %llu: tagged NULL word 0x%llx "
+                                  "at offset 0x%llx has no tag bits or bits past 0x%x",
+                                  kind_name(hd->kind), (unsigned long long)hd->seq,
+                                  (unsigned long long)v, (unsigned long long)off,
+                                  THA__TAG_BITS);
+            h->wire_tagnull = 1;
+            return 0;
+        }
+        if (cls != 0)
+            return tha__hfail(h, THA_ERANGE, "%s seq %llu: pointer word 0x%llx at offset "
+                              "0x%llx is of no known class", kind_name(hd->kind),
+                              (unsigned long long)hd->seq, (unsigned long long)v,
+                              (unsigned long long)off);
         uint64_t id = v & ~THA__FUNC_TAG;
         if (id >= h->schema->nfuncs)
             return tha__hfail(h, THA_ERANGE, "%s seq %llu: function id %llu at offset "
@@ -601,7 +694,7 @@ check_words_k(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
     return 0;
 }
 
-static int check_words(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
+__attribute__((noinline)) static int check_words(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
                        const uint8_t *mask, uint64_t b0, uint64_t nb) {
     const uint64_t fb = tha__frame_base(hd);
     return fb ? check_words_k(h, hd, data, mask, b0, nb, fb + 1)
@@ -705,6 +798,7 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
     int rc = 0;
     *done = 0;
     h->funcs_seen = 0;
+    h->wire_tagnull = 0;
     if (pos > body_len)
         return tha__hfail(h, THA_EFRAME, "%s seq %llu: schema padding past the end", k, seq);
     uint64_t top_blocks = hd->top / THA__BLOCK, next_block = 0, blocks = 0;
@@ -768,6 +862,7 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
                 split(&a, &b, h, run.nblocks, raw);
                 run_halves(&a, &b);
                 h->funcs_seen |= b.copy.funcs_seen;
+                h->wire_tagnull |= b.copy.wire_tagnull;
                 if (a.rc || b.rc) /* report the first bad word in order */
                     rc = verify_chunked(h, hd, data, mask, b0, run.nblocks, &raw);
                 else
@@ -865,6 +960,16 @@ static int check_identity(tha_heap_t *h, const tha__frame_hdr_t *hd,
 
 /* ---- apply ------------------------------------------------------------ */
 
+/* The native value of a verified extern or tagged-NULL word: the bound
+ * extern's address plus the offset, or the tag bits. */
+__attribute__((noinline, cold)) static uint64_t native_word(const tha_heap_t *h,
+                                                            uint64_t v) {
+    if (THA__WIRE_CLASS(v) == 1)
+        return (uint64_t)h->schema->externs[THA__EXTERN_ID(v)].addr +
+               (v & THA__EXTERN_OFF_MASK);
+    return v & THA__TAG_BITS;
+}
+
 static void from_wire(tha_heap_t *h, uint8_t *dst, const uint8_t *mask,
                       uint64_t nb) {
     uint64_t base = (uint64_t)(uintptr_t)h->base;
@@ -873,9 +978,12 @@ static void from_wire(tha_heap_t *h, uint8_t *dst, const uint8_t *mask,
             unsigned j = (unsigned)__builtin_ctz(m);
             uint64_t *w = (uint64_t *)(dst + i * THA__BLOCK + j * 8), v = *w;
             if (v == 0) continue;
-            *w = (v & THA__FUNC_TAG)
-                     ? (uint64_t)(uintptr_t)h->schema->funcs[v & ~THA__FUNC_TAG].fn
-                     : base + v;
+            if (!(v & THA__FUNC_TAG))
+                *w = base + v;
+            else if (THA__LIKELY(v < THA__WIRE_EXTERN))
+                *w = (uint64_t)(uintptr_t)h->schema->funcs[v & ~THA__FUNC_TAG].fn;
+            else
+                *w = native_word(h, v);
         }
 }
 
@@ -892,7 +1000,9 @@ put_block(tha_heap_t *h, uint8_t *d, const uint8_t *s, unsigned m, uint64_t base
             if (THA__LIKELY(v - 1 < THA__FUNC_TAG - 1))
                 v += base;
             else if (v)
-                v = (uint64_t)(uintptr_t)h->schema->funcs[v & ~THA__FUNC_TAG].fn;
+                v = THA__LIKELY(v < THA__WIRE_EXTERN)
+                        ? (uint64_t)(uintptr_t)h->schema->funcs[v & ~THA__FUNC_TAG].fn
+                        : native_word(h, v);
         }
         if (nt)
             _mm_stream_si64((long long *)(void *)(d + j * 8), (long long)v);
@@ -929,14 +1039,17 @@ static int copy_half(half_t *x) {
 
 /* ---- apply, same-address frames --------------------------------------- */
 
-/* The function ids among the pointer words of nb verified blocks at dst
- * become this process's addresses (heap addresses are right as they are). */
+/* The function ids, extern words and tagged NULLs among the pointer words
+ * of nb verified blocks at dst become this process's values (heap
+ * addresses are right as they are). */
 static void funcs_from_wire(tha_heap_t *h, uint8_t *dst, const uint8_t *mask, uint64_t nb) {
     for (uint64_t i = 0; i < nb; i++)
         for (unsigned m = mask[i]; m; m &= m - 1) {
             uint64_t *w = (uint64_t *)(dst + i * THA__BLOCK + (unsigned)__builtin_ctz(m) * 8);
             if (*w & THA__FUNC_TAG)
-                *w = (uint64_t)(uintptr_t)h->schema->funcs[*w & ~THA__FUNC_TAG].fn;
+                *w = *w < THA__WIRE_EXTERN
+                         ? (uint64_t)(uintptr_t)h->schema->funcs[*w & ~THA__FUNC_TAG].fn
+                         : native_word(h, *w);
         }
 }
 
@@ -1094,6 +1207,11 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
         return tha__hfail(h, THA_EFRAME, "%s seq %llu refused, it would corrupt the "
                           "heap: %s", kind_name(hd.kind), (unsigned long long)hd.seq, why);
     }
+    /* Tagged NULLs, in the slots the frame leaves them in (a staging heap's
+     * deltas wait for its whole check, as above). */
+    if (h->wire_tagnull && (hd.kind == THA_FRAME_SNAPSHOT || !h->fuzzy) &&
+        (rc = tha__check_tagged(h, &hd, runs)))
+        return rc;
     rc = tha__commit(h, hd.top);
     if (rc)
         return tha__hfail(h, rc, "%s seq %llu: cannot commit %llu bytes: %s",

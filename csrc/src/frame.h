@@ -8,7 +8,25 @@
 #include "heap.h"
 
 #define THA__FRAME_MAGIC 0x46414854u /* "THAF" */
-#define THA__FUNC_TAG (1ull << 63)   /* pointer word holding a registry id */
+/* A pointer word on the wire is 0 (NULL), 1..top (a region offset, tag
+ * bits included: the base is page aligned) or, with bit 63 set, a word of
+ * the class in bits 56..62 (docs/protocol.md, "Pointer words"):
+ *   class 0  THA__FUNC_TAG | id                      function registry id
+ *   class 1  THA__WIRE_EXTERN | id << 40 | offset    data extern id (bits
+ *            40..55) and byte offset inside it (bits 0..39, < its size)
+ *   class 2  THA__WIRE_TAGNULL | tags                a tagged NULL: tag bits
+ *            1..7 only, valid in a slot whose field's tag mask holds them
+ * An offset is at most 2^44 (THA capacity 16 TiB), so no class word is
+ * ever an offset; classes 3..127 are refused, reserved. The fast apply
+ * kernels rebase every word below bit 63 and look functions up inline;
+ * the other classes go through tha__wire_word. */
+#define THA__FUNC_TAG (1ull << 63)   /* not an offset; class 0: registry id */
+#define THA__WIRE_CLASS(v) ((unsigned)((v) >> 56) & 0x7fu)
+#define THA__WIRE_EXTERN (THA__FUNC_TAG | 1ull << 56)
+#define THA__WIRE_TAGNULL (THA__FUNC_TAG | 2ull << 56)
+#define THA__EXTERN_ID_SHIFT 40
+#define THA__EXTERN_OFF_MASK ((1ull << THA__EXTERN_ID_SHIFT) - 1)
+#define THA__EXTERN_ID(v) ((uint32_t)((v) >> THA__EXTERN_ID_SHIFT) & 0xffffu)
 
 /* On the wire, little-endian, THA_FRAME_HEADER_SIZE bytes. */
 typedef struct tha__frame_hdr {

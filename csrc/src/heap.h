@@ -147,11 +147,15 @@ struct tha_heap {
     uint8_t *shadow;        /* diff and wp modes: the image as of the last
                                frame (capacity bytes reserved; else NULL) */
     int collected;          /* diff/wp: frame_size just collected changes */
+    int wire_tagnull;       /* apply: the frame being verified holds tagged-
+                               NULL words (codec.c check_word), whose slots
+                               are checked on its layout (tha__check_tagged) */
     void *scratch;          /* heapcheck.c: a delta's run index, kept */
     size_t scratch_cap;
-    int funcs_seen;         /* codec.c: the verify pass of a same-address
-                               frame met a function id (apply rewrites ids
-                               only then; else the copy is straight) */
+    int funcs_seen;         /* codec.c: the verify pass met a word of a
+                               class (a function id, extern, tagged NULL): a
+                               same-address apply rewrites them only then;
+                               else its copy is straight */
     int fuzzy;              /* a staging heap being filled by bulk sync: not
                                consistent until tha__check_staging passes, so
                                deltas are not checked against it */

@@ -207,22 +207,40 @@ static int check_region(view_t *v) {
 
 /* ---- objects ----------------------------------------------------------- */
 
-/* A pointer word's value, as the view holds it, is NULL, in the image or a
- * function this process binds. */
-static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64_t at) {
+/* A pointer word's value, as the view holds it, is NULL, in the image, a
+ * function this process binds, inside an extern it binds, or a tagged NULL
+ * of the bits the slot's field declares (tags). */
+static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64_t at,
+                       uint32_t tags) {
     uint64_t w = vget64(v, at), top = v->r.top;
+    const tha_schema_t *s = v->h->schema;
     if (!w) return 0;
     if (v->wire) {
         if (w & THA__FUNC_TAG) {
-            uint64_t id = w & ~THA__FUNC_TAG;
-            if (id < v->h->schema->nfuncs && v->h->schema->funcs[id].fn) return 0;
-        } else if (w - v->pbase - 1 < top) {
+            uint64_t id = w & ~THA__FUNC_TAG, in = w & THA__EXTERN_OFF_MASK;
+            uint32_t x = THA__EXTERN_ID(w);
+            switch (THA__WIRE_CLASS(w)) {
+            case 0:
+                if (id < s->nfuncs && s->funcs[id].fn) return 0;
+                break;
+            case 1:
+                if (x < s->nexterns && s->externs[x].addr && in < s->externs[x].size)
+                    return 0;
+                break;
+            case 2:
+                id = w & ~THA__WIRE_TAGNULL;
+                if (id && !(id & ~(uint64_t)tags)) return 0;
+                break;
+            }
+        } else if (w - v->pbase - 1 < top) { /* pbase: 0, or a same-address base */
             return 0;
         }
     } else {
         uint64_t o = w - v->pbase;
         if (o - 1 < top) return 0;
-        if (tha__schema_func_id(v->h->schema, (void (*)(void))(uintptr_t)w) >= 0) return 0;
+        if (tha__schema_func_id(s, (void (*)(void))(uintptr_t)w) >= 0) return 0;
+        if (tha__schema_extern_at(s, (uintptr_t)w, NULL) >= 0) return 0;
+        if (!(w & ~(uint64_t)tags)) return 0;
     }
     BAD("%s at 0x%llx: pointer at +0x%llx holds 0x%llx, outside the heap", t->name,
         (ull)payload, (ull)(at - payload), (ull)w);
@@ -266,7 +284,7 @@ static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
                 uint64_t at = w0 * 8 + t->slots[k].offset, w, top = v->r.top;
                 memcpy(&w, v->base + at, 8);
                 if (w && w - v->pbase - 1 >= top) {
-                    int rc = check_value(v, t, payload, at);
+                    int rc = check_value(v, t, payload, at, t->slots[k].tag_mask);
                     if (rc) return rc;
                 }
             }
@@ -280,7 +298,7 @@ static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
                 BAD("%s at 0x%llx: pointer at +0x%llx is not in the pointer map",
                     t->name, (ull)payload, (ull)(at - payload));
             if (v->values) {
-                int rc = check_value(v, t, payload, at);
+                int rc = check_value(v, t, payload, at, t->slots[k].tag_mask);
                 if (rc) return rc;
             }
         }
@@ -773,13 +791,12 @@ static int walk_cluster(dstate_t *d, const span_set_t *pmt, size_t ci, uint64_t 
     return set_add(&d->checked, s, p);
 }
 
-int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
-    const tha__region_t *old = tha__reg(h);
-    if (hd->nruns == 0) return 0;
+/* The runs of a verified frame's body, indexed (in h->scratch). */
+static vrun_t *index_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
     size_t need = hd->nruns * sizeof(vrun_t);
     if (h->scratch_cap < need) { /* kept: a fresh buffer costs page faults */
         void *nb = realloc(h->scratch, need);
-        if (!nb) return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
+        if (!nb) return NULL;
         h->scratch = nb;
         h->scratch_cap = need;
     }
@@ -794,10 +811,23 @@ int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *b
         runs[i].data = runs[i].mask + tha__align_up(run.nblocks, 8);
         p = runs[i].data + run.nblocks * THA__BLOCK;
     }
-    view_t v = {.h = h, .base = h->base, .map = h->ptrmap, .limit = h->committed,
-                .room = hd->top > h->committed ? hd->top : h->committed,
-                .pbase = tha__origin(h), .runs = runs, .nruns = hd->nruns,
-                .raw_ok = hd->base64k != 0};
+    return runs;
+}
+
+/* The heap with a delta's runs laid over it. */
+static view_t delta_view(tha_heap_t *h, const tha__frame_hdr_t *hd, const vrun_t *runs) {
+    return (view_t){.h = h, .base = h->base, .map = h->ptrmap, .limit = h->committed,
+                    .room = hd->top > h->committed ? hd->top : h->committed,
+                    .pbase = tha__origin(h), .runs = runs, .nruns = hd->nruns,
+                    .raw_ok = hd->base64k != 0};
+}
+
+int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+    const tha__region_t *old = tha__reg(h);
+    if (hd->nruns == 0) return 0;
+    vrun_t *runs = index_runs(h, hd, body);
+    if (!runs) return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
+    view_t v = delta_view(h, hd, runs);
     dstate_t d = {.v = &v, .h = h};
     span_set_t pmt = {0};
     int rc;
@@ -875,6 +905,63 @@ out:
     free(d.checked.a);
     free(d.dirty);
     return rc;
+}
+
+/* ---- tagged NULLs of a frame -------------------------------------------- */
+
+/* The tagged NULL (tag bits tags) at off of the view lies in a live
+ * allocation's pointer slot whose field's tag mask holds those bits. */
+static int tagged_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, uint64_t tags) {
+    uint64_t payload = vfind(v, off);
+    const tha__slot_t *sl = NULL;
+    char where[160] = "no live allocation";
+    if (payload) {
+        tha__objhdr_t oh = vhdr(v, payload - THA__HDR);
+        const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
+        uint64_t e = (off - payload) % t->size;
+        sl = tha__schema_slot_at(t, e);
+        if (sl && !sl->is_func && !(tags & ~(uint64_t)sl->tag_mask)) return 0;
+        tha__schema_describe(v->h->schema, oh.type_id, e, where, sizeof where);
+    }
+    return tha__hfail(v->h, THA_ERANGE, "%s seq %llu: pointer at offset 0x%llx (%s) is "
+                      "a tagged NULL 0x%llx outside the field's tag mask 0x%x",
+                      tha__frame_kind_name(hd->kind), (ull)hd->seq, (ull)off, where,
+                      (ull)tags, sl && !sl->is_func ? sl->tag_mask : 0);
+}
+
+int tha__check_tagged(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+    view_t v;
+    const vrun_t *runs;
+    vrun_t one;
+    if (hd->kind == THA_FRAME_SNAPSHOT) { /* the frame's image, as checked */
+        tha__run_t run;
+        memcpy(&run, body, sizeof run);
+        one = (vrun_t){.b0 = run.offset / THA__BLOCK, .nb = run.nblocks,
+                       .mask = body + sizeof run};
+        one.data = one.mask + tha__align_up(run.nblocks, 8);
+        v = (view_t){.h = h, .base = one.data, .map = one.mask, .limit = hd->top,
+                     .room = hd->top, .wire = 1, .pbase = tha__frame_base(hd),
+                     .raw_ok = hd->base64k != 0};
+        runs = &one;
+    } else {
+        if (!(runs = index_runs(h, hd, body)))
+            return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
+        v = delta_view(h, hd, runs);
+    }
+    read_region(&v);
+    v.first = v.r.data_off / THA__PAGE;
+    v.end = v.r.top / THA__PAGE;
+    for (uint32_t i = 0; i < hd->nruns; i++)
+        for (uint64_t j = 0; j < runs[i].nb; j++)
+            for (unsigned m = runs[i].mask[j]; m; m &= m - 1) {
+                unsigned k = (unsigned)__builtin_ctz(m);
+                uint64_t w, off = (runs[i].b0 + j) * THA__BLOCK + k * 8;
+                memcpy(&w, runs[i].data + j * THA__BLOCK + k * 8, 8);
+                if (w >> 56 != THA__WIRE_TAGNULL >> 56) continue;
+                int rc = tagged_slot(&v, hd, off, w & ~THA__WIRE_TAGNULL);
+                if (rc) return rc;
+            }
+    return 0;
 }
 
 /* A staging heap filled by bulk sync, before it goes live: what lies above

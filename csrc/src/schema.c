@@ -107,6 +107,8 @@ static void free_schema(tha_schema_t *s) {
     free(s->types);
     free(s->handles);
     free(s->funcs);
+    free(s->externs);
+    free(s->ext_by_addr);
     free(s->nhash);
     free(s);
 }
@@ -387,6 +389,7 @@ static int add_struct(tha_schema_t *s, const char *name, size_t size, size_t ali
                       int is_union, uint32_t *type_id);
 static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field);
 static int add_func(tha_schema_t *s, const char *name, void (*fn)(void));
+static int add_extern(tha_schema_t *s, const char *name, size_t size, const void *addr);
 
 int tha_schema_add_struct(tha_schema_t *s, const char *name, size_t size,
                           size_t align, int is_union, uint32_t *type_id) {
@@ -399,6 +402,11 @@ int tha_schema_add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *f
 
 int tha_schema_add_func(tha_schema_t *s, const char *name, void (*fn)(void)) {
     return added(s, add_func(s, name, fn));
+}
+
+int tha_schema_add_extern(tha_schema_t *s, const char *name, size_t size,
+                          const void *addr) {
+    return added(s, add_extern(s, name, size, addr));
 }
 
 static int add_struct(tha_schema_t *s, const char *name, size_t size, size_t align,
@@ -543,7 +551,21 @@ static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field
         rc = check_name(s, "target", tg);
         if (rc)
             return rc;
-        snprintf(nf.target, sizeof nf.target, "%s", tg);
+        snprintf(nf.target, sizeof nf.target, "%.*s", THA_NAME_MAX - 1, tg); /* checked */
+    }
+    if (field->tag_mask) {
+        if (kind != THA_K_PTR)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: tag mask 0x%x on a %s field: only data "
+                             "pointers have tag bits", tha__schema_kw(t), t->name, fname,
+                             field->tag_mask, tha__schema_kind_name(kind));
+        if (field->tag_mask & ~THA__TAG_BITS)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: tag mask 0x%x has bits outside 0x%x "
+                             "(allocations are 8-byte aligned: only a pointer's 3 low "
+                             "bits are free)", tha__schema_kw(t), t->name, fname,
+                             field->tag_mask, THA__TAG_BITS);
+        nf.pub.tag_mask = field->tag_mask;
     }
     if (kind == THA_K_FUNC && field->sig) {
         size_t n = strnlen(field->sig, THA__SIG_MAX);
@@ -693,4 +715,207 @@ int64_t tha__schema_func_id(const tha_schema_t *s, void (*fn)(void)) {
         if (s->funcs[i].fn == fn)
             return (int64_t)i;
     return -1;
+}
+
+/* ---- data externs -------------------------------------------------------- */
+
+/* Invariant: ext_by_addr holds exactly the bound externs' indexes, in
+ * ascending address, their ranges disjoint; every add and bind keeps it,
+ * seal (which renumbers) rebuilds it. */
+
+static tha__extern_t *find_extern(const tha_schema_t *s, const char *name) {
+    if (s->sealed) { /* sorted by name */
+        uint32_t lo = 0, hi = s->nexterns;
+        while (lo < hi) {
+            uint32_t mid = lo + (hi - lo) / 2;
+            int c = strcmp(s->externs[mid].name, name);
+            if (c == 0)
+                return &s->externs[mid];
+            if (c < 0)
+                lo = mid + 1;
+            else
+                hi = mid;
+        }
+        return NULL;
+    }
+    for (uint32_t i = 0; i < s->nexterns; i++)
+        if (strcmp(s->externs[i].name, name) == 0)
+            return &s->externs[i];
+    return NULL;
+}
+
+/* Position in ext_by_addr of the first bound extern at or above a. */
+static uint32_t ext_lower(const tha_schema_t *s, uintptr_t a) {
+    uint32_t lo = 0, hi = s->nbound;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (s->externs[s->ext_by_addr[mid]].addr < a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo;
+}
+
+/* The bound extern [a, a + size) overlaps, or NULL. */
+static const tha__extern_t *ext_overlap(const tha_schema_t *s, uintptr_t a, uint64_t size) {
+    uint32_t pos = ext_lower(s, a);
+    if (pos < s->nbound && s->externs[s->ext_by_addr[pos]].addr - a < size)
+        return &s->externs[s->ext_by_addr[pos]];
+    if (pos > 0) {
+        const tha__extern_t *e = &s->externs[s->ext_by_addr[pos - 1]];
+        if (a - e->addr < e->size)
+            return e;
+    }
+    return NULL;
+}
+
+static void ext_unindex(tha_schema_t *s, uint32_t ix) {
+    uint32_t pos = ext_lower(s, s->externs[ix].addr);
+    THA_ASSERT(pos < s->nbound && s->ext_by_addr[pos] == ix);
+    memmove(s->ext_by_addr + pos, s->ext_by_addr + pos + 1,
+            (size_t)(s->nbound - pos - 1) * sizeof *s->ext_by_addr);
+    s->nbound--;
+}
+
+static void ext_index(tha_schema_t *s, uint32_t ix) {
+    uint32_t pos = ext_lower(s, s->externs[ix].addr);
+    memmove(s->ext_by_addr + pos + 1, s->ext_by_addr + pos,
+            (size_t)(s->nbound - pos) * sizeof *s->ext_by_addr);
+    s->ext_by_addr[pos] = ix;
+    s->nbound++;
+}
+
+typedef struct ext_key {
+    uintptr_t addr;
+    uint32_t ix;
+} ext_key_t;
+
+static int cmp_ext_key(const void *a, const void *b) {
+    uintptr_t x = ((const ext_key_t *)a)->addr, y = ((const ext_key_t *)b)->addr;
+    return (x > y) - (x < y);
+}
+
+int tha__schema_extern_reindex(tha_schema_t *s) {
+    uint32_t n = 0;
+    for (uint32_t i = 0; i < s->nexterns; i++)
+        n += s->externs[i].addr != 0;
+    s->nbound = 0;
+    if (!n)
+        return 0;
+    ext_key_t *k = malloc((size_t)n * sizeof *k);
+    if (!k)
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+    for (uint32_t i = 0, j = 0; i < s->nexterns; i++)
+        if (s->externs[i].addr)
+            k[j++] = (ext_key_t){s->externs[i].addr, i};
+    qsort(k, n, sizeof *k, cmp_ext_key);
+    for (uint32_t j = 0; j < n; j++)
+        s->ext_by_addr[j] = k[j].ix;
+    s->nbound = n;
+    free(k);
+    return 0;
+}
+
+/* 0 if extern e may be bound at a: in the address space with its size,
+ * overlapping no other bound extern. */
+static int ext_place_ok(tha_schema_t *s, const char *name, uint64_t size, uintptr_t a) {
+    if (size > UINTPTR_MAX - a)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "extern '%s': %llu bytes at %p wrap around the address space",
+                         name, (unsigned long long)size, (void *)a);
+    const tha__extern_t *o = ext_overlap(s, a, size);
+    if (o)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "extern '%s' at %p (%llu bytes) overlaps extern '%s' at %p "
+                         "(%llu bytes): a pointer into both could not be told apart",
+                         name, (void *)a, (unsigned long long)size, o->name,
+                         (void *)o->addr, (unsigned long long)o->size);
+    return 0;
+}
+
+static int add_extern(tha_schema_t *s, const char *name, size_t size, const void *addr) {
+    if (!s)
+        return THA_EINVAL;
+    if (s->sealed)
+        return tha__fail(s->err, sizeof s->err, THA_ESTATE,
+                         "schema is sealed: cannot add extern %s", name ? name : "(null)");
+    int rc = check_name(s, "extern", name);
+    if (rc)
+        return rc;
+    if (size == 0 || size > THA_EXTERN_MAX_SIZE)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "extern '%s': size %zu is outside 1..%llu bytes", name, size,
+                         (unsigned long long)THA_EXTERN_MAX_SIZE);
+    /* (deserialize checks that names ascend, so they are unique) */
+    if (!s->bulk && find_extern(s, name))
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "extern '%s' is already declared", name);
+    if (addr && (rc = ext_place_ok(s, name, size, (uintptr_t)addr)))
+        return rc;
+    if (s->nexterns >= THA_MAX_EXTERNS)
+        return tha__fail(s->err, sizeof s->err, THA_EFULL,
+                         "too many externs (max %u)", THA_MAX_EXTERNS);
+    if (s->nexterns == s->externs_cap) {
+        uint32_t cap = s->externs_cap ? s->externs_cap * 2 : 8;
+        tha__extern_t *e = realloc(s->externs, (size_t)cap * sizeof *e);
+        if (!e)
+            return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+        s->externs = e;
+        uint32_t *ix = realloc(s->ext_by_addr, (size_t)cap * sizeof *ix);
+        if (!ix)
+            return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+        s->ext_by_addr = ix;
+        s->externs_cap = cap;
+    }
+    tha__extern_t *e = &s->externs[s->nexterns];
+    memset(e, 0, sizeof *e);
+    snprintf(e->name, sizeof e->name, "%s", name);
+    e->size = size;
+    e->addr = (uintptr_t)addr;
+    if (addr)
+        ext_index(s, s->nexterns);
+    s->nexterns++;
+    return 0;
+}
+
+int tha_schema_bind_extern(tha_schema_t *s, const char *name, const void *addr) {
+    if (!s)
+        return THA_EINVAL;
+    if (!name)
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL, "empty extern name");
+    tha__extern_t *e = find_extern(s, name);
+    if (!e)
+        return tha__fail(s->err, sizeof s->err, THA_ENOTFOUND,
+                         "extern '%s' was never declared", name);
+    uint32_t ix = (uint32_t)(e - s->externs);
+    uintptr_t old = e->addr;
+    if (old)
+        ext_unindex(s, ix);
+    e->addr = 0;
+    int rc = addr ? ext_place_ok(s, name, e->size, (uintptr_t)addr) : 0;
+    e->addr = rc ? old : (uintptr_t)addr;
+    if (e->addr)
+        ext_index(s, ix);
+    return rc;
+}
+
+int64_t tha__schema_extern_at(const tha_schema_t *s, uintptr_t a, uint64_t *off) {
+    uint32_t lo = 0, hi = s->nbound; /* first one above a */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (s->externs[s->ext_by_addr[mid]].addr <= a)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    if (lo == 0)
+        return -1;
+    uint32_t ix = s->ext_by_addr[lo - 1];
+    const tha__extern_t *e = &s->externs[ix];
+    if (a - e->addr >= e->size)
+        return -1;
+    if (off)
+        *off = a - e->addr;
+    return ix;
 }

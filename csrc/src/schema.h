@@ -6,10 +6,16 @@
 
 #include "base.h"
 
+/* The low bits of a pointer a tag mask may claim: allocations (and so
+ * heap pointers' offsets) are 8-aligned. */
+#define THA__TAG_BITS 0x7u
+
 /* One pointer slot of an element, nested structs and arrays flattened. */
 typedef struct tha__slot {
-    uint32_t offset;  /* bytes from the element start; multiple of 8 */
-    uint32_t is_func; /* 1: function pointer (registry id on the wire) */
+    uint32_t offset;   /* bytes from the element start; multiple of 8 */
+    uint16_t is_func;  /* 1: function pointer (registry id on the wire) */
+    uint16_t tag_mask; /* its field's tag_mask (<= 0x7): a tagged NULL of
+                          these bits is a valid value here */
 } tha__slot_t;
 
 /* Where an object of a pointed-to type begins inside one element: type is
@@ -68,6 +74,12 @@ typedef struct tha__func {
     void (*fn)(void);           /* NULL: declared but not bound here */
 } tha__func_t;
 
+typedef struct tha__extern {
+    char name[THA_NAME_MAX];
+    uint64_t size;              /* 1..THA_EXTERN_MAX_SIZE bytes */
+    uintptr_t addr;             /* 0: declared but not bound here */
+} tha__extern_t;
+
 struct tha_schema {
     int refs;                   /* owners: the creator and each heap */
     int sealed;                 /* no more add_* once set */
@@ -76,6 +88,12 @@ struct tha_schema {
     uint32_t types_cap;
     tha__func_t *funcs;
     uint32_t nfuncs, funcs_cap;
+    tha__extern_t *externs;     /* sorted by name once sealed (id = index) */
+    uint32_t nexterns, externs_cap;
+    uint32_t *ext_by_addr;      /* indexes of the bound externs, ascending
+                                   address (ranges disjoint): encode's and the
+                                   heap check's lookup; externs_cap entries */
+    uint32_t nbound;
     uint32_t *handles;          /* registration handle n -> index in types
                                    (moves when seal sorts the types) */
     uint32_t nhandles;          /* == user types registered */
@@ -119,11 +137,9 @@ static inline bool tha__ptr_anywhere(uint32_t c) {
 }
 
 /* The address that slot k of an element of t refers to when it holds v:
- * its value (a slot carrying tag bits beside the address strips them here). */
+ * its value without the tag bits its field declares (a tagged NULL is 0). */
 static inline uint64_t tha__slot_addr(const tha__type_t *t, uint32_t k, uint64_t v) {
-    (void)t;
-    (void)k;
-    return v;
+    return v & ~(uint64_t)t->slots[k].tag_mask;
 }
 
 tha_schema_t *tha__schema_retain(tha_schema_t *s);
@@ -140,6 +156,11 @@ int tha__schema_fits(const tha_schema_t *s, uint64_t capacity, char *msg, size_t
 const tha__type_t *tha__schema_type(const tha_schema_t *s, uint32_t id);
 /* Registry id of a bound function address; -1 if none. */
 int64_t tha__schema_func_id(const tha_schema_t *s, void (*fn)(void));
+/* Id of the bound extern whose range holds address a, *off the byte
+ * offset in it; -1 if none. O(log bound externs). */
+int64_t tha__schema_extern_at(const tha_schema_t *s, uintptr_t a, uint64_t *off);
+/* The slot of t at byte off of one element (slots are sorted), or NULL. */
+const tha__slot_t *tha__schema_slot_at(const tha__type_t *t, uint64_t off);
 /* "struct emp field reports[2]" for byte off of one element of type id. */
 void tha__schema_describe(const tha_schema_t *s, uint32_t id, uint64_t off,
                           char *buf, size_t cap);

@@ -1,7 +1,15 @@
 /* schema_bytes.c — the canonical byte form of a schema: what
  * tha_schema_serialize writes, snapshots and checkpoints carry, and whose
  * FNV-1a 64 hash is the fingerprint (schema_seal.c). Little-endian, types
- * then functions in canonical order; schema_parse.c reads it back.
+ * then functions (then externs) in canonical order; schema_parse.c reads
+ * it back.
+ *
+ * Two formats, one canonical choice: a schema with no data extern and no
+ * tag mask is written as format 1, byte for byte as before they existed
+ * (so its fingerprint, and every file and peer that carries it, stay as
+ * they were); any other as format 2, which adds the extern count to the
+ * header, a u32 tag mask after each field and the externs (name, u64
+ * size) after the functions.
  */
 #include "schema_priv.h"
 
@@ -50,12 +58,25 @@ static void w_str(writer_t *w, const char *str) {
     w_bytes(w, str, n);
 }
 
+uint32_t tha__schema_format(const tha_schema_t *s) {
+    if (s->nexterns)
+        return THA__SCHEMA_FORMAT_EXT;
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++)
+        for (uint32_t i = 0; i < s->types[id].nfields; i++)
+            if (s->types[id].fields[i].pub.tag_mask)
+                return THA__SCHEMA_FORMAT_EXT;
+    return THA__SCHEMA_FORMAT;
+}
+
 static void write_schema(const tha_schema_t *s, writer_t *w) {
     uint32_t nuser = s->ntypes > THA_T_FIRST_USER ? s->ntypes - THA_T_FIRST_USER : 0;
+    uint32_t format = tha__schema_format(s);
     w_u32(w, THA__SCHEMA_MAGIC);
-    w_u32(w, THA__SCHEMA_FORMAT);
+    w_u32(w, format);
     w_u32(w, nuser);
     w_u32(w, s->nfuncs);
+    if (format >= THA__SCHEMA_FORMAT_EXT)
+        w_u32(w, s->nexterns);
     for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
         const tha__type_t *t = &s->types[id];
         w_str(w, t->name);
@@ -75,10 +96,16 @@ static void write_schema(const tha_schema_t *s, writer_t *w) {
             w_u32(w, f->pub.bits[0]);
             w_u32(w, f->pub.bits[1]);
             w_str(w, f->sig);
+            if (format >= THA__SCHEMA_FORMAT_EXT)
+                w_u32(w, f->pub.tag_mask);
         }
     }
     for (uint32_t i = 0; i < s->nfuncs; i++)
         w_str(w, s->funcs[i].name);
+    for (uint32_t i = 0; i < s->nexterns; i++) {
+        w_str(w, s->externs[i].name);
+        w_u64(w, s->externs[i].size);
+    }
 }
 
 int tha_schema_serialize(const tha_schema_t *s, void *buf, size_t cap,

@@ -60,6 +60,10 @@ static int cmp_field(const tha__type_t *t, const tha__field_t *x,
                          "%s %s field %s: signature '%s' vs '%s'", k, t->name,
                          x->name, x->sig[0] ? x->sig : "void(*)(void)",
                          y->sig[0] ? y->sig : "void(*)(void)");
+    if (x->pub.tag_mask != y->pub.tag_mask)
+        return tha__fail(msg, cap, THA_EMISMATCH,
+                         "%s %s field %s: tag mask 0x%x vs 0x%x", k, t->name, x->name,
+                         x->pub.tag_mask, y->pub.tag_mask);
     return 0;
 }
 
@@ -123,6 +127,24 @@ int tha_schema_compare(const tha_schema_t *a, const tha_schema_t *b, char *msg,
         return tha__fail(msg, msgcap, THA_EMISMATCH,
                          "only one side has function %u '%s' (%u functions vs %u)",
                          nfn, f->name, a->nfuncs, b->nfuncs);
+    }
+    uint32_t nex = a->nexterns < b->nexterns ? a->nexterns : b->nexterns;
+    for (uint32_t i = 0; i < nex; i++) {
+        const tha__extern_t *x = &a->externs[i], *y = &b->externs[i];
+        if (strcmp(x->name, y->name) != 0)
+            return tha__fail(msg, msgcap, THA_EMISMATCH, "extern %u: '%s' vs '%s'", i,
+                             x->name, y->name);
+        if (x->size != y->size)
+            return tha__fail(msg, msgcap, THA_EMISMATCH,
+                             "extern '%s': size %llu vs %llu", x->name,
+                             (unsigned long long)x->size, (unsigned long long)y->size);
+    }
+    if (a->nexterns != b->nexterns) {
+        const tha__extern_t *e = a->nexterns > b->nexterns ? &a->externs[nex]
+                                                           : &b->externs[nex];
+        return tha__fail(msg, msgcap, THA_EMISMATCH,
+                         "only one side has extern %u '%s' (%u externs vs %u)", nex,
+                         e->name, a->nexterns, b->nexterns);
     }
     if (a->sealed != b->sealed)
         return tha__fail(msg, msgcap, THA_EMISMATCH,
@@ -210,6 +232,39 @@ int tha_schema_func_info(const tha_schema_t *s, uint32_t i, const char **name,
     if (fn)
         *fn = s->funcs[i].fn;
     return 0;
+}
+
+uint32_t tha_schema_extern_count(const tha_schema_t *s) {
+    return s ? s->nexterns : 0;
+}
+
+int tha_schema_extern_info(const tha_schema_t *s, uint32_t i, const char **name,
+                           size_t *size, const void **addr) {
+    if (!s)
+        return THA_EINVAL;
+    if (i >= s->nexterns)
+        return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
+                         "no extern %u (%u declared)", i, s->nexterns);
+    const tha__extern_t *e = &s->externs[i];
+    if (name)
+        *name = e->name;
+    if (size)
+        *size = (size_t)e->size;
+    if (addr)
+        *addr = (const void *)e->addr;
+    return 0;
+}
+
+const tha__slot_t *tha__schema_slot_at(const tha__type_t *t, uint64_t off) {
+    uint32_t lo = 0, hi = t->nslots;
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (t->slots[mid].offset < off)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return lo < t->nslots && t->slots[lo].offset == off ? &t->slots[lo] : NULL;
 }
 
 /* ---- describe ----------------------------------------------------------- */

@@ -91,7 +91,8 @@ static int unique_fields(const tha_schema_t *s, const tha__type_t *t, char *msg,
 }
 
 #define TYPE_MIN_BYTES 26u  /* name len, is_union, size, align, nfields */
-#define FIELD_MIN_BYTES 42u /* empty strings, all numbers */
+#define FIELD_MIN_BYTES 42u /* empty strings, all numbers (format 2: +4) */
+#define EXTERN_MIN_BYTES 10u /* name len, size */
 
 static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
                  size_t msgcap) {
@@ -104,11 +105,16 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
     if (magic != THA__SCHEMA_MAGIC)
         return tha__fail(msg, msgcap, THA_EFRAME,
                          "schema blob: bad magic 0x%08x", magic);
-    if (version != THA__SCHEMA_FORMAT)
+    if (version != THA__SCHEMA_FORMAT && version != THA__SCHEMA_FORMAT_EXT)
         return tha__fail(msg, msgcap, THA_EVERSION,
-                         "schema blob: format version %u, this build reads %u",
-                         version, THA__SCHEMA_FORMAT);
-    uint32_t ntypes = r_u32(&r), nfuncs = r_u32(&r);
+                         "schema blob: format version %u, this build reads %u and %u",
+                         version, THA__SCHEMA_FORMAT, THA__SCHEMA_FORMAT_EXT);
+    const int ext = version == THA__SCHEMA_FORMAT_EXT;
+    uint32_t ntypes = r_u32(&r), nfuncs = r_u32(&r), nexterns = ext ? r_u32(&r) : 0;
+    if (r.bad)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob truncated: %zu bytes, header needs 20", len);
+    const uint32_t field_min = FIELD_MIN_BYTES + (ext ? 4u : 0u);
     size_t rest = len - r.pos;
     if (ntypes > THA_MAX_USER_TYPES || ntypes > rest / TYPE_MIN_BYTES)
         return tha__fail(msg, msgcap, THA_EFRAME,
@@ -118,6 +124,10 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
         return tha__fail(msg, msgcap, THA_EFRAME,
                          "schema blob: absurd function count %u for %zu bytes",
                          nfuncs, len);
+    if (nexterns > THA_MAX_EXTERNS || nexterns > rest / EXTERN_MIN_BYTES)
+        return tha__fail(msg, msgcap, THA_EFRAME,
+                         "schema blob: absurd extern count %u for %zu bytes",
+                         nexterns, len);
 #define TRUNC()                                                                \
     tha__fail(msg, msgcap, THA_EFRAME, "schema blob truncated at byte %zu of %zu", \
               r.pos, len)
@@ -151,7 +161,7 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
             return tha__fail(msg, msgcap, THA_EFRAME,
                              "schema blob: type %s: bad union flag %u", name,
                              is_union);
-        if (nfields > THA_MAX_FIELDS || nfields > (len - r.pos) / FIELD_MIN_BYTES)
+        if (nfields > THA_MAX_FIELDS || nfields > (len - r.pos) / field_min)
             return tha__fail(msg, msgcap, THA_EFRAME,
                              "schema blob: type %s: absurd field count %u",
                              name, nfields);
@@ -206,6 +216,11 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
             if (r.bad)
                 return TRUNC();
             STR(sig, "signature");
+            if (ext) {
+                f.tag_mask = r_u32(&r);
+                if (r.bad)
+                    return TRUNC();
+            }
             f.name = name;
             f.target = target[0] ? target : NULL;
             f.sig = sig[0] ? sig : NULL;
@@ -226,6 +241,24 @@ static int deser(const uint8_t *b, size_t len, tha_schema_t *s, char *msg,
                              "not in canonical order (by name)", name, prev);
         memcpy(prev, name, sizeof prev);
         int rc = tha_schema_add_func(s, name, NULL);
+        if (rc)
+            return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s", s->err);
+    }
+    for (uint32_t i = 0; i < nexterns; i++) {
+        STR(name, "extern name");
+        uint64_t size = r_u64(&r);
+        if (r.bad)
+            return TRUNC();
+        if (i > 0 && strcmp(name, prev) <= 0)
+            return tha__fail(msg, msgcap, THA_EFRAME,
+                             "schema blob: extern %s after %s: externs are not in "
+                             "canonical order (by name)", name, prev);
+        memcpy(prev, name, sizeof prev);
+        if (size > THA_EXTERN_MAX_SIZE)
+            return tha__fail(msg, msgcap, THA_EFRAME,
+                             "schema blob: extern %s: absurd size %llu", name,
+                             (unsigned long long)size);
+        int rc = tha_schema_add_extern(s, name, (size_t)size, NULL);
         if (rc)
             return tha__fail(msg, msgcap, THA_EFRAME, "schema blob: %s", s->err);
     }

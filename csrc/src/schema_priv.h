@@ -13,7 +13,8 @@
 #include <string.h>
 
 #define THA__SCHEMA_MAGIC 0x53414854u /* "THAS" */
-#define THA__SCHEMA_FORMAT 1u
+#define THA__SCHEMA_FORMAT 1u     /* no externs, no tag masks */
+#define THA__SCHEMA_FORMAT_EXT 2u /* externs and tag masks (schema_bytes.c) */
 #define THA__SIG_MAX 128u             /* sig buffer, with the NUL */
 
 static inline const char *tha__schema_kw(const tha__type_t *t) {
@@ -40,6 +41,8 @@ uint32_t tha__schema_public_id(const tha_schema_t *s, const tha__type_t *t);
 const char *tha__schema_strip_keyword(const char *name, int *keyword);
 /* Bytes of one element of a field, when known without other types. */
 uint64_t tha__field_elem_size(const tha__field_t *f);
+/* Rebuilds ext_by_addr from the externs (seal renumbered them). */
+int tha__schema_extern_reindex(tha_schema_t *s);
 
 /* ---- schema_bytes.c ------------------------------------------------------ */
 
@@ -47,5 +50,8 @@ uint64_t tha__field_elem_size(const tha__field_t *f);
  * buf is NULL or it does not fit) and returns its length; with hash, its
  * FNV-1a 64 too (the fingerprint). */
 size_t tha__schema_write(const tha_schema_t *s, uint8_t *buf, size_t cap, uint64_t *hash);
+/* The byte form's format s is written in: 1 unless it holds an extern or
+ * a tag mask, then 2. */
+uint32_t tha__schema_format(const tha_schema_t *s);
 
 #endif /* THA_SCHEMA_PRIV_H */

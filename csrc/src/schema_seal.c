@@ -169,15 +169,16 @@ static int build_slots(tha_schema_t *s, tha__type_t *t, uint64_t *budget) {
             for (uint64_t e = 0; e < f->count; e++) {
                 t->slots[m].offset = (uint32_t)(f->pub.offset + e * 8);
                 t->slots[m].is_func = kind == THA_K_FUNC;
+                t->slots[m].tag_mask = (uint16_t)f->pub.tag_mask;
                 t->slot_decl[m++] = kind == THA_K_PTR ? f->target_id : 0;
             }
         } else if (kind == THA_K_STRUCT) {
             const tha__type_t *tt = &s->types[f->target_id];
             for (uint64_t e = 0; e < f->count && tt->nslots; e++)
                 for (uint32_t j = 0; j < tt->nslots; j++) {
+                    t->slots[m] = tt->slots[j]; /* is_func, tag_mask */
                     t->slots[m].offset = (uint32_t)(f->pub.offset + e * f->elem_size +
                                                     tt->slots[j].offset);
-                    t->slots[m].is_func = tt->slots[j].is_func;
                     t->slot_decl[m++] = tt->slot_decl[j];
                 }
         }
@@ -427,7 +428,8 @@ static int build_holes(tha_schema_t *s, tha__type_t *t, tables_t *c) {
                                 the intervals before them, plus one */
     for (uint64_t i = 0; i < n; i++) {
         tha__hole_t iv = v[i];
-        if (iv.from == iv.to) continue; /* covers nothing: it must not split a hole */
+        if (iv.from >= iv.to) /* a nested struct ending in a hole: covers nothing */
+            continue;          /* (else it splits the hole around it in two) */
         if (iv.from > cur)
             v[u++] = (tha__hole_t){(uint32_t)cur, iv.from};
         if (iv.to > cur)
@@ -531,14 +533,19 @@ static int cmp_func(const void *a, const void *b) {
     return strcmp(((const tha__func_t *)a)->name, ((const tha__func_t *)b)->name);
 }
 
+static int cmp_extern(const void *a, const void *b) {
+    return strcmp(((const tha__extern_t *)a)->name, ((const tha__extern_t *)b)->name);
+}
+
 /* One canonical schema: the same structs give the same ids, byte form and
  * fingerprint in whatever order they were registered. Sealing sorts the
  * user types (cmp_canonical) and renumbers them; nothing refers to a type
  * by id before seal except registration handles, which follow their type
  * here, so there is nothing else to rewrite (field targets are names,
  * resolved after this; relocation tables are built after this). Functions
- * are sorted by name: their ids travel in function pointer slots. */
-static void canonical_order(tha_schema_t *s) {
+ * and externs are sorted by name: their ids travel in pointer slots (the
+ * extern address index follows its externs). */
+static int canonical_order(tha_schema_t *s) {
     if (s->ntypes > THA_T_FIRST_USER + 1)
         qsort(s->types + THA_T_FIRST_USER, s->ntypes - THA_T_FIRST_USER,
               sizeof *s->types, cmp_canonical);
@@ -549,6 +556,9 @@ static void canonical_order(tha_schema_t *s) {
     tha__schema_hash_rebuild(s, s->ntypes); /* the indexes moved */
     if (s->nfuncs > 1)
         qsort(s->funcs, s->nfuncs, sizeof *s->funcs, cmp_func);
+    if (s->nexterns > 1)
+        qsort(s->externs, s->nexterns, sizeof *s->externs, cmp_extern);
+    return tha__schema_extern_reindex(s);
 }
 
 int tha_schema_seal(tha_schema_t *s) {
@@ -560,7 +570,8 @@ int tha_schema_seal(tha_schema_t *s) {
         return tha__fail(s->err, sizeof s->err, THA_ESCHEMA, "not sealed: an earlier "
                          "add failed (%s): fix it and build the schema again",
                          s->add_err);
-    canonical_order(s);
+    if (canonical_order(s))
+        return THA_ENOMEM;
     for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++)
         s->types[id].seal_state = 0;
     name_index_t ix = {malloc((size_t)s->ntypes * sizeof(tha__type_t *)), 0};
