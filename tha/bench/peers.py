@@ -106,7 +106,7 @@ ROUNDS = 5
 QUICK_RECORDS = 20_000
 QUICK_ROUNDS = 3
 MAX_RECORDS = 10_000_000      # names are "emp%07d"
-SYNC_TIMEOUT = 300.0          # seconds a sync or a far end's answer may take
+SYNC_TIMEOUT = 120.0          # seconds a sync or a far end's answer may take
 REDIS_CHUNK = 10_000          # pipelined commands per round trip
 REDIS_WAIT_MS = 120_000
 PROTO = pickle.HIGHEST_PROTOCOL
@@ -205,20 +205,29 @@ class Plan:
         self._next = (0, 0)
         self._digests: dict = {}
 
+    def make(self, phase: int, r: int) -> Mutation:
+        """Round r's mutation of phase (r = 0: the warm-up), made anew."""
+        return make_mutation(self.n, self.fractions[phase],
+                             self.seed * 1_000_003 + phase * 1000 + r)
+
     def mutation(self, phase: int, r: int) -> Mutation:
+        """The same, applied to the model when first made (the ones before
+        it too, if nobody asked for them)."""
         if (phase, r) in self._kept:
             return self._kept[(phase, r)]
-        if (phase, r) != self._next:
-            raise InvalidArgument(f"peers: mutation {(phase, r)} asked for, but "
-                                  f"{self._next} is the next one to make")
-        if r == 0:
-            self._kept.clear()
-        m = make_mutation(self.n, self.fractions[phase],
-                          self.seed * 1_000_003 + phase * 1000 + r)
-        self.model.apply(m)
-        self._kept[(phase, r)] = m
-        self._next = (phase, r + 1) if r + 1 < self.per_phase else (phase + 1, 0)
-        return m
+        if (phase, r) < self._next:
+            raise InvalidArgument(f"peers: mutation {(phase, r)} is gone (the plan "
+                                  f"is at {self._next})")
+        while True:
+            p, q = self._next
+            if q == 0:
+                self._kept.clear()
+            m = self.make(p, q)
+            self.model.apply(m)
+            self._kept[(p, q)] = m
+            self._next = (p, q + 1) if q + 1 < self.per_phase else (p + 1, 0)
+            if (p, q) == (phase, r):
+                return m
 
     def expected(self, phase) -> str:
         """The digest after ``phase`` (BULK: before any mutation)."""
@@ -426,10 +435,13 @@ class ThaBulk(Contender):
     def label(self) -> str:
         return BULK_LABELS[self.key]
 
-    def bulk(self) -> dict:
+    def prepare(self) -> None:
+        """Untimed: the previous round's standby stopped, a new one started."""
         if self.far is not None:
             self.far.close()
         self.far = Child("tha", "tha bulk-sync standby")
+
+    def bulk(self) -> dict:
         t0 = _now()
         active = Active(self.heap, [("127.0.0.1", self.far.port)], timeout=SYNC_TIMEOUT,
                         peer_timeout=60.0)
@@ -548,6 +560,7 @@ class Redis(Contender):
         self.replica = None
         self.fresh = None
         self._resyncs = 0
+        self._fresh_c = None
         self._far_result = None
         self._far_thread = None
         try:
@@ -585,10 +598,13 @@ class Redis(Contender):
     def _offset(self) -> int:
         return self.r.info("replication")["master_repl_offset"]
 
-    def load(self, model: Model) -> dict:
-        """A full load of the model's state (FLUSHALL first, untimed)."""
+    def prepare_load(self) -> None:
+        """Untimed: FLUSHALL, on the replica too."""
         self.r.flushall()
         self._wait()
+
+    def load(self, model: Model) -> dict:
+        """A full load of the model's state into the (flushed) primary."""
         n, sal, mgr = model.n, model.salary, model.mgr
         off = self._offset()
         t0 = _now()
@@ -607,28 +623,32 @@ class Redis(Contender):
         return {"mirror_s": t2 - t0, "wait_s": t2 - t1, "payload_bytes": image_bytes(n),
                 "wire_bytes": self._offset() - off}
 
-    def resync(self, verify_n: int | None = None) -> dict:
-        """A new replica (started untimed) until its full resync is done.
-        With verify_n, its digest is taken (then it is stopped: a second
-        replica would let WAIT 1 return for the wrong one)."""
+    def prepare_resync(self) -> None:
+        """Untimed: a new, empty redis-server (the previous one stopped)."""
+        self.drop_fresh()
         self._resyncs += 1
         self.fresh = RedisServer(self.tmpdir, f"fresh{self._resyncs}")
-        try:
-            c = self._client(self.fresh.port)
-            target = self._offset()
-            t0 = _now()
-            c.replicaof("127.0.0.1", self.primary.port)
-            self._await_replica(c, target, SYNC_TIMEOUT)
-            t1 = _now()
-            out = {"mirror_s": t1 - t0, "payload_bytes": image_bytes(self.n),
-                   "wire_bytes": None}
-            if verify_n is not None:
-                out["digest"] = self._digest(c, verify_n)
-            c.close()
-        finally:
+        self._fresh_c = self._client(self.fresh.port)
+
+    def resync(self) -> dict:
+        """The new server becomes a replica, until its full resync is done.
+        Stop it (drop_fresh) before the next WAIT: with a second replica
+        WAIT 1 could return for the wrong one."""
+        target = self._offset()
+        t0 = _now()
+        self._fresh_c.replicaof("127.0.0.1", self.primary.port)
+        self._await_replica(self._fresh_c, target, SYNC_TIMEOUT)
+        return {"mirror_s": _now() - t0, "payload_bytes": image_bytes(self.n),
+                "wire_bytes": None}
+
+    def fresh_digest(self, n: int) -> str:
+        return self._digest(self._fresh_c, n)
+
+    def drop_fresh(self) -> None:
+        if self.fresh is not None:
+            self._fresh_c.close()
             self.fresh.close()
             self.fresh = None
-        return out
 
     def round(self, m: Mutation) -> dict:
         off = self._offset()
@@ -683,6 +703,28 @@ def _median(samples: list) -> dict:
     keys = {k for s in samples for k, v in s.items() if isinstance(v, (int, float))}
     return {k: statistics.median([s[k] for s in samples if s.get(k) is not None])
             for k in sorted(keys) if any(s.get(k) is not None for s in samples)}
+
+
+class _named:
+    """A far end's socket or Redis failing mid-round (OSError, redis's
+    errors) as a PeerError naming the contender."""
+
+    def __init__(self, key: str):
+        self.key = key
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, kind, e, tb):
+        if e is None or isinstance(e, Error):
+            return False
+        failures = (OSError, EOFError)
+        if "redis" in sys.modules:
+            failures += (sys.modules["redis"].RedisError,)
+        if isinstance(e, failures):
+            raise PeerError(f"{self.key}: the far end failed: "
+                            f"{type(e).__name__}: {e}") from e
+        return False
 
 
 def _rotate(items: list, r: int) -> list:
@@ -787,7 +829,10 @@ class PeersBench:
         if "tcp" in self.c:
             items.append(("tcp", lambda last: {"tcp": self.c["tcp"].send(image)}))
         if self.bulk_c is not None:
-            items.append(("tha-bulk", lambda last: {"tha-bulk": self.bulk_c.bulk()}))
+            def tha_bulk(last):
+                self.bulk_c.prepare()
+                return {"tha-bulk": self.bulk_c.bulk()}
+            items.append(("tha-bulk", tha_bulk))
         if "pickle-whole" in self.c:
             items.append(("pickle-whole",
                           lambda last: {"pickle-whole": self.c["pickle-whole"].bulk()}))
@@ -795,8 +840,14 @@ class PeersBench:
             rd = self.c["redis"]
 
             def redis(last):  # the load first: the resync copies it
-                return {"redis-load": rd.load(self.plan.model),
-                        "redis-resync": rd.resync(self.n if last else None)}
+                rd.prepare_load()
+                out = {"redis-load": rd.load(self.plan.model)}
+                rd.prepare_resync()
+                out["redis-resync"] = rd.resync()
+                if last:
+                    out["redis-resync"]["digest"] = rd.fresh_digest(self.n)
+                rd.drop_fresh()
+                return out
             items.append(("redis", redis))
         return items
 
@@ -806,7 +857,9 @@ class PeersBench:
         for r in range(self.rounds):
             self.say(f"bulk sync, round {r + 1}/{self.rounds}")
             for _key, fn in _rotate(items, r):
-                for k, s in fn(r == self.rounds - 1).items():
+                with _named(_key):
+                    got = fn(r == self.rounds - 1)
+                for k, s in got.items():
                     rows.setdefault(k, []).append(s)
         verify = self.verify(BULK, [c for c in (self.bulk_c, self.c.get("pickle-whole"),
                                                 self.c.get("redis")) if c is not None])
@@ -839,7 +892,8 @@ class PeersBench:
                                           f"round {r}/{self.rounds}"))
             m = self.plan.mutation(fi, r)
             for key in _rotate(keys, r):
-                s = self.c[key].round(m)
+                with _named(key):
+                    s = self.c[key].round(m)
                 if r:
                     rows[key].append(s)
         verify = self.verify(fi, [c for c in self.c.values() if c.stateful])
