@@ -86,7 +86,7 @@ def test_bulk(benchmark, peers, key):
     if key == "memcpy":
         def one():
             s = c.move(image)
-            s["memcmp_s"] = c.memcmp(image)
+            s["memcmp_s"] = c.memcmp()
             return s
     elif key == "tcp":
         def one():
