@@ -108,7 +108,7 @@ def test_bulk(benchmark, peers, key):
             verify["redis-load"] = verify.pop("redis")
     elif key == "redis-resync":
         try:
-            d, exp = c.fresh_digest(peers.n), peers.plan.expected(bp.BULK)
+            d, exp = c.fresh_digest(peers.n), peers.plan.expected(bp.BULK, "text")
         finally:
             c.drop_fresh()
         verify = {key: {"near": exp, "far": d, "expected": exp, "equal": d == exp}}

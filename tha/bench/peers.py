@@ -58,8 +58,9 @@ untimed, then REPLICAOF until its link is up with the primary's offset).
 
 Every contender's far end is verified after every phase: the digest of
 (id, salary, manager id) per record (peers_far.py) computed on both ends
-(for Redis by a Lua script inside primary and replica) must equal each
-other and the digest of the expected state; otherwise :class:`VerifyError`.
+(for Redis a text digest, by a Lua script inside primary and replica) must
+equal each other and the digest of the expected state; otherwise
+:class:`VerifyError`.
 The limits hold no copy and are not verified.
 
 Output: a table per phase (round ms, mirror ms, ratio to raw TCP of the
@@ -97,6 +98,7 @@ from ..schema import Schema
 from .peers_far import (CHANGED, DEPT_SIZE, EMP_SIZE, EMP_WORDS, EMPS_PER_DEPT, HDR,
                         NO_MGR, RAW, SCHEMA, WHOLE, Child, Dept, Emp, PeerError,
                         RedisServer, VerifyError, connect, dept_count, digest_of,
+                        text_digest_of,
                         emp_name, py_digest, redis_server_version, send_msg,
                         tha_digest, wait_ack)
 from .workload import machine
@@ -187,8 +189,10 @@ class Model:
             sal[i] = s
             mgr[i] = g
 
-    def digest(self) -> str:
-        return digest_of(range(self.n), self.salary, self.mgr)
+    def digest(self, kind: str = "bin") -> str:
+        """peers_far's digest ("bin") or text digest ("text", Redis's)."""
+        return (digest_of if kind == "bin" else text_digest_of)(range(self.n), self.salary,
+                                                                 self.mgr)
 
 
 class Plan:
@@ -229,15 +233,15 @@ class Plan:
             if (p, q) == (phase, r):
                 return m
 
-    def expected(self, phase) -> str:
+    def expected(self, phase, kind: str = "bin") -> str:
         """The digest after ``phase`` (BULK: before any mutation)."""
-        if phase not in self._digests:
+        if (phase, kind) not in self._digests:
             at = (0, 0) if phase == BULK else (phase + 1, 0)
             if self._next != at:
                 raise InvalidArgument(f"peers: the expected state after phase {phase!r} "
                                       f"is gone (the plan is at {self._next})")
-            self._digests[phase] = self.model.digest()
-        return self._digests[phase]
+            self._digests[(phase, kind)] = self.model.digest(kind)
+        return self._digests[(phase, kind)]
 
 
 # ---- the near ends' states ----------------------------------------------------
@@ -294,6 +298,7 @@ class Contender:
 
     key = ""
     stateful = True
+    digest_kind = "bin"  # which digest near_digest and the far end compute
 
     def label(self) -> str:
         return LABELS[self.key]
@@ -522,8 +527,8 @@ class PickleWhole(PickleChanged):
                 "wire_bytes": nbytes}
 
 
-# Runs inside redis-server: the digest of peers_far.digest_of from the stored
-# strings (salary as redis-py stored it: Python's repr()).
+# Runs inside redis-server: peers_far.text_digest_of from the stored strings
+# (salary as redis-py stored it: Python's repr()).
 REDIS_DIGEST = """
 local n = tonumber(ARGV[1])
 local parts = {}
@@ -553,6 +558,7 @@ def redis_unavailable() -> str | None:
 
 class Redis(Contender):
     key = "redis"
+    digest_kind = "text"
 
     def __init__(self, n: int, tmpdir: str):
         import redis
@@ -866,7 +872,7 @@ class PeersBench:
         verify = self.verify(BULK, [c for c in (self.bulk_c, self.c.get("pickle-whole"),
                                                 self.c.get("redis")) if c is not None])
         if "redis-resync" in rows:
-            exp = self.plan.expected(BULK)
+            exp = self.plan.expected(BULK, "text")
             d = rows["redis-resync"][-1].pop("digest")
             verify["redis-resync"] = {"near": verify["redis"]["near"], "far": d,
                                       "expected": exp, "equal": d == exp}
@@ -912,11 +918,11 @@ class PeersBench:
         the expected state; VerifyError naming the contender otherwise."""
         n = self.n
         self.say(f"verifying {len(contenders)} far ends")
-        expected = self.plan.expected(phase)
         for c in contenders:
             c.far_ask(n)
         out = {}
         for c in contenders:
+            expected = self.plan.expected(phase, c.digest_kind)
             near = c.near_digest(n)
             far = c.far_answer()
             out[c.key] = {"near": near, "far": far, "expected": expected,
@@ -926,7 +932,7 @@ class PeersBench:
             where = "the bulk sync" if phase == BULK else f"f = {self.fractions[phase]:.1%}"
             raise VerifyError("the far end's copy differs after " + where + ": " + "; ".join(
                 f"{k}: near {out[k]['near'][:12]}, far {out[k]['far'][:12]}, "
-                f"expected {expected[:12]}" for k in bad))
+                f"expected {out[k]['expected'][:12]}" for k in bad))
         return out
 
     def run(self) -> dict:

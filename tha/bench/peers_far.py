@@ -7,11 +7,12 @@ manager always has a smaller id (record 0 has none), so a pickle of the
 object graph never recurses deeper than one manager, however the rounds
 rewire it.
 
-The digest, computed alike on both ends of every contender: SHA-1 of one
-line ``id,salary,mgr`` per record in id order, ``salary`` as Python's
-``repr()`` (the string redis-py stores, so a Lua script inside redis-server
-computes the same digest from what it holds), ``mgr`` the manager's id or
--1.
+The digest, computed alike on both ends of every contender: SHA-1 of the
+records' ids (int64), then their salaries (float64), then their managers'
+ids (int64; -1 for none), little-endian, in id order. Redis holds strings,
+so its contender (a Lua script inside redis-server) uses the text digest:
+SHA-1 of one line ``id,salary,mgr`` per record, ``salary`` as Python's
+``repr()``, the string redis-py stores.
 
 The far ends, each a process of its own on 127.0.0.1:
 
@@ -116,6 +117,14 @@ def dept_count(n: int) -> int:
 # ---- the digest -----------------------------------------------------------------
 
 def digest_of(ids, salaries, mgr_ids) -> str:
+    """SHA-1 hex of ids, salaries, manager ids as int64/float64/int64 arrays."""
+    h = hashlib.sha1()
+    for code, values in (("q", ids), ("d", salaries), ("q", mgr_ids)):
+        h.update(array(code, values).tobytes())
+    return h.hexdigest()
+
+
+def text_digest_of(ids, salaries, mgr_ids) -> str:
     """SHA-1 hex of the lines ``id,repr(salary),mgr_id``, one per record."""
     text = "".join([f"{i},{s!r},{m}\n" for i, s, m in zip(ids, salaries, mgr_ids)])
     return hashlib.sha1(text.encode()).hexdigest()
