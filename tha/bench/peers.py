@@ -11,7 +11,10 @@ manager with a smaller id) and ends when the far end has applied the
 change. Per phase (f = 0.1%, 1%, 10%, 100%, and first the initial bulk sync
 of the whole graph) one warm-up round, then ROUNDS rounds; within a round
 the contenders take turns, the order rotating from round to round, so a
-noisy neighbour hits all of them alike. Medians are reported.
+noisy neighbour hits all of them alike, with a pause of SETTLE seconds
+before each (untimed: what one contender's processes still do after their
+round, such as freeing memory, must not land in the next one's). Medians
+are reported.
 
 Times per round: ``round`` from the first write to the far end's answer;
 ``mirror`` the part after the application's writes (for explicit tracking,
@@ -111,6 +114,7 @@ MAX_RECORDS = 10_000_000      # names are "emp%07d"
 SYNC_TIMEOUT = 120.0          # seconds a sync or a far end's answer may take
 REDIS_CHUNK = 10_000          # pipelined commands per round trip
 REDIS_WAIT_MS = 120_000
+SETTLE = 0.01                 # seconds of quiet before each timed round
 PROTO = pickle.HIGHEST_PROTOCOL
 BULK = "bulk"
 THA_MODES = ("wp", "diff", "explicit")
@@ -839,6 +843,7 @@ class PeersBench:
         if self.bulk_c is not None:
             def tha_bulk(last):
                 self.bulk_c.prepare()
+                time.sleep(SETTLE)
                 return {"tha-bulk": self.bulk_c.bulk()}
             items.append(("tha-bulk", tha_bulk))
         if "pickle-whole" in self.c:
@@ -849,8 +854,10 @@ class PeersBench:
 
             def redis(last):  # the load first: the resync copies it
                 rd.prepare_load()
+                time.sleep(SETTLE)
                 out = {"redis-load": rd.load(self.plan.model)}
                 rd.prepare_resync()
+                time.sleep(SETTLE)
                 out["redis-resync"] = rd.resync()
                 if last:
                     out["redis-resync"]["digest"] = rd.fresh_digest(self.n)
@@ -865,6 +872,7 @@ class PeersBench:
         for r in range(self.rounds):
             self.say(f"bulk sync, round {r + 1}/{self.rounds}")
             for _key, fn in _rotate(items, r):
+                time.sleep(SETTLE)
                 with _named(_key):
                     got = fn(r == self.rounds - 1)
                 for k, s in got.items():
@@ -900,6 +908,7 @@ class PeersBench:
                                           f"round {r}/{self.rounds}"))
             m = self.plan.mutation(fi, r)
             for key in _rotate(keys, r):
+                time.sleep(SETTLE)
                 with _named(key):
                     s = self.c[key].round(m)
                 if r:

@@ -21,7 +21,9 @@ The far ends, each a process of its own on 127.0.0.1:
   ``python -m tha.bench.peers_far py``   a socket server, one message at a
                   time (a kind byte and a length, then the payload): ``R``
                   raw bytes, read into a 1 MiB buffer and dropped; ``W`` a
-                  pickle of the whole state, which replaces its copy; ``C``
+                  pickle of the whole state, which replaces its copy (the old
+                  one dropped first, so it is freed before the answer and not
+                  during the next contender's round); ``C``
                   a pickle of changed records, applied into its copy. Each
                   is answered with one byte once done. Automatic garbage
                   collection is off (the graph has no cycles: reference
@@ -216,18 +218,19 @@ class _PyFar:
             data = recv_exact(conn, n)
             if data is None:
                 return
-            old = None
             with self.lock:
                 if kind == WHOLE:
-                    old = (self.depts, self.emps)
+                    # the replaced copy is freed before the answer: freeing it
+                    # after would take CPU from the next contender's round
+                    self.depts = self.emps = None
                     self.depts, self.emps = pickle.loads(data)
                 elif kind == CHANGED:
                     self._apply(pickle.loads(data))
                 else:
                     print(f"peers_far: unknown message kind {kind!r}", file=sys.stderr)
                     return
+            del data
             conn.sendall(ACK)
-            del old, data  # the replaced copy is freed after the answer
 
     def _apply(self, recs) -> None:
         emps, depts = self.emps, self.depts
