@@ -14,6 +14,7 @@ from tha.bench import codec as bench
 
 RESULTS = {}  # benchmark name -> list of seconds per round
 REPL_RESULTS = {}  # replication benchmarks: name -> seconds per call
+PEERS_RESULTS = {}  # test_bench_peers.py: "res" -> what `bench --peers` reports
 
 
 @pytest.fixture(scope="session")
@@ -38,6 +39,7 @@ def record(request):
 
 
 def pytest_terminal_summary(terminalreporter):
+    _peers_summary(terminalreporter)
     _replication_summary(terminalreporter)
     _leaks_summary(terminalreporter)
     need = ("memcpy", "snapshot_encode", "snapshot_apply", "delta_encode", "delta_apply")
@@ -56,6 +58,20 @@ def pytest_terminal_summary(terminalreporter):
 
     terminalreporter.section("tha codec: ratios against memcpy, same run")
     bench.report(summary, info, out=_Out())
+
+
+def _peers_summary(terminalreporter):
+    if "res" not in PEERS_RESULTS:
+        return
+    from tha.bench import peers as bp
+
+    class _Out:
+        def write(self, s):
+            terminalreporter.write(s)
+
+    terminalreporter.section("tha peers: against raw TCP, pickle and Redis "
+                             "(contenders not alternating: see test_bench_peers.py)")
+    bp.report(PEERS_RESULTS["res"], out=_Out())
 
 
 def _replication_summary(terminalreporter):
