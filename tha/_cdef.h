@@ -150,6 +150,7 @@ int tha_root_set(tha_heap_t *h, const char *name, const void *p);
 int tha_root_get(const tha_heap_t *h, const char *name, void **p);
 int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
 #define THA_ROOT_NAME_MAX ...
+int tha_heap_mirror_extern(tha_heap_t *h, const char *name, uint32_t type_id);
 int tha_root_next(const tha_heap_t *h, uint32_t *cursor, const char **name,
                   void **p);
 

@@ -571,6 +571,24 @@ THA_API int tha_root_get(const tha_heap_t *h, const char *name, void **p);
  * free takes the variable's new value as the root. where NULL unbinds
  * (the root keeps its last value). At most THA_MAX_ROOTS bindings. */
 THA_API int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
+/* Statics by value: a program's static container head (a `static
+ * TAILQ_HEAD`, an RB_HEAD, a sentinel node: at most 4096 bytes), declared
+ * as the data extern `name` (tha_schema_add_extern, bound in this process)
+ * and registered in the schema as struct type_id of the same size.
+ * Element pointers into it already travel as extern words; this makes its
+ * own bytes travel too. Before every frame (as bound roots are read) the
+ * static is copied into a *cell*, an allocation of type_id rooted under
+ * `name` (made at the first frame), its pointers into itself (an empty
+ * TAILQ's tqh_last = &head.tqh_first) turned into the same places of the
+ * cell; after every apply the cell is copied out into this process's
+ * static, those pointers turned back. So both ends call it, each for its
+ * own static, and a mirror walks its own static head with the library's
+ * macros (TAILQ_FOREACH(e, &jobs, link)). A registration belongs to the
+ * heap handle, as size rules do: a heap created by a bulk sync registers
+ * again. THA_ENOTFOUND without that extern, THA_ESCHEMA if the sizes
+ * differ, THA_EFULL past 64 statics. A frame fails (THA_ESTATE, naming it)
+ * while a registered extern is unbound. */
+THA_API int tha_heap_mirror_extern(tha_heap_t *h, const char *name, uint32_t type_id);
 /* Roots in table order: start with *cursor = 0; 1 while there is one. name
  * points into the region and lives until the root changes. */
 THA_API int tha_root_next(const tha_heap_t *h, uint32_t *cursor,

@@ -205,6 +205,7 @@ void tha_heap_destroy(tha_heap_t *h) {
     free(h->ptrmap);
     free(h->scratch);
     free(h->binds);
+    free(h->statics);
     free(h->size_rules);
     tha_schema_release(h->schema);
     free(h);

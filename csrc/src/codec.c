@@ -181,6 +181,7 @@ static int frame_size_now(const tha_heap_t *h, int kind, size_t *size) {
 
 int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size) {
     int rc = tha__roots_refresh(h);
+    if (!rc) rc = tha__statics_push(h);
     if (rc) return rc;
     tha__track_collect(h);
     h->collected = h->mech != THA__MECH_EXPLICIT;
@@ -489,6 +490,7 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
     THA_ASSERT(!h->addr || h->addr == (uint64_t)(uintptr_t)h->base);
     size_t need;
     int rrc = tha__roots_refresh(h); /* a no-op if frame_size just did it */
+    if (!rrc) rrc = tha__statics_push(h);
     if (rrc) return rrc;
     if (!h->collected) tha__track_collect(h); /* else frame_size just did */
     h->collected = 0;
@@ -1232,6 +1234,7 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
     h->epoch = hd.epoch;
     h->frames_applied++;
     h->bytes_applied += len;
+    tha__statics_pull(h);
     return 0;
 }
 
@@ -1251,6 +1254,7 @@ int tha__encode_segment(tha_heap_t *h, uint64_t *from, uint64_t max, void *buf,
                         size_t cap, size_t *len) {
     if (*from == 0) { /* a bulk sync or checkpoint begins: bound roots first */
         int rc = tha__roots_refresh(h);
+        if (!rc) rc = tha__statics_push(h);
         if (rc) return rc;
     }
     uint64_t nb = segment_blocks(h, *from, max);

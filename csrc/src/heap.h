@@ -188,6 +188,8 @@ struct tha_heap {
                                and whichever is destroyed first unlinks both */
     struct tha__root_bind *binds; /* tha_root_bind: roots read at each frame */
     uint32_t nbinds;
+    struct tha__static *statics; /* tha_heap_mirror_extern (statics.c) */
+    uint32_t nstatics;
     struct tha__size_rule *size_rules; /* tha_heap_size_type/_multiple (sized.c):
                                of this handle only, not in the image */
     uint32_t nsize_rules, size_rules_cap;
@@ -261,6 +263,14 @@ static inline int tha__log_append(tha_heap_t *h, const struct tha__frame_hdr *hd
                                   const void *frame, size_t len) {
     return h->log_sink ? h->log_sink->append(h->log, h, hd, frame, len) : 0;
 }
+
+/* ---- statics mirrored by value (statics.c) ------------------------------ */
+
+/* Before a frame: each static registered with tha_heap_mirror_extern is
+ * copied into its cell (allocated and rooted on first use). */
+int tha__statics_push(tha_heap_t *h);
+/* After an apply: each cell is copied out into this process's static. */
+void tha__statics_pull(tha_heap_t *h);
 
 /* ---- tracking (track.c) ------------------------------------------------ */
 

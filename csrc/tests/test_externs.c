@@ -512,7 +512,88 @@ static void test_global_sentinel(void) {
     tha_schema_release(ss[1]);
 }
 
+/* Statics by value (tha_heap_mirror_extern): the static head's own bytes
+ * travel, so the receiver's static head is ready to walk after each apply,
+ * empty (tqh_last pointing at itself) or not; no roots, no fill. */
+static struct jobq by_value_a = TAILQ_HEAD_INITIALIZER(by_value_a);
+static struct jobq by_value_b = TAILQ_HEAD_INITIALIZER(by_value_b);
+static uint32_t JOBQ;
+
+static tha_schema_t *by_value_schema(struct jobq *head) {
+    tha_schema_t *s;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct job, "job", &JOB));
+    CHECK_OK(THA_FIELD_SCALAR(s, JOB, struct job, id, THA_T_U64, 0));
+    CHECK_OK(THA_FIELD_PTR(s, JOB, struct job, key, "char", 0));
+    CHECK_OK(THA_FIELD_TAILQ_ENTRY(s, JOB, struct job, link, "job"));
+    CHECK_OK(THA_STRUCT(s, struct jobq, "jobq", &JOBQ));
+    CHECK_OK(THA_FIELD_PTR(s, JOBQ, struct jobq, tqh_first, "job", 0));
+    CHECK_OK(THA_FIELD_PTR(s, JOBQ, struct jobq, tqh_last, "void", 0));
+    CHECK_OK(tha_schema_add_extern(s, "jobs", sizeof *head, head));
+    CHECK_OK(tha_schema_seal(s));
+    JOB = tha_schema_type_id(s, JOB);
+    JOBQ = tha_schema_type_id(s, JOBQ);
+    return s;
+}
+
+static uint64_t sum_ids(struct jobq *q, int reverse) {
+    uint64_t sum = 0, k = 1;
+    struct job *j;
+    if (reverse) TAILQ_FOREACH_REVERSE(j, q, jobq, link) sum += j->id * k++;
+    else TAILQ_FOREACH(j, q, link) sum += j->id * k++;
+    return sum;
+}
+
+static void test_static_head_by_value(void) {
+    tha_schema_t *sa = by_value_schema(&by_value_a), *sb = by_value_schema(&by_value_b);
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, sa, 8 << 20, THA_TRACK_DIFF));
+    CHECK_OK(tha_heap_create(&b, sb, 8 << 20, THA_TRACK_EXPLICIT));
+    CHECK_RC(tha_heap_mirror_extern(a, "nope", JOBQ), THA_ENOTFOUND);
+    CHECK_RC(tha_heap_mirror_extern(a, "jobs", JOB), THA_ESCHEMA); /* 32 vs 16 bytes */
+    CHECK_CONTAINS(tha_heap_errmsg(a), "the extern is 16 bytes");
+    CHECK_OK(tha_heap_mirror_extern(a, "jobs", JOBQ));
+    CHECK_OK(tha_heap_mirror_extern(b, "jobs", JOBQ));
+    by_value_b.tqh_first = (struct job *)&by_value_b; /* garbage: the apply overwrites */
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    CHECK(TAILQ_EMPTY(&by_value_b) && by_value_b.tqh_last == &by_value_b.tqh_first);
+    struct job *js[4];
+    for (int i = 0; i < 4; i++) {
+        CHECK_OK(tha_heap_alloc(a, JOB, 1, (void **)&js[i]));
+        js[i]->id = 10 + (uint64_t)i;
+        TAILQ_INSERT_TAIL(&by_value_a, js[i], link);
+    }
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK(sum_ids(&by_value_b, 0) == sum_ids(&by_value_a, 0));
+    CHECK(sum_ids(&by_value_b, 1) == sum_ids(&by_value_a, 1));
+    CHECK(TAILQ_FIRST(&by_value_b)->link.tqe_prev == &by_value_b.tqh_first);
+    CHECK((void *)TAILQ_FIRST(&by_value_b) != (void *)js[0]); /* rebased */
+    CHECK_OK(tha_heap_check(b));
+    TAILQ_REMOVE(&by_value_a, js[0], link); /* the head moves: plain C */
+    TAILQ_REMOVE(&by_value_a, js[3], link);
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK(sum_ids(&by_value_b, 0) == 11 + 2 * 12);
+    CHECK(sum_ids(&by_value_b, 1) == 12 + 2 * 11);
+    TAILQ_REMOVE(&by_value_a, js[1], link);
+    TAILQ_REMOVE(&by_value_a, js[2], link);
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK(TAILQ_EMPTY(&by_value_b) && by_value_b.tqh_last == &by_value_b.tqh_first);
+    /* an unbound extern stops the frame, naming it; nothing changes */
+    CHECK_OK(tha_schema_bind_extern(sa, "jobs", NULL));
+    size_t n;
+    CHECK_RC(tha_heap_frame_size(a, THA_FRAME_DELTA, &n), THA_ESTATE);
+    CHECK_CONTAINS(tha_heap_errmsg(a), "static 'jobs' is mirrored");
+    CHECK_OK(tha_schema_bind_extern(sa, "jobs", &by_value_a));
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK_OK(tha_heap_check(b));
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(sa);
+    tha_schema_release(sb);
+}
+
 int main(void) {
+    RUN(test_static_head_by_value);
     RUN(test_static_tailq_head_mirrored);
     RUN(test_unbound_extern_refused);
     RUN(test_crafted_extern_words);
