@@ -586,8 +586,10 @@ THA_API int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
  * macros (TAILQ_FOREACH(e, &jobs, link)). A registration belongs to the
  * heap handle, as size rules do: a heap created by a bulk sync registers
  * again. THA_ENOTFOUND without that extern, THA_ESCHEMA if the sizes
- * differ, THA_EFULL past 64 statics. A frame fails (THA_ESTATE, naming it)
- * while a registered extern is unbound. */
+ * differ, THA_EFULL past 64 statics. A frame or an apply fails (THA_ESTATE,
+ * naming it, nothing written) while a registered extern is unbound (frames)
+ * or bound inside this heap's reservation (both: the copy would write the
+ * region behind the allocator's back); mirror_extern refuses the latter. */
 THA_API int tha_heap_mirror_extern(tha_heap_t *h, const char *name, uint32_t type_id);
 /* Roots in table order: start with *cursor = 0; 1 while there is one. name
  * points into the region and lives until the root changes. */

@@ -1214,6 +1214,7 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
     if (h->wire_tagnull && (hd.kind == THA_FRAME_SNAPSHOT || !h->fuzzy) &&
         (rc = tha__check_tagged(h, &hd, runs)))
         return rc;
+    if ((rc = tha__statics_placed(h))) return rc;
     rc = tha__commit(h, hd.top);
     if (rc)
         return tha__hfail(h, rc, "%s seq %llu: cannot commit %llu bytes: %s",

@@ -33,6 +33,27 @@ static const tha__extern_t *find_extern(const tha_heap_t *h, const char *name) {
     return NULL;
 }
 
+/* A mirrored static lies outside the heap's reservation: it is copied to
+ * and from by value, never through the allocator (one bound inside the
+ * region would have the pull overwrite allocator metadata or objects). */
+static int outside_heap(tha_heap_t *h, const tha__extern_t *e) {
+    uintptr_t lo = (uintptr_t)h->base, hi = lo + h->capacity;
+    if (!e->addr || e->addr >= hi || e->addr + e->size <= lo) return 0;
+    return tha__hfail(h, THA_ESTATE, "static '%s' is mirrored by value but its extern "
+                      "is bound at %p, inside this heap (%p..%p): a mirrored static "
+                      "must lie outside the region", e->name, (void *)e->addr,
+                      (void *)lo, (void *)hi);
+}
+
+int tha__statics_placed(tha_heap_t *h) {
+    for (uint32_t i = 0; i < h->nstatics; i++) {
+        const tha__extern_t *e = find_extern(h, h->statics[i].name);
+        int rc = e ? outside_heap(h, e) : 0;
+        if (rc) return rc;
+    }
+    return 0;
+}
+
 int tha_heap_mirror_extern(tha_heap_t *h, const char *name, uint32_t type_id) {
     if (!h || !name) return THA_EINVAL;
     const tha__extern_t *e = find_extern(h, name);
@@ -55,6 +76,8 @@ int tha_heap_mirror_extern(tha_heap_t *h, const char *name, uint32_t type_id) {
     if (strlen(name) >= THA_ROOT_NAME_MAX)
         return tha__hfail(h, THA_EINVAL, "mirror_extern '%s': its cell is a root, and "
                           "root names are at most %d bytes", name, THA_ROOT_NAME_MAX - 1);
+    int rc = outside_heap(h, e);
+    if (rc) return rc;
     uint32_t i = 0;
     while (i < h->nstatics && strcmp(h->statics[i].name, name) != 0) i++;
     if (i == h->nstatics) {
@@ -95,9 +118,11 @@ int tha__statics_push(tha_heap_t *h) {
             return tha__hfail(h, THA_ESTATE, "static '%s' is mirrored but its extern is "
                               "not bound in this process (tha_schema_bind_extern)",
                               st->name);
+        int rc = outside_heap(h, e);
+        if (rc) return rc;
         void *cell;
         if (tha_root_get(h, st->name, &cell) != 0) {
-            int rc = tha_heap_alloc(h, st->type_id, 1, &cell);
+            rc = tha_heap_alloc(h, st->type_id, 1, &cell);
             if (!rc) rc = tha_root_set(h, st->name, cell);
             if (rc) return rc;
         }

@@ -1,0 +1,207 @@
+/* test_attack_new.c — attacks on the newest features (data externs, tagged
+ * pointers, same-address mode, size rules, type checks, bound roots): each
+ * test states the input and the promise it holds the library to (whatever
+ * apply accepts leaves a heap that passes tha_heap_check; on error nothing
+ * changes; errors name the thing). */
+#include "tha.h"
+#include "tha_internal.h"
+#include "check.h"
+#include "ship.h"
+
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct item {
+    uint64_t v;
+    struct item *next;
+    struct item *up; /* tag mask 0x1 */
+};
+struct head {
+    struct item *first;
+    struct item *last;
+};
+
+static uint32_t ITEM, HEAD;
+static struct head head_a, head_b;
+
+static tha_schema_t *make_schema(struct head *h) {
+    tha_schema_t *s;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct item, "item", &ITEM));
+    CHECK_OK(THA_FIELD_SCALAR(s, ITEM, struct item, v, THA_T_U64, 0));
+    CHECK_OK(THA_FIELD_PTR(s, ITEM, struct item, next, "item", 0));
+    CHECK_OK(THA_FIELD_PTR_TAGGED(s, ITEM, struct item, up, "item", 0x1));
+    CHECK_OK(THA_STRUCT(s, struct head, "head", &HEAD));
+    CHECK_OK(THA_FIELD_PTR(s, HEAD, struct head, first, "item", 0));
+    CHECK_OK(THA_FIELD_PTR(s, HEAD, struct head, last, "item", 0));
+    CHECK_OK(tha_schema_add_extern(s, "head", sizeof *h, h));
+    CHECK_OK(tha_schema_seal(s));
+    ITEM = tha_schema_type_id(s, ITEM);
+    HEAD = tha_schema_type_id(s, HEAD);
+    return s;
+}
+
+static void reseal(uint8_t *f, size_t len) {
+    tha__frame_hdr_t hd;
+    memcpy(&hd, f, sizeof hd);
+    hd.body_crc = tha_crc32c(0, f + sizeof hd, len - sizeof hd);
+    hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
+    memcpy(f, &hd, sizeof hd);
+}
+
+/* The data byte and the mask byte of heap offset off in frame f. */
+static uint8_t *in_frame(uint8_t *f, uint64_t off, uint8_t **maskp) {
+    tha__frame_hdr_t hd;
+    memcpy(&hd, f, sizeof hd);
+    uint8_t *p = f + sizeof hd + tha__align_up(hd.schema_len, 8);
+    for (uint32_t i = 0; i < hd.nruns; i++) {
+        tha__run_t run;
+        memcpy(&run, p, sizeof run);
+        uint8_t *mask = p + sizeof run, *data = mask + tha__align_up(run.nblocks, 8);
+        if (off >= run.offset && off < run.offset + run.nblocks * THA__BLOCK) {
+            if (maskp) *maskp = mask + (off - run.offset) / THA__BLOCK;
+            return data + (off - run.offset);
+        }
+        p = data + run.nblocks * THA__BLOCK;
+    }
+    return NULL;
+}
+
+static uint8_t *encode(tha_heap_t *h, int kind, size_t *len) {
+    size_t n;
+    CHECK_OK(tha_heap_frame_size(h, kind, &n));
+    uint8_t *f = malloc(n);
+    CHECK_OK(tha_heap_encode(h, kind, f, n, len));
+    return f;
+}
+
+/* Applies f to `to` expecting a refusal rc whose message holds want; the
+ * heap's image and seq must be as they were. */
+static void refused(tha_heap_t *to, uint8_t *f, size_t len, int rc, const char *want) {
+    tha_stats_t before, after;
+    CHECK_OK(tha_heap_stats(to, &before));
+    uint8_t *img = malloc(before.top);
+    memcpy(img, tha_heap_base(to), before.top);
+    int got = tha_heap_apply(to, f, len);
+    CHECK(got == rc);
+    if (got != rc) fprintf(stderr, "  apply: %d (%s), wanted %d\n", got, tha_heap_errmsg(to), rc);
+    if (want) CHECK_CONTAINS(tha_heap_errmsg(to), want);
+    CHECK_OK(tha_heap_stats(to, &after));
+    CHECK(after.seq == before.seq && after.top == before.top &&
+          memcmp(img, tha_heap_base(to), before.top) == 0);
+    if (got == 0) CHECK_OK(tha_heap_check(to));
+    free(img);
+}
+
+/* An extern word written into a scalar word (its mask bit set too), in a
+ * delta over an existing object: a pointer word where the layout has none. */
+static void test_extern_word_in_scalar(void) {
+    tha_schema_t *sa = make_schema(&head_a), *sb = make_schema(&head_b);
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, sa, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, sb, 4 << 20, THA_TRACK_EXPLICIT));
+    struct item *x;
+    CHECK_OK(tha_heap_alloc(a, ITEM, 1, (void **)&x));
+    CHECK_OK(tha_root_set(a, "x", x));
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    x->v = 7;
+    CHECK_OK(tha_heap_touch(a, x, 0));
+    size_t len;
+    uint8_t *f = encode(a, THA_FRAME_DELTA, &len);
+    uint64_t off = (uint64_t)((uint8_t *)&x->v - (uint8_t *)tha_heap_base(a));
+    uint8_t *mask, *w = in_frame(f, off, &mask);
+    CHECK(w != NULL);
+    uint64_t word = THA__WIRE_EXTERN | 0; /* extern 0 ("head"), byte 0 */
+    memcpy(w, &word, 8);
+    *mask |= (uint8_t)(1u << (off % THA__BLOCK / 8));
+    reseal(f, len);
+    refused(b, f, len, THA_EFRAME, NULL);
+    free(f);
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(sa);
+    tha_schema_release(sb);
+}
+
+/* A tagged NULL in the `up` slot of an object the same delta frees. */
+static void test_tagged_null_in_freed_slot(void) {
+    tha_schema_t *sa = make_schema(&head_a), *sb = make_schema(&head_b);
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, sa, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, sb, 4 << 20, THA_TRACK_EXPLICIT));
+    struct item *x, *y;
+    CHECK_OK(tha_heap_alloc(a, ITEM, 1, (void **)&x));
+    CHECK_OK(tha_heap_alloc(a, ITEM, 1, (void **)&y));
+    CHECK_OK(tha_root_set(a, "y", y));
+    x->up = (struct item *)1;
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    uint64_t off = (uint64_t)((uint8_t *)&x->up - (uint8_t *)tha_heap_base(a));
+    CHECK_OK(tha_heap_free(a, x));
+    y->v = 1;
+    CHECK_OK(tha_heap_touch(a, y, 0));
+    size_t len;
+    uint8_t *f = encode(a, THA_FRAME_DELTA, &len);
+    uint8_t *mask, *w = in_frame(f, off, &mask);
+    CHECK(w != NULL);
+    if (w) {
+        uint64_t word = THA__WIRE_TAGNULL | 1;
+        memcpy(w, &word, 8);
+        *mask |= (uint8_t)(1u << (off % THA__BLOCK / 8));
+        reseal(f, len);
+        refused(b, f, len, THA_EFRAME, NULL);
+    }
+    free(f);
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(sa);
+    tha_schema_release(sb);
+}
+
+/* The receiver binds a mirrored static's extern to an address inside its
+ * own heap (its region header): the apply must not write the cell there,
+ * behind the allocator's back. mirror_extern refuses such a binding; one
+ * made after the registration fails the apply, nothing written. */
+static void test_mirrored_extern_inside_heap(void) {
+    tha_schema_t *sa = make_schema(&head_a), *sb = make_schema(&head_b);
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, sa, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, sb, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_mirror_extern(a, "head", HEAD));
+    struct item *x;
+    CHECK_OK(tha_heap_alloc(a, ITEM, 1, (void **)&x));
+    head_a.first = head_a.last = x;
+    CHECK_OK(tha_schema_bind_extern(sb, "head", tha_heap_base(b)));
+    CHECK_RC(tha_heap_mirror_extern(b, "head", HEAD), THA_ESTATE);
+    CHECK_CONTAINS(tha_heap_errmsg(b), "static 'head'");
+    CHECK_OK(tha_schema_bind_extern(sb, "head", &head_b));
+    CHECK_OK(tha_heap_mirror_extern(b, "head", HEAD));
+    CHECK_OK(tha_schema_bind_extern(sb, "head", (uint8_t *)tha_heap_base(b) + 64));
+    size_t len;
+    uint8_t *f = encode(a, THA_FRAME_SNAPSHOT, &len);
+    refused(b, f, len, THA_ESTATE, "static 'head'");
+    CHECK_OK(tha_heap_check(b));
+    CHECK_OK(tha_schema_bind_extern(sb, "head", &head_b));
+    CHECK_OK(tha_heap_apply(b, f, len));
+    CHECK_OK(tha_heap_check(b));
+    CHECK(head_b.first && head_b.first == head_b.last &&
+          (uint8_t *)head_b.first >= (uint8_t *)tha_heap_base(b));
+    /* the sender's side: a static inside its own heap fails the frame */
+    CHECK_OK(tha_schema_bind_extern(sa, "head", (uint8_t *)tha_heap_base(a) + 64));
+    size_t n;
+    CHECK_RC(tha_heap_frame_size(a, THA_FRAME_DELTA, &n), THA_ESTATE);
+    CHECK_CONTAINS(tha_heap_errmsg(a), "static 'head'");
+    CHECK_OK(tha_schema_bind_extern(sa, "head", &head_a));
+    free(f);
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(sa);
+    tha_schema_release(sb);
+}
+
+int main(void) {
+    RUN(test_extern_word_in_scalar);
+    RUN(test_tagged_null_in_freed_slot);
+    RUN(test_mirrored_extern_inside_heap);
+    return CHECK_DONE();
+}
