@@ -622,7 +622,8 @@ THA_API int tha_heap_stats(const tha_heap_t *h, tha_stats_t *out);
 /* Walks the whole heap and verifies every allocator invariant, the pointer
  * map and that every pointer slot holds NULL, an address in the image, a
  * registered function, an address inside a bound data extern or (in a
- * field with a tag mask) a tagged NULL of those bits; untyped allocations
+ * field with a tag mask) a tagged NULL of those bits, and every function
+ * pointer slot NULL or a registered function; untyped allocations
  * (THA_T_RAW) only in a same-address heap, their bytes unchecked (they
  * are the program's). 0, or THA_ECORRUPT with the first problem in
  * tha_heap_errmsg. Read-only; O(image size). With THA_DEBUG_TYPES set

@@ -592,7 +592,7 @@ static int check_extern(tha_heap_t *h, const tha__frame_hdr_t *hd, uint64_t off,
 /* A pointer word as it travels: 0, an offset in 1..top (same-address
  * frames: an address in base+1..base+top), or a word of a class
  * (frame.h). A tagged NULL's slot is checked once the frame's layout is
- * (tha__check_tagged): here only its form, and h->wire_tagnull says there
+ * (tha__check_slots): here only its form, and h->wire_tagnull says there
  * is one. */
 static int check_word(tha_heap_t *h, const tha__frame_hdr_t *hd, uint64_t off,
                       uint64_t v) {
@@ -1209,10 +1209,13 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
         return tha__hfail(h, THA_EFRAME, "%s seq %llu refused, it would corrupt the "
                           "heap: %s", kind_name(hd.kind), (unsigned long long)hd.seq, why);
     }
-    /* Tagged NULLs, in the slots the frame leaves them in (a staging heap's
-     * deltas wait for its whole check, as above). */
-    if (h->wire_tagnull && (hd.kind == THA_FRAME_SNAPSHOT || !h->fuzzy) &&
-        (rc = tha__check_tagged(h, &hd, runs)))
+    /* Tagged NULLs and function pointer slots, in the slots the frame leaves
+     * them in (a staging heap's deltas wait for its whole check, as above);
+     * frames of schemas without function slots and without tagged NULLs
+     * never pay for it. */
+    if ((h->wire_tagnull || h->schema->func_slots) &&
+        (hd.kind == THA_FRAME_SNAPSHOT || !h->fuzzy) &&
+        (rc = tha__check_slots(h, &hd, runs)))
         return rc;
     if ((rc = tha__statics_placed(h))) return rc;
     rc = tha__commit(h, hd.top);

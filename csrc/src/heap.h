@@ -149,7 +149,7 @@ struct tha_heap {
     int collected;          /* diff/wp: frame_size just collected changes */
     int wire_tagnull;       /* apply: the frame being verified holds tagged-
                                NULL words (codec.c check_word), whose slots
-                               are checked on its layout (tha__check_tagged) */
+                               are checked on its layout (tha__check_slots) */
     void *scratch;          /* heapcheck.c: a delta's run index, kept */
     size_t scratch_cap;
     int funcs_seen;         /* codec.c: the verify pass met a word of a

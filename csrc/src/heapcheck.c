@@ -209,9 +209,11 @@ static int check_region(view_t *v) {
 
 /* A pointer word's value, as the view holds it, is NULL, in the image, a
  * function this process binds, inside an extern it binds, or a tagged NULL
- * of the bits the slot's field declares (tags). */
+ * of the bits the slot's field declares (tags). A function pointer slot
+ * (is_func) holds NULL or a bound function only: anything else would be
+ * called. */
 static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64_t at,
-                       uint32_t tags) {
+                       uint32_t tags, int is_func) {
     uint64_t w = vget64(v, at), top = v->r.top;
     const tha_schema_t *s = v->h->schema;
     if (!w) return 0;
@@ -219,7 +221,7 @@ static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64
         if (w & THA__FUNC_TAG) {
             uint64_t id = w & ~THA__FUNC_TAG, in = w & THA__EXTERN_OFF_MASK;
             uint32_t x = THA__EXTERN_ID(w);
-            switch (THA__WIRE_CLASS(w)) {
+            switch (is_func ? 0 : THA__WIRE_CLASS(w)) {
             case 0:
                 if (id < s->nfuncs && s->funcs[id].fn) return 0;
                 break;
@@ -232,9 +234,11 @@ static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64
                 if (id && !(id & ~(uint64_t)tags)) return 0;
                 break;
             }
-        } else if (w - v->pbase - 1 < top) { /* pbase: 0, or a same-address base */
+        } else if (!is_func && w - v->pbase - 1 < top) { /* pbase: 0, or a same-address base */
             return 0;
         }
+    } else if (is_func) {
+        if (tha__schema_func_id(s, (void (*)(void))(uintptr_t)w) >= 0) return 0;
     } else {
         uint64_t o = w - v->pbase;
         if (o - 1 < top) return 0;
@@ -242,6 +246,10 @@ static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64
         if (tha__schema_extern_at(s, (uintptr_t)w, NULL) >= 0) return 0;
         if (!(w & ~(uint64_t)tags)) return 0;
     }
+    if (is_func)
+        BAD("%s at 0x%llx: function pointer at +0x%llx holds 0x%llx, no function "
+            "registered in this process", t->name, (ull)payload, (ull)(at - payload),
+            (ull)w);
     BAD("%s at 0x%llx: pointer at +0x%llx holds 0x%llx, outside the heap", t->name,
         (ull)payload, (ull)(at - payload), (ull)w);
 }
@@ -283,8 +291,9 @@ static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
             for (uint32_t k = 0; k < t->nslots; k++) {
                 uint64_t at = w0 * 8 + t->slots[k].offset, w, top = v->r.top;
                 memcpy(&w, v->base + at, 8);
-                if (w && w - v->pbase - 1 >= top) {
-                    int rc = check_value(v, t, payload, at, t->slots[k].tag_mask);
+                if (w && (w - v->pbase - 1 >= top || t->slots[k].is_func)) {
+                    int rc = check_value(v, t, payload, at, t->slots[k].tag_mask,
+                                         t->slots[k].is_func);
                     if (rc) return rc;
                 }
             }
@@ -298,7 +307,8 @@ static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
                 BAD("%s at 0x%llx: pointer at +0x%llx is not in the pointer map",
                     t->name, (ull)payload, (ull)(at - payload));
             if (v->values) {
-                int rc = check_value(v, t, payload, at, t->slots[k].tag_mask);
+                int rc = check_value(v, t, payload, at, t->slots[k].tag_mask,
+                                     t->slots[k].is_func);
                 if (rc) return rc;
             }
         }
@@ -907,32 +917,51 @@ out:
     return rc;
 }
 
-/* ---- tagged NULLs of a frame -------------------------------------------- */
+/* ---- slot kinds of a frame's words --------------------------------------- */
+
+/* The pointer slot of a live allocation holding off in the view, or NULL;
+ * where describes the place. */
+static const tha__slot_t *slot_of(view_t *v, uint64_t off, char *where, size_t cap) {
+    uint64_t payload = vfind(v, off);
+    snprintf(where, cap, "no live allocation");
+    if (!payload) return NULL;
+    tha__objhdr_t oh = vhdr(v, payload - THA__HDR);
+    const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
+    uint64_t e = (off - payload) % t->size;
+    tha__schema_describe(v->h->schema, oh.type_id, e, where, cap);
+    return tha__schema_slot_at(t, e);
+}
 
 /* The tagged NULL (tag bits tags) at off of the view lies in a live
  * allocation's pointer slot whose field's tag mask holds those bits. */
 static int tagged_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, uint64_t tags) {
-    uint64_t payload = vfind(v, off);
-    const tha__slot_t *sl = NULL;
-    char where[160] = "no live allocation";
-    if (payload) {
-        tha__objhdr_t oh = vhdr(v, payload - THA__HDR);
-        const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
-        uint64_t e = (off - payload) % t->size;
-        sl = tha__schema_slot_at(t, e);
-        if (sl && !sl->is_func && !(tags & ~(uint64_t)sl->tag_mask)) return 0;
-        tha__schema_describe(v->h->schema, oh.type_id, e, where, sizeof where);
-    }
+    char where[160];
+    const tha__slot_t *sl = slot_of(v, off, where, sizeof where);
+    if (sl && !sl->is_func && !(tags & ~(uint64_t)sl->tag_mask)) return 0;
     return tha__hfail(v->h, THA_ERANGE, "%s seq %llu: pointer at offset 0x%llx (%s) is "
                       "a tagged NULL 0x%llx outside the field's tag mask 0x%x",
                       tha__frame_kind_name(hd->kind), (ull)hd->seq, (ull)off, where,
                       (ull)tags, sl && !sl->is_func ? sl->tag_mask : 0);
 }
 
-int tha__check_tagged(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+/* A word that is no function id (an offset or address in the image, an
+ * extern word) at off of the view lies in no function pointer slot: the
+ * receiver would call it. */
+static int data_word_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, uint64_t w) {
+    char where[160];
+    const tha__slot_t *sl = slot_of(v, off, where, sizeof where);
+    if (!sl || !sl->is_func) return 0; /* the structure check placed the mask */
+    return tha__hfail(v->h, THA_EFRAME, "%s seq %llu: function pointer at offset 0x%llx "
+                      "(%s) holds 0x%llx, which is no function id: a call through it "
+                      "would run data", tha__frame_kind_name(hd->kind), (ull)hd->seq,
+                      (ull)off, where, (ull)w);
+}
+
+int tha__check_slots(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
     view_t v;
     const vrun_t *runs;
     vrun_t one;
+    const int funcs = h->schema->func_slots != 0;
     if (hd->kind == THA_FRAME_SNAPSHOT) { /* the frame's image, as checked */
         tha__run_t run;
         memcpy(&run, body, sizeof run);
@@ -957,8 +986,11 @@ int tha__check_tagged(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *
                 unsigned k = (unsigned)__builtin_ctz(m);
                 uint64_t w, off = (runs[i].b0 + j) * THA__BLOCK + k * 8;
                 memcpy(&w, runs[i].data + j * THA__BLOCK + k * 8, 8);
-                if (w >> 56 != THA__WIRE_TAGNULL >> 56) continue;
-                int rc = tagged_slot(&v, hd, off, w & ~THA__WIRE_TAGNULL);
+                int rc = 0;
+                if (w >> 56 == THA__WIRE_TAGNULL >> 56)
+                    rc = tagged_slot(&v, hd, off, w & ~THA__WIRE_TAGNULL);
+                else if (funcs && w && (!(w & THA__FUNC_TAG) || THA__WIRE_CLASS(w) != 0))
+                    rc = data_word_slot(&v, hd, off, w);
                 if (rc) return rc;
             }
     return 0;

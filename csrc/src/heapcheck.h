@@ -14,11 +14,13 @@
 int tha__check_snapshot(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *data,
                         const uint8_t *mask);
 int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body);
-/* The tagged-NULL words of a verified frame (body: the first run record),
- * on the heap as the frame leaves it (its structure checked already): each
- * must lie in a pointer slot whose field's tag mask holds its bits. 0, or
- * THA_ERANGE naming the field. */
-int tha__check_tagged(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body);
+/* The slots of a verified frame's words (body: the first run record), on
+ * the heap as the frame leaves it (its structure checked already): each
+ * tagged NULL must lie in a pointer slot whose field's tag mask holds its
+ * bits (else THA_ERANGE naming the field); with function pointer slots in
+ * the schema, a word that is no function id must lie in none of them (else
+ * THA_EFRAME naming the field). */
+int tha__check_slots(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body);
 /* Bulk sync, before the staging heap goes live: zeroes what is above its
  * top, then tha_heap_check; clears h->fuzzy when it passes. */
 int tha__check_staging(tha_heap_t *h);

@@ -111,6 +111,9 @@ struct tha_schema {
                                    capacity of the heap it comes with); 0: any */
     uint64_t max_size;          /* once sealed: the largest user type... */
     uint32_t max_size_id;       /* ...and its id (0: no user types) */
+    uint32_t func_slots;        /* set at seal: some type has a function
+                                   pointer slot (a delta's words are then
+                                   checked against them, heapcheck.c) */
     uint64_t total_slots;       /* once sealed: relocation-table entries of all
                                    types (<= THA_SCHEMA_MAX_SLOTS) */
     int add_failed;             /* the first add_* that failed: seal refuses */

@@ -601,11 +601,15 @@ int tha_schema_seal(tha_schema_t *s) {
         return rc;
     s->max_size = 0;
     s->max_size_id = 0;
-    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++)
+    s->func_slots = 0;
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
         if (s->types[id].size > s->max_size) {
             s->max_size = s->types[id].size;
             s->max_size_id = id;
         }
+        for (uint32_t k = 0; k < s->types[id].nslots; k++)
+            s->func_slots |= s->types[id].slots[k].is_func;
+    }
     tha__schema_write(s, NULL, 0, &s->fingerprint);
     s->sealed = 1;
     return 0;

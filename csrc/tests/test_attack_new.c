@@ -199,9 +199,87 @@ static void test_mirrored_extern_inside_heap(void) {
     tha_schema_release(sb);
 }
 
+/* A function pointer slot is mirrored through the registry: whatever a
+ * frame leaves there must be NULL or a function this process registered.
+ * A frame putting a heap offset (the receiver would call into its heap's
+ * data) or an extern word (a call into a static's bytes) there must be
+ * refused, by snapshot and by delta, nothing written. */
+struct cbo {
+    uint64_t v;
+    void (*cb)(void);
+};
+static uint32_t CBO;
+static int called;
+static void cb_fn(void) { called++; }
+static uint64_t ext_blob[4];
+
+static tha_schema_t *cb_schema(void) {
+    tha_schema_t *s;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct cbo, "cbo", &CBO));
+    CHECK_OK(THA_FIELD_SCALAR(s, CBO, struct cbo, v, THA_T_U64, 0));
+    CHECK_OK(THA_FIELD_FUNC(s, CBO, struct cbo, cb, 0));
+    CHECK_OK(tha_schema_add_func(s, "cb_fn", cb_fn));
+    CHECK_OK(tha_schema_add_extern(s, "blob", sizeof ext_blob, ext_blob));
+    CHECK_OK(tha_schema_seal(s));
+    CBO = tha_schema_type_id(s, CBO);
+    return s;
+}
+
+static void test_func_slot_takes_only_functions(void) {
+    tha_schema_t *s = cb_schema();
+    tha_heap_t *a, *b, *c;
+    CHECK_OK(tha_heap_create(&a, s, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, s, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&c, s, 4 << 20, THA_TRACK_EXPLICIT));
+    struct cbo *x;
+    CHECK_OK(tha_heap_alloc(a, CBO, 1, (void **)&x));
+    CHECK_OK(tha_root_set(a, "x", x));
+    x->cb = cb_fn;
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    x->v = 1;
+    CHECK_OK(tha_heap_touch(a, x, 0));
+    uint64_t off = (uint64_t)((uint8_t *)&x->cb - (uint8_t *)tha_heap_base(a));
+    uint64_t words[] = {off - 8 /* x itself: an offset in the image */,
+                        THA__WIRE_EXTERN | 8 /* byte 8 of "blob" */};
+    size_t dlen, slen;
+    uint8_t *d = encode(a, THA_FRAME_DELTA, &dlen), *sn = encode(a, THA_FRAME_SNAPSHOT, &slen);
+    for (int snap = 0; snap < 2; snap++)
+        for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
+            uint8_t *f = snap ? sn : d;
+            size_t len = snap ? slen : dlen;
+            uint8_t *w = in_frame(f, off, NULL);
+            CHECK(w != NULL);
+            if (!w) continue;
+            uint64_t honest;
+            memcpy(&honest, w, 8);
+            memcpy(w, &words[i], 8);
+            reseal(f, len);
+            refused(snap ? c : b, f, len, THA_EFRAME, "cb");
+            memcpy(w, &honest, 8);
+            reseal(f, len);
+        }
+    CHECK_OK(tha_heap_apply(b, d, dlen));
+    CHECK_OK(tha_heap_check(b));
+    /* the native check too: a function slot holding a heap address fails */
+    void *r;
+    CHECK_OK(tha_root_get(b, "x", &r));
+    ((struct cbo *)r)->cb = (void (*)(void))r;
+    CHECK_RC(tha_heap_check(b), THA_ECORRUPT);
+    ((struct cbo *)r)->cb = cb_fn;
+    CHECK_OK(tha_heap_check(b));
+    free(d);
+    free(sn);
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_heap_destroy(c);
+    tha_schema_release(s);
+}
+
 int main(void) {
     RUN(test_extern_word_in_scalar);
     RUN(test_tagged_null_in_freed_slot);
     RUN(test_mirrored_extern_inside_heap);
+    RUN(test_func_slot_takes_only_functions);
     return CHECK_DONE();
 }
