@@ -568,7 +568,8 @@ THA_API int tha_root_get(const tha_heap_t *h, const char *name, void **p);
  * a live allocation fails that frame, naming the root. A root pins its
  * allocation (tha_heap_free refuses it) while the variable points into it;
  * once the variable has moved on (a list head unlinked, then freed), the
- * free takes the variable's new value as the root. where NULL unbinds
+ * free takes the variable's new value (NULL or in a live allocation) as
+ * the root; a free it refuses moves no root. where NULL unbinds
  * (the root keeps its last value). At most THA_MAX_ROOTS bindings. */
 THA_API int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
 /* Statics by value: a program's static container head (a `static

@@ -684,14 +684,27 @@ int tha_heap_free(tha_heap_t *h, void *ptr) {
     /* A root pins its allocation; a bound root follows its variable, so
      * one whose variable has moved on (a list head unlinked, then freed) is
      * refreshed here rather than blocking the free. */
-    for (const char *root; (root = rooted(h, off, bytes));) {
+    /* every such root is checked before any moves: a refusal changes nothing */
+    const tha__root_t *roots = THA__AT(h, r->roots_off, tha__root_t);
+    for (uint64_t i = 0; i < r->nroots; i++) {
+        if (roots[i].offset < off || roots[i].offset >= off + bytes) continue;
         void *now;
+        tha_obj_t o;
+        const char *root = roots[i].name;
         if (!bound_value(h, root, &now) ||
             ((uint8_t *)now >= p && (uint8_t *)now < p + bytes))
             return tha__hfail(h, THA_ESTATE, "free of offset 0x%llx: still held by root "
                         "'%s'; %s", (unsigned long long)off, root,
                         bound_value(h, root, &now) ? "its bound variable still points here"
                                                    : "remove the root first");
+        if (now && tha_heap_lookup(h, now, &o))
+            return tha__hfail(h, THA_ENOTLIVE, "free of offset 0x%llx: root '%s' is bound "
+                        "to a variable now holding %p, not in a live allocation",
+                        (unsigned long long)off, root, now);
+    }
+    for (const char *root; (root = rooted(h, off, bytes));) {
+        void *now;
+        bound_value(h, root, &now); /* bound, elsewhere: checked above */
         char name[THA_ROOT_NAME_MAX];
         snprintf(name, sizeof name, "%s", root);
         int rc = tha_root_set(h, name, now);

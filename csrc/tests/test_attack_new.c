@@ -276,10 +276,48 @@ static void test_func_slot_takes_only_functions(void) {
     tha_schema_release(s);
 }
 
+/* tha_heap_free with two bound roots on the object: one variable has moved
+ * on, the other still points into it. The free is refused, and (on error
+ * the heap is unchanged) neither root moves. */
+static struct item *var_a, *var_b;
+static void test_free_bound_roots_refused_whole(void) {
+    tha_schema_t *s = make_schema(&head_a);
+    tha_heap_t *h;
+    CHECK_OK(tha_heap_create(&h, s, 4 << 20, THA_TRACK_EXPLICIT));
+    struct item *x, *y;
+    CHECK_OK(tha_heap_alloc(h, ITEM, 1, (void **)&x));
+    CHECK_OK(tha_heap_alloc(h, ITEM, 1, (void **)&y));
+    var_a = var_b = x;
+    CHECK_OK(tha_root_bind(h, "a", (void *const *)&var_a));
+    CHECK_OK(tha_root_bind(h, "b", (void *const *)&var_b));
+    size_t n;
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_SNAPSHOT, &n)); /* roots read */
+    var_a = y; /* "a" moves on, "b" still holds x */
+    CHECK_RC(tha_heap_free(h, x), THA_ESTATE);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "'b'");
+    void *r;
+    CHECK_OK(tha_root_get(h, "a", &r));
+    CHECK(r == x); /* unchanged until the next frame reads the variable */
+    var_b = (struct item *)&head_b; /* "b" moves outside the heap */
+    CHECK(tha_heap_free(h, x) < 0);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "'b'");
+    CHECK_OK(tha_root_get(h, "a", &r));
+    CHECK(r == x);
+    var_b = NULL;
+    CHECK_OK(tha_heap_free(h, x));
+    CHECK_OK(tha_root_get(h, "a", &r));
+    CHECK(r == y);
+    CHECK_RC(tha_root_get(h, "b", &r), THA_ENOTFOUND);
+    CHECK_OK(tha_heap_check(h));
+    tha_heap_destroy(h);
+    tha_schema_release(s);
+}
+
 int main(void) {
     RUN(test_extern_word_in_scalar);
     RUN(test_tagged_null_in_freed_slot);
     RUN(test_mirrored_extern_inside_heap);
     RUN(test_func_slot_takes_only_functions);
+    RUN(test_free_bound_roots_refused_whole);
     return CHECK_DONE();
 }
