@@ -590,7 +590,10 @@ THA_API int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
  * differ, THA_EFULL past 64 statics. A frame or an apply fails (THA_ESTATE,
  * naming it, nothing written) while a registered extern is unbound (frames)
  * or bound inside this heap's reservation (both: the copy would write the
- * region behind the allocator's back); mirror_extern refuses the latter. */
+ * region behind the allocator's back); mirror_extern refuses the latter.
+ * A frame also fails (THA_ESTATE) while the root `name` points anywhere but
+ * the start of a type_id allocation (a root a received frame or
+ * tha_root_set left there): the push would write past it. */
 THA_API int tha_heap_mirror_extern(tha_heap_t *h, const char *name, uint32_t type_id);
 /* Roots in table order: start with *cursor = 0; 1 while there is one. name
  * points into the region and lives until the root changes. */

@@ -121,10 +121,19 @@ int tha__statics_push(tha_heap_t *h) {
         int rc = outside_heap(h, e);
         if (rc) return rc;
         void *cell;
+        tha_obj_t o;
         if (tha_root_get(h, st->name, &cell) != 0) {
             rc = tha_heap_alloc(h, st->type_id, 1, &cell);
             if (!rc) rc = tha_root_set(h, st->name, cell);
             if (rc) return rc;
+        } else if (tha_heap_lookup(h, cell, &o) || o.ptr != cell ||
+                   o.type_id != st->type_id) {
+            /* the root came from elsewhere (a frame, tha_root_set): a copy of
+             * the static there would write past what it points to */
+            return tha__hfail(h, THA_ESTATE, "static '%s' is mirrored by value, but its "
+                              "root points to offset 0x%llx, not the start of a struct "
+                              "%s (its cell): remove or fix that root", st->name,
+                              (unsigned long long)((uint8_t *)cell - h->base), t->name);
         }
         uint8_t img[MAX_STATIC_BYTES]; /* t->size <= it (mirror_extern) */
         memcpy(img, (const void *)e->addr, t->size);

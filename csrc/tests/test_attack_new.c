@@ -313,11 +313,45 @@ static void test_free_bound_roots_refused_whole(void) {
     tha_schema_release(s);
 }
 
+/* A frame roots the name of a static B mirrors by value at something that
+ * is no cell (the last word of a u64 array): B's pull skips it, but once
+ * promoted B pushes its static before its first frame. That push must not
+ * write a 16-byte head over an 8-byte word (out of its allocation). */
+static void test_push_into_foreign_cell(void) {
+    tha_schema_t *sa = make_schema(&head_a), *sb = make_schema(&head_b);
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, sa, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, sb, 4 << 20, THA_TRACK_EXPLICIT));
+    uint64_t *arr;
+    CHECK_OK(tha_heap_alloc(a, THA_T_U64, 64, (void **)&arr));
+    CHECK_OK(tha_root_set(a, "head", &arr[63]));
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    CHECK_OK(tha_heap_mirror_extern(b, "head", HEAD));
+    void *r;
+    CHECK_OK(tha_root_get(b, "head", &r));
+    uint64_t after_before;
+    memcpy(&after_before, (uint8_t *)r + 8, 8);
+    head_b.first = head_b.last = (struct item *)&head_b; /* nonzero bytes */
+    size_t n;
+    int rc = tha_heap_frame_size(b, THA_FRAME_SNAPSHOT, &n);
+    uint64_t after_now;
+    memcpy(&after_now, (uint8_t *)r + 8, 8);
+    CHECK(after_now == after_before); /* nothing written past the array */
+    if (rc) CHECK_CONTAINS(tha_heap_errmsg(b), "head");
+    CHECK_OK(tha_heap_check(b));
+    head_b.first = head_b.last = NULL;
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(sa);
+    tha_schema_release(sb);
+}
+
 int main(void) {
     RUN(test_extern_word_in_scalar);
     RUN(test_tagged_null_in_freed_slot);
     RUN(test_mirrored_extern_inside_heap);
     RUN(test_func_slot_takes_only_functions);
     RUN(test_free_bound_roots_refused_whole);
+    RUN(test_push_into_foreign_cell);
     return CHECK_DONE();
 }
