@@ -588,9 +588,10 @@ THA_API int tha_root_bind(tha_heap_t *h, const char *name, void *const *where);
  * heap handle, as size rules do: a heap created by a bulk sync registers
  * again. THA_ENOTFOUND without that extern, THA_ESCHEMA if the sizes
  * differ, THA_EFULL past 64 statics. A frame or an apply fails (THA_ESTATE,
- * naming it, nothing written) while a registered extern is unbound (frames)
- * or bound inside this heap's reservation (both: the copy would write the
- * region behind the allocator's back); mirror_extern refuses the latter.
+ * naming it, nothing written) while a registered extern is unbound (the
+ * copy could not be made) or bound inside this heap's reservation (the
+ * copy would write the region behind the allocator's back); mirror_extern
+ * refuses the latter.
  * A frame also fails (THA_ESTATE) while the root `name` points anywhere but
  * the start of a type_id allocation (a root a received frame or
  * tha_root_set left there): the push would write past it. */

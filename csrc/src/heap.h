@@ -270,8 +270,9 @@ static inline int tha__log_append(tha_heap_t *h, const struct tha__frame_hdr *hd
  * copied into its cell (allocated and rooted on first use). */
 int tha__statics_push(tha_heap_t *h);
 /* Before an apply writes anything: THA_ESTATE naming the static if one is
- * bound inside this heap's reservation (the pull would write the region
- * behind the allocator's back). */
+ * unbound (the pull could not update it) or bound inside this heap's
+ * reservation (the pull would write the region behind the allocator's
+ * back). */
 int tha__statics_placed(tha_heap_t *h);
 /* After an apply: each cell is copied out into this process's static. */
 void tha__statics_pull(tha_heap_t *h);

@@ -48,6 +48,10 @@ static int outside_heap(tha_heap_t *h, const tha__extern_t *e) {
 int tha__statics_placed(tha_heap_t *h) {
     for (uint32_t i = 0; i < h->nstatics; i++) {
         const tha__extern_t *e = find_extern(h, h->statics[i].name);
+        if (e && !e->addr) /* the pull could not copy the cell out */
+            return tha__hfail(h, THA_ESTATE, "static '%s' is mirrored but its extern is "
+                              "not bound in this process (tha_schema_bind_extern): an "
+                              "apply could not update it", e->name);
         int rc = e ? outside_heap(h, e) : 0;
         if (rc) return rc;
     }

@@ -192,6 +192,7 @@ static void test_mirrored_extern_inside_heap(void) {
     CHECK_RC(tha_heap_frame_size(a, THA_FRAME_DELTA, &n), THA_ESTATE);
     CHECK_CONTAINS(tha_heap_errmsg(a), "static 'head'");
     CHECK_OK(tha_schema_bind_extern(sa, "head", &head_a));
+    head_a.first = head_a.last = head_b.first = head_b.last = NULL;
     free(f);
     tha_heap_destroy(a);
     tha_heap_destroy(b);
@@ -346,6 +347,80 @@ static void test_push_into_foreign_cell(void) {
     tha_schema_release(sb);
 }
 
+/* THA_T_RAW smuggled into a relocatable heap: a v1 delta and a v1
+ * snapshot whose u64 array's header is rewritten to 32 untyped bytes (the
+ * same byte count, so the counters agree). Refused, nothing written. */
+static void test_raw_smuggled_in_v1(void) {
+    tha_schema_t *s = make_schema(&head_a);
+    tha_heap_t *a, *b, *c;
+    CHECK_OK(tha_heap_create(&a, s, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, s, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&c, s, 4 << 20, THA_TRACK_EXPLICIT));
+    uint64_t *old, *fresh;
+    CHECK_OK(tha_heap_alloc(a, THA_T_U64, 4, (void **)&old));
+    CHECK_OK(tha_root_set(a, "old", old));
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    CHECK_OK(tha_heap_alloc(a, THA_T_U64, 4, (void **)&fresh));
+    CHECK_OK(tha_root_set(a, "fresh", fresh));
+    CHECK_OK(tha_heap_touch(a, old, 0));
+    size_t dlen, slen;
+    uint8_t *d = encode(a, THA_FRAME_DELTA, &dlen), *sn = encode(a, THA_FRAME_SNAPSHOT, &slen);
+    const uint8_t *base = tha_heap_base(a);
+    tha__objhdr_t raw = {.type_id = THA_T_RAW, .count = 32};
+    for (int which = 0; which < 2; which++)
+        for (int snap = 0; snap < 2; snap++) {
+            uint64_t off = (uint64_t)((const uint8_t *)(which ? fresh : old) - base) - THA__HDR;
+            uint8_t *f = snap ? sn : d;
+            size_t len = snap ? slen : dlen;
+            uint8_t *w = in_frame(f, off, NULL);
+            CHECK(w != NULL);
+            if (!w) continue;
+            tha__objhdr_t honest;
+            memcpy(&honest, w, sizeof honest);
+            memcpy(w, &raw, sizeof raw);
+            reseal(f, len);
+            refused(snap ? c : b, f, len, THA_EFRAME, "untyped");
+            memcpy(w, &honest, sizeof honest);
+            reseal(f, len);
+        }
+    CHECK_OK(tha_heap_apply(b, d, dlen));
+    CHECK_OK(tha_heap_apply(c, sn, slen));
+    free(d);
+    free(sn);
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_heap_destroy(c);
+    tha_schema_release(s);
+}
+
+/* The receiver mirrors a static by value, then unbinds its extern: an
+ * apply cannot copy the cell out, so it must not report success (the
+ * static would silently stay as it was). */
+static void test_apply_with_unbound_mirrored_static(void) {
+    tha_schema_t *sa = make_schema(&head_a), *sb = make_schema(&head_b);
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, sa, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, sb, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_mirror_extern(a, "head", HEAD));
+    CHECK_OK(tha_heap_mirror_extern(b, "head", HEAD));
+    struct item *x;
+    CHECK_OK(tha_heap_alloc(a, ITEM, 1, (void **)&x));
+    head_a.first = head_a.last = x;
+    CHECK_OK(tha_schema_bind_extern(sb, "head", NULL));
+    size_t len;
+    uint8_t *f = encode(a, THA_FRAME_SNAPSHOT, &len);
+    refused(b, f, len, THA_ESTATE, "static 'head'");
+    CHECK_OK(tha_schema_bind_extern(sb, "head", &head_b));
+    CHECK_OK(tha_heap_apply(b, f, len));
+    CHECK(head_b.first != NULL && head_b.first == head_b.last);
+    head_a.first = head_a.last = head_b.first = head_b.last = NULL;
+    free(f);
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(sa);
+    tha_schema_release(sb);
+}
+
 int main(void) {
     RUN(test_extern_word_in_scalar);
     RUN(test_tagged_null_in_freed_slot);
@@ -353,5 +428,7 @@ int main(void) {
     RUN(test_func_slot_takes_only_functions);
     RUN(test_free_bound_roots_refused_whole);
     RUN(test_push_into_foreign_cell);
+    RUN(test_raw_smuggled_in_v1);
+    RUN(test_apply_with_unbound_mirrored_static);
     return CHECK_DONE();
 }
