@@ -457,10 +457,9 @@ static int check_class_lists(view_t *v, uint64_t want) {
     return 0;
 }
 
-/* Payload of the live allocation holding off in the view, or 0. */
-static uint64_t vfind(view_t *v, uint64_t off) {
-    if (off < v->r.data_off || off >= v->r.top) return 0;
-    uint64_t p = off / THA__PAGE, slot, end;
+/* The unit page p belongs to, as the view's page map says: its head page
+ * and that page's entry; 0 if p is in no slab or span. */
+static int vunit(view_t *v, uint64_t p, uint64_t *head, tha__page_t *out) {
     tha__page_t pg = vpage(v, p);
     if (pg.kind == THA__PG_SLAB_TAIL || pg.kind == THA__PG_SPAN_TAIL) {
         if (pg.link < v->first || pg.link >= p) return 0;
@@ -469,6 +468,17 @@ static uint64_t vfind(view_t *v, uint64_t off) {
         pg = vpage(v, p);
         if (pg.kind != k - 1) return 0;
     }
+    if (pg.kind != THA__PG_SLAB_HEAD && pg.kind != THA__PG_SPAN_HEAD) return 0;
+    *head = p;
+    *out = pg;
+    return 1;
+}
+
+/* Payload of the live allocation holding off in the view, or 0; the page
+ * p (unit head, entry) resolved already when unit is given. */
+static uint64_t vfind_in(view_t *v, uint64_t off, int have, uint64_t p, tha__page_t pg) {
+    uint64_t slot, end;
+    if (!have) return 0;
     if (pg.kind == THA__PG_SLAB_HEAD) {
         if (pg.cls >= THA__NCLASSES) return 0;
         uint64_t first = p * THA__PAGE + THA__SLAB_HDR, size = tha__class_size(pg.cls);
@@ -476,11 +486,9 @@ static uint64_t vfind(view_t *v, uint64_t off) {
         slot = first + (off - first) / size * size;
         end = slot + size;
         if (end > (p + THA__SLAB_PAGES) * THA__PAGE) return 0;
-    } else if (pg.kind == THA__PG_SPAN_HEAD) {
+    } else {
         slot = p * THA__PAGE;
         end = (p + pg.link) * THA__PAGE;
-    } else {
-        return 0;
     }
     tha__objhdr_t oh = vhdr(v, slot);
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
@@ -489,6 +497,14 @@ static uint64_t vfind(view_t *v, uint64_t off) {
         (off - payload) / t->size >= oh.count || oh.count > (end - payload) / t->size)
         return 0;
     return payload;
+}
+
+static uint64_t vfind(view_t *v, uint64_t off) {
+    if (off < v->r.data_off || off >= v->r.top) return 0;
+    uint64_t p = 0;
+    tha__page_t pg = {0};
+    int have = vunit(v, off / THA__PAGE, &p, &pg);
+    return vfind_in(v, off, have, p, pg);
 }
 
 static int check_roots(view_t *v, bool entries) {
@@ -919,24 +935,40 @@ out:
 
 /* ---- slot kinds of a frame's words --------------------------------------- */
 
+/* The last page slot_of resolved: a frame's words come in address order,
+ * so most share their page with the word before. */
+typedef struct pcache {
+    uint64_t page, head;
+    tha__page_t pg;
+    int have, valid;
+} pcache_t;
+
 /* The pointer slot of a live allocation holding off in the view, or NULL;
- * where describes the place. */
-static const tha__slot_t *slot_of(view_t *v, uint64_t off, char *where, size_t cap) {
-    uint64_t payload = vfind(v, off);
-    snprintf(where, cap, "no live allocation");
+ * where (if not NULL) describes the place. */
+static const tha__slot_t *slot_of(view_t *v, uint64_t off, pcache_t *pc, char *where,
+                                  size_t cap) {
+    if (where) snprintf(where, cap, "no live allocation");
+    if (off < v->r.data_off || off >= v->r.top) return NULL;
+    if (!pc->valid || pc->page != off / THA__PAGE) {
+        pc->page = off / THA__PAGE;
+        pc->have = vunit(v, pc->page, &pc->head, &pc->pg);
+        pc->valid = 1;
+    }
+    uint64_t payload = vfind_in(v, off, pc->have, pc->head, pc->pg);
     if (!payload) return NULL;
     tha__objhdr_t oh = vhdr(v, payload - THA__HDR);
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
     uint64_t e = (off - payload) % t->size;
-    tha__schema_describe(v->h->schema, oh.type_id, e, where, cap);
+    if (where) tha__schema_describe(v->h->schema, oh.type_id, e, where, cap);
     return tha__schema_slot_at(t, e);
 }
 
 /* The tagged NULL (tag bits tags) at off of the view lies in a live
  * allocation's pointer slot whose field's tag mask holds those bits. */
-static int tagged_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, uint64_t tags) {
+static int tagged_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, uint64_t tags,
+                       pcache_t *pc) {
     char where[160];
-    const tha__slot_t *sl = slot_of(v, off, where, sizeof where);
+    const tha__slot_t *sl = slot_of(v, off, pc, where, sizeof where);
     if (sl && !sl->is_func && !(tags & ~(uint64_t)sl->tag_mask)) return 0;
     return tha__hfail(v->h, THA_ERANGE, "%s seq %llu: pointer at offset 0x%llx (%s) is "
                       "a tagged NULL 0x%llx outside the field's tag mask 0x%x",
@@ -947,10 +979,12 @@ static int tagged_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, uint
 /* A word that is no function id (an offset or address in the image, an
  * extern word) at off of the view lies in no function pointer slot: the
  * receiver would call it. */
-static int data_word_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, uint64_t w) {
-    char where[160];
-    const tha__slot_t *sl = slot_of(v, off, where, sizeof where);
+static int data_word_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, uint64_t w,
+                          pcache_t *pc) {
+    const tha__slot_t *sl = slot_of(v, off, pc, NULL, 0);
     if (!sl || !sl->is_func) return 0; /* the structure check placed the mask */
+    char where[160];
+    slot_of(v, off, pc, where, sizeof where);
     return tha__hfail(v->h, THA_EFRAME, "%s seq %llu: function pointer at offset 0x%llx "
                       "(%s) holds 0x%llx, which is no function id: a call through it "
                       "would run data", tha__frame_kind_name(hd->kind), (ull)hd->seq,
@@ -980,6 +1014,7 @@ int tha__check_slots(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *b
     read_region(&v);
     v.first = v.r.data_off / THA__PAGE;
     v.end = v.r.top / THA__PAGE;
+    pcache_t pc = {0};
     for (uint32_t i = 0; i < hd->nruns; i++)
         for (uint64_t j = 0; j < runs[i].nb; j++)
             for (unsigned m = runs[i].mask[j]; m; m &= m - 1) {
@@ -988,9 +1023,9 @@ int tha__check_slots(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *b
                 memcpy(&w, runs[i].data + j * THA__BLOCK + k * 8, 8);
                 int rc = 0;
                 if (w >> 56 == THA__WIRE_TAGNULL >> 56)
-                    rc = tagged_slot(&v, hd, off, w & ~THA__WIRE_TAGNULL);
+                    rc = tagged_slot(&v, hd, off, w & ~THA__WIRE_TAGNULL, &pc);
                 else if (funcs && w && (!(w & THA__FUNC_TAG) || THA__WIRE_CLASS(w) != 0))
-                    rc = data_word_slot(&v, hd, off, w);
+                    rc = data_word_slot(&v, hd, off, w, &pc);
                 if (rc) return rc;
             }
     return 0;
