@@ -102,20 +102,15 @@ def put_route(node, handler) -> tuple:
         return _json(400, {"error": f"a key is 1..{KEY_MAX} bytes"})
     if len(val) > VAL_MAX or b"\0" in val:
         return _json(400, {"error": f"a value is 0..{VAL_MAX} bytes, no NUL"})
-    act = node.active
-    if act is None or not node.is_leader:
-        ldr = node.leader
-        return _json(503, {"error": f"{node.name} is not the leader",
-                           "leader": ldr.name if ldr else None,
-                           "leader_http": ldr.http if ldr else None})
-    heap = act.heap
     try:
-        with heap._lock:  # the write and its sync: one consistent point
+        with node.leading() as heap:  # the write and its sync: one consistent point
             version = kv_put(heap, key, val)
             r = node.sync()
             epoch = heap.stats()["epoch"]
     except NotLeader as e:
-        return _json(503, {"error": str(e), "leader": e.leader})
+        ldr = node.leader
+        return _json(503, {"error": str(e), "leader": e.leader,
+                           "leader_http": ldr.http if ldr else None})
     except Error as e:
         return _json(503, {"error": f"{type(e).__name__}: {e}"})
     return _json(200, {"key": key.decode(errors="replace"), "version": version,
@@ -182,12 +177,16 @@ def run(args) -> int:
 
     def on_promote(heap):
         st = heap.stats()
-        event(ev="promoted", epoch=st["epoch"], seq=st["seq"])
+        node = holder.get("node")
+        since = node.promotions[-1][0] if node and node.promotions else None
+        event(ev="promoted", epoch=st["epoch"], seq=st["seq"], since=since)
         if not args.events:
             console.put(f"node {args.name}: leader at epoch {st['epoch']}, seq {st['seq']}")
 
     def on_demote():
-        event(ev="demoted")
+        node = holder.get("node")
+        stopped, epoch, until = node.demotions[-1] if node and node.demotions else (0, 0, 0)
+        event(ev="demoted", epoch=epoch, until=until, stopped=stopped)
         if not args.events:
             console.put(f"node {args.name}: no longer the leader")
 

@@ -97,7 +97,10 @@ class HealthServer:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 if self.command != "HEAD":
-                    self.wfile.write(body)
+                    try:
+                        self.wfile.write(body)
+                    except (BrokenPipeError, ConnectionResetError):
+                        pass  # the client gave up waiting: nothing to tell it
 
             def _route(self, method):
                 path = self.path.split("?")[0]

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import bisect
 import collections
+import contextlib
 import logging
 import threading
 import time
@@ -101,6 +102,7 @@ class Node:
         self._follow = None               # the epoch accepted ("any": pair mode)
         self._synced = False              # holds a state made in this process's life
         self._paused = None               # why sync() is refused (a switchover)
+        self._paused_at = None
         self._accept_from = 0.0           # a forced failover: syncs from then on
         self._join = None                 # a member being made a voter
         self._last_error = None
@@ -143,17 +145,39 @@ class Node:
             return act.heap
         return sb.heap if sb is not None else None
 
+    @contextlib.contextmanager
+    def leading(self):
+        """``with node.leading() as heap:`` — the heap's lock, held, on the
+        leader only (NotLeader otherwise, also during a switchover): write
+        the heap and sync() inside it. A demotion waits for the block to
+        end, and no block starts after it began, so the heap never takes a
+        write once it is a mirror again."""
+        act = self.active
+        if act is None or self.role != "leader":
+            self._not_leader()
+        with act.heap._lock:
+            if self.active is not act:
+                self._not_leader()
+            if self._paused is not None:
+                raise NotLeader(f"{self.name}: {self._paused}")
+            yield act.heap
+
+    def _not_leader(self):
+        ldr = self.leader.name if self.leader is not None else None
+        raise NotLeader(f"{self.name} is not the leader"
+                        + (f" ({ldr} is)" if ldr and ldr != self.name else ""), ldr)
+
     def sync(self, ack: str | None = None, timeout: float | None = None) -> SyncResult:
         """Active.sync() on the leader. NotLeader on any other node, on a
         leader whose lease ran out, and during a switchover."""
         act = self.active
         if act is None or self.role != "leader":
-            ldr = self.leader.name if self.leader is not None else None
-            raise NotLeader(f"{self.name} is not the leader"
-                            + (f" ({ldr} is)" if ldr and ldr != self.name else ""), ldr)
+            self._not_leader()
         t0 = time.perf_counter()
         try:
             with act.heap._lock:  # the check and the encode at once (see switchover)
+                if self.active is not act:
+                    self._not_leader()
                 if self._paused is not None:
                     raise NotLeader(f"{self.name}: {self._paused}")
                 if time.monotonic() < self._accept_from:
@@ -234,11 +258,12 @@ class Node:
         sb = self.standby
         heap = sb.heap if sb is not None else None
         t0 = time.monotonic()
+        fresh = False
         if heap is not None and self._synced:
             sb.promote(ldr.epoch)  # fences the old active on its open connection
             sb.close()
         elif cl.config_rev == 0 and self.create is not None:  # a new cluster
-            heap = self.create()
+            heap, fresh = self.create(), True
             if sb is not None:
                 sb.close()
             if ldr.epoch:
@@ -255,6 +280,8 @@ class Node:
                      peer_timeout=self.peer_timeout, backlog_bytes=self.backlog_bytes)
         act.set_quorum(self._groups(cl, cl.voters, cl.quorum))
         act.lease_until = self.coord.deadline()
+        if fresh:  # create()'s writes as frame 1: a bulk sync then goes live at once
+            act.sync(ack="none")
         self._accept_from = time.monotonic() + ldr.wait
         self._synced = True
         self._paused = None
@@ -270,16 +297,33 @@ class Node:
     def _demote(self, why: str) -> None:
         act = self.active
         log.warning("node %s: no longer the leader: %s", self.name, why)
-        with self._mu:
-            self.role = "standby"
-            self.active = None
-            self._follow = None
-            self.leader = None
-        heap = None
+        stopped = self._paused_at or time.monotonic()  # the last sync began before
+        heap, until = None, None
         if act is not None:
-            heap = act.heap
+            heap, until = act.heap, act.lease_until
+            with heap._lock:  # a leading() block or sync() in progress ends first
+                with self._mu:
+                    self.role, self.active = "standby", None
+                    self._follow, self.leader = None, None
             act.close()
-        self.demotions.append((time.monotonic(), self.epoch))
+            with heap._lock:
+                # Changes no frame carried (written after the last sync, or a
+                # write whose sync was refused): this state is on no history,
+                # so it must not be resumed as if it were the last frame's.
+                # One more frame, dropped, moves it off the new leader's
+                # history: it is bulk synced instead.
+                heap.frame_size("delta")  # wp/diff: find the plain writes
+                dirty = heap.stats()["dirty_blocks"]
+                if dirty:
+                    heap.delta()
+                    log.warning("node %s: %d blocks changed after the last sync: "
+                                "the new leader will bulk sync this node", self.name, dirty)
+        with self._mu:
+            self.role, self.active = "standby", None
+            self._follow, self.leader = None, None
+        self._paused = self._paused_at = None
+        # (when it stopped taking syncs, epoch, the lease deadline it acted under)
+        self.demotions.append((stopped, self.epoch, until))
         self.coord.resign(self.epoch or 0)  # if the key is still ours: elect now
         self.epoch = None
         if self.on_demote is not None:
@@ -348,8 +392,9 @@ class Node:
         if sb is not None:
             with sb.cond:
                 out["_silence"] = time.monotonic() - sb._last_active
+                # past the handshake and the bulk sync: a live mirror
                 out["streaming"] = any(c.s is not None and not c.closed
-                                       and c._state() == 3 for c in sb.conns)
+                                       and c._state() in (2, 3) for c in sb.conns)
         out["_can_bootstrap"] = self.create is not None
         act = self.active
         if act is not None and cl is not None:
@@ -510,24 +555,34 @@ class Node:
         where = _where(cl.members[to]["addr"])
         with act.heap._lock:
             self._paused = f"switching over to {to}"
+            self._paused_at = time.monotonic()
             seq = act.heap.stats()["seq"]
         t0 = time.monotonic()
-        limit = min(t0 + float(req.get("timeout", 10)),
-                    (act.lease_until or float("inf")) - self.coord.retry_timeout)
+        limit = t0 + float(req.get("timeout", 10))
         others = [a for a in self._others(cl) if a != where]
-        while time.monotonic() < limit:
+        while True:
             acked = act.acked_seqs()
+            now = time.monotonic()
+            # the target must have everything; the others get a moment to
+            # catch up too (then the new leader resumes them, no bulk sync)
             if acked.get(where, -1) >= seq and (
                     all(acked.get(a, -1) >= seq for a in others if a in acked)
-                    or time.monotonic() - t0 > 0.5):
+                    or now - t0 > 0.2):
                 break
+            if now > limit:
+                log.error("node %s: switchover to %s: it did not reach seq %d within "
+                          "%gs", self.name, to, seq, limit - t0)
+                self._paused = None
+                self.coord.done(req)
+                return
+            if act.lease_until is not None and \
+                    act.lease_until - now < 2 * self.coord.retry_timeout:
+                deadline, _ = self.coord.renew(self.epoch)  # the wait may outlast it
+                if deadline is None:
+                    self._demote("the leader key is no longer ours")
+                    return
+                act.lease_until = deadline
             time.sleep(0.002)
-        else:
-            log.error("node %s: switchover to %s: it did not reach seq %d in time",
-                      self.name, to, seq)
-            self._paused = None
-            self.coord.done(req)
-            return
         new = self.coord.handover(self.epoch, to, cl)
         if new is None:
             self._paused = None
@@ -539,11 +594,15 @@ class Node:
     # -- status ---------------------------------------------------------------
 
     def status(self) -> dict:
+        """What this node publishes, plus its heap's epoch history."""
         st = self._status(self.cluster)
-        return {k: v for k, v in st.items() if not k.startswith("_")} | {
-            "name": self.name, "leader": self.leader.name if self.leader else None,
-            "leader_epoch": self.epoch if self.role == "leader" else
-            (self.leader.epoch if self.leader else None)}
+        heap = self.heap
+        out = {k: v for k, v in st.items() if not k.startswith("_")}
+        out.update(name=self.name, leader=self.leader.name if self.leader else None,
+                   leader_epoch=self.epoch if self.role == "leader" else
+                   (self.leader.epoch if self.leader else None),
+                   history=heap.history() if heap is not None else [])
+        return out
 
     def close(self) -> None:
         """Stops: a leader gives the key up at once (an election follows
