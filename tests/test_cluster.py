@@ -316,9 +316,10 @@ def test_leader_lease_expiry_elects_most_up_to_date(etcd, cluster_name, nodes):
     new = wait(lambda: [n for n in leaders(nodes) if n is not ldr], 10, "a new leader")[0]
     # (it learns at its next renewal: not the race the TTL rules out, as a
     # revoke is sooner than any expiry; test_cluster_procs.py has those)
+    wait(lambda: promoted, 5, "on_promote")  # (it runs once the role is set)
     assert promoted == [new.name]
-    wait(lambda: not ldr.is_leader, 5, "the old leader to step down")
-    assert demoted == [ldr.name]
+    wait(lambda: demoted, 5, "the old leader to step down")  # (on_demote: last)
+    assert demoted == [ldr.name] and not ldr.is_leader
     with pytest.raises(tha.NotLeader):
         ldr.sync()
     r2 = sync_retry(new)

@@ -240,7 +240,7 @@ class Harness:
                             f"where the history left that epoch ({end.get(ev['epoch'])}):"
                             f" a frame from a deposed leader")
                     elif ev["ev"] == "promoted":
-                        start = ev.get("since") or ev["t"]
+                        start = max(ev.get("since") or ev["t"], ev.get("syncs_from") or 0)
                     elif ev["ev"] == "demoted" and start is not None:
                         # it took no sync after it stopped, nor past its lease
                         stop = ev["stopped"] if ev.get("until") is None else \

@@ -6,8 +6,9 @@ Your own program uses ``tha.Node`` with its heap and on_promote /
 on_demote; this command is that with a built-in application: a hash table
 of keys and values on the heap. On the leader ``PUT /kv/KEY`` (the body is
 the value) writes it and returns once ``sync()`` has it on a quorum
-(200 with the seq and epoch; 503 naming the leader on any other node, or if
-the sync fails). ``GET /kv/KEY`` and ``GET /kv`` read this node's copy (a
+(200 with the seq and epoch; 503 if the sync fails); any other node
+answers 307 to the leader's address (``curl -L`` follows it), or 503 while
+there is none. ``GET /kv/KEY`` and ``GET /kv`` read this node's copy (a
 standby's may lag). The health endpoint is the same port: /leader,
 /replica, /health, /metrics (tha/cluster/health.py).
 
@@ -109,8 +110,11 @@ def put_route(node, handler) -> tuple:
             epoch = heap.stats()["epoch"]
     except NotLeader as e:
         ldr = node.leader
-        return _json(503, {"error": str(e), "leader": e.leader,
-                           "leader_http": ldr.http if ldr else None})
+        if ldr is not None and ldr.http and ldr.name != node.name:
+            # 307 keeps the method and the body: curl -L lands on the leader
+            return (307, (json.dumps({"leader": ldr.name}) + "\n").encode(),
+                    "application/json", {"Location": f"http://{ldr.http}{handler.path}"})
+        return _json(503, {"error": str(e), "leader": e.leader})
     except Error as e:
         return _json(503, {"error": f"{type(e).__name__}: {e}"})
     return _json(200, {"key": key.decode(errors="replace"), "version": version,
@@ -179,7 +183,9 @@ def run(args) -> int:
         st = heap.stats()
         node = holder.get("node")
         since = node.promotions[-1][0] if node and node.promotions else None
-        event(ev="promoted", epoch=st["epoch"], seq=st["seq"], since=since)
+        # syncs from: a forced failover waits out the old leader's lease
+        event(ev="promoted", epoch=st["epoch"], seq=st["seq"], since=since,
+              syncs_from=node._accept_from if node else None)
         if not args.events:
             console.put(f"node {args.name}: leader at epoch {st['epoch']}, seq {st['seq']}")
 

@@ -12,7 +12,7 @@ manner of Patroni's REST API:
 
 Every answer but /metrics is the node's status as JSON. ``routes`` adds
 handlers: {(method, path prefix): fn(node, handler) -> (code, body bytes,
-content type)} (the CLI's node serves its key-value store so).
+content type[, headers])} (the CLI's node serves its key-value store so).
 """
 
 from __future__ import annotations
@@ -91,8 +91,11 @@ class HealthServer:
             def log_message(self, *args):  # no line per request on stderr
                 pass
 
-            def _send(self, code: int, body: bytes, ctype: str = "application/json"):
+            def _send(self, code: int, body: bytes, ctype: str = "application/json",
+                      headers: dict | None = None):
                 self.send_response(code)
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
                 self.send_header("Content-Type", ctype)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
