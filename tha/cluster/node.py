@@ -24,12 +24,12 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 from ..errors import CoordinationError, Error, Fenced, InvalidArgument, NotLeader, StateError
 from ..heap import Heap
 from ..replication import Active, Standby, SyncResult
-from ..replication.connection import parse_address
+from ..replication.connection import Address, parse_address
 from .coord import Coordinator, EtcdCoordinator, Leader, majority
 from .health import BUCKETS, HealthServer
 
@@ -63,7 +63,7 @@ class Node:
     serves the health endpoint (tha/cluster/health.py).
     """
 
-    def __init__(self, name: str, listen, *, etcd: str | None = None,
+    def __init__(self, name: str, listen: Address, *, etcd: str | None = None,
                  cluster: str | None = None, coordinator: Coordinator | None = None,
                  secret: bytes | None = None, create: Callable[[], Heap] | None = None,
                  on_promote: Callable[[Heap], None] | None = None,
@@ -146,7 +146,7 @@ class Node:
         return sb.heap if sb is not None else None
 
     @contextlib.contextmanager
-    def leading(self):
+    def leading(self) -> Iterator[Heap]:
         """``with node.leading() as heap:`` — the heap's lock, held, on the
         leader only (NotLeader otherwise, also during a switchover): write
         the heap and sync() inside it. A demotion waits for the block to
@@ -259,6 +259,14 @@ class Node:
         heap = sb.heap if sb is not None else None
         t0 = time.monotonic()
         fresh = False
+        if heap is not None and ldr.epoch is not None and \
+                heap.stats()["epoch"] >= ldr.epoch:
+            # The key of a term this node already led and stepped down from
+            # (etcd was away): that term is over; an election decides anew.
+            log.warning("node %s: the leader key names this node at epoch %d, which it "
+                        "left: giving it up", self.name, ldr.epoch)
+            self.coord.resign(ldr.epoch)
+            return
         if heap is not None and self._synced:
             sb.promote(ldr.epoch)  # fences the old active on its open connection
             sb.close()
@@ -622,8 +630,8 @@ class Node:
         self.coord.close()
         self.role = "stopped"
 
-    def __enter__(self):
+    def __enter__(self) -> "Node":
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         self.close()

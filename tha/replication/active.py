@@ -192,7 +192,7 @@ class Active(_Node):
         for a in new:
             self._start_connector(a)
 
-    def set_quorum(self, groups) -> None:
+    def set_quorum(self, groups: Iterable[tuple[Iterable[Address], int]]) -> None:
         """``groups``: [(standby addresses, acks needed), ...]; sync()
         returns once each group has that many acks (one node, one vote, as
         always). Every address must be a standby."""
