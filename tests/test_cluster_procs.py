@@ -42,7 +42,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "helpers"))
-from etcd_server import ETCD, EtcdServer, free_port  # noqa: E402
+from etcd_server import ETCD, EtcdServer, die_with_parent, free_port  # noqa: E402
 
 from tha.soak.linkproxy import LinkProxy  # noqa: E402
 
@@ -86,13 +86,15 @@ class Member:
              "--listen", f"127.0.0.1:{self.repl}", "--http", f"127.0.0.1:{self.http}",
              "--ttl", str(TTL), "--loop-wait", f"{LOOP_WAIT}s",
              "--sync-timeout", "3s", "--capacity", str(8 << 20)],
-            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=open(out, "w"),
-            stderr=open(str(out) + ".err", "w"), start_new_session=True)
+            cwd=ROOT, stdin=subprocess.PIPE, stdout=open(out, "w"),  # stdin EOF: it stops
+            stderr=open(str(out) + ".err", "w"), start_new_session=True,
+            preexec_fn=die_with_parent)
 
     def kill(self):
         self.lives[-1][1] = time.monotonic()
         self.p.kill()
         self.p.wait(10)
+        self.p.stdin.close()
 
     def events(self):
         out = []
@@ -110,6 +112,7 @@ class Member:
         if self.p is not None and self.p.poll() is None:
             if self.stopped:
                 os.kill(self.p.pid, signal.SIGCONT)
+            self.p.stdin.close()
             self.p.terminate()
             try:
                 self.p.wait(5)
@@ -219,13 +222,17 @@ class Harness:
         end = {}   # epoch -> the last seq it may have made on this history
         for i, e in enumerate(hist):
             end[e["epoch"]] = hist[i + 1]["start_seq"] if i + 1 < len(hist) else float("inf")
-        # no acknowledged write lost
+        # no acknowledged write lost: those acknowledged before the read (the
+        # writer goes on meanwhile)
+        acked = dict(self.acked)
         code, body = http(leader.http, "/kv", timeout=10)
         assert code == 200
         kv = json.loads(body)
-        lost = {k: v for k, v in self.acked.items() if kv.get(k) != v[2]}
-        assert not lost, f"acknowledged writes lost: {sorted(lost)[:10]} ({len(lost)})"
-        off = {k: v for k, v in self.acked.items()
+        lost = {k: v for k, v in acked.items() if kv.get(k) != v[2]}
+        assert not lost, (f"acknowledged writes lost on {name}: "
+                          f"{sorted(lost.items())[:10]} ({len(lost)}); it holds "
+                          f"{ {k: kv.get(k) for k in list(lost)[:10]} }, history {hist}")
+        off = {k: v for k, v in acked.items()
                if v[0] not in end or v[1] > end[v[0]]}
         assert not off, f"acknowledged writes off the leader's history: {off}"
         # no frame from a deposed leader applied anywhere; leaders never overlap

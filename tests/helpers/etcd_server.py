@@ -3,8 +3,10 @@ free ports; up in about a second; stopped (and its dir removed) by stop(),
 also when the test failed. Needs the ``etcd`` binary (Debian:
 etcd-server, installed by .ci/run)."""
 
+import ctypes
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -12,6 +14,12 @@ import time
 import urllib.request
 
 ETCD = shutil.which("etcd") or "/usr/bin/etcd"
+
+
+def die_with_parent() -> None:
+    """preexec_fn: the child gets SIGTERM when the test process dies, even by
+    SIGKILL (PR_SET_PDEATHSIG), so nothing outlives a killed test run."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -36,7 +44,7 @@ class EtcdServer:
                  "--initial-cluster", f"t=http://127.0.0.1:{peer}",
                  "--log-level", "warn"],
                 stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
-                start_new_session=True)
+                start_new_session=True, preexec_fn=die_with_parent)
             t0 = time.monotonic()
             while time.monotonic() - t0 < startup and self.proc.poll() is None:
                 try:

@@ -15,7 +15,8 @@ standby's may lag). The health endpoint is the same port: /leader,
 The first line of output is ``node NAME: replication HOST:PORT, http
 HOST:PORT``; then a line per role change. With ``--events`` it prints JSON
 lines instead, one per role change and per frame applied (the cluster
-tests check them). SIGTERM or SIGINT stop it (a leader gives its key up
+tests check them), and stops when its stdin closes (so it ends with the
+process that started it). SIGTERM or SIGINT stop it (a leader gives its key up
 first, so an election follows at once).
 """
 
@@ -23,6 +24,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
+import threading
 import time
 import urllib.parse
 
@@ -222,6 +225,15 @@ def run(args) -> int:
     else:
         console.say(f"node {args.name}: replication {addr}, http {http}")
     node._thread.start()
+    if args.events:  # ends with the process that reads the events
+        def watch_stdin():
+            try:
+                while sys.stdin.buffer.read(4096):
+                    pass
+            except (OSError, ValueError):
+                pass
+            console.stop.set()
+        threading.Thread(target=watch_stdin, daemon=True, name="stdin").start()
     try:
         while not console.stop.is_set():
             console.pump(0.1)
