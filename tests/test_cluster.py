@@ -8,7 +8,6 @@ tests/test_cluster_procs.py."""
 import itertools
 import os
 import sys
-import threading
 import time
 
 import pytest
@@ -351,3 +350,29 @@ def test_pair_coordinator_promotes_on_silence():
     finally:
         a.close()
         b.close()
+
+
+def test_a_deposed_leader_with_unsynced_writes_is_bulk_synced(etcd, cluster_name, nodes):
+    """A write the leader made and never synced is on no history: after a
+    switchover the old leader must not be resumed as if its heap were its
+    last frame's state (the next deltas would land on top of that write)."""
+    import json
+    start(nodes, etcd, cluster_name, 3)
+    ldr = wait(lambda: settled(nodes, 3), 15, "a settled cluster")
+    sync_retry(ldr)
+    with ldr.leading() as heap:
+        heap.roots["t"][5].v = 999   # written, never synced
+    target = next(n for n in nodes if n is not ldr)
+    ldr.coord.client.put(ldr.coord.k_request,
+                         json.dumps({"from": ldr.name, "to": target.name}))
+    wait(lambda: target.is_leader, 10, "the switchover")
+    with target.leading() as heap:
+        heap.roots["t"][1].v = 1
+    r = sync_retry(target)
+    wait(lambda: ldr.role == "standby" and ldr.heap is not None
+         and ldr.heap.stats()["seq"] >= r.seq, 10, "the old leader to follow")
+    assert int(ldr.heap.roots["t"][5].v) == 0
+    assert ldr.heap.dump() == target.heap.dump()
+    with pytest.raises(tha.NotLeader):
+        with ldr.leading():
+            pass

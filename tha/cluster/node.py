@@ -26,7 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 
-from ..errors import CoordinationError, Error, Fenced, InvalidArgument, NotLeader, StateError
+from ..errors import CoordinationError, Error, InvalidArgument, NotLeader, StateError
 from ..heap import Heap
 from ..replication import Active, Standby, SyncResult
 from ..replication.connection import Address, parse_address
@@ -107,8 +107,6 @@ class Node:
         self._join = None                 # a member being made a voter
         self._last_error = None
         self._orphan = None               # a heap waiting for its Standby (re-listen)
-        self.applied = []                 # (epoch, seq, bulk) of every frame applied
-        self.keep_applied = 0             # how many to keep in .applied (tests)
         self.promotions = []              # (time.monotonic(), epoch) of each promotion
         self.demotions = []
         # metrics
@@ -160,7 +158,26 @@ class Node:
                 self._not_leader()
             if self._paused is not None:
                 raise NotLeader(f"{self.name}: {self._paused}")
-            yield act.heap
+            try:
+                yield act.heap
+            finally:
+                if self.active is not act:  # demoted meanwhile (inside sync())
+                    self._off_history(act.heap)
+
+    def _off_history(self, heap: Heap) -> None:
+        """Changes no frame carried (written after the last sync, or a write
+        whose sync was refused) put the heap in a state on no history: it
+        must not be resumed as if it were its last frame's. One more frame,
+        encoded and dropped, moves it off the new leader's history (it is
+        bulk synced instead; a standby session already on it refuses the
+        next delta as out of sequence and is bulk synced too)."""
+        with heap._lock:
+            heap.frame_size("delta")  # wp/diff: this is where plain writes are found
+            dirty = heap.stats()["dirty_blocks"]
+            if dirty:
+                heap.delta()
+                log.warning("node %s: %d blocks changed after the last sync: the "
+                            "leader will bulk sync this node", self.name, dirty)
 
     def _not_leader(self):
         ldr = self.leader.name if self.leader is not None else None
@@ -222,11 +239,6 @@ class Node:
     def _applied(self, seq: int, nbytes: int, bulk: bool) -> None:
         """Standby(on_applied=), under the heap's lock, before the ack."""
         self._synced = True
-        if self.keep_applied:
-            heap = self.standby.heap if self.standby is not None else None
-            epoch = heap.stats()["epoch"] if heap is not None else 0
-            self.applied.append((epoch, seq, bulk))
-            del self.applied[:-self.keep_applied]
         if self.on_applied is not None:
             self.on_applied(seq, nbytes, bulk)
 
@@ -314,18 +326,7 @@ class Node:
                     self.role, self.active = "standby", None
                     self._follow, self.leader = None, None
             act.close()
-            with heap._lock:
-                # Changes no frame carried (written after the last sync, or a
-                # write whose sync was refused): this state is on no history,
-                # so it must not be resumed as if it were the last frame's.
-                # One more frame, dropped, moves it off the new leader's
-                # history: it is bulk synced instead.
-                heap.frame_size("delta")  # wp/diff: find the plain writes
-                dirty = heap.stats()["dirty_blocks"]
-                if dirty:
-                    heap.delta()
-                    log.warning("node %s: %d blocks changed after the last sync: "
-                                "the new leader will bulk sync this node", self.name, dirty)
+            self._off_history(heap)
         with self._mu:
             self.role, self.active = "standby", None
             self._follow, self.leader = None, None
