@@ -55,7 +55,7 @@ def test_every_block_is_python_or_sh():
     kinds = [kind for kind, _ in BLOCK.findall(README)]
     assert set(kinds) <= {"python", "sh", ""}, kinds
     # plain blocks are not code (the architecture's layouts live in docs/)
-    assert kinds.count("python") >= 4 and kinds.count("sh") == 2, kinds
+    assert kinds.count("python") >= 4 and kinds.count("sh") == 3, kinds
 
 
 def test_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
@@ -71,7 +71,7 @@ def test_python_blocks_run_in_order(tmp_path, monkeypatch, capsys):
                             f"{type(e).__name__}: {e}\n{body}")
     finally:
         for v in list(ns.values()):
-            if isinstance(v, (tha.Active, tha.Standby)):
+            if isinstance(v, (tha.Active, tha.Standby, tha.Node)):
                 v.close()
     assert "ann" not in capsys.readouterr().err
 
@@ -178,3 +178,110 @@ def test_sh_block_two_failover_as_described(tmp_path):
                 p.kill()
             p.wait(10)
             p.stdout.close()
+
+
+def test_sh_block_three_runs_a_cluster(tmp_path):
+    """"Running a cluster" as written: etcd and three nodes in the
+    background (`&`), then each command in turn, as a person would type
+    them (after the cluster has elected and every node joined). Ports are
+    swapped for free ones; everything started is stopped at the end."""
+    import json
+    import shutil
+    if shutil.which("etcd") is None:
+        pytest.skip("needs etcd (Debian: etcd-server; .ci/run installs it)")
+    lines = [re.sub(r"\s+#.*$", "", line).strip()
+             for line in blocks("sh")[2].splitlines()]
+    lines = [line for line in lines if line]
+    assert lines[0].startswith("apt-get install -y etcd-server"), lines
+    ports = {p: str(free_port()) for p in ("2379", "2380", "7401", "7402", "7403",
+                                            "8401", "8402", "8403")}
+
+    def local(cmd):
+        for old, new in ports.items():
+            cmd = cmd.replace(f"127.0.0.1:{old}", f"127.0.0.1:{new}")
+        return cmd
+
+    background, outputs, waited = [], [], False
+    try:
+        for line in lines[1:]:
+            cmd = local(line)
+            if cmd.endswith("&"):
+                words = cmd[:-1].split()
+                if words[0] == "python":
+                    words = [sys.executable] + words[1:]
+                log = open(tmp_path / f"bg{len(background)}.log", "w")
+                background.append(subprocess.Popen(
+                    words, cwd=tmp_path, stdin=subprocess.DEVNULL, stdout=log,
+                    stderr=subprocess.STDOUT, start_new_session=True))
+                log.close()
+                if words[0] == "etcd":
+                    _wait_http(f"http://127.0.0.1:{ports['2379']}/health", b"true")
+                continue
+            if cmd.startswith("python -m tha cluster list") and not waited:
+                _wait_voters(tmp_path, ports["2379"], 3)  # a person waits a moment
+                waited = True
+            words = cmd.split()
+            for attempt in range(20):
+                if words[0] == "python":
+                    out = subprocess.run([sys.executable] + words[1:], cwd=tmp_path,
+                                         capture_output=True, text=True, timeout=60)
+                else:
+                    out = subprocess.run(cmd, shell=True, cwd=tmp_path,
+                                         capture_output=True, text=True, timeout=60)
+                if "may lag" not in line or out.stdout == "52000":
+                    break
+                time.sleep(0.1)  # README says a standby's copy may lag a moment
+            logs = {f.name: f.read_text()[-800:] for f in sorted(tmp_path.glob("bg*.log"))}
+            assert out.returncode == 0, (line, out.stdout, out.stderr, logs)
+            outputs.append((line, out.stdout))
+    finally:
+        for p in reversed(background):
+            if p.poll() is None:
+                p.terminate()
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    said = dict(outputs)
+    table = next(v for k, v in outputs if k.endswith("--cluster payroll"))
+    assert "3 voters, a sync needs 2" in table and table.count("standby") == 2, table
+    put = json.loads(next(v for k, v in outputs if k.startswith("curl -sL -X PUT")))
+    assert put["key"] == "alice" and put["seq"] >= 1, put
+    sw = re.search(r"^switched over from (n\d) to (n\d): epoch \d+", next(
+        v for k, v in outputs if "switchover" in k), re.M)
+    assert sw and sw[1] != sw[2], outputs
+    assert next(v for k, v in outputs if k.startswith("curl -s http")) == "52000"
+    js = json.loads(next(v for k, v in outputs if k.endswith("--json")))
+    assert js["leader"] == sw[2] and len(js["members"]) == 3, js
+    assert said  # every command ran
+
+
+def _wait_http(url, want, timeout=30.0):
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as r:
+                if want in r.read():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    pytest.fail(f"{url} did not answer {want!r} within {timeout}s")
+
+
+def _wait_voters(cwd, port, n, timeout=60.0):
+    import json
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "tha", "cluster", "list", "--etcd",
+                              f"http://127.0.0.1:{port}", "--cluster", "payroll", "--json"],
+                             cwd=cwd, capture_output=True, text=True, timeout=30)
+        if out.returncode == 0:
+            js = json.loads(out.stdout)
+            if (len(js["voters"]) == n and js["leader"]
+                    and sum(m["role"] == "standby" for m in js["members"]) == n - 1):
+                return
+        time.sleep(0.2)
+    pytest.fail(f"the README's cluster did not get {n} voters within {timeout}s")

@@ -1,5 +1,5 @@
 """The public API is typed (tha ships py.typed): every parameter and return
-of the public methods of Heap, Schema, Active and Standby is annotated, and
+of the public methods of Heap, Schema, Active, Standby and Node is annotated, and
 the annotations resolve."""
 import inspect
 import typing
@@ -8,7 +8,7 @@ import pytest
 
 import tha
 
-PUBLIC = [tha.Heap, tha.Schema, tha.Active, tha.Standby]
+PUBLIC = [tha.Heap, tha.Schema, tha.Active, tha.Standby, tha.Node]
 
 
 @pytest.mark.parametrize("cls", PUBLIC, ids=lambda c: c.__name__)

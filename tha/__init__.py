@@ -6,7 +6,8 @@ ships them as frames (``snapshot()``, ``delta()``) that another heap
 """
 
 from ._ffi import ffi as _ffi, lib as _lib
-from .errors import (AuthError, CapacityError, ChecksumError, CorruptHeap, Error, Fenced,
+from .errors import (AuthError, CapacityError, ChecksumError, CoordinationError, CorruptHeap,
+                     Error, Fenced, NotLeader,
                      FrameError, InvalidArgument, InvalidPointer, NotFound, OSFailure,
                      PointerWarning, SchemaError, SchemaMismatch, SequenceError, StaleEpoch, StateError, SyncTimeout,
                      Timeout, VersionMismatch, ProtocolError, ConnectionClosed)
@@ -15,6 +16,7 @@ from .heap import Heap, Roots
 from .reach import Leak, Lint
 from .schema import Schema
 from .replication import Active, Standby, SyncResult
+from .cluster import Node
 
 __version__ = "0.1.0"
 
@@ -26,6 +28,7 @@ def set_threads(n: int) -> None:
 
 __all__ = [
     "Active", "Standby", "SyncResult", "SyncTimeout", "Fenced", "AuthError",
+    "Node", "NotLeader", "CoordinationError",
     "Heap", "Leak", "Lint", "LoadReport", "Roots", "Schema", "Error", "CapacityError", "ChecksumError",
     "CorruptHeap", "Timeout",
     "FrameError", "InvalidArgument", "InvalidPointer", "NotFound", "OSFailure", "PointerWarning", "SchemaError",

@@ -124,6 +124,23 @@ class ConnectionClosed(Error, ConnectionError):
     """The session or connection is closed."""
 
 
+# -- clusters (tha.Node and its coordinators; tha/cluster/) --------------------
+
+class NotLeader(Error, RuntimeError):
+    """This node does not hold the cluster's leadership (or no longer may
+    act on it: its lease could not be renewed in time); ``sync()`` must go
+    to the leader. ``leader`` names it when known."""
+
+    def __init__(self, message: str, leader: str | None = None):
+        super().__init__(message)
+        self.leader = leader
+
+
+class CoordinationError(Error, ConnectionError):
+    """The coordination service (etcd) cannot be reached or refused a
+    request; the message names the endpoint and the request."""
+
+
 _BY_CODE = {
     lib.THA_EINVAL: InvalidArgument,
     lib.THA_ENOMEM: CapacityError,

@@ -2,7 +2,8 @@
 
 One module per command group: demo.py (``demo``), standby.py
 (``standby``), inspect.py (``inspect``, ``leaks``, ``verify``), bench.py
-(``bench``), soak.py (``soak``); console.py holds what the long-running
+(``bench``), soak.py (``soak``), node.py (``node``), cluster.py
+(``cluster list|switchover|failover``); console.py holds what the long-running
 ones share (addresses, durations, the secret file, logging, signals, a
 console printing from the main thread).
 """
@@ -16,7 +17,7 @@ import sys
 
 from .. import __version__
 from ..errors import Error
-from . import bench, demo, inspect, soak, standby
+from . import bench, cluster, demo, inspect, node, soak, standby
 
 
 def main(argv=None) -> int:
@@ -30,6 +31,8 @@ def main(argv=None) -> int:
     inspect.add_parsers(sub)
     bench.add_parser(sub)
     soak.add_parser(sub)
+    node.add_parser(sub)
+    cluster.add_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0

@@ -13,8 +13,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from .._ffi import ffi as _cffi, lib
-from ..errors import (Error, Fenced, InvalidArgument, StateError, SyncTimeout, check,
-                       error_class)
+from ..errors import (Error, Fenced, InvalidArgument, NotLeader, StateError, SyncTimeout,
+                       check, error_class)
 from ..heap import Heap
 from .connection import Address, _Conn, _Node, _os_reason, log, parse_address
 
@@ -57,6 +57,14 @@ class Active(_Node):
     many standbys must reach it (default: all). ``backlog_bytes`` bounds the
     deltas kept for resume and how far a standby may lag before it is
     dropped to bulk sync.
+
+    ``set_standbys()`` changes the standbys while it runs (the backlog and
+    the connections to the standbys kept stay); ``set_quorum()`` asks for
+    acks from several groups of them at once (tha.Node uses both while a
+    member joins). ``lease_until`` (a ``time.monotonic()`` deadline, None:
+    none) bounds how long this active may act: past it ``sync()`` raises
+    :class:`tha.NotLeader` instead of encoding or returning, and nothing
+    more is sent or connected (tha.Node sets it from its leader lease).
 
     The constructor does not block: a thread per standby connects (and
     reconnects) in the background. A standby that refuses for a reason that
@@ -111,6 +119,10 @@ class Active(_Node):
         if not 0 <= self.ack_quorum <= len(self.standbys):
             raise InvalidArgument(f"ack_quorum {ack_quorum} is not within "
                                   f"0..{len(self.standbys)}")
+        # set_quorum's [(standbys as "HOST:PORT", acks needed)]: sync()
+        # returns once every group has its count; None: ack_quorum of all
+        self._groups = None
+        self.lease_until: float | None = None
         self.sync_timeout = timeout
         self.fenced_epoch = None
         self.fenced_by = None  # the standby that said so
@@ -119,17 +131,97 @@ class Active(_Node):
         out = _cffi.new("tha_backlog_t **")
         check(lib.tha_backlog_create(out, backlog_bytes))
         self._backlog = _cffi.gc(out[0], lib.tha_backlog_destroy)
-        self._connectors = [threading.Thread(target=self._connect_loop, args=(a,),
-                                             daemon=True, name=f"tha-connect-{a[1]}")
-                            for a in self.standbys]
-        for t in self._connectors:
-            t.start()
+        self._connectors = []
+        for a in self.standbys:
+            self._start_connector(a)
         self.ticker.start()
+
+    @property
+    def ack_quorum(self) -> int:
+        return self._ack_quorum
+
+    @ack_quorum.setter
+    def ack_quorum(self, k: int) -> None:
+        """How many of all standbys must ack (drops set_quorum's groups)."""
+        self._ack_quorum = k
+        self._groups = None
+
+    @property
+    def _quorum(self) -> list:
+        if self._groups is not None:
+            return self._groups
+        return [(frozenset(f"{a[0]}:{a[1]}" for a in self.standbys), self._ack_quorum)]
+
+    def _start_connector(self, addr) -> None:
+        t = threading.Thread(target=self._connect_loop, args=(addr,), daemon=True,
+                             name=f"tha-connect-{addr[1]}")
+        self._connectors.append(t)
+        t.start()
+
+    def may_send(self) -> bool:
+        """False once the lease (lease_until) ran out: nothing may leave."""
+        until = self.lease_until
+        return until is None or time.monotonic() < until
+
+    def _check_lease(self, what: str) -> None:
+        if not self.may_send():
+            raise NotLeader(f"{what}: this active's lease ran out "
+                            f"{time.monotonic() - self.lease_until:.3f}s ago; "
+                            "it may no longer replicate")
+
+    def set_standbys(self, standbys: Iterable[Address]) -> None:
+        """Replicates to ``standbys`` from now on: new ones are connected
+        (they resume from the backlog or bulk sync), dropped ones
+        disconnected. The quorum becomes one group of all of them needing
+        ``ack_quorum`` (capped at their number): call set_quorum() after
+        for another."""
+        addrs = [parse_address(a, "Active.set_standbys") for a in standbys]
+        with self.cond:
+            new = [a for a in addrs if a not in self._peers]
+            gone = [a for a in self._peers if a not in addrs]
+            for a in gone:
+                del self._peers[a]
+                conn = self._by_addr.pop(a, None)
+                if conn is not None:
+                    conn.close()
+            for a in new:
+                self._peers[a] = _Peer(a)
+            self.standbys = addrs
+            self.ack_quorum = min(self._ack_quorum, len(addrs))
+            self.cond.notify_all()
+        for a in new:
+            self._start_connector(a)
+
+    def set_quorum(self, groups: Iterable[tuple[Iterable[Address], int]]) -> None:
+        """``groups``: [(standby addresses, acks needed), ...]; sync()
+        returns once each group has that many acks (one node, one vote, as
+        always). Every address must be a standby."""
+        out = []
+        with self.cond:
+            known = {p.where for p in self._peers.values()}
+            for addrs, k in groups:
+                where = frozenset("%s:%d" % parse_address(a, "Active.set_quorum")
+                                  for a in addrs)
+                if not where <= known:
+                    raise InvalidArgument(f"Active.set_quorum: {sorted(where - known)} "
+                                          "are not standbys of this active")
+                if not 0 <= k <= len(where):
+                    raise InvalidArgument(f"Active.set_quorum: {k} acks from "
+                                          f"{len(where)} standbys")
+                out.append((where, k))
+            self._groups = out or [(frozenset(), 0)]
+            self._ack_quorum = max(k for _, k in self._groups)
+            self.cond.notify_all()
 
     def _connect_loop(self, addr) -> None:
         peer = self._peers[addr]
         delay = 0.05
         while not self._stopping and self.fenced_epoch is None:
+            if self._peers.get(addr) is not peer:
+                return  # set_standbys dropped it
+            if not self.may_send():  # the lease ran out: connect to no one
+                self._wake.wait(0.05)
+                continue
             with self.cond:
                 current = self._by_addr.get(addr)
                 refused_at = peer.refused_at if peer.refused is not None else None
@@ -168,7 +260,7 @@ class Active(_Node):
                 delay = min(delay * 2, 1.0)
                 continue
             with self.cond:
-                if self._stopping:
+                if self._stopping or self._peers.get(addr) is not peer:
                     sock.close()
                     return
                 if peer.refused is not None:  # keeps the slow pace if this fails
@@ -264,10 +356,11 @@ class Active(_Node):
 
     def _refusal(self, acked) -> Error | None:
         """Under the lock: the error to raise if the standbys that refused
-        definitely leave too few to reach the quorum."""
+        definitely leave too few to reach the quorum (of some group)."""
         refused = [p for p in self._peers.values()
                    if p.refused is not None and p.where not in acked]
-        if not refused or len(self._peers) - len(refused) >= self.ack_quorum:
+        out = {p.where for p in refused}
+        if not refused or all(len(g) - len(g & out) >= k for g, k in self._quorum):
             return None
         first = refused[0].refused
         if len(refused) == 1:
@@ -305,6 +398,7 @@ class Active(_Node):
                              "as a standby")
             if self._backlog is None:
                 raise StateError("this active is closed: sync() needs a new Active")
+            self._check_lease("sync")
             # Encoded straight into the backlog, which reuses the memory of the
             # frame it last dropped: no copy, no fresh pages per sync.
             seq_p = _cffi.new("uint64_t *")
@@ -319,7 +413,7 @@ class Active(_Node):
                     self._drain(c)
                     c.flush()
             result = SyncResult(seq, nbytes)
-            if level == lib.THA_ACK_NONE or self.ack_quorum == 0:
+            if level == lib.THA_ACK_NONE or all(k == 0 for _, k in self._quorum):
                 return result
             deadline = time.monotonic() + timeout
             owned = [c for c in self.conns if c.shared_input and not c.closed]
@@ -355,12 +449,17 @@ class Active(_Node):
                     if node not in nodes:
                         nodes.add(node)
                         acked.append(c.peer)
-            if len(acked) >= self.ack_quorum:
+            have = set(acked)
+            if all(len(g & have) >= k for g, k in self._quorum):
+                # acks that came back after the lease ran out prove nothing:
+                # a new leader may exist that never had this frame
+                self._check_lease(f"seq {seq}")
                 result.acked_by = acked
                 return result
             refusal = self._refusal(acked)
             if refusal is not None:
                 raise refusal
+            self._check_lease(f"waiting for seq {seq}")
             left = deadline - time.monotonic()
             if left <= 0:
                 missing = [f"{a[0]}:{a[1]}" for a in self.standbys
@@ -406,6 +505,18 @@ class Active(_Node):
                 self._lock._acquire_restore(saved)
             for c in ready:
                 c.read_owned()
+
+    def acked_seqs(self, ack: str = "applied") -> dict:
+        """{standby "HOST:PORT": the highest seq it acked at level ``ack``}
+        over its live connections (a standby not connected is absent)."""
+        level = ACK_LEVELS[ack]
+        out = {}
+        with self.cond:
+            for c in self.conns:
+                if c.s is not None and not c.closed and getattr(c, "ready", False):
+                    where = f"{c.addr[0]}:{c.addr[1]}"
+                    out[where] = max(out.get(where, 0), c.acked(level))
+        return out
 
     @property
     def fenced(self) -> bool:

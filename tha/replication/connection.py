@@ -235,6 +235,10 @@ class _Conn:
                         self.wcond.wait(0.05)
                 if rc < 0:
                     return
+                if not node.may_send():  # an active whose lease ran out
+                    with node.cond:
+                        self.abort("the lease ran out: nothing more may be sent")
+                    return
                 sent = 0
                 try:
                     sent = sock.send(_cffi.buffer(data[0], size[0]))
@@ -259,6 +263,8 @@ class _Conn:
         writer sends the rest (large items, a full socket buffer, TLS)."""
         if not self._inline or self.sending or self.closed or self.s is None:
             return
+        if not self.node.may_send():
+            return  # the writer thread aborts the connection
         lib.tha_net_send_output(self.s, self._fd, _INLINE_MAX, _cffi.NULL)
 
     def flush(self) -> None:
@@ -431,6 +437,10 @@ class _Node:
 
     def _on_tick(self) -> None:
         pass
+
+    def may_send(self) -> bool:
+        """False while nothing may be sent (an Active past its lease)."""
+        return True
 
     def _unauthenticated(self) -> list:
         """Under the lock: connections not past the handshake yet (TLS or

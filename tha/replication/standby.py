@@ -95,6 +95,11 @@ class Standby(_Node):
     but not ``persisted``, and retries the disk with a back-off (0.5 s
     doubling up to ``disk_retry_max``); once a checkpoint and a fresh log
     are written it acks persisted again. ``disk_error`` says why meanwhile.
+
+    ``accept(epoch)`` — called (under the heap's lock) when an active has
+    passed the handshake, with the epoch it replicates in; False closes the
+    connection (tha.Node follows only the active of the leader epoch it
+    read from etcd). None accepts every active the protocol accepts.
     """
 
     disk_retry_max = 30.0
@@ -109,7 +114,8 @@ class Standby(_Node):
                  on_applied: Callable[[int, int, bool], None] | None = None,
                  save: PathLike | None = None, log: PathLike | None = None,
                  fsync: str = "always",
-                 save_every: float | None = None, tracking: str = "auto"):
+                 save_every: float | None = None, tracking: str = "auto",
+                 accept: Callable[[int], bool] | None = None):
         listen = parse_address(listen, "Standby: listen", any_port=True)
         _check_listen(listen[0], secret)
         if tracking not in _TRACKING:
@@ -150,6 +156,7 @@ class Standby(_Node):
         self.cond = threading.Condition(self._lock)
         self.promote_after = promote_after
         self.on_applied = on_applied
+        self.accept = accept
         self.promoted_epoch = None
         self.applied_seq = heap.stats()["seq"] if heap else 0
         self.bulk = (0, 0)
@@ -305,6 +312,11 @@ class Standby(_Node):
                                 "stale)", conn.peer, ev.epoch, self.promoted_epoch)
                 lib.tha_session_fence(conn.s, self.promoted_epoch)
                 conn.flush()
+                return
+            if self.accept is not None and not self.accept(ev.epoch):
+                log.info("standby: active %s of epoch %d not accepted now: closing",
+                         conn.peer, ev.epoch)
+                conn.abort(f"an active of epoch {ev.epoch} is not the one to follow")
                 return
             log.info("standby: active %s connected (its seq %d, ours %d)",
                      conn.peer, ev.seq, ev.a)
@@ -535,11 +547,12 @@ class Standby(_Node):
                 self.cond.wait(left)
         return True
 
-    def _promote_locked(self) -> Heap:
+    def _promote_locked(self, epoch: int | None = None) -> Heap:
         if self.heap is None:
             raise Error("cannot promote: this standby never received a state")
         if self.promoted_epoch is None:
-            epoch = self.heap.stats()["epoch"] + 1
+            if epoch is None:
+                epoch = self.heap.stats()["epoch"] + 1
             # The application writes this heap from now on: it must find
             # those writes the way it asked (a bulk-synced heap is explicit).
             self.heap.set_tracking(self.tracking)
@@ -554,11 +567,12 @@ class Standby(_Node):
         self.cond.notify_all()
         return self.heap
 
-    def promote(self) -> Heap:
-        """Becomes the active: bumps the epoch (fencing the old active) and
-        returns the heap to carry on with, e.g. ``tha.Active(heap, ...)``."""
+    def promote(self, epoch: int | None = None) -> Heap:
+        """Becomes the active: raises the epoch (to ``epoch``, which must be
+        newer than the heap's; default one more), fencing the old active,
+        and returns the heap to carry on with, e.g. ``tha.Active(heap, ...)``."""
         with self.cond:
-            return self._promote_locked()
+            return self._promote_locked(epoch)
 
     @property
     def promoted(self) -> bool:
