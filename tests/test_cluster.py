@@ -369,8 +369,11 @@ def test_a_deposed_leader_with_unsynced_writes_is_bulk_synced(etcd, cluster_name
     with target.leading() as heap:
         heap.roots["t"][1].v = 1
     r = sync_retry(target)
+    # the old leader's own seq passes r.seq by the frame it dropped, so wait
+    # for the new leader's write itself to reach it
     wait(lambda: ldr.role == "standby" and ldr.heap is not None
-         and ldr.heap.stats()["seq"] >= r.seq, 10, "the old leader to follow")
+         and ldr.heap.stats()["seq"] >= r.seq and int(ldr.heap.roots["t"][1].v) == 1,
+         10, "the old leader to follow")
     assert int(ldr.heap.roots["t"][5].v) == 0
     assert ldr.heap.dump() == target.heap.dump()
     with pytest.raises(tha.NotLeader):
