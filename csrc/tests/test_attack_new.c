@@ -6,6 +6,7 @@
 #include "tha.h"
 #include "tha_internal.h"
 #include "check.h"
+#include "craft.h"
 #include "ship.h"
 
 #include <stdint.h>
@@ -42,40 +43,6 @@ static tha_schema_t *make_schema(struct head *h) {
     return s;
 }
 
-static void reseal(uint8_t *f, size_t len) {
-    tha__frame_hdr_t hd;
-    memcpy(&hd, f, sizeof hd);
-    hd.body_crc = tha_crc32c(0, f + sizeof hd, len - sizeof hd);
-    hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
-    memcpy(f, &hd, sizeof hd);
-}
-
-/* The data byte and the mask byte of heap offset off in frame f. */
-static uint8_t *in_frame(uint8_t *f, uint64_t off, uint8_t **maskp) {
-    tha__frame_hdr_t hd;
-    memcpy(&hd, f, sizeof hd);
-    uint8_t *p = f + sizeof hd + tha__align_up(hd.schema_len, 8);
-    for (uint32_t i = 0; i < hd.nruns; i++) {
-        tha__run_t run;
-        memcpy(&run, p, sizeof run);
-        uint8_t *mask = p + sizeof run, *data = mask + tha__align_up(run.nblocks, 8);
-        if (off >= run.offset && off < run.offset + run.nblocks * THA__BLOCK) {
-            if (maskp) *maskp = mask + (off - run.offset) / THA__BLOCK;
-            return data + (off - run.offset);
-        }
-        p = data + run.nblocks * THA__BLOCK;
-    }
-    return NULL;
-}
-
-static uint8_t *encode(tha_heap_t *h, int kind, size_t *len) {
-    size_t n;
-    CHECK_OK(tha_heap_frame_size(h, kind, &n));
-    uint8_t *f = malloc(n);
-    CHECK_OK(tha_heap_encode(h, kind, f, n, len));
-    return f;
-}
-
 /* Applies f to `to` expecting a refusal rc whose message holds want; the
  * heap's image and seq must be as they were. */
 static void refused(tha_heap_t *to, uint8_t *f, size_t len, int rc, const char *want) {
@@ -110,7 +77,7 @@ static void test_extern_word_in_scalar(void) {
     size_t len;
     uint8_t *f = encode(a, THA_FRAME_DELTA, &len);
     uint64_t off = (uint64_t)((uint8_t *)&x->v - (uint8_t *)tha_heap_base(a));
-    uint8_t *mask, *w = in_frame(f, off, &mask);
+    uint8_t *mask, *w = in_frame_at(f, off, &mask);
     CHECK(w != NULL);
     uint64_t word = THA__WIRE_EXTERN | 0; /* extern 0 ("head"), byte 0 */
     memcpy(w, &word, 8);
@@ -142,7 +109,7 @@ static void test_tagged_null_in_freed_slot(void) {
     CHECK_OK(tha_heap_touch(a, y, 0));
     size_t len;
     uint8_t *f = encode(a, THA_FRAME_DELTA, &len);
-    uint8_t *mask, *w = in_frame(f, off, &mask);
+    uint8_t *mask, *w = in_frame_at(f, off, &mask);
     CHECK(w != NULL);
     if (w) {
         uint64_t word = THA__WIRE_TAGNULL | 1;
@@ -249,7 +216,7 @@ static void test_func_slot_takes_only_functions(void) {
         for (size_t i = 0; i < sizeof words / sizeof words[0]; i++) {
             uint8_t *f = snap ? sn : d;
             size_t len = snap ? slen : dlen;
-            uint8_t *w = in_frame(f, off, NULL);
+            uint8_t *w = in_frame_at(f, off, NULL);
             CHECK(w != NULL);
             if (!w) continue;
             uint64_t honest;
@@ -372,7 +339,7 @@ static void test_raw_smuggled_in_v1(void) {
             uint64_t off = (uint64_t)((const uint8_t *)(which ? fresh : old) - base) - THA__HDR;
             uint8_t *f = snap ? sn : d;
             size_t len = snap ? slen : dlen;
-            uint8_t *w = in_frame(f, off, NULL);
+            uint8_t *w = in_frame_at(f, off, NULL);
             CHECK(w != NULL);
             if (!w) continue;
             tha__objhdr_t honest;

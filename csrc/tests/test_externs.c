@@ -12,6 +12,7 @@
 #include "tha.h"
 #include "tha_internal.h"
 #include "check.h"
+#include "craft.h"
 #include "ship.h"
 
 #include <stdbool.h>
@@ -222,31 +223,6 @@ static void test_unbound_extern_refused(void) {
     tha_heap_destroy(b);
     tha_schema_release(sa);
     tha_schema_release(sb);
-}
-
-/* Both CRCs of an edited frame recomputed. */
-static void reseal(uint8_t *f, size_t len) {
-    tha__frame_hdr_t hd;
-    memcpy(&hd, f, sizeof hd);
-    hd.body_crc = tha_crc32c(0, f + sizeof hd, len - sizeof hd);
-    hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
-    memcpy(f, &hd, sizeof hd);
-}
-
-/* Where region offset off travels in a frame, or NULL. */
-static uint8_t *in_frame(uint8_t *f, uint64_t off) {
-    tha__frame_hdr_t hd;
-    memcpy(&hd, f, sizeof hd);
-    uint8_t *p = f + sizeof hd + tha__align_up(hd.schema_len, 8);
-    for (uint32_t i = 0; i < hd.nruns; i++) {
-        tha__run_t run;
-        memcpy(&run, p, sizeof run);
-        uint8_t *data = p + sizeof run + tha__align_up(run.nblocks, 8);
-        if (off >= run.offset && off < run.offset + run.nblocks * THA__BLOCK)
-            return data + (off - run.offset);
-        p = data + run.nblocks * THA__BLOCK;
-    }
-    return NULL;
 }
 
 /* Hand-made extern words: an offset past the extern's size, an id past

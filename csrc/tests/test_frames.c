@@ -7,6 +7,7 @@
 #include "tha.h"
 #include "tha_internal.h"
 #include "check.h"
+#include "craft.h"
 
 #include <stdbool.h>
 #include <stdint.h>
@@ -37,39 +38,6 @@ static tha_heap_t *new_heap(tha_schema_t *s) {
     tha_heap_t *h;
     CHECK_OK(tha_heap_create(&h, s, 1 << 20, THA_TRACK_EXPLICIT));
     return h;
-}
-
-static uint8_t *encode(tha_heap_t *h, int kind, size_t *len) {
-    size_t size;
-    CHECK_OK(tha_heap_frame_size(h, kind, &size));
-    uint8_t *f = malloc(size);
-    CHECK_OK(tha_heap_encode(h, kind, f, size, len));
-    return f;
-}
-
-/* Both CRCs of an edited frame recomputed. */
-static void reseal(uint8_t *f, size_t len) {
-    tha__frame_hdr_t hd;
-    memcpy(&hd, f, sizeof hd);
-    hd.body_crc = tha_crc32c(0, f + sizeof hd, len - sizeof hd);
-    hd.header_crc = tha_crc32c(0, &hd, offsetof(tha__frame_hdr_t, header_crc));
-    memcpy(f, &hd, sizeof hd);
-}
-
-/* Where the bytes of region offset off travel in a frame, or NULL. */
-static uint8_t *in_frame(uint8_t *f, uint64_t off) {
-    tha__frame_hdr_t hd;
-    memcpy(&hd, f, sizeof hd);
-    uint8_t *p = f + sizeof hd + tha__align_up(hd.schema_len, 8);
-    for (uint32_t i = 0; i < hd.nruns; i++) {
-        tha__run_t run;
-        memcpy(&run, p, sizeof run);
-        uint8_t *data = p + sizeof run + tha__align_up(run.nblocks, 8);
-        if (off >= run.offset && off < run.offset + run.nblocks * THA__BLOCK)
-            return data + (off - run.offset);
-        p = data + run.nblocks * THA__BLOCK;
-    }
-    return NULL;
 }
 
 /* The heap's bytes and pointer map up to its top, and its seq. */

@@ -10,6 +10,7 @@
  * addresses; untrusted words checked; checkpoints loaded at their base. */
 #include "tha.h"
 #include "check.h"
+#include "craft.h"
 #include "ship.h"
 
 #include <errno.h>
@@ -49,14 +50,6 @@ static tha_schema_t *make_schema(void (*fn)(void)) {
 /* Bases far from anything the loader or malloc uses, one per test. */
 #define BASE(k) ((void *)(uintptr_t)(0x210000000000ull + (uint64_t)(k) * 0x1000000000ull))
 #define CAP (4u << 20)
-
-static void *encode(tha_heap_t *h, int kind, size_t *len) {
-    size_t n;
-    CHECK_OK(tha_heap_frame_size(h, kind, &n));
-    void *buf = malloc(n);
-    CHECK_OK(tha_heap_encode(h, kind, buf, n, len));
-    return buf;
-}
 
 static void test_create_at(void) {
     tha_schema_t *s = make_schema(fn_a);
@@ -299,16 +292,7 @@ static void test_mismatch(void) {
 
 /* frame.h's header: fields this test edits, at their offsets. */
 #define OFF_VERSION 4
-#define OFF_BODY_CRC 84
 #define OFF_BASE64K 88
-#define OFF_HEADER_CRC 92
-
-static void reseal(uint8_t *f, size_t len) {
-    uint32_t c = tha_crc32c(0, f + THA_FRAME_HEADER_SIZE, len - THA_FRAME_HEADER_SIZE);
-    memcpy(f + OFF_BODY_CRC, &c, 4);
-    c = tha_crc32c(0, f, OFF_HEADER_CRC);
-    memcpy(f + OFF_HEADER_CRC, &c, 4);
-}
 
 /* The frame offset of the 8-byte word holding v, or 0. */
 static size_t find_word(const uint8_t *f, size_t len, uint64_t v) {
