@@ -379,3 +379,19 @@ def test_a_deposed_leader_with_unsynced_writes_is_bulk_synced(etcd, cluster_name
     with pytest.raises(tha.NotLeader):
         with ldr.leading():
             pass
+
+
+def test_standby_min_epoch_fences_a_deposed_leader_before_any_frame():
+    """Standby(min_epoch=): the newest leader epoch a node knows. An active
+    below it (a deposed leader woken from SIGSTOP, frames queued) is fenced
+    at its HELLO: no bulk sync, no frame, nothing applied."""
+    schema = tha.Schema("struct kv { uint64_t v; };")
+    heap = tha.Heap(schema, capacity=4 << 20)
+    heap.set_epoch(3)
+    t = heap.new("struct kv", count=4)
+    heap.roots["t"] = t
+    with tha.Standby(secret=b"k", min_epoch=lambda: 4) as sb:
+        with tha.Active(heap, [sb.address], secret=b"k") as act:
+            with pytest.raises(tha.Fenced):
+                act.sync(ack="applied", timeout=10)
+        assert sb.heap is None and sb.applied_seq == 0

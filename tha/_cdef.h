@@ -315,6 +315,7 @@ typedef struct tha_session_config {
     uint64_t timeout_ms;
     uint32_t chunk_bytes;
     uint64_t max_message;
+    uint64_t min_epoch;
 } tha_session_config_t;
 
 enum tha_event_type {

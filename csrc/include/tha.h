@@ -1041,6 +1041,12 @@ typedef struct tha_session_config {
     uint32_t chunk_bytes;     /* bulk sync message size; 0 = 1 MiB */
     uint64_t max_message;     /* refuse larger messages; 0 = 4 GiB - 1. Before
                                  the handshake ends, THA_HANDSHAKE_MAX applies */
+    uint64_t min_epoch;       /* standby: an active below this epoch is fenced
+                                 at its HELLO, before it can send a frame (a
+                                 coordinator's current leader epoch: the old
+                                 leader, frozen and woken, is refused
+                                 whatever it sends next); 0: the standby
+                                 heap's own epoch only */
 } tha_session_config_t;
 
 /* The largest message a session accepts before the peer proved itself. */

@@ -563,6 +563,7 @@ static int on_active_hello(tha_session_t *s, const uint8_t *p, size_t len) {
     derive_keys(s);
     s->proven = 1;
     uint64_t mine = s->heap ? s->heap->epoch : 0;
+    if (mine < s->cfg.min_epoch) mine = s->cfg.min_epoch; /* a coordinator's leader */
     if (a->epoch < mine)
         return refuse(s, THA_EFENCED, mine, "fenced: the active is at epoch %llu, "
                       "this node is at epoch %llu", (unsigned long long)a->epoch,

@@ -920,6 +920,46 @@ static void test_fencing(void) {
         tha_backlog_destroy(bl3);
         tha_heap_destroy(h3);
     }
+    /* min_epoch: a coordinator told the standby the leader is at epoch 6;
+     * the deposed leader (epoch 5, frames queued) is fenced at its HELLO,
+     * before any byte of a bulk sync or frame is taken */
+    {
+        struct emp *es4;
+        tha_heap_t *h4 = company(&es4);
+        tha_backlog_t *bl4;
+        CHECK_OK(tha_backlog_create(&bl4, 0));
+        CHECK_OK(tha_heap_set_epoch(h4, 5));
+        end_t *a4 = end_new(THA_ROLE_ACTIVE, "k", h4, bl4);
+        end_t *b4 = calloc(1, sizeof *b4);
+        tha_session_config_t cfg = {.role = THA_ROLE_STANDBY, .node_id = 2,
+                                    .secret = "k", .secret_len = 1, .mac = toy_mac,
+                                    .chunk_bytes = 4096, .min_epoch = 6};
+        CHECK_OK(tha_session_create(&b4->s, &cfg, NULL, NULL));
+        CHECK_OK(tha_session_start(b4->s, 0));
+        sync_one(h4, bl4, a4, THA_ACK_APPLIED);
+        exchange(a4, b4, 1, SIZE_MAX, NULL);
+        const tha_event_t *f4 = last_ev(a4, THA_EV_FENCED);
+        CHECK(f4 && f4->epoch == 6);
+        CHECK(!last_ev(b4, THA_EV_READY) && !last_ev(b4, THA_EV_BULK_BEGIN) &&
+              !last_ev(b4, THA_EV_APPLIED) && !tha_session_take_heap(b4->s));
+        end_free(a4);
+        end_free(b4);
+        /* the leader of epoch 6 itself is followed */
+        CHECK_OK(tha_heap_set_epoch(h4, 6));
+        tha_backlog_t *bl5;
+        CHECK_OK(tha_backlog_create(&bl5, 0));
+        end_t *a5 = end_new(THA_ROLE_ACTIVE, "k", h4, bl5);
+        end_t *b5 = calloc(1, sizeof *b5);
+        CHECK_OK(tha_session_create(&b5->s, &cfg, NULL, NULL));
+        CHECK_OK(tha_session_start(b5->s, 0));
+        exchange(a5, b5, 1, SIZE_MAX, NULL);
+        CHECK(last_ev(b5, THA_EV_READY) != NULL && !last_ev(a5, THA_EV_FENCED));
+        end_free(a5);
+        end_free(b5);
+        tha_backlog_destroy(bl4);
+        tha_backlog_destroy(bl5);
+        tha_heap_destroy(h4);
+    }
     /* a frame of the old epoch against the promoted heap: ESTALE, unchanged */
     mutate(old, es, 3);
     size_t size, len;

@@ -100,6 +100,8 @@ class Node:
         self.standby: Standby | None = None
         self.active: Active | None = None
         self._follow = None               # the epoch accepted ("any": pair mode)
+        self._min_epoch = 0               # actives below it are fenced at HELLO:
+                                          # every epoch before the newest leader's
         self._synced = False              # holds a state made in this process's life
         self._paused = None               # why sync() is refused (a switchover)
         self._paused_at = None
@@ -223,7 +225,8 @@ class Node:
         sb = Standby(listen=self._listen, secret=self.secret, heap=heap,
                      heartbeat=self.heartbeat, timeout=self.peer_timeout,
                      on_applied=self._applied, tracking=self.tracking,
-                     functions=self.functions, accept=self._accept)
+                     functions=self.functions, accept=self._accept,
+                     min_epoch=lambda: self._min_epoch)
         self._listen = sb.address  # port 0: the one picked, kept from now on
         self.standby = sb
 
@@ -464,6 +467,11 @@ class Node:
     def _set_follow(self, follow) -> None:
         """Follows the active of epoch ``follow`` only (None: none): the
         connections to any other close."""
+        if isinstance(self._follow, int) and follow is None:
+            # the leader we followed is gone: its epoch never leads again
+            self._min_epoch = max(self._min_epoch, self._follow + 1)
+        if isinstance(follow, int):
+            self._min_epoch = max(self._min_epoch, follow)
         self._follow = follow
         sb = self.standby
         if sb is None:

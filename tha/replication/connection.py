@@ -99,6 +99,9 @@ class _Conn:
         cfg.node_id = node.node_id
         cfg.heartbeat_ms = int(node.heartbeat * 1000)
         cfg.timeout_ms = int(node.timeout * 1000)
+        min_epoch = getattr(node, "min_epoch", None)
+        if role == lib.THA_ROLE_STANDBY and min_epoch is not None:
+            cfg.min_epoch = int(min_epoch())  # older actives fenced at HELLO
         if node.secret:
             self._secret_buf = _cffi.from_buffer(node.secret)  # copied by create
             cfg.secret = self._secret_buf

@@ -100,6 +100,10 @@ class Standby(_Node):
     passed the handshake, with the epoch it replicates in; False closes the
     connection (tha.Node follows only the active of the leader epoch it
     read from etcd). None accepts every active the protocol accepts.
+    ``min_epoch()`` — called for each new connection: an active below that
+    epoch is fenced at its HELLO, before it can send a frame (tha.Node: the
+    newest leader epoch it knows, so a deposed leader woken from a freeze
+    gets nothing applied). None: the heap's own epoch only.
     """
 
     disk_retry_max = 30.0
@@ -115,7 +119,8 @@ class Standby(_Node):
                  save: PathLike | None = None, log: PathLike | None = None,
                  fsync: str = "always",
                  save_every: float | None = None, tracking: str = "auto",
-                 accept: Callable[[int], bool] | None = None):
+                 accept: Callable[[int], bool] | None = None,
+                 min_epoch: Callable[[], int] | None = None):
         listen = parse_address(listen, "Standby: listen", any_port=True)
         _check_listen(listen[0], secret)
         if tracking not in _TRACKING:
@@ -157,6 +162,7 @@ class Standby(_Node):
         self.promote_after = promote_after
         self.on_applied = on_applied
         self.accept = accept
+        self.min_epoch = min_epoch
         self.promoted_epoch = None
         self.applied_seq = heap.stats()["seq"] if heap else 0
         self.bulk = (0, 0)
