@@ -819,7 +819,8 @@ static int walk_cluster(dstate_t *d, const span_set_t *pmt, size_t ci, uint64_t 
 
 /* The runs of a verified frame's body, indexed (in h->scratch). */
 static vrun_t *index_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
-    size_t need = hd->nruns * sizeof(vrun_t);
+    /* at least one entry: realloc(p, 0) would free the kept buffer */
+    size_t need = (hd->nruns ? hd->nruns : 1) * sizeof(vrun_t);
     if (h->scratch_cap < need) { /* kept: a fresh buffer costs page faults */
         void *nb = realloc(h->scratch, need);
         if (!nb) return NULL;

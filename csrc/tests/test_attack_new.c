@@ -388,7 +388,31 @@ static void test_apply_with_unbound_mirrored_static(void) {
     tha_schema_release(sb);
 }
 
+/* An empty delta of a schema with function fields (whose deltas get the
+ * slot pass): it applies, again and again. Its run index once asked
+ * realloc for 0 bytes, which freed the kept buffer: "no memory to check a
+ * delta" (tests/test_heap.py::test_touch_variants in CI). */
+static void test_empty_delta_with_func_slots(void) {
+    tha_schema_t *s = cb_schema();
+    tha_heap_t *a, *b;
+    CHECK_OK(tha_heap_create(&a, s, 4 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&b, s, 4 << 20, THA_TRACK_EXPLICIT));
+    struct cbo *x;
+    CHECK_OK(tha_heap_alloc(a, CBO, 1, (void **)&x));
+    x->cb = cb_fn;
+    CHECK_OK(ship(a, b, THA_FRAME_SNAPSHOT));
+    for (int i = 0; i < 3; i++) CHECK_OK(ship(a, b, THA_FRAME_DELTA)); /* nothing dirty */
+    x->v = 2;
+    CHECK_OK(tha_heap_touch(a, x, 0));
+    CHECK_OK(ship(a, b, THA_FRAME_DELTA));
+    CHECK_OK(tha_heap_check(b));
+    tha_heap_destroy(a);
+    tha_heap_destroy(b);
+    tha_schema_release(s);
+}
+
 int main(void) {
+    RUN(test_empty_delta_with_func_slots);
     RUN(test_extern_word_in_scalar);
     RUN(test_tagged_null_in_freed_slot);
     RUN(test_mirrored_extern_inside_heap);
