@@ -307,9 +307,9 @@ THA_API int tha_schema_extern_info(const tha_schema_t *s, uint32_t i, const char
 #define THA_STRUCT(s, T, name, idp)                                           \
     tha_schema_add_struct((s), (name), sizeof(T), THA__ALIGNOF(T), 0, (idp))
 /* One field from its parts (what the THA_FIELD_* macros expand to). */
-static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
-                                 size_t offset, uint32_t kind, uint32_t prim,
-                                 const char *target, uint32_t d0) {
+static inline int tha__add_field_tagged(tha_schema_t *s, uint32_t id, const char *name,
+                                        size_t offset, uint32_t kind, uint32_t prim,
+                                        const char *target, uint32_t d0, uint32_t mask) {
 #ifdef __cplusplus
     tha_field_t f = {};
 #else
@@ -321,7 +321,13 @@ static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
     f.prim = prim;
     f.target = target;
     f.dims[0] = d0;
+    f.tag_mask = mask;
     return tha_schema_add_field(s, id, &f);
+}
+static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
+                                 size_t offset, uint32_t kind, uint32_t prim,
+                                 const char *target, uint32_t d0) {
+    return tha__add_field_tagged(s, id, name, offset, kind, prim, target, d0, 0);
 }
 #define THA__FIELD(s, id, T, f, k, p, tgt, d0)                                \
     tha__add_field((s), (id), #f, offsetof(T, f), (k), (p), (tgt), (uint32_t)(d0))
@@ -332,22 +338,9 @@ static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
 #define THA_FIELD_PTR(s, id, T, f, tgt, n)                                    \
     THA__FIELD(s, id, T, f, THA_K_PTR, 0, (tgt), (n))
 /* A pointer to tgt whose low bits mask (within 0x7) are tags. */
-static inline int tha__add_tagged(tha_schema_t *s, uint32_t id, const char *name,
-                                  size_t offset, const char *target, uint32_t mask) {
-#ifdef __cplusplus
-    tha_field_t f = {};
-#else
-    tha_field_t f = {0};
-#endif
-    f.name = name;
-    f.offset = (uint32_t)offset;
-    f.kind = THA_K_PTR;
-    f.target = target;
-    f.tag_mask = mask;
-    return tha_schema_add_field(s, id, &f);
-}
 #define THA_FIELD_PTR_TAGGED(s, id, T, f, tgt, mask)                          \
-    tha__add_tagged((s), (id), #f, offsetof(T, f), (tgt), (uint32_t)(mask))
+    tha__add_field_tagged((s), (id), #f, offsetof(T, f), THA_K_PTR, 0, (tgt), 0,  \
+                          (uint32_t)(mask))
 /* A nested struct by value, or an array of n of them. */
 #define THA_FIELD_STRUCT(s, id, T, f, tgt, n)                                 \
     THA__FIELD(s, id, T, f, THA_K_STRUCT, 0, (tgt), (n))
