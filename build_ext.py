@@ -64,19 +64,52 @@ void tha_py_openssl_mac(void *ctx, const uint8_t *key, size_t key_len,
 
 # dump() walks the heap in batches: one Python -> C crossing per 4096
 # objects instead of one per object (tha/dump.py); heap.touch_many() marks
-# a batch of elements in one crossing (its indexes checked in Python first).
+# a batch of elements in one crossing and heap.store_many() writes one (their
+# indexes checked first, tha_py_first_over).
 WALK_SOURCE = r"""
+/* The caller (tha/heap.py) checked every index against the elements of
+ * one live allocation, so each span lies inside it: touch_range marks it
+ * without looking the allocation up again. */
 size_t tha_py_touch_each(tha_heap_t *h, uintptr_t first, size_t stride, size_t len,
                          const uint64_t *index, size_t n, int *rc) {
     for (size_t i = 0; i < n; i++) {
-        int r = tha_heap_touch(h, (const void *)(first + stride * (index ? index[i] : i)),
-                               len);
+        int r = tha_heap_touch_range(
+            h, (const void *)(first + stride * (index ? index[i] : i)), len);
         if (r) {
             *rc = r;
             return i;
         }
     }
     *rc = 0;
+    return n;
+}
+/* store_many(): len bytes of value j (values + len * j; with tstride, the
+ * address tfirst + tstride * values[j], or NULL for UINT64_MAX) into the
+ * field at off of element index[j] (index NULL: j), in order, each marked.
+ * Same precondition as above, for the targets too. */
+int tha_py_store_each(tha_heap_t *h, uintptr_t first, size_t stride, size_t off,
+                      size_t len, const uint64_t *index, size_t n, uintptr_t values,
+                      uintptr_t tfirst, size_t tstride) {
+    const uint8_t *src = (const uint8_t *)values;
+    for (size_t j = 0; j < n; j++) {
+        uint8_t *dst = (uint8_t *)(first + stride * (index ? index[j] : j) + off);
+        if (tstride) {
+            uint64_t t;
+            memcpy(&t, src + 8 * j, 8);
+            uintptr_t a = t == UINT64_MAX ? 0 : tfirst + tstride * t;
+            memcpy(dst, &a, sizeof a);
+        } else {
+            memcpy(dst, src + len * j, len);
+        }
+        int r = tha_heap_touch_range(h, dst, len);
+        if (r) return r;
+    }
+    return 0;
+}
+/* The first j with v[j] >= limit (UINT64_MAX allowed when null_ok), or n. */
+size_t tha_py_first_over(const uint64_t *v, size_t n, uint64_t limit, int null_ok) {
+    for (size_t j = 0; j < n; j++)
+        if (v[j] >= limit && !(null_ok && v[j] == UINT64_MAX)) return j;
     return n;
 }
 size_t tha_py_next_batch(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out,

@@ -141,9 +141,18 @@ int tha_heap_next(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out);
 size_t tha_py_next_batch(const tha_heap_t *h, uint64_t *cursor, tha_obj_t *out,
                          size_t n);
 /* build_ext.py: tha_heap_touch of len bytes at first + stride * index[i]
- * (index NULL: i) for i < n; the count done, *rc the first failure */
+ * (index NULL: i) for i < n, spans the caller checked (tha_heap_touch_range);
+ * the count done, *rc the first failure */
 size_t tha_py_touch_each(tha_heap_t *h, uintptr_t first, size_t stride, size_t len,
                          const uint64_t *index, size_t n, int *rc);
+/* build_ext.py: heap.store_many(): value j (or, with tstride, the address
+ * of element values[j] at tfirst) into the field at off of element index[j] */
+int tha_py_store_each(tha_heap_t *h, uintptr_t first, size_t stride, size_t off,
+                      size_t len, const uint64_t *index, size_t n, uintptr_t values,
+                      uintptr_t tfirst, size_t tstride);
+/* build_ext.py: the first j with v[j] >= limit (UINT64_MAX too unless
+ * null_ok), or n */
+size_t tha_py_first_over(const uint64_t *v, size_t n, uint64_t limit, int null_ok);
 
 #define THA_MAX_ROOTS ...
 int tha_root_set(tha_heap_t *h, const char *name, const void *p);

@@ -654,6 +654,11 @@ class Schema:
             self._pointers[ctype] = ptr
         return ptr
 
+    def tag_mask(self, owner: Any, field: str) -> int:
+        """The tag mask declared on ``field`` of the struct ctype ``owner``
+        (``/* tha: tag_mask=0x1 */``), 0 for an untagged field."""
+        return self._masks.get((self._names.get(owner, owner.cname), field), 0)
+
     def ctype_of(self, type_id: int) -> Any:
         return self._by_id[type_id]
 
