@@ -347,6 +347,7 @@ class Heap:
         ffi = self.schema.ffi
         with self._lock:
             addr, item, stride, index, n = self._elements("store_many", p, indexes)
+            self._holds("store_many", addr, item)
             off, ftype, owner, last = _field_type(ffi, p, item, field)
             what = f"store_many: {item.cname}.{field}"
             tfirst, tstride = 0, 0
@@ -405,6 +406,23 @@ class Heap:
                     f"0x{start - self._base:x} to the allocation's end")
         return addr, item, stride, index, n
 
+    def _holds(self, what: str, addr: int, item) -> None:
+        """That addr is an element of an allocation of item (what the heap
+        holds there, not what the cdata was cast to): a field written by
+        the batch is then a field the mirror relocates as such."""
+        obj = self._lookup(addr)
+        try:
+            held = self.schema.ctype_of(obj.type_id)
+        except KeyError:
+            held = None
+        if held is None or held.cname != item.cname or \
+                (addr - self._base - obj.offset) % self.schema.ffi.sizeof(held):
+            raise InvalidPointer(f"{what}: a {item.cname} * at offset "
+                                 f"0x{addr - self._base:x}, but the allocation there holds "
+                                 f"{held.cname if held is not None else 'untyped bytes'}"
+                                 + ("" if held is None or held.cname != item.cname
+                                    else " (not at an element's start)"))
+
     def _targets(self, what: str, want, target, values, n: int):
         """(first address, stride, (uint64 addresses-to-be,)) of the pointer
         values: element indexes into target's allocation, checked."""
@@ -416,18 +434,10 @@ class Heap:
                                  f"element, got {type(target).__name__}") from None
         taddr = self._addr(target)
         obj = self._lookup(taddr)
-        try:  # what the heap holds there, not what the cdata was cast to
-            held = self.schema.ctype_of(obj.type_id)
-        except KeyError:
-            held = None
-        start = self._base + obj.offset
-        if titem.cname != want.cname or held is None or held.cname != want.cname \
-                or (taddr - start) % ffi.sizeof(held):
-            got = titem.cname if held is None or held.cname == titem.cname else \
-                f"{titem.cname} * into an allocation of {held.cname}"
+        if titem.cname != want.cname:
             raise InvalidPointer(f"{what} points to {want.cname}, but target is "
-                                 f"a {got}" + (" *" if held is None or held.cname ==
-                                               titem.cname else ""))
+                                 f"a {titem.cname} *")
+        self._holds(f"{what}: target", taddr, titem)
         tstride = ffi.sizeof(titem)
         avail = (self._base + obj.offset + obj.size * obj.count - taddr) // tstride
         if not _is_buffer(values):
