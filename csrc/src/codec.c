@@ -669,6 +669,9 @@ static int check_region_header(tha_heap_t *h, const tha__frame_hdr_t *hd,
     }
     (void)body_len;
     const tha__layout_t lay = tha__region_layout(hd->capacity);
+    if (want.magic == THA__REGION_MAGIC_V2)
+        return tha__hfail(h, THA_EVERSION, "%s seq %llu: %s", kind_name(hd->kind),
+                          (unsigned long long)hd->seq, tha__region_magic_why(want.magic));
     if (want.magic != THA__REGION_MAGIC || want.capacity != hd->capacity ||
         want.top != hd->top || want.npages != lay.npages ||
         want.roots_off != lay.roots_off || want.pagemap_off != lay.pagemap_off ||

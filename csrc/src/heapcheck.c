@@ -183,7 +183,8 @@ static void read_region(view_t *v) {
 /* The header's layout is the one tha__region_layout gives its capacity. */
 static int check_region(view_t *v) {
     const tha__region_t *r = &v->r;
-    if (r->magic != THA__REGION_MAGIC) BAD("region header: bad magic");
+    const char *why = tha__region_magic_why(r->magic);
+    if (why) BAD("region header: %s", why);
     if (r->capacity == 0 || r->capacity % THA__GRANULE || r->capacity > v->h->capacity)
         BAD("region header: capacity %llu (heap has %llu)", (ull)r->capacity,
             (ull)v->h->capacity);
@@ -254,10 +255,10 @@ static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64
         (ull)payload, (ull)(at - payload), (ull)w);
 }
 
-/* The live header at slot (unit bytes with it): a known type that fits;
- * every pointer slot of its elements mapped (and its value sane). Adds the
- * object's pointer words to *words. */
-static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
+/* The live header at slot (unit bytes with it, the payload at slot + hdr):
+ * a known type that fits; every pointer slot of its elements mapped (and
+ * its value sane). Adds the object's pointer words to *words. */
+static int check_header(view_t *v, uint64_t slot, uint64_t unit, uint64_t hdr, acc_t *a,
                         uint64_t *words) {
     tha__objhdr_t oh = vhdr(v, slot);
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
@@ -266,10 +267,12 @@ static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
     if (oh.type_id == THA_T_RAW && !v->raw_ok) /* its pointers cannot be rebased */
         BAD("object at 0x%llx is untyped (tha_raw), which only a same-address heap "
             "may hold", (ull)slot);
-    if (oh.count == 0 || oh.count > (unit - THA__HDR) / t->size)
+    if (oh.count == 0 || oh.count > (unit - hdr) / t->size)
         BAD("object at 0x%llx (%u x %s) overflows its %llu-byte slot", (ull)slot,
             oh.count, t->name, (ull)unit);
-    uint64_t payload = slot + THA__HDR;
+    if (hdr > THA__HDR && !vzero(v, slot + THA__HDR, hdr - THA__HDR))
+        BAD("span at 0x%llx: its header block's padding is not zero", (ull)slot);
+    uint64_t payload = slot + hdr;
     a->objects++;
     a->bytes += t->size * oh.count;
     *words += (uint64_t)t->nslots * oh.count;
@@ -334,7 +337,7 @@ static int check_slab(view_t *v, uint64_t p, acc_t *a) {
     for (uint32_t i = 0; i < s.bump; i++) {
         uint64_t slot = first + (uint64_t)i * size;
         if (vhdr(v, slot).count) {
-            int rc = check_header(v, slot, size, a, &words);
+            int rc = check_header(v, slot, size, THA__HDR, a, &words);
             if (rc) return rc;
             live++;
         }
@@ -406,7 +409,7 @@ static int check_run(view_t *v, uint64_t p, uint64_t *n, acc_t *a) {
     default: {
         uint64_t words = 0;
         if (!vhdr(v, off).count) BAD("span at page %llu holds no object", (ull)p);
-        int rc = check_header(v, off, *n * THA__PAGE, a, &words);
+        int rc = check_header(v, off, *n * THA__PAGE, THA__SPAN_HDR, a, &words);
         if (rc) return rc;
         if (vpopcount(v, off / THA__BLOCK, nb) != words)
             BAD("span at page %llu: pointer map does not match its object", (ull)p);
@@ -477,7 +480,7 @@ static int vunit(view_t *v, uint64_t p, uint64_t *head, tha__page_t *out) {
 /* Payload of the live allocation holding off in the view, or 0; the page
  * p (unit head, entry) resolved already when unit is given. */
 static uint64_t vfind_in(view_t *v, uint64_t off, int have, uint64_t p, tha__page_t pg) {
-    uint64_t slot, end;
+    uint64_t slot, end, hdr = THA__HDR;
     if (!have) return 0;
     if (pg.kind == THA__PG_SLAB_HEAD) {
         if (pg.cls >= THA__NCLASSES) return 0;
@@ -489,10 +492,11 @@ static uint64_t vfind_in(view_t *v, uint64_t off, int have, uint64_t p, tha__pag
     } else {
         slot = p * THA__PAGE;
         end = (p + pg.link) * THA__PAGE;
+        hdr = THA__SPAN_HDR;
     }
     tha__objhdr_t oh = vhdr(v, slot);
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
-    uint64_t payload = slot + THA__HDR;
+    uint64_t payload = slot + hdr;
     if (!oh.count || !t || !t->size || off < payload ||
         (off - payload) / t->size >= oh.count || oh.count > (end - payload) / t->size)
         return 0;
@@ -759,7 +763,7 @@ static int scan_blocks(dstate_t *d) {
             case THA__PG_SPAN_TAIL:
                 if (nmask != h->ptrmap[b] ||
                     (b == head * PAGE_BLOCKS && memcmp(nb, h->base + b * THA__BLOCK,
-                                                       THA__HDR)))
+                                                       THA__SPAN_HDR)))
                     rc = add_dirty(d, head);
                 break;
             case THA__PG_FREE_HEAD:
@@ -957,7 +961,7 @@ static const tha__slot_t *slot_of(view_t *v, uint64_t off, pcache_t *pc, char *w
     }
     uint64_t payload = vfind_in(v, off, pc->have, pc->head, pc->pg);
     if (!payload) return NULL;
-    tha__objhdr_t oh = vhdr(v, payload - THA__HDR);
+    tha__objhdr_t oh = vhdr(v, tha__hdr_of(payload));
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
     uint64_t e = (off - payload) % t->size;
     if (where) tha__schema_describe(v->h->schema, oh.type_id, e, where, cap);
