@@ -156,6 +156,13 @@ int tha__heap_new(tha_heap_t **out, tha_schema_t *schema, size_t capacity, int t
     } else {
         h->mech = tracking == THA_TRACK_DIFF ? THA__MECH_DIFF : THA__MECH_EXPLICIT;
     }
+    /* Explicit and diff heaps take 2 MiB pages where the kernel gives them
+     * (THP "madvise"): on 4 KiB pages each scattered block a delta writes or
+     * reads costs a TLB miss (1M x 64 B records, 1% changed: apply 1.2-1.9
+     * -> 0.8-1.0 ms, encode 1.0-1.4 -> 0.8-0.9 ms). Write protection keeps
+     * 4 KiB pages (its faults and scans are per page; wp.c asks for them). */
+    if (h->mech == THA__MECH_EXPLICIT || h->mech == THA__MECH_DIFF)
+        madvise(base, cap, MADV_HUGEPAGE);
     if (h->mech != THA__MECH_EXPLICIT) {
         void *sh = mmap(NULL, cap, PROT_READ | PROT_WRITE,
                         MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);

@@ -760,12 +760,21 @@ static int scan_blocks(dstate_t *d) {
                 rc = slab_block(d, head, b, nb, nmask);
                 break;
             case THA__PG_SPAN_HEAD:
-            case THA__PG_SPAN_TAIL:
-                if (nmask != h->ptrmap[b] ||
+            case THA__PG_SPAN_TAIL: {
+                /* the rest of the run inside this span at once: its page-map
+                 * entries are untouched (p is in no checked cluster, and
+                 * clusters are whole runs), so the heap's say where it ends */
+                uint64_t end = (head + pm[head].link) * PAGE_BLOCKS;
+                uint64_t stop = e < end ? e : end;
+                if (cur < d->checked.n && d->checked.a[2 * cur] * PAGE_BLOCKS < stop)
+                    stop = d->checked.a[2 * cur] * PAGE_BLOCKS; /* as page by page */
+                if (memcmp(run->mask + (b - run->b0), h->ptrmap + b, stop - b) ||
                     (b == head * PAGE_BLOCKS && memcmp(nb, h->base + b * THA__BLOCK,
                                                        THA__SPAN_HDR)))
                     rc = add_dirty(d, head);
+                b = stop - 1;
                 break;
+            }
             case THA__PG_FREE_HEAD:
             case THA__PG_FREE_TAIL:
                 if (nmask)
