@@ -789,9 +789,11 @@ static int ver_half(half_t *x) {
 }
 #endif
 
-/* Walks the runs: bounds, order, masks, pointer words. Reads every body
- * byte once, in order; on failure *done is how far *crc (tha_crc32c of the
- * body so far) reaches, so the caller can finish the checksum. */
+/* Walks the runs: bounds, order, masks, pointer words; indexes them (the
+ * heap's run index, tha__run_index) for the checks and the copy that
+ * follow. Reads every body byte once, in order; on failure *done is how far
+ * *crc (tha_crc32c of the body so far) reaches, so the caller can finish
+ * the checksum. */
 static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
                       const uint8_t *body, uint64_t body_len, uint64_t *done,
                       uint32_t *crc) {
@@ -809,6 +811,14 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
     uint64_t top_blocks = hd->top / THA__BLOCK, next_block = 0, blocks = 0;
     /* blocks below data_off hold no pointers */
     const uint64_t meta_blocks = tha__region_layout(hd->capacity).data_off / THA__BLOCK;
+    /* no more runs than the body has room for: a run that passes takes at
+     * least a record, 8 mask bytes and a block, so run i passes only if
+     * i < fit, and a hostile count sizes nothing */
+    const uint64_t fit = (body_len - pos) / (sizeof(tha__run_t) + 8 + THA__BLOCK);
+    tha__vrun_t *index = tha__run_index(h, hd->nruns < fit ? hd->nruns : fit);
+    if (!index)
+        return tha__hfail(h, THA_ENOMEM, "%s seq %llu: no memory to index its %u runs",
+                          k, seq, hd->nruns);
     for (uint32_t i = 0; i < hd->nruns; i++) {
         tha__run_t run;
         if (body_len - pos < sizeof run) {
@@ -851,6 +861,8 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
             }
         const uint8_t *data = body + pos;
         pos += run.nblocks * THA__BLOCK;
+        THA_ASSERT(i < fit);
+        index[i] = (tha__vrun_t){.b0 = b0, .nb = run.nblocks, .data = data, .mask = mask};
         if (run.nblocks < BIG_BLOCKS) {
             rc = check_words(h, hd, data, mask, b0, run.nblocks);
             if (rc) goto out;
@@ -1094,25 +1106,18 @@ static int copy_fixed_half(half_t *x) {
 /* Copies and rebases every run of a verified frame into the heap (fixed,
  * a same-address frame: copies only). */
 static inline __attribute__((always_inline)) void
-copy_runs_k(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body,
-            const int fixed) {
-    const tha__frame_hdr_t hd = *hdp;
-    const uint8_t *p = body + tha__align_up(hd.schema_len, 8), *pf = p;
-    uint32_t pfi = 0;
-    for (uint32_t i = 0; i < hd.nruns; i++) {
-        /* scattered runs: ask for the heap lines PREFETCH_RUNS runs ahead */
-        for (; pfi < hd.nruns && pfi < i + PREFETCH_RUNS; pfi++) {
-            tha__run_t ahead;
-            memcpy(&ahead, pf, sizeof ahead);
-            if (ahead.nblocks < BIG_BLOCKS)
-                prefetch_blocks(h->base, ahead.offset / THA__BLOCK, ahead.nblocks, 1);
-            pf += tha__run_bytes(ahead.nblocks);
-        }
-        tha__run_t run;
-        memcpy(&run, p, sizeof run);
-        const uint8_t *mask = p + sizeof run;
-        const uint8_t *data = mask + tha__align_up(run.nblocks, 8);
-        uint64_t b0 = run.offset / THA__BLOCK;
+copy_runs_k(tha_heap_t *h, const tha__vrun_t *runs, uint32_t nruns, const int fixed) {
+    for (uint32_t i = 0; i < PREFETCH_RUNS && i < nruns; i++)
+        if (runs[i].nb < BIG_BLOCKS) prefetch_blocks(h->base, runs[i].b0, runs[i].nb, 1);
+    for (uint32_t i = 0; i < nruns; i++) {
+        /* scattered runs: ask for the heap lines PREFETCH_RUNS runs ahead
+         * (from the index: no chain of loads through the frame) */
+        if (i + PREFETCH_RUNS < nruns && runs[i + PREFETCH_RUNS].nb < BIG_BLOCKS)
+            prefetch_blocks(h->base, runs[i + PREFETCH_RUNS].b0,
+                            runs[i + PREFETCH_RUNS].nb, 1);
+        const tha__run_t run = {.offset = runs[i].b0 * THA__BLOCK, .nblocks = runs[i].nb};
+        const uint8_t *mask = runs[i].mask, *data = runs[i].data;
+        uint64_t b0 = runs[i].b0;
         uint8_t *dst = h->base + b0 * THA__BLOCK;
         if (fixed && run.nblocks >= PAR_BLOCKS && codec_threads > 1) {
             half_t a = {.fn = copy_fixed_half, .dst = dst, .src = data, .mask = mask,
@@ -1140,15 +1145,15 @@ copy_runs_k(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body,
         }
         memcpy(h->ptrmap + b0, mask, run.nblocks);
         tha__track_sync_shadow(h, b0, run.nblocks);
-        p = data + run.nblocks * THA__BLOCK;
     }
 }
 
-static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+/* runs: the frame's, as check_runs indexed them. */
+static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const tha__vrun_t *runs) {
     if (tha__frame_base(hd))
-        copy_runs_k(h, hd, body, 1);
+        copy_runs_k(h, runs, hd->nruns, 1);
     else
-        copy_runs_k(h, hd, body, 0);
+        copy_runs_k(h, runs, hd->nruns, 0);
 }
 
 /* A whole new image ending at top replaced one ending at old_top: what lay
@@ -1199,10 +1204,9 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
     rc = check_region_header(h, &hd, body, body_len);
     if (rc) return rc;
     /* The allocator metadata the frame writes must stay consistent. */
-    const uint8_t *runs = body + tha__align_up(hd.schema_len, 8);
+    const tha__vrun_t *runs = h->scratch; /* check_runs indexed them */
     if (hd.kind == THA_FRAME_SNAPSHOT)
-        rc = tha__check_snapshot(h, &hd, runs + sizeof(tha__run_t) +
-                                 tha__align_up(hd.nblocks, 8), runs + sizeof(tha__run_t));
+        rc = tha__check_snapshot(h, &hd, runs[0].data, runs[0].mask);
     else if (!h->fuzzy)
         rc = tha__check_delta(h, &hd, runs);
     if (rc) {
@@ -1231,7 +1235,7 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
     if ((rc = tha__log_append(h, &hd, frame, len))) return rc;
     /* Verified: from here on nothing fails. */
     uint64_t old_top = tha__reg(h)->top;
-    copy_runs(h, &hd, body);
+    copy_runs(h, &hd, h->scratch);
     if (hd.kind == THA_FRAME_SNAPSHOT) {
         zap_above(h, hd.top, old_top);
         tha__clear_dirty(h);
@@ -1325,7 +1329,7 @@ int tha__apply_segment(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *f
     if (rc)
         return tha__hfail(h, rc, "segment seq %llu: cannot commit %llu bytes", seq,
                           (unsigned long long)hd.top);
-    copy_runs(h, &hd, body);
+    copy_runs(h, &hd, h->scratch);
     return 0;
 }
 

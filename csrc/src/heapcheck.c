@@ -31,10 +31,7 @@ typedef unsigned long long ull;
 
 /* ---- views ------------------------------------------------------------- */
 
-typedef struct vrun {
-    uint64_t b0, nb;
-    const uint8_t *data, *mask;
-} vrun_t;
+typedef tha__vrun_t vrun_t;
 
 typedef struct view {
     tha_heap_t *h;          /* schema and error text */
@@ -768,7 +765,9 @@ static int scan_blocks(dstate_t *d) {
                 uint64_t stop = e < end ? e : end;
                 if (cur < d->checked.n && d->checked.a[2 * cur] * PAGE_BLOCKS < stop)
                     stop = d->checked.a[2 * cur] * PAGE_BLOCKS; /* as page by page */
-                if (memcmp(run->mask + (b - run->b0), h->ptrmap + b, stop - b) ||
+                if (nmask != h->ptrmap[b] || /* most runs are a block or two */
+                    (stop - b > 1 &&
+                     memcmp(run->mask + (b + 1 - run->b0), h->ptrmap + b + 1, stop - b - 1)) ||
                     (b == head * PAGE_BLOCKS && memcmp(nb, h->base + b * THA__BLOCK,
                                                        THA__SPAN_HDR)))
                     rc = add_dirty(d, head);
@@ -830,28 +829,16 @@ static int walk_cluster(dstate_t *d, const span_set_t *pmt, size_t ci, uint64_t 
     return set_add(&d->checked, s, p);
 }
 
-/* The runs of a verified frame's body, indexed (in h->scratch). */
-static vrun_t *index_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+tha__vrun_t *tha__run_index(tha_heap_t *h, uint64_t n) {
     /* at least one entry: realloc(p, 0) would free the kept buffer */
-    size_t need = (hd->nruns ? hd->nruns : 1) * sizeof(vrun_t);
-    if (h->scratch_cap < need) { /* kept: a fresh buffer costs page faults */
+    size_t need = (n ? n : 1) * sizeof(vrun_t);
+    if (h->scratch_cap < need) {
         void *nb = realloc(h->scratch, need);
         if (!nb) return NULL;
         h->scratch = nb;
         h->scratch_cap = need;
     }
-    vrun_t *runs = h->scratch;
-    const uint8_t *p = body;
-    for (uint32_t i = 0; i < hd->nruns; i++) {
-        tha__run_t run;
-        memcpy(&run, p, sizeof run);
-        runs[i].b0 = run.offset / THA__BLOCK;
-        runs[i].nb = run.nblocks;
-        runs[i].mask = p + sizeof run;
-        runs[i].data = runs[i].mask + tha__align_up(run.nblocks, 8);
-        p = runs[i].data + run.nblocks * THA__BLOCK;
-    }
-    return runs;
+    return h->scratch;
 }
 
 /* The heap with a delta's runs laid over it. */
@@ -862,11 +849,9 @@ static view_t delta_view(tha_heap_t *h, const tha__frame_hdr_t *hd, const vrun_t
                     .raw_ok = hd->base64k != 0};
 }
 
-int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const vrun_t *runs) {
     const tha__region_t *old = tha__reg(h);
     if (hd->nruns == 0) return 0;
-    vrun_t *runs = index_runs(h, hd, body);
-    if (!runs) return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
     view_t v = delta_view(h, hd, runs);
     dstate_t d = {.v = &v, .h = h};
     span_set_t pmt = {0};
@@ -1005,26 +990,15 @@ static int data_word_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, u
                       (ull)off, where, (ull)w);
 }
 
-int tha__check_slots(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+int tha__check_slots(tha_heap_t *h, const tha__frame_hdr_t *hd, const vrun_t *runs) {
     view_t v;
-    const vrun_t *runs;
-    vrun_t one;
     const int funcs = h->schema->func_slots != 0;
-    if (hd->kind == THA_FRAME_SNAPSHOT) { /* the frame's image, as checked */
-        tha__run_t run;
-        memcpy(&run, body, sizeof run);
-        one = (vrun_t){.b0 = run.offset / THA__BLOCK, .nb = run.nblocks,
-                       .mask = body + sizeof run};
-        one.data = one.mask + tha__align_up(run.nblocks, 8);
-        v = (view_t){.h = h, .base = one.data, .map = one.mask, .limit = hd->top,
+    if (hd->kind == THA_FRAME_SNAPSHOT) /* the frame's image (its one run), as checked */
+        v = (view_t){.h = h, .base = runs[0].data, .map = runs[0].mask, .limit = hd->top,
                      .room = hd->top, .wire = 1, .pbase = tha__frame_base(hd),
                      .raw_ok = hd->base64k != 0};
-        runs = &one;
-    } else {
-        if (!(runs = index_runs(h, hd, body)))
-            return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
+    else
         v = delta_view(h, hd, runs);
-    }
     read_region(&v);
     v.first = v.r.data_off / THA__PAGE;
     v.end = v.r.top / THA__PAGE;
