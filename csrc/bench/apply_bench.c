@@ -4,6 +4,7 @@
  * f = 1, touches the whole image) in explicit mode, encodes the delta and
  * applies it to a mirror. Prints medians of encode, apply and memcpy.
  *   make build/bench/apply_bench && ./build/bench/apply_bench F [ROUNDS]
+ * (THA_MIRROR=diff or wp: the mirror tracks changes that way)
  */
 #include "tha.h"
 
@@ -58,7 +59,12 @@ int main(int argc, char **argv) {
     DEPT = tha_schema_type_id(s, DEPT);
     tha_heap_t *h, *m;
     OK(tha_heap_create(&h, s, 256u << 20, THA_TRACK_EXPLICIT));
-    OK(tha_heap_create(&m, s, 256u << 20, THA_TRACK_EXPLICIT));
+    /* the mirror's tracking: THA_MIRROR=explicit (default), diff or wp */
+    const char *mt = getenv("THA_MIRROR");
+    int mtrack = !mt || !strcmp(mt, "explicit") ? THA_TRACK_EXPLICIT
+                 : !strcmp(mt, "diff")          ? THA_TRACK_DIFF
+                                                : THA_TRACK_WP;
+    OK(tha_heap_create(&m, s, 256u << 20, mtrack));
     struct dept *d[4000];
     for (uint32_t i = 0; i < nd; i++) OK(tha_heap_alloc(h, DEPT, 1, (void **)&d[i]));
     struct emp *e;

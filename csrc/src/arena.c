@@ -171,6 +171,9 @@ int tha__heap_new(tha_heap_t **out, tha_schema_t *schema, size_t capacity, int t
             goto fail;
         }
         h->shadow = sh;
+        /* never protected: 2 MiB pages whatever the mechanism (an apply's
+         * scattered blocks are copied here too, tha__track_sync_shadow) */
+        madvise(sh, cap, MADV_HUGEPAGE);
     }
     if (getrandom(&h->lineage, sizeof h->lineage, 0) != sizeof h->lineage) {
         rc = -errno;

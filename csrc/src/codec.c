@@ -1107,14 +1107,20 @@ static int copy_fixed_half(half_t *x) {
  * a same-address frame: copies only). */
 static inline __attribute__((always_inline)) void
 copy_runs_k(tha_heap_t *h, const tha__vrun_t *runs, uint32_t nruns, const int fixed) {
+    /* scattered runs: ask for the heap's lines (and the shadow's, which
+     * tha__track_sync_shadow writes after each run) PREFETCH_RUNS runs
+     * ahead, from the index: no chain of loads through the frame */
     for (uint32_t i = 0; i < PREFETCH_RUNS && i < nruns; i++)
-        if (runs[i].nb < BIG_BLOCKS) prefetch_blocks(h->base, runs[i].b0, runs[i].nb, 1);
+        if (runs[i].nb < BIG_BLOCKS) {
+            prefetch_blocks(h->base, runs[i].b0, runs[i].nb, 1);
+            if (h->shadow) prefetch_blocks(h->shadow, runs[i].b0, runs[i].nb, 1);
+        }
     for (uint32_t i = 0; i < nruns; i++) {
-        /* scattered runs: ask for the heap lines PREFETCH_RUNS runs ahead
-         * (from the index: no chain of loads through the frame) */
-        if (i + PREFETCH_RUNS < nruns && runs[i + PREFETCH_RUNS].nb < BIG_BLOCKS)
-            prefetch_blocks(h->base, runs[i + PREFETCH_RUNS].b0,
-                            runs[i + PREFETCH_RUNS].nb, 1);
+        const tha__vrun_t *ahead = &runs[i + PREFETCH_RUNS];
+        if (i + PREFETCH_RUNS < nruns && ahead->nb < BIG_BLOCKS) {
+            prefetch_blocks(h->base, ahead->b0, ahead->nb, 1);
+            if (h->shadow) prefetch_blocks(h->shadow, ahead->b0, ahead->nb, 1);
+        }
         const tha__run_t run = {.offset = runs[i].b0 * THA__BLOCK, .nblocks = runs[i].nb};
         const uint8_t *mask = runs[i].mask, *data = runs[i].data;
         uint64_t b0 = runs[i].b0;
