@@ -1005,10 +1005,11 @@ static void from_wire(tha_heap_t *h, uint8_t *dst, const uint8_t *mask,
 }
 
 #ifdef FAST_X86
-/* One verified block into the heap: load, rebase pointer words, store. */
+/* One verified block into the heap: load, rebase pointer words, store (at
+ * d, and with two at d2 too: the shadow). */
 static inline __attribute__((always_inline)) void
-put_block(tha_heap_t *h, uint8_t *d, const uint8_t *s, unsigned m, uint64_t base,
-          const int nt) {
+put_block2(tha_heap_t *h, uint8_t *d, uint8_t *d2, const uint8_t *s, unsigned m,
+           uint64_t base, const int nt, const int two) {
 #pragma GCC unroll 8
     for (unsigned j = 0; j < 8; j++) {
         uint64_t v;
@@ -1025,31 +1026,48 @@ put_block(tha_heap_t *h, uint8_t *d, const uint8_t *s, unsigned m, uint64_t base
             _mm_stream_si64((long long *)(void *)(d + j * 8), (long long)v);
         else
             memcpy(d + j * 8, &v, 8);
+        if (two && nt)
+            _mm_stream_si64((long long *)(void *)(d2 + j * 8), (long long)v);
+        else if (two)
+            memcpy(d2 + j * 8, &v, 8);
     }
 }
 
+static inline __attribute__((always_inline)) void
+put_block(tha_heap_t *h, uint8_t *d, const uint8_t *s, unsigned m, uint64_t base,
+          const int nt) {
+    put_block2(h, d, NULL, s, m, base, nt, 0);
+}
+
+#define PUT_PIECES(two, nt)                                                     \
+    for (uint64_t i = start; i < end; i++)                                      \
+        put_block2(h, dst + i * THA__BLOCK, two ? sdst + i * THA__BLOCK : NULL, \
+                   data + i * THA__BLOCK, mask[i], base, nt, two)
+
 /* A big verified run into the heap, in 256 KiB pieces taken from the end
  * backwards: the verify pass has just read the frame front to back, so its
- * tail is still in the cache when this starts. */
-static void put_run_fast(tha_heap_t *h, uint8_t *dst, const uint8_t *data,
+ * tail is still in the cache when this starts. sdst (the shadow's copy of
+ * dst, or NULL) takes the same words in the same pass, so the shadow's sync
+ * does not read the run back from memory. */
+static void put_run_fast(tha_heap_t *h, uint8_t *dst, uint8_t *sdst, const uint8_t *data,
                          const uint8_t *mask, uint64_t nb) {
     const uint64_t base = (uint64_t)(uintptr_t)h->base, piece = 4096;
     const int nt = nb >= NT_BLOCKS;
     for (uint64_t end = nb; end > 0;) {
         uint64_t start = end > piece ? end - piece : 0;
-        if (nt)
-            for (uint64_t i = start; i < end; i++)
-                put_block(h, dst + i * THA__BLOCK, data + i * THA__BLOCK, mask[i], base, 1);
-        else
-            for (uint64_t i = start; i < end; i++)
-                put_block(h, dst + i * THA__BLOCK, data + i * THA__BLOCK, mask[i], base, 0);
+        if (sdst && nt) PUT_PIECES(1, 1);
+        else if (sdst) PUT_PIECES(1, 0);
+        else if (nt) PUT_PIECES(0, 1);
+        else PUT_PIECES(0, 0);
         end = start;
     }
     if (nt) _mm_sfence();
 }
+#undef PUT_PIECES
 
 static int copy_half(half_t *x) {
-    put_run_fast(x->h, x->dst, x->src, x->mask, x->nb);
+    uint8_t *sdst = x->h->shadow ? x->h->shadow + x->b0 * THA__BLOCK : NULL;
+    put_run_fast(x->h, x->dst, sdst, x->src, x->mask, x->nb);
     return 0;
 }
 #endif
@@ -1116,8 +1134,8 @@ copy_runs_k(tha_heap_t *h, const tha__vrun_t *runs, uint32_t nruns, const int fi
             if (h->shadow) prefetch_blocks(h->shadow, runs[i].b0, runs[i].nb, 1);
         }
     for (uint32_t i = 0; i < nruns; i++) {
-        const tha__vrun_t *ahead = &runs[i + PREFETCH_RUNS];
-        if (i + PREFETCH_RUNS < nruns && ahead->nb < BIG_BLOCKS) {
+        if (i + PREFETCH_RUNS < nruns && runs[i + PREFETCH_RUNS].nb < BIG_BLOCKS) {
+            const tha__vrun_t *ahead = &runs[i + PREFETCH_RUNS];
             prefetch_blocks(h->base, ahead->b0, ahead->nb, 1);
             if (h->shadow) prefetch_blocks(h->shadow, ahead->b0, ahead->nb, 1);
         }
@@ -1125,6 +1143,7 @@ copy_runs_k(tha_heap_t *h, const tha__vrun_t *runs, uint32_t nruns, const int fi
         const uint8_t *mask = runs[i].mask, *data = runs[i].data;
         uint64_t b0 = runs[i].b0;
         uint8_t *dst = h->base + b0 * THA__BLOCK;
+        int synced = 0; /* the shadow took the run already */
         if (fixed && run.nblocks >= PAR_BLOCKS && codec_threads > 1) {
             half_t a = {.fn = copy_fixed_half, .dst = dst, .src = data, .mask = mask,
                         .b0 = b0},
@@ -1140,8 +1159,11 @@ copy_runs_k(tha_heap_t *h, const tha__vrun_t *runs, uint32_t nruns, const int fi
                    b;
             split(&a, &b, h, run.nblocks, 0);
             run_halves(&a, &b);
+            synced = 1;
         } else if (run.nblocks >= BIG_BLOCKS) {
-            put_run_fast(h, dst, data, mask, run.nblocks);
+            put_run_fast(h, dst, h->shadow ? h->shadow + b0 * THA__BLOCK : NULL, data, mask,
+                         run.nblocks);
+            synced = 1;
         } else
 #endif
         for (uint64_t c = 0; c < run.nblocks; c += CHUNK_BLOCKS) {
@@ -1150,7 +1172,7 @@ copy_runs_k(tha_heap_t *h, const tha__vrun_t *runs, uint32_t nruns, const int fi
             from_wire(h, dst + c * THA__BLOCK, mask + c, n);
         }
         memcpy(h->ptrmap + b0, mask, run.nblocks);
-        tha__track_sync_shadow(h, b0, run.nblocks);
+        if (!synced) tha__track_sync_shadow(h, b0, run.nblocks);
     }
 }
 
