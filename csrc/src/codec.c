@@ -1137,6 +1137,9 @@ copy_runs_k(tha_heap_t *h, const tha__vrun_t *runs, uint32_t nruns, const int fi
         if (i + PREFETCH_RUNS < nruns && runs[i + PREFETCH_RUNS].nb < BIG_BLOCKS) {
             const tha__vrun_t *ahead = &runs[i + PREFETCH_RUNS];
             prefetch_blocks(h->base, ahead->b0, ahead->nb, 1);
+            __builtin_prefetch(ahead->mask); /* the frame's lines too */
+            __builtin_prefetch(ahead->data);
+            __builtin_prefetch(h->ptrmap + ahead->b0, 1);
             if (h->shadow) prefetch_blocks(h->shadow, ahead->b0, ahead->nb, 1);
         }
         const tha__run_t run = {.offset = runs[i].b0 * THA__BLOCK, .nblocks = runs[i].nb};

@@ -730,6 +730,9 @@ static int slab_block(dstate_t *d, uint64_t head, uint64_t b, const uint8_t *nb,
     return 0;
 }
 
+/* Runs ahead whose mask, pointer-map and page-map lines scan_blocks asks for. */
+#define SCAN_AHEAD 8u
+
 /* Walks the touched data blocks outside checked runs. */
 static int scan_blocks(dstate_t *d) {
     view_t *v = d->v;
@@ -739,6 +742,12 @@ static int scan_blocks(dstate_t *d) {
     size_t cur = 0;
     for (uint32_t i = 0; i < v->nruns; i++) {
         const vrun_t *run = &v->runs[i];
+        if (i + SCAN_AHEAD < v->nruns) { /* scattered runs: each line is a miss */
+            const vrun_t *a = &v->runs[i + SCAN_AHEAD];
+            __builtin_prefetch(a->mask);
+            __builtin_prefetch(h->ptrmap + a->b0);
+            __builtin_prefetch(&pm[a->b0 / PAGE_BLOCKS]);
+        }
         uint64_t b = run->b0 < data_b ? data_b : run->b0, e = run->b0 + run->nb;
         for (; b < e; b++) {
             uint64_t p = b / PAGE_BLOCKS;
