@@ -731,7 +731,7 @@ static int slab_block(dstate_t *d, uint64_t head, uint64_t b, const uint8_t *nb,
 }
 
 /* Runs ahead whose mask, pointer-map and page-map lines scan_blocks asks for. */
-#define SCAN_AHEAD 8u
+#define SCAN_AHEAD 32u
 
 /* Walks the touched data blocks outside checked runs. */
 static int scan_blocks(dstate_t *d) {
