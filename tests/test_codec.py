@@ -319,3 +319,24 @@ def test_from_snapshot_needs_no_schema(rich_schema):
     assert ffi.string(r.note) == b"ello" and r.level == 5 and r.delta == -3
     assert r.v.f == 1.5 and r.grid[1][2] == 12
     assert m.offset_of(r.any) == h.offset_of(buf)
+
+
+def test_a_run_count_past_the_body_sizes_nothing():
+    # apply indexes a frame's runs as it checks them; a header claiming
+    # more runs than the body can hold is refused as truncated (not an
+    # allocation of 4 billion index entries), and the heap takes the honest
+    # frame after it
+    s = tha.Schema(SMALL_CDEF)
+    h = tha.Heap(s, 1 << 20, tracking="explicit")
+    e = h.new("struct emp", id=1)
+    h.roots["e"] = e
+    m = tha.Heap.from_snapshot(h.snapshot(), tracking="explicit")
+    e.id = 2
+    h.touch(e)
+    d = h.delta()
+    for n in (0xFFFFFFFF, 1 << 20, header(d)["nruns"] + 1):
+        with pytest.raises(tha.FrameError, match="truncated"):
+            m.apply(edit_header(d, nruns=n))
+    m.apply(d)
+    m.check()
+    assert m.roots["e"].id == 2

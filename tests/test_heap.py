@@ -294,3 +294,46 @@ def test_roots_bound_to_variables_follow_them():
     a.roots.bind("list1", None)
     with pytest.raises(tha.NotFound):
         a.roots.bind("list1", None)
+
+
+REC_CDEF = """
+struct rec { char name[32]; uint32_t id; double salary; struct rec *mgr;
+             struct rec *peer; };
+"""
+
+
+def test_span_payloads_are_block_aligned():
+    # element i of an array of 64-byte structs in a span is block i of its
+    # payload: a write to one record dirties one block, and a delta of one
+    # touched record carries one block, not the two it straddled at +8
+    s = tha.Schema(REC_CDEF)
+    assert s.ffi.sizeof("struct rec") == 64
+    h = tha.Heap(s, 4 << 20, tracking="explicit")
+    a = h.new("struct rec", 1000)  # 64,000 bytes: a page span
+    small = h.new("struct rec")    # a slab slot: payload at +8 as before
+    addr = int(s.ffi.cast("uintptr_t", a))
+    assert (addr - h.base) % 64 == 0
+    assert (int(s.ffi.cast("uintptr_t", small)) - h.base) % 16 == 8
+    h.snapshot()
+    a[7].salary = 2.5
+    a[7].mgr = a + 3
+    h.touch(a + 7)
+    assert h.stats()["dirty_blocks"] == 1
+    d = h.delta()
+    from conftest import runs
+    assert [(off, nb) for _pos, off, nb, _m, _d in runs(d)] == [(addr - h.base + 7 * 64, 1)]
+    m = tha.Heap.from_snapshot(h.snapshot(), tracking="explicit")
+    assert addr - h.base in [m.offset_of(o) for o in m.objects("struct rec")]
+    m.check()
+    h.roots["a"] = a
+    assert [l.offset for l in h.leaks()] == [h.offset_of(small)]
+    h.roots["s"] = small
+    del h.roots["a"]
+    assert [(l.offset, l.count) for l in h.leaks()] == [(addr - h.base, 1000)]
+    del h.roots["s"]
+    h.free(a)
+    h.free(small)
+    assert h.stats()["live_objects"] == 0
+    b = h.new("struct rec", 1000)  # the recycled span reads zero, padding too
+    assert int(s.ffi.cast("uintptr_t", b)) == addr and b[0].salary == 0
+    h.check()

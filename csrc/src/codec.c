@@ -669,6 +669,9 @@ static int check_region_header(tha_heap_t *h, const tha__frame_hdr_t *hd,
     }
     (void)body_len;
     const tha__layout_t lay = tha__region_layout(hd->capacity);
+    if (want.magic == THA__REGION_MAGIC_V2)
+        return tha__hfail(h, THA_EVERSION, "%s seq %llu: %s", kind_name(hd->kind),
+                          (unsigned long long)hd->seq, tha__region_magic_why(want.magic));
     if (want.magic != THA__REGION_MAGIC || want.capacity != hd->capacity ||
         want.top != hd->top || want.npages != lay.npages ||
         want.roots_off != lay.roots_off || want.pagemap_off != lay.pagemap_off ||
@@ -786,9 +789,11 @@ static int ver_half(half_t *x) {
 }
 #endif
 
-/* Walks the runs: bounds, order, masks, pointer words. Reads every body
- * byte once, in order; on failure *done is how far *crc (tha_crc32c of the
- * body so far) reaches, so the caller can finish the checksum. */
+/* Walks the runs: bounds, order, masks, pointer words; indexes them (the
+ * heap's run index, tha__run_index) for the checks and the copy that
+ * follow. Reads every body byte once, in order; on failure *done is how far
+ * *crc (tha_crc32c of the body so far) reaches, so the caller can finish
+ * the checksum. */
 static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
                       const uint8_t *body, uint64_t body_len, uint64_t *done,
                       uint32_t *crc) {
@@ -806,6 +811,14 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
     uint64_t top_blocks = hd->top / THA__BLOCK, next_block = 0, blocks = 0;
     /* blocks below data_off hold no pointers */
     const uint64_t meta_blocks = tha__region_layout(hd->capacity).data_off / THA__BLOCK;
+    /* no more runs than the body has room for: a run that passes takes at
+     * least a record, 8 mask bytes and a block, so run i passes only if
+     * i < fit, and a hostile count sizes nothing */
+    const uint64_t fit = (body_len - pos) / (sizeof(tha__run_t) + 8 + THA__BLOCK);
+    tha__vrun_t *index = tha__run_index(h, hd->nruns < fit ? hd->nruns : fit);
+    if (!index)
+        return tha__hfail(h, THA_ENOMEM, "%s seq %llu: no memory to index its %u runs",
+                          k, seq, hd->nruns);
     for (uint32_t i = 0; i < hd->nruns; i++) {
         tha__run_t run;
         if (body_len - pos < sizeof run) {
@@ -848,6 +861,8 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
             }
         const uint8_t *data = body + pos;
         pos += run.nblocks * THA__BLOCK;
+        THA_ASSERT(i < fit);
+        index[i] = (tha__vrun_t){.b0 = b0, .nb = run.nblocks, .data = data, .mask = mask};
         if (run.nblocks < BIG_BLOCKS) {
             rc = check_words(h, hd, data, mask, b0, run.nblocks);
             if (rc) goto out;
@@ -990,10 +1005,11 @@ static void from_wire(tha_heap_t *h, uint8_t *dst, const uint8_t *mask,
 }
 
 #ifdef FAST_X86
-/* One verified block into the heap: load, rebase pointer words, store. */
+/* One verified block into the heap: load, rebase pointer words, store (at
+ * d, and with two at d2 too: the shadow). */
 static inline __attribute__((always_inline)) void
-put_block(tha_heap_t *h, uint8_t *d, const uint8_t *s, unsigned m, uint64_t base,
-          const int nt) {
+put_block2(tha_heap_t *h, uint8_t *d, uint8_t *d2, const uint8_t *s, unsigned m,
+           uint64_t base, const int nt, const int two) {
 #pragma GCC unroll 8
     for (unsigned j = 0; j < 8; j++) {
         uint64_t v;
@@ -1010,31 +1026,48 @@ put_block(tha_heap_t *h, uint8_t *d, const uint8_t *s, unsigned m, uint64_t base
             _mm_stream_si64((long long *)(void *)(d + j * 8), (long long)v);
         else
             memcpy(d + j * 8, &v, 8);
+        if (two && nt)
+            _mm_stream_si64((long long *)(void *)(d2 + j * 8), (long long)v);
+        else if (two)
+            memcpy(d2 + j * 8, &v, 8);
     }
 }
 
+static inline __attribute__((always_inline)) void
+put_block(tha_heap_t *h, uint8_t *d, const uint8_t *s, unsigned m, uint64_t base,
+          const int nt) {
+    put_block2(h, d, NULL, s, m, base, nt, 0);
+}
+
+#define PUT_PIECES(two, nt)                                                     \
+    for (uint64_t i = start; i < end; i++)                                      \
+        put_block2(h, dst + i * THA__BLOCK, two ? sdst + i * THA__BLOCK : NULL, \
+                   data + i * THA__BLOCK, mask[i], base, nt, two)
+
 /* A big verified run into the heap, in 256 KiB pieces taken from the end
  * backwards: the verify pass has just read the frame front to back, so its
- * tail is still in the cache when this starts. */
-static void put_run_fast(tha_heap_t *h, uint8_t *dst, const uint8_t *data,
+ * tail is still in the cache when this starts. sdst (the shadow's copy of
+ * dst, or NULL) takes the same words in the same pass, so the shadow's sync
+ * does not read the run back from memory. */
+static void put_run_fast(tha_heap_t *h, uint8_t *dst, uint8_t *sdst, const uint8_t *data,
                          const uint8_t *mask, uint64_t nb) {
     const uint64_t base = (uint64_t)(uintptr_t)h->base, piece = 4096;
     const int nt = nb >= NT_BLOCKS;
     for (uint64_t end = nb; end > 0;) {
         uint64_t start = end > piece ? end - piece : 0;
-        if (nt)
-            for (uint64_t i = start; i < end; i++)
-                put_block(h, dst + i * THA__BLOCK, data + i * THA__BLOCK, mask[i], base, 1);
-        else
-            for (uint64_t i = start; i < end; i++)
-                put_block(h, dst + i * THA__BLOCK, data + i * THA__BLOCK, mask[i], base, 0);
+        if (sdst && nt) PUT_PIECES(1, 1);
+        else if (sdst) PUT_PIECES(1, 0);
+        else if (nt) PUT_PIECES(0, 1);
+        else PUT_PIECES(0, 0);
         end = start;
     }
     if (nt) _mm_sfence();
 }
+#undef PUT_PIECES
 
 static int copy_half(half_t *x) {
-    put_run_fast(x->h, x->dst, x->src, x->mask, x->nb);
+    uint8_t *sdst = x->h->shadow ? x->h->shadow + x->b0 * THA__BLOCK : NULL;
+    put_run_fast(x->h, x->dst, sdst, x->src, x->mask, x->nb);
     return 0;
 }
 #endif
@@ -1091,26 +1124,29 @@ static int copy_fixed_half(half_t *x) {
 /* Copies and rebases every run of a verified frame into the heap (fixed,
  * a same-address frame: copies only). */
 static inline __attribute__((always_inline)) void
-copy_runs_k(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body,
-            const int fixed) {
-    const tha__frame_hdr_t hd = *hdp;
-    const uint8_t *p = body + tha__align_up(hd.schema_len, 8), *pf = p;
-    uint32_t pfi = 0;
-    for (uint32_t i = 0; i < hd.nruns; i++) {
-        /* scattered runs: ask for the heap lines PREFETCH_RUNS runs ahead */
-        for (; pfi < hd.nruns && pfi < i + PREFETCH_RUNS; pfi++) {
-            tha__run_t ahead;
-            memcpy(&ahead, pf, sizeof ahead);
-            if (ahead.nblocks < BIG_BLOCKS)
-                prefetch_blocks(h->base, ahead.offset / THA__BLOCK, ahead.nblocks, 1);
-            pf += tha__run_bytes(ahead.nblocks);
+copy_runs_k(tha_heap_t *h, const tha__vrun_t *runs, uint32_t nruns, const int fixed) {
+    /* scattered runs: ask for the heap's lines (and the shadow's, which
+     * tha__track_sync_shadow writes after each run) PREFETCH_RUNS runs
+     * ahead, from the index: no chain of loads through the frame */
+    for (uint32_t i = 0; i < PREFETCH_RUNS && i < nruns; i++)
+        if (runs[i].nb < BIG_BLOCKS) {
+            prefetch_blocks(h->base, runs[i].b0, runs[i].nb, 1);
+            if (h->shadow) prefetch_blocks(h->shadow, runs[i].b0, runs[i].nb, 1);
         }
-        tha__run_t run;
-        memcpy(&run, p, sizeof run);
-        const uint8_t *mask = p + sizeof run;
-        const uint8_t *data = mask + tha__align_up(run.nblocks, 8);
-        uint64_t b0 = run.offset / THA__BLOCK;
+    for (uint32_t i = 0; i < nruns; i++) {
+        if (i + PREFETCH_RUNS < nruns && runs[i + PREFETCH_RUNS].nb < BIG_BLOCKS) {
+            const tha__vrun_t *ahead = &runs[i + PREFETCH_RUNS];
+            prefetch_blocks(h->base, ahead->b0, ahead->nb, 1);
+            __builtin_prefetch(ahead->mask); /* the frame's lines too */
+            __builtin_prefetch(ahead->data);
+            __builtin_prefetch(h->ptrmap + ahead->b0, 1);
+            if (h->shadow) prefetch_blocks(h->shadow, ahead->b0, ahead->nb, 1);
+        }
+        const tha__run_t run = {.offset = runs[i].b0 * THA__BLOCK, .nblocks = runs[i].nb};
+        const uint8_t *mask = runs[i].mask, *data = runs[i].data;
+        uint64_t b0 = runs[i].b0;
         uint8_t *dst = h->base + b0 * THA__BLOCK;
+        int synced = 0; /* the shadow took the run already */
         if (fixed && run.nblocks >= PAR_BLOCKS && codec_threads > 1) {
             half_t a = {.fn = copy_fixed_half, .dst = dst, .src = data, .mask = mask,
                         .b0 = b0},
@@ -1126,8 +1162,11 @@ copy_runs_k(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body,
                    b;
             split(&a, &b, h, run.nblocks, 0);
             run_halves(&a, &b);
+            synced = 1;
         } else if (run.nblocks >= BIG_BLOCKS) {
-            put_run_fast(h, dst, data, mask, run.nblocks);
+            put_run_fast(h, dst, h->shadow ? h->shadow + b0 * THA__BLOCK : NULL, data, mask,
+                         run.nblocks);
+            synced = 1;
         } else
 #endif
         for (uint64_t c = 0; c < run.nblocks; c += CHUNK_BLOCKS) {
@@ -1136,16 +1175,16 @@ copy_runs_k(tha_heap_t *h, const tha__frame_hdr_t *hdp, const uint8_t *body,
             from_wire(h, dst + c * THA__BLOCK, mask + c, n);
         }
         memcpy(h->ptrmap + b0, mask, run.nblocks);
-        tha__track_sync_shadow(h, b0, run.nblocks);
-        p = data + run.nblocks * THA__BLOCK;
+        if (!synced) tha__track_sync_shadow(h, b0, run.nblocks);
     }
 }
 
-static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+/* runs: the frame's, as check_runs indexed them. */
+static void copy_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const tha__vrun_t *runs) {
     if (tha__frame_base(hd))
-        copy_runs_k(h, hd, body, 1);
+        copy_runs_k(h, runs, hd->nruns, 1);
     else
-        copy_runs_k(h, hd, body, 0);
+        copy_runs_k(h, runs, hd->nruns, 0);
 }
 
 /* A whole new image ending at top replaced one ending at old_top: what lay
@@ -1196,10 +1235,9 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
     rc = check_region_header(h, &hd, body, body_len);
     if (rc) return rc;
     /* The allocator metadata the frame writes must stay consistent. */
-    const uint8_t *runs = body + tha__align_up(hd.schema_len, 8);
+    const tha__vrun_t *runs = h->scratch; /* check_runs indexed them */
     if (hd.kind == THA_FRAME_SNAPSHOT)
-        rc = tha__check_snapshot(h, &hd, runs + sizeof(tha__run_t) +
-                                 tha__align_up(hd.nblocks, 8), runs + sizeof(tha__run_t));
+        rc = tha__check_snapshot(h, &hd, runs[0].data, runs[0].mask);
     else if (!h->fuzzy)
         rc = tha__check_delta(h, &hd, runs);
     if (rc) {
@@ -1228,7 +1266,7 @@ int tha__apply(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *frame, si
     if ((rc = tha__log_append(h, &hd, frame, len))) return rc;
     /* Verified: from here on nothing fails. */
     uint64_t old_top = tha__reg(h)->top;
-    copy_runs(h, &hd, body);
+    copy_runs(h, &hd, h->scratch);
     if (hd.kind == THA_FRAME_SNAPSHOT) {
         zap_above(h, hd.top, old_top);
         tha__clear_dirty(h);
@@ -1322,7 +1360,7 @@ int tha__apply_segment(tha_heap_t *h, const tha__frame_hdr_t *hdp, const void *f
     if (rc)
         return tha__hfail(h, rc, "segment seq %llu: cannot commit %llu bytes", seq,
                           (unsigned long long)hd.top);
-    copy_runs(h, &hd, body);
+    copy_runs(h, &hd, h->scratch);
     return 0;
 }
 

@@ -11,14 +11,22 @@
 
 #define THA__PAGE 4096u          /* allocator page */
 #define THA__BLOCK 64u           /* tracking and transfer unit */
-#define THA__HDR 8u              /* object header before each payload */
+#define THA__HDR 8u              /* object header before each slab slot's payload */
+#define THA__SPAN_HDR 64u        /* a span's first block: its object header, then
+                                    zeros; the payload starts block-aligned at
+                                    +64, so element i of an array of 64-byte
+                                    structs is exactly block i of the payload */
 #define THA__SLAB_PAGES 16u      /* pages per slab (64 KiB) */
 #define THA__SLAB_HDR 64u        /* slab record at the slab start */
 #define THA__MAX_SLOT 8192u      /* larger allocations take page spans */
 #define THA__NCLASSES 32u
 #define THA__GRANULE (64u << 10) /* capacity is a multiple of this */
 #define THA__COMMIT_STEP (1u << 20) /* commit growth, bytes */
-#define THA__REGION_MAGIC 0x324e474552414854ull /* "THAREGN2" */
+/* The region layout's version is the magic's last byte: "THAREGN3" has span
+ * payloads at +THA__SPAN_HDR; "THAREGN2" images (payloads at +8 everywhere)
+ * are refused by name (tha__region_magic_why). */
+#define THA__REGION_MAGIC 0x334e474552414854ull    /* "THAREGN3" */
+#define THA__REGION_MAGIC_V2 0x324e474552414854ull /* "THAREGN2" */
 #define THA__MAX_EPOCHS 32u      /* epoch history entries kept in the region */
 
 /* One epoch of the heap's history: frames with seq > start (up to the next
@@ -89,11 +97,20 @@ typedef struct tha__span {
     uint64_t npages;
 } tha__span_t;
 
-/* Before every payload. count == 0 marks a free slot. */
+/* Before every payload: at slot - THA__HDR in a slab, at the start of a
+ * span (payload at +THA__SPAN_HDR). count == 0 marks a free slot. */
 typedef struct tha__objhdr {
     uint32_t type_id;
     uint32_t count;
 } tha__objhdr_t;
+
+/* Offset of the object header of the allocation whose payload starts at
+ * payload: a span's payload lies at THA__SPAN_HDR past a page start, a slab
+ * slot's at THA__HDR past a 16-aligned slot start (never 64 past a page:
+ * slab payloads are 8 mod 16). */
+static inline uint64_t tha__hdr_of(uint64_t payload) {
+    return payload % 4096u == THA__SPAN_HDR ? payload - THA__SPAN_HDR : payload - THA__HDR;
+}
 
 /* A size rule (sized.c): size bytes are size / sizeof(type) elements of
  * type; size 0: any multiple of sizeof(type). type is a canonical id. */
@@ -237,6 +254,9 @@ int tha__base_ok(uint64_t base, uint64_t capacity, char *msg, size_t msgcap);
 
 /* Commits the region up to at least bytes. */
 int tha__commit(tha_heap_t *h, uint64_t bytes);
+/* Why a region header's magic is not this build's (NULL if it is): an
+ * image of the older layout is named as such. */
+const char *tha__region_magic_why(uint64_t magic);
 /* Offset of the allocation payload holding byte off, 0 if none live. */
 uint64_t tha__find(const tha_heap_t *h, uint64_t off, tha__objhdr_t **hdr);
 /* Sets every bound root (tha_root_bind) from the variable it follows; the

@@ -31,10 +31,7 @@ typedef unsigned long long ull;
 
 /* ---- views ------------------------------------------------------------- */
 
-typedef struct vrun {
-    uint64_t b0, nb;
-    const uint8_t *data, *mask;
-} vrun_t;
+typedef tha__vrun_t vrun_t;
 
 typedef struct view {
     tha_heap_t *h;          /* schema and error text */
@@ -183,7 +180,8 @@ static void read_region(view_t *v) {
 /* The header's layout is the one tha__region_layout gives its capacity. */
 static int check_region(view_t *v) {
     const tha__region_t *r = &v->r;
-    if (r->magic != THA__REGION_MAGIC) BAD("region header: bad magic");
+    const char *why = tha__region_magic_why(r->magic);
+    if (why) BAD("region header: %s", why);
     if (r->capacity == 0 || r->capacity % THA__GRANULE || r->capacity > v->h->capacity)
         BAD("region header: capacity %llu (heap has %llu)", (ull)r->capacity,
             (ull)v->h->capacity);
@@ -254,10 +252,10 @@ static int check_value(view_t *v, const tha__type_t *t, uint64_t payload, uint64
         (ull)payload, (ull)(at - payload), (ull)w);
 }
 
-/* The live header at slot (unit bytes with it): a known type that fits;
- * every pointer slot of its elements mapped (and its value sane). Adds the
- * object's pointer words to *words. */
-static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
+/* The live header at slot (unit bytes with it, the payload at slot + hdr):
+ * a known type that fits; every pointer slot of its elements mapped (and
+ * its value sane). Adds the object's pointer words to *words. */
+static int check_header(view_t *v, uint64_t slot, uint64_t unit, uint64_t hdr, acc_t *a,
                         uint64_t *words) {
     tha__objhdr_t oh = vhdr(v, slot);
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
@@ -266,10 +264,12 @@ static int check_header(view_t *v, uint64_t slot, uint64_t unit, acc_t *a,
     if (oh.type_id == THA_T_RAW && !v->raw_ok) /* its pointers cannot be rebased */
         BAD("object at 0x%llx is untyped (tha_raw), which only a same-address heap "
             "may hold", (ull)slot);
-    if (oh.count == 0 || oh.count > (unit - THA__HDR) / t->size)
+    if (oh.count == 0 || oh.count > (unit - hdr) / t->size)
         BAD("object at 0x%llx (%u x %s) overflows its %llu-byte slot", (ull)slot,
             oh.count, t->name, (ull)unit);
-    uint64_t payload = slot + THA__HDR;
+    if (hdr > THA__HDR && !vzero(v, slot + THA__HDR, hdr - THA__HDR))
+        BAD("span at 0x%llx: its header block's padding is not zero", (ull)slot);
+    uint64_t payload = slot + hdr;
     a->objects++;
     a->bytes += t->size * oh.count;
     *words += (uint64_t)t->nslots * oh.count;
@@ -334,7 +334,7 @@ static int check_slab(view_t *v, uint64_t p, acc_t *a) {
     for (uint32_t i = 0; i < s.bump; i++) {
         uint64_t slot = first + (uint64_t)i * size;
         if (vhdr(v, slot).count) {
-            int rc = check_header(v, slot, size, a, &words);
+            int rc = check_header(v, slot, size, THA__HDR, a, &words);
             if (rc) return rc;
             live++;
         }
@@ -406,7 +406,7 @@ static int check_run(view_t *v, uint64_t p, uint64_t *n, acc_t *a) {
     default: {
         uint64_t words = 0;
         if (!vhdr(v, off).count) BAD("span at page %llu holds no object", (ull)p);
-        int rc = check_header(v, off, *n * THA__PAGE, a, &words);
+        int rc = check_header(v, off, *n * THA__PAGE, THA__SPAN_HDR, a, &words);
         if (rc) return rc;
         if (vpopcount(v, off / THA__BLOCK, nb) != words)
             BAD("span at page %llu: pointer map does not match its object", (ull)p);
@@ -477,7 +477,7 @@ static int vunit(view_t *v, uint64_t p, uint64_t *head, tha__page_t *out) {
 /* Payload of the live allocation holding off in the view, or 0; the page
  * p (unit head, entry) resolved already when unit is given. */
 static uint64_t vfind_in(view_t *v, uint64_t off, int have, uint64_t p, tha__page_t pg) {
-    uint64_t slot, end;
+    uint64_t slot, end, hdr = THA__HDR;
     if (!have) return 0;
     if (pg.kind == THA__PG_SLAB_HEAD) {
         if (pg.cls >= THA__NCLASSES) return 0;
@@ -489,10 +489,11 @@ static uint64_t vfind_in(view_t *v, uint64_t off, int have, uint64_t p, tha__pag
     } else {
         slot = p * THA__PAGE;
         end = (p + pg.link) * THA__PAGE;
+        hdr = THA__SPAN_HDR;
     }
     tha__objhdr_t oh = vhdr(v, slot);
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
-    uint64_t payload = slot + THA__HDR;
+    uint64_t payload = slot + hdr;
     if (!oh.count || !t || !t->size || off < payload ||
         (off - payload) / t->size >= oh.count || oh.count > (end - payload) / t->size)
         return 0;
@@ -729,6 +730,9 @@ static int slab_block(dstate_t *d, uint64_t head, uint64_t b, const uint8_t *nb,
     return 0;
 }
 
+/* Runs ahead whose mask, pointer-map and page-map lines scan_blocks asks for. */
+#define SCAN_AHEAD 32u
+
 /* Walks the touched data blocks outside checked runs. */
 static int scan_blocks(dstate_t *d) {
     view_t *v = d->v;
@@ -738,6 +742,12 @@ static int scan_blocks(dstate_t *d) {
     size_t cur = 0;
     for (uint32_t i = 0; i < v->nruns; i++) {
         const vrun_t *run = &v->runs[i];
+        if (i + SCAN_AHEAD < v->nruns) { /* scattered runs: each line is a miss */
+            const vrun_t *a = &v->runs[i + SCAN_AHEAD];
+            __builtin_prefetch(a->mask);
+            __builtin_prefetch(h->ptrmap + a->b0);
+            __builtin_prefetch(&pm[a->b0 / PAGE_BLOCKS]);
+        }
         uint64_t b = run->b0 < data_b ? data_b : run->b0, e = run->b0 + run->nb;
         for (; b < e; b++) {
             uint64_t p = b / PAGE_BLOCKS;
@@ -756,12 +766,23 @@ static int scan_blocks(dstate_t *d) {
                 rc = slab_block(d, head, b, nb, nmask);
                 break;
             case THA__PG_SPAN_HEAD:
-            case THA__PG_SPAN_TAIL:
-                if (nmask != h->ptrmap[b] ||
+            case THA__PG_SPAN_TAIL: {
+                /* the rest of the run inside this span at once: its page-map
+                 * entries are untouched (p is in no checked cluster, and
+                 * clusters are whole runs), so the heap's say where it ends */
+                uint64_t end = (head + pm[head].link) * PAGE_BLOCKS;
+                uint64_t stop = e < end ? e : end;
+                if (cur < d->checked.n && d->checked.a[2 * cur] * PAGE_BLOCKS < stop)
+                    stop = d->checked.a[2 * cur] * PAGE_BLOCKS; /* as page by page */
+                if (nmask != h->ptrmap[b] || /* most runs are a block or two */
+                    (stop - b > 1 &&
+                     memcmp(run->mask + (b + 1 - run->b0), h->ptrmap + b + 1, stop - b - 1)) ||
                     (b == head * PAGE_BLOCKS && memcmp(nb, h->base + b * THA__BLOCK,
-                                                       THA__HDR)))
+                                                       THA__SPAN_HDR)))
                     rc = add_dirty(d, head);
+                b = stop - 1;
                 break;
+            }
             case THA__PG_FREE_HEAD:
             case THA__PG_FREE_TAIL:
                 if (nmask)
@@ -817,28 +838,16 @@ static int walk_cluster(dstate_t *d, const span_set_t *pmt, size_t ci, uint64_t 
     return set_add(&d->checked, s, p);
 }
 
-/* The runs of a verified frame's body, indexed (in h->scratch). */
-static vrun_t *index_runs(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+tha__vrun_t *tha__run_index(tha_heap_t *h, uint64_t n) {
     /* at least one entry: realloc(p, 0) would free the kept buffer */
-    size_t need = (hd->nruns ? hd->nruns : 1) * sizeof(vrun_t);
-    if (h->scratch_cap < need) { /* kept: a fresh buffer costs page faults */
+    size_t need = (n ? n : 1) * sizeof(vrun_t);
+    if (h->scratch_cap < need) {
         void *nb = realloc(h->scratch, need);
         if (!nb) return NULL;
         h->scratch = nb;
         h->scratch_cap = need;
     }
-    vrun_t *runs = h->scratch;
-    const uint8_t *p = body;
-    for (uint32_t i = 0; i < hd->nruns; i++) {
-        tha__run_t run;
-        memcpy(&run, p, sizeof run);
-        runs[i].b0 = run.offset / THA__BLOCK;
-        runs[i].nb = run.nblocks;
-        runs[i].mask = p + sizeof run;
-        runs[i].data = runs[i].mask + tha__align_up(run.nblocks, 8);
-        p = runs[i].data + run.nblocks * THA__BLOCK;
-    }
-    return runs;
+    return h->scratch;
 }
 
 /* The heap with a delta's runs laid over it. */
@@ -849,11 +858,9 @@ static view_t delta_view(tha_heap_t *h, const tha__frame_hdr_t *hd, const vrun_t
                     .raw_ok = hd->base64k != 0};
 }
 
-int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+int tha__check_delta(tha_heap_t *h, const tha__frame_hdr_t *hd, const vrun_t *runs) {
     const tha__region_t *old = tha__reg(h);
     if (hd->nruns == 0) return 0;
-    vrun_t *runs = index_runs(h, hd, body);
-    if (!runs) return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
     view_t v = delta_view(h, hd, runs);
     dstate_t d = {.v = &v, .h = h};
     span_set_t pmt = {0};
@@ -957,7 +964,7 @@ static const tha__slot_t *slot_of(view_t *v, uint64_t off, pcache_t *pc, char *w
     }
     uint64_t payload = vfind_in(v, off, pc->have, pc->head, pc->pg);
     if (!payload) return NULL;
-    tha__objhdr_t oh = vhdr(v, payload - THA__HDR);
+    tha__objhdr_t oh = vhdr(v, tha__hdr_of(payload));
     const tha__type_t *t = tha__schema_type(v->h->schema, oh.type_id);
     uint64_t e = (off - payload) % t->size;
     if (where) tha__schema_describe(v->h->schema, oh.type_id, e, where, cap);
@@ -992,26 +999,15 @@ static int data_word_slot(view_t *v, const tha__frame_hdr_t *hd, uint64_t off, u
                       (ull)off, where, (ull)w);
 }
 
-int tha__check_slots(tha_heap_t *h, const tha__frame_hdr_t *hd, const uint8_t *body) {
+int tha__check_slots(tha_heap_t *h, const tha__frame_hdr_t *hd, const vrun_t *runs) {
     view_t v;
-    const vrun_t *runs;
-    vrun_t one;
     const int funcs = h->schema->func_slots != 0;
-    if (hd->kind == THA_FRAME_SNAPSHOT) { /* the frame's image, as checked */
-        tha__run_t run;
-        memcpy(&run, body, sizeof run);
-        one = (vrun_t){.b0 = run.offset / THA__BLOCK, .nb = run.nblocks,
-                       .mask = body + sizeof run};
-        one.data = one.mask + tha__align_up(run.nblocks, 8);
-        v = (view_t){.h = h, .base = one.data, .map = one.mask, .limit = hd->top,
+    if (hd->kind == THA_FRAME_SNAPSHOT) /* the frame's image (its one run), as checked */
+        v = (view_t){.h = h, .base = runs[0].data, .map = runs[0].mask, .limit = hd->top,
                      .room = hd->top, .wire = 1, .pbase = tha__frame_base(hd),
                      .raw_ok = hd->base64k != 0};
-        runs = &one;
-    } else {
-        if (!(runs = index_runs(h, hd, body)))
-            return tha__hfail(h, THA_ENOMEM, "no memory to check a delta");
+    else
         v = delta_view(h, hd, runs);
-    }
     read_region(&v);
     v.first = v.r.data_off / THA__PAGE;
     v.end = v.r.top / THA__PAGE;

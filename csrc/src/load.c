@@ -610,6 +610,11 @@ int tha_heap_load(tha_heap_t **out, const char *path, const tha_load_options_t *
         goto done;
     }
     const tha__region_t *r = tha__reg(h);
+    if (r->magic == THA__REGION_MAGIC_V2) {
+        rc = tha__fail(msg, mcap, THA_EVERSION, "checkpoint %s: %s", path,
+                       tha__region_magic_why(r->magic));
+        goto done;
+    }
     if (r->magic != THA__REGION_MAGIC || r->capacity != hd.capacity || r->top != hd.top) {
         rc = tha__fail(msg, mcap, THA_ECORRUPT, "checkpoint %s: the image's region "
                        "header disagrees with the file header", path);

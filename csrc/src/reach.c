@@ -10,16 +10,18 @@
 
 #include <stdlib.h>
 
-/* Slot starts (object headers) are 16-byte aligned: slabs start on a page
- * plus THA__SLAB_HDR and every class size is a multiple of 16; spans start
- * on a page. So one mark bit per 16 bytes of [0, top) names one allocation. */
+/* Payload starts are 8 mod 16 in a slab (slots are 16-byte aligned: slabs
+ * start on a page plus THA__SLAB_HDR, every class size is a multiple of 16,
+ * the payload is THA__HDR in) and THA__SPAN_HDR past a page in a span. So
+ * one mark bit per 16 bytes of [0, top), at the payload, names one
+ * allocation. */
 #define MARK_SHIFT 4
 
 typedef struct mark {
     tha_heap_t *h;
     uint64_t base;        /* h->base as an integer */
     uint64_t top;         /* image end when marking started */
-    uint64_t *bits;       /* bit per 16 bytes of [0, top): slot start reached */
+    uint64_t *bits;       /* bit per 16 bytes of [0, top): payload reached */
     const tha__type_t *types; /* the schema's, by id (live headers are valid) */
     uint64_t *queue;      /* ring of region offsets referenced, not yet visited */
     size_t head, n, cap;  /* first entry, entries queued, ring size (2^k) */
@@ -62,7 +64,7 @@ static uint64_t dequeue(mark_t *m) {
 }
 
 static bool marked(const mark_t *m, uint64_t payload) {
-    uint64_t bit = (payload - THA__HDR) >> MARK_SHIFT;
+    uint64_t bit = payload >> MARK_SHIFT;
     return (m->bits[bit >> 6] >> (bit & 63)) & 1;
 }
 
@@ -70,7 +72,7 @@ static bool marked(const mark_t *m, uint64_t payload) {
  * (most pointers hold one; this skips their lookup: only a live
  * allocation's slot is ever marked). */
 static int reference(mark_t *m, uint64_t off) {
-    if (off >= THA__HDR && (off - THA__HDR) % (1u << MARK_SHIFT) == 0 && marked(m, off))
+    if ((off % 16 == THA__HDR || off % THA__PAGE == THA__SPAN_HDR) && marked(m, off))
         return 0;
     return enqueue(m, off);
 }
@@ -96,7 +98,7 @@ static int scan_raw(mark_t *m, uint64_t payload, uint64_t bytes) {
 /* Every data pointer slot of every element of the allocation at payload. */
 static int scan(mark_t *m, uint64_t payload) {
     const tha_heap_t *h = m->h;
-    const tha__objhdr_t *oh = THA__AT(h, payload - THA__HDR, tha__objhdr_t);
+    const tha__objhdr_t *oh = THA__AT(h, tha__hdr_of(payload), tha__objhdr_t);
     const tha__type_t *t = &m->types[oh->type_id];
     const uint8_t *elem = h->base + payload;
     for (uint32_t i = 0; i < oh->count; i++, elem += t->size) {
@@ -120,7 +122,7 @@ static int visit(mark_t *m, uint64_t off) {
     tha__objhdr_t *oh;
     uint64_t payload = tha__find(m->h, off, &oh);
     if (!payload) return 0;
-    uint64_t bit = (payload - THA__HDR) >> MARK_SHIFT;
+    uint64_t bit = payload >> MARK_SHIFT;
     uint64_t *w = &m->bits[bit >> 6], b = 1ull << (bit & 63);
     if (*w & b) return 0;
     *w |= b;
@@ -223,7 +225,7 @@ int tha_collect(tha_heap_t *h, uint64_t *bytes_freed) {
      * hold no root, so a free cannot be refused for one. */
     uint64_t freed = 0;
     for (size_t i = 0; i < ndead; i++) {
-        tha__objhdr_t *oh = THA__AT(h, dead[i] - THA__HDR, tha__objhdr_t);
+        tha__objhdr_t *oh = THA__AT(h, tha__hdr_of(dead[i]), tha__objhdr_t);
         uint64_t sz = tha__schema_type(h->schema, oh->type_id)->size * oh->count;
         rc = tha_heap_free(h, h->base + dead[i]);
         if (rc) break;
