@@ -799,7 +799,9 @@ int tha_session_pump(tha_session_t *s, int ack) {
      * send, the standby lags further than the bound allows. */
     for (size_t i = 0; i < s->out_n; i++) {
         const outitem_t *o = &s->out[(s->out_head + i) % s->out_cap];
-        if (!o->ref) continue;
+        /* the oldest frame not begun: one partly sent (a non-blocking
+         * send took what fit) goes out whole and proves nothing */
+        if (!o->ref || o->off) continue;
         tha_backlog_range(s->backlog, &first, &last, &bytes);
         if (o->off == 0 && o->ref->seq < first)
             return close_with(s, THA_EV_ERROR, THA_EFULL, "standby too slow: frame "

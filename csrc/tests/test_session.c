@@ -1214,12 +1214,61 @@ static void test_bulk_in_place(void) {
     free(bad);
 }
 
+
+/* A driver that sends without blocking leaves the head frame partly sent;
+ * the frames queued behind it still count: once the backlog drops one of
+ * them unsent, the lagging standby is dropped (THA_EFULL). */
+static void test_partly_sent_frame_does_not_hide_a_lagging_standby(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 1));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 2, SIZE_MAX, NULL);
+    CHECK(state_of(b) == 3);
+    /* frames above the session's copy limit go by reference */
+    struct emp *big;
+    CHECK_OK(tha_heap_alloc(h, EMP, 2048, (void **)&big));
+    CHECK_OK(tha_root_set(h, "big", big));
+    /* the standby stops reading; one frame goes out in part */
+    CHECK_OK(tha_heap_touch(h, big, 0));
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    const void *d;
+    size_t n;
+    CHECK_OK(tha_session_output(a->s, &d, &n));
+    CHECK(n == 20); /* the message header */
+    CHECK_OK(tha_session_advance(a->s, n));
+    CHECK_OK(tha_session_output(a->s, &d, &n));
+    CHECK(n > 2);
+    CHECK_OK(tha_session_advance(a->s, n / 2));
+    for (int round = 2; round < 40 && state_of(a) != 4; round++) {
+        big[round].id = (uint32_t)round;
+        CHECK_OK(tha_heap_touch(h, big, 0));
+        sync_one(h, bl, NULL, THA_ACK_APPLIED);
+        int rc = tha_session_pump(a->s, THA_ACK_APPLIED);
+        CHECK(rc == 0 || rc == THA_EFULL);
+        drain(a);
+    }
+    const tha_event_t *e = last_ev(a, THA_EV_ERROR);
+    CHECK(state_of(a) == 4);
+    CHECK(e && e->code == THA_EFULL);
+    CHECK_CONTAINS(e ? e->msg : NULL, "too slow");
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
 int main(void) {
     RUN(test_backlog_owns_the_series);
     RUN(test_tick_before_start);
     RUN(test_handshake_bulk_deltas);
     RUN(test_every_split);
     RUN(test_bulk_in_place);
+    RUN(test_partly_sent_frame_does_not_hide_a_lagging_standby);
     RUN(test_truncated_prefixes);
     RUN(test_garbage);
     RUN(test_wrong_mac);

@@ -309,7 +309,9 @@ class Standby(_Node):
 
     def _handle(self, conn, ev) -> None:
         t = ev.type
-        msg = _cffi.string(ev.msg).decode(errors="replace")
+        if t in (lib.THA_EV_ERROR, lib.THA_EV_REFUSED, lib.THA_EV_FENCED,
+                 lib.THA_EV_TIMEOUT):  # only these say something in words
+            msg = _cffi.string(ev.msg).decode(errors="replace")
         if t == lib.THA_EV_READY:
             if self.promoted_epoch is not None:
                 # The session fences only an active older than this epoch;
