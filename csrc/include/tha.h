@@ -1157,7 +1157,7 @@ THA_API int tha_session_fence(tha_session_t *s, uint64_t epoch);
 THA_API int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
 
 /* Sends the session's pending output to fd without blocking
- * (MSG_DONTWAIT), item by item, stopping before an item larger than
+ * (MSG_DONTWAIT), several queued items per sendmsg, stopping before an item larger than
  * max_item bytes (0: no limit) or when the socket is full. For a driver
  * that acks in the same wake-up that received the frame. *sent (may be
  * NULL) gets the byte count. Returns 0, or -errno if the socket failed. */

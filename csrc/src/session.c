@@ -1406,6 +1406,20 @@ int tha_session_output(tha_session_t *s, const void **data, size_t *len) {
     return 0;
 }
 
+int tha__session_output_vec(tha_session_t *s, const void **ptr, size_t *len, int max) {
+    if (max <= 0) return 0;
+    int rc = tha_session_output(s, &ptr[0], &len[0]);
+    if (rc) return rc;
+    if (!len[0]) return 0;
+    int n = 1;
+    for (size_t i = 1; i < s->out_n && n < max; i++, n++) {
+        const outitem_t *o = &s->out[(s->out_head + i) % s->out_cap];
+        ptr[n] = o->ptr + o->off;
+        len[n] = o->len - o->off;
+    }
+    return n;
+}
+
 int tha_session_advance(tha_session_t *s, size_t n) {
     while (n && s->out_n) {
         outitem_t *o = &s->out[s->out_head];

@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 struct dept;
 struct emp {
@@ -1262,6 +1264,68 @@ static void test_partly_sent_frame_does_not_hide_a_lagging_standby(void) {
     tha_heap_destroy(h);
 }
 
+
+/* tha_net_send_output over a real socket: several queued pieces (a frame's
+ * header, the frame by reference, small messages) go out in order, also
+ * through a send buffer too small for them, and the far end applies them. */
+static void test_send_output_on_a_socket(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 2, SIZE_MAX, NULL);
+    CHECK(state_of(b) == 3);
+    struct emp *big;
+    CHECK_OK(tha_heap_alloc(h, EMP, 2048, (void **)&big));
+    CHECK_OK(tha_root_set(h, "big", big));
+    for (int small = 0; small < 2; small++) {
+        int sv[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+        if (small) { /* partial sends: less room than one frame */
+            int sz = 4096;
+            setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+        }
+        uint64_t seq = 0;
+        for (int round = 0; round < 3; round++) {
+            big[round].id = (uint32_t)(100 + round);
+            CHECK_OK(tha_heap_touch(h, big, 0));
+            mutate(h, es, round + 10);
+            seq = sync_one(h, bl, a, THA_ACK_APPLIED);
+        }
+        static uint8_t buf[1 << 16];
+        for (int spins = 0; spins < 100000; spins++) {
+            size_t sent = 0;
+            CHECK_OK(tha_net_send_output(a->s, sv[0], 0, &sent));
+            ssize_t n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+            if (n > 0) {
+                CHECK_OK(tha_session_feed(b->s, buf, (size_t)n, 3));
+                drain(b);
+            }
+            const void *d;
+            size_t left;
+            CHECK_OK(tha_session_output(a->s, &d, &left));
+            if (!left && n <= 0) break;
+        }
+        const tha_event_t *ap = last_ev(b, THA_EV_APPLIED);
+        CHECK(ap && ap->seq == seq);
+        CHECK(count_ev(b, THA_EV_ERROR) == 0);
+        tha_heap_t *m = tha_session_take_heap(b->s);
+        CHECK(m && mirrors(h, m));
+        close(sv[0]);
+        close(sv[1]);
+    }
+    tha_heap_t *m = tha_session_take_heap(b->s);
+    end_free(a);
+    end_free(b);
+    tha_heap_destroy(m);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
 int main(void) {
     RUN(test_backlog_owns_the_series);
     RUN(test_tick_before_start);
@@ -1269,6 +1333,7 @@ int main(void) {
     RUN(test_every_split);
     RUN(test_bulk_in_place);
     RUN(test_partly_sent_frame_does_not_hide_a_lagging_standby);
+    RUN(test_send_output_on_a_socket);
     RUN(test_truncated_prefixes);
     RUN(test_garbage);
     RUN(test_wrong_mac);
