@@ -1124,7 +1124,8 @@ THA_API int tha_session_feed(tha_session_t *s, const void *data, size_t len,
                              uint64_t now_ms);
 /* Zero-copy input: a buffer inside the session to receive into (*cap > 0
  * bytes; for a large message, exactly what is missing of it, so it lands
- * in place and is applied from there). Valid until the next call on s;
+ * in place and is applied from there; for a bulk sync segment's data in a
+ * session without a secret, the staging heap where that data belongs). Valid until the next call on s;
  * then report the bytes written with tha_session_received, which acts as
  * tha_session_feed of them. Only one thread may receive into a session. */
 THA_API int tha_session_recv_buffer(tha_session_t *s, void **buf, size_t *cap);
