@@ -246,3 +246,23 @@ def test_unknown_type_and_function():
         s.type_id("struct nope")
     with pytest.raises(tha.Error):
         s.bind("nope", HOOKS["ping"])
+
+
+def test_warm_parser_makes_a_fresh_process_parse_warm():
+    """tha.schema.warm_parser() pays cffi's one-time parser set-up (what a
+    fresh standby's first Schema.from_bytes used to pay after its bulk
+    sync's last byte); it is idempotent and leaves parsing unchanged."""
+    import sys
+    code = (
+        "import tha.schema as s, cffi.cparser as cp\n"
+        "assert not s._parser_warm\n"
+        "s.warm_parser(); s.warm_parser()\n"
+        "assert s._parser_warm\n"
+        "sch = s.Schema('struct a { int x; struct a *n; };')\n"
+        "assert s.Schema.from_bytes(sch.to_bytes()).compare(sch) is None\n"
+        "from tha import Standby\n"
+        "s._parser_warm = False\n"
+        "sb = Standby(('127.0.0.1', 0)); sb.close()\n"
+        "assert s._parser_warm, 'a Standby without a heap warms the parser'\n")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

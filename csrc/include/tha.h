@@ -1124,7 +1124,8 @@ THA_API int tha_session_feed(tha_session_t *s, const void *data, size_t len,
                              uint64_t now_ms);
 /* Zero-copy input: a buffer inside the session to receive into (*cap > 0
  * bytes; for a large message, exactly what is missing of it, so it lands
- * in place and is applied from there). Valid until the next call on s;
+ * in place and is applied from there; for a bulk sync segment's data in a
+ * session without a secret, the staging heap where that data belongs). Valid until the next call on s;
  * then report the bytes written with tha_session_received, which acts as
  * tha_session_feed of them. Only one thread may receive into a session. */
 THA_API int tha_session_recv_buffer(tha_session_t *s, void **buf, size_t *cap);
@@ -1157,7 +1158,7 @@ THA_API int tha_session_fence(tha_session_t *s, uint64_t epoch);
 THA_API int tha_session_status(const tha_session_t *s, tha_session_status_t *out);
 
 /* Sends the session's pending output to fd without blocking
- * (MSG_DONTWAIT), item by item, stopping before an item larger than
+ * (MSG_DONTWAIT), several queued items per sendmsg, stopping before an item larger than
  * max_item bytes (0: no limit) or when the socket is full. For a driver
  * that acks in the same wake-up that received the frame. *sent (may be
  * NULL) gets the byte count. Returns 0, or -errno if the socket failed. */

@@ -6,6 +6,7 @@
  * remember why (status, err); pass = one poll + read + write + tick.
  */
 #include "base.h"
+#include "replication.h"
 
 #include <errno.h>
 #include <arpa/inet.h>
@@ -18,6 +19,7 @@
 #include <stdlib.h>
 #include <sys/random.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -58,10 +60,23 @@ int tha_net_send_output(tha_session_t *s, int fd, size_t max_item, size_t *sent)
     size_t total = 0;
     int rc = 0;
     for (;;) {
-        const void *d;
-        size_t len;
-        if (tha_session_output(s, &d, &len) || !len || (max_item && len > max_item)) break;
-        ssize_t w = send(fd, d, len, MSG_NOSIGNAL | MSG_DONTWAIT);
+        /* the queued pieces in one sendmsg: a frame's 20-byte header does
+         * not go out (and wake the peer) on its own */
+        enum { MAXV = 16 };
+        const void *p[MAXV];
+        size_t l[MAXV];
+        int n = tha__session_output_vec(s, p, l, MAXV);
+        if (n <= 0 || (max_item && l[0] > max_item)) break;
+        struct iovec iov[MAXV];
+        size_t want = 0;
+        int k = 0;
+        for (; k < n && !(max_item && l[k] > max_item); k++) {
+            iov[k].iov_base = (void *)p[k];
+            iov[k].iov_len = l[k];
+            want += l[k];
+        }
+        struct msghdr mh = {.msg_iov = iov, .msg_iovlen = (size_t)k};
+        ssize_t w = sendmsg(fd, &mh, MSG_NOSIGNAL | MSG_DONTWAIT);
         if (w < 0) {
             if (errno == EINTR) continue;
             if (errno != EAGAIN && errno != EWOULDBLOCK) rc = -errno;
@@ -69,7 +84,7 @@ int tha_net_send_output(tha_session_t *s, int fd, size_t max_item, size_t *sent)
         }
         tha_session_advance(s, (size_t)w);
         total += (size_t)w;
-        if ((size_t)w < len) break;
+        if ((size_t)w < want) break;
     }
     if (sent) *sent = total;
     return rc;

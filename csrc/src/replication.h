@@ -32,4 +32,11 @@ struct tha_backlog {
 tha__bframe_t *tha__backlog_get(tha_backlog_t *b, uint64_t seq);
 void tha__bframe_release(tha__bframe_t *f);
 
+/* The session's pending output as up to max pieces (ptr, len), in order,
+ * without consuming any (tha_session_advance does), for one sendmsg of a
+ * frame's header with the frame (net.c). The first piece is what
+ * tha_session_output gives (bulk output is produced the same way). Returns
+ * the number of pieces, 0 if none, or < 0 as tha_session_output would. */
+int tha__session_output_vec(tha_session_t *s, const void **ptr, size_t *len, int max);
+
 #endif /* THA_REPLICATION_H */

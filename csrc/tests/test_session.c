@@ -9,6 +9,8 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 struct dept;
 struct emp {
@@ -1118,11 +1120,220 @@ static void test_backlog_owns_the_series(void) {
     tha_heap_destroy(h);
 }
 
+
+/* ---- bulk data straight into the staging heap ------------------------- */
+
+/* Feeds tape[0..len) the way the Python driver does: into the buffer
+ * tha_session_recv_buffer hands out, at most chunk bytes per "recv";
+ * records the buffers handed out. */
+static int feed_zero_copy(end_t *b, const uint8_t *tape, size_t len, size_t chunk,
+                          uint64_t now, uint8_t **bufs, size_t *nbufs, size_t maxbufs) {
+    size_t pos = 0;
+    while (pos < len) {
+        void *buf;
+        size_t cap;
+        int rc = tha_session_recv_buffer(b->s, &buf, &cap);
+        if (rc) return rc;
+        CHECK(cap > 0);
+        size_t n = len - pos;
+        if (n > cap) n = cap;
+        if (n > chunk) n = chunk;
+        memcpy(buf, tape + pos, n);
+        if (bufs && *nbufs < maxbufs) bufs[(*nbufs)++] = buf;
+        rc = tha_session_received(b->s, n, now);
+        drain(b);
+        if (rc) return rc;
+        if (state_of(b) == 4) return THA_ECLOSED;
+        pos += n;
+    }
+    return 0;
+}
+
+/* Offset in tape of the payload of the k-th SNAP_DATA message (unkeyed). */
+static size_t snap_data_at(const uint8_t *tape, size_t len, int k, uint32_t *plen) {
+    size_t pos = 0;
+    while (pos + 20 <= len) {
+        uint16_t type;
+        uint32_t l;
+        memcpy(&type, tape + pos + 4, 2);
+        memcpy(&l, tape + pos + 8, 4);
+        if (type == 5 /* SNAP_DATA */ && k-- == 0) {
+            *plen = l;
+            return pos + 20;
+        }
+        pos += 20 + l;
+    }
+    CHECK(!"no such SNAP_DATA");
+    return 0;
+}
+
+static void test_bulk_in_place(void) {
+    static uint8_t *bufs[1 << 16];
+    const size_t chunks[] = {SIZE_MAX, 4096, 100, 7};
+    for (size_t c = 0; c < sizeof chunks / sizeof *chunks; c++) {
+        end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+        size_t nb = 0;
+        CHECK_OK(feed_zero_copy(b, ref_tape.data, ref_tape.len, chunks[c], 1, bufs, &nb,
+                                sizeof bufs / sizeof *bufs));
+        CHECK(count_ev(b, THA_EV_ERROR) == 0);
+        tha_heap_t *m = tha_session_take_heap(b->s);
+        CHECK(m && mirrors(ref_src, m));
+        CHECK_OK(tha_heap_check(m));
+        tha_stats_t st;
+        CHECK_OK(tha_heap_stats(m, &st));
+        const uint8_t *base = tha_heap_base(m);
+        size_t inside = 0;
+        for (size_t i = 0; i < nb; i++) inside += bufs[i] >= base && bufs[i] < base + st.top;
+        CHECK(inside > 0); /* segment data was received where it belongs */
+        end_free(b);
+        tha_heap_destroy(m);
+    }
+    /* what the direct path takes in is judged as before: a changed data
+     * byte, a run moved within the image or out of it: refused, nothing
+     * goes live */
+    uint8_t *bad = malloc(ref_tape.len);
+    for (int variant = 0; variant < 3; variant++) {
+        for (size_t c = 0; c < 2; c++) {
+            memcpy(bad, ref_tape.data, ref_tape.len);
+            uint32_t plen;
+            size_t at = snap_data_at(bad, ref_bulk_end, 1, &plen);
+            uint64_t off;
+            memcpy(&off, bad + at + THA_FRAME_HEADER_SIZE, 8);
+            if (variant == 0) bad[at + plen - 1] ^= 0x40;
+            if (variant == 1) off += 64 /* one block */;
+            if (variant == 2) off = 1ull << 40;
+            memcpy(bad + at + THA_FRAME_HEADER_SIZE, &off, 8);
+            end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+            int rc = feed_zero_copy(b, bad, ref_tape.len, c ? 7 : SIZE_MAX, 1, NULL, NULL, 0);
+            CHECK(rc != 0);
+            const tha_event_t *e = last_ev(b, THA_EV_ERROR);
+            CHECK(e != NULL && state_of(b) == 4);
+            CHECK_CONTAINS(e ? e->msg : NULL, "bulk sync");
+            CHECK(tha_session_take_heap(b->s) == NULL);
+            end_free(b);
+        }
+    }
+    free(bad);
+}
+
+
+/* A driver that sends without blocking leaves the head frame partly sent;
+ * the frames queued behind it still count: once the backlog drops one of
+ * them unsent, the lagging standby is dropped (THA_EFULL). */
+static void test_partly_sent_frame_does_not_hide_a_lagging_standby(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 1));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 2, SIZE_MAX, NULL);
+    CHECK(state_of(b) == 3);
+    /* frames above the session's copy limit go by reference */
+    struct emp *big;
+    CHECK_OK(tha_heap_alloc(h, EMP, 2048, (void **)&big));
+    CHECK_OK(tha_root_set(h, "big", big));
+    /* the standby stops reading; one frame goes out in part */
+    CHECK_OK(tha_heap_touch(h, big, 0));
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    const void *d;
+    size_t n;
+    CHECK_OK(tha_session_output(a->s, &d, &n));
+    CHECK(n == 20); /* the message header */
+    CHECK_OK(tha_session_advance(a->s, n));
+    CHECK_OK(tha_session_output(a->s, &d, &n));
+    CHECK(n > 2);
+    CHECK_OK(tha_session_advance(a->s, n / 2));
+    for (int round = 2; round < 40 && state_of(a) != 4; round++) {
+        big[round].id = (uint32_t)round;
+        CHECK_OK(tha_heap_touch(h, big, 0));
+        sync_one(h, bl, NULL, THA_ACK_APPLIED);
+        int rc = tha_session_pump(a->s, THA_ACK_APPLIED);
+        CHECK(rc == 0 || rc == THA_EFULL);
+        drain(a);
+    }
+    const tha_event_t *e = last_ev(a, THA_EV_ERROR);
+    CHECK(state_of(a) == 4);
+    CHECK(e && e->code == THA_EFULL);
+    CHECK_CONTAINS(e ? e->msg : NULL, "too slow");
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
+
+/* tha_net_send_output over a real socket: several queued pieces (a frame's
+ * header, the frame by reference, small messages) go out in order, also
+ * through a send buffer too small for them, and the far end applies them. */
+static void test_send_output_on_a_socket(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 2, SIZE_MAX, NULL);
+    CHECK(state_of(b) == 3);
+    struct emp *big;
+    CHECK_OK(tha_heap_alloc(h, EMP, 2048, (void **)&big));
+    CHECK_OK(tha_root_set(h, "big", big));
+    for (int small = 0; small < 2; small++) {
+        int sv[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+        if (small) { /* partial sends: less room than one frame */
+            int sz = 4096;
+            setsockopt(sv[0], SOL_SOCKET, SO_SNDBUF, &sz, sizeof sz);
+        }
+        uint64_t seq = 0;
+        for (int round = 0; round < 3; round++) {
+            big[round].id = (uint32_t)(100 + round);
+            CHECK_OK(tha_heap_touch(h, big, 0));
+            mutate(h, es, round + 10);
+            seq = sync_one(h, bl, a, THA_ACK_APPLIED);
+        }
+        static uint8_t buf[1 << 16];
+        for (int spins = 0; spins < 100000; spins++) {
+            size_t sent = 0;
+            CHECK_OK(tha_net_send_output(a->s, sv[0], 0, &sent));
+            ssize_t n = recv(sv[1], buf, sizeof buf, MSG_DONTWAIT);
+            if (n > 0) {
+                CHECK_OK(tha_session_feed(b->s, buf, (size_t)n, 3));
+                drain(b);
+            }
+            const void *d;
+            size_t left;
+            CHECK_OK(tha_session_output(a->s, &d, &left));
+            if (!left && n <= 0) break;
+        }
+        const tha_event_t *ap = last_ev(b, THA_EV_APPLIED);
+        CHECK(ap && ap->seq == seq);
+        CHECK(count_ev(b, THA_EV_ERROR) == 0);
+        tha_heap_t *m = tha_session_take_heap(b->s);
+        CHECK(m && mirrors(h, m));
+        close(sv[0]);
+        close(sv[1]);
+    }
+    tha_heap_t *m = tha_session_take_heap(b->s);
+    end_free(a);
+    end_free(b);
+    tha_heap_destroy(m);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
 int main(void) {
     RUN(test_backlog_owns_the_series);
     RUN(test_tick_before_start);
     RUN(test_handshake_bulk_deltas);
     RUN(test_every_split);
+    RUN(test_bulk_in_place);
+    RUN(test_partly_sent_frame_does_not_hide_a_lagging_standby);
+    RUN(test_send_output_on_a_socket);
     RUN(test_truncated_prefixes);
     RUN(test_garbage);
     RUN(test_wrong_mac);

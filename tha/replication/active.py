@@ -26,6 +26,8 @@ ACK_LEVELS = {"none": lib.THA_ACK_NONE, "received": lib.THA_ACK_RECEIVED,
 # another attempt in a second will not change: see Active.refused_retry.
 # The codes only; their classes come from the one map (errors.error_class).
 _DEFINITE = (lib.THA_EAUTH, lib.THA_EMISMATCH, lib.THA_EVERSION)
+# session events an active only counts (the session keeps the acks)
+_QUIET = frozenset((lib.THA_EV_ACK, lib.THA_EV_HEARTBEAT, lib.THA_EV_BULK_PROGRESS))
 
 
 @dataclass
@@ -292,6 +294,8 @@ class Active(_Node):
 
     def _on_event(self, conn, ev) -> None:
         t = ev.type
+        if t in _QUIET:  # every sync's ACK: nothing to do, no text to decode
+            return
         msg = _cffi.string(ev.msg).decode(errors="replace")
         peer = self._peers.get(getattr(conn, "addr", None))
         if t == lib.THA_EV_READY:

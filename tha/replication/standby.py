@@ -16,6 +16,7 @@ from .._ffi import ffi as _cffi, lib
 from ..durability import parse_fsync
 from ..errors import Error, InvalidArgument, OSFailure, check
 from ..heap import Heap, PathLike, _TRACKING
+from ..schema import warm_parser
 from .connection import (Address, _Conn, _Node, _os_reason, _TlsPending, log,
                          parse_address)
 
@@ -157,6 +158,8 @@ class Standby(_Node):
             if heap is not None:
                 self._saved_seq = heap.stats()["seq"] if given is not None else None
         self.heap = heap
+        if heap is None:  # the first bulk sync parses the active's schema:
+            warm_parser()  # cffi's parser set-up now, not after its last byte
         self._lock = heap._lock if heap else threading.RLock()
         self.cond = threading.Condition(self._lock)
         self.promote_after = promote_after
@@ -306,7 +309,9 @@ class Standby(_Node):
 
     def _handle(self, conn, ev) -> None:
         t = ev.type
-        msg = _cffi.string(ev.msg).decode(errors="replace")
+        if t in (lib.THA_EV_ERROR, lib.THA_EV_REFUSED, lib.THA_EV_FENCED,
+                 lib.THA_EV_TIMEOUT):  # only these say something in words
+            msg = _cffi.string(ev.msg).decode(errors="replace")
         if t == lib.THA_EV_READY:
             if self.promoted_epoch is not None:
                 # The session fences only an active older than this epoch;
