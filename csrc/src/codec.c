@@ -56,6 +56,7 @@ __attribute__((constructor)) static void codec_ctor(void) {
 int tha_set_threads(int n) {
     if (n < 1 || n > 2) return THA_EINVAL;
     codec_threads = n;
+    tha__track_set_threads(n);
     return 0;
 }
 
