@@ -792,7 +792,8 @@ THA_API int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size);
  * found are kept as dirty bits: the same changes, carried by the next
  * frame). THA_ETOOSMALL: *len holds the size needed, and as after
  * tha_heap_frame_size an encode with *len bytes fits whatever other
- * threads write meanwhile. A pointer slot holding neither NULL, an address
+ * threads write meanwhile (buf's bytes are then unspecified: a delta is
+ * written while its runs are found). A pointer slot holding neither NULL, an address
  * in the region, a registered function, an address inside a bound data
  * extern nor (in a field with a tag mask) a tagged NULL fails with
  * THA_EFOREIGN, the message naming the allocation, the field path, the

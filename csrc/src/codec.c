@@ -396,8 +396,6 @@ static int enc_half(half_t *x) {
 }
 #endif
 
-#define PREFETCH_RUNS 16u
-
 /* Asks for (the first 4 of) n blocks at block b, for reading or writing. */
 static inline void prefetch_blocks(const uint8_t *base, uint64_t b, uint64_t n, const int write) {
     const uint8_t *p = base + b * THA__BLOCK;
@@ -474,12 +472,48 @@ __attribute__((noinline, cold)) static int debug_types(tha_heap_t *h, int kind) 
     return 0;
 }
 
+/* The runs of a delta, walked once: a ring holds the next PREFETCH_RUNS of
+ * them, and a run's blocks are asked for when it enters the ring, so the
+ * scattered loads are under way before put_run copies them. */
+/* A power of two. Same-run medians, 100,000 scattered 2-block runs: 1 run
+ * ahead 16.9 ms, 4: 8.1, 8: 7.6, 16: 7.2, 32: 7.0. */
+#define PREFETCH_RUNS 16u
+
+typedef struct runs_ahead {
+    uint64_t pos, limit;
+    uint64_t b[PREFETCH_RUNS], n[PREFETCH_RUNS];
+    unsigned head, count;
+    int prefetch;
+} runs_ahead_t;
+
+/* The next run of the delta (1) or none (0). */
+static inline int ahead_next(const tha_heap_t *h, runs_ahead_t *ra, uint64_t *b,
+                             uint64_t *n) {
+    while (ra->count < PREFETCH_RUNS) {
+        unsigned i = (ra->head + ra->count) & (PREFETCH_RUNS - 1);
+        if (!next_run(h, ra->limit, &ra->pos, &ra->b[i], &ra->n[i])) break;
+        if (ra->prefetch) prefetch_blocks(h->base, ra->b[i], ra->n[i], 0);
+        ra->count++;
+    }
+    if (!ra->count) return 0;
+    *b = ra->b[ra->head];
+    *n = ra->n[ra->head];
+    ra->head = (ra->head + 1) & (PREFETCH_RUNS - 1);
+    ra->count--;
+    return 1;
+}
+
 /* Rule (sizing): the size frame_size or a THA_ETOOSMALL reports is the size
  * the next encode needs. Both collect (diff, wp) and leave h->collected
  * set, so that encode works on the changes they found instead of looking
  * again: plain writes from other threads in between go in the frame after,
  * never into a second THA_ETOOSMALL. Only heap calls (alloc, touch, ...)
  * change dirty bits otherwise, and those are serialised with encode.
+ * Rule (one scan): a delta is encoded while its dirty runs are found, not
+ * sized first: a run that would not fit ends the writing, and the rest of
+ * the walk only counts what THA_ETOOSMALL reports (the buffer's bytes are
+ * then unspecified). So a frame costs one walk of the dirty map, and a
+ * too-small guess (tha_backlog_encode) one more.
  * Rule (failure): nothing is committed before the frame is whole; a failed
  * encode leaves seq and every pending change as it was (a collect only
  * turns pending writes into dirty bits, which the next frame carries). */
@@ -495,13 +529,12 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
     if (rrc) return rrc;
     if (!h->collected) tha__track_collect(h); /* else frame_size just did */
     h->collected = 0;
-    int rc = frame_size_now(h, kind, &need);
-    if (rc) return tha__hfail(h, rc, "encode: %s", tha_strerror(rc));
-    *len = need;
-    if (!buf || cap < need) {
-        h->collected = h->mech != THA__MECH_EXPLICIT; /* keep what need counts */
-        return tha__hfail(h, THA_ETOOSMALL, "encode: the %s needs %zu bytes, buffer "
-                    "has %zu", kind_name(kind), need, buf ? cap : 0);
+    int rc;
+    if (!buf) cap = 0;
+    if (kind == THA_FRAME_SNAPSHOT) { /* its size costs nothing to know */
+        rc = frame_size_now(h, kind, &need);
+        if (rc) return tha__hfail(h, rc, "encode: %s", tha_strerror(rc));
+        if (cap < need) goto too_small;
     }
     if (THA__UNLIKELY(h->debug & THA_DEBUG_TYPES) && (rc = debug_types(h, kind)))
         return rc;
@@ -509,36 +542,45 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
     uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
     const uint8_t *crc_from = q;
     tha__frame_hdr_t hd;
-    tha__frame_fill(h, &hd, kind, h->seq + 1, need);
     uint32_t raw = ~0u; /* tha_crc32c(0, ..) == ~raw(~0, ..) */
-    uint64_t top_blocks = r->top / THA__BLOCK;
+    uint64_t top_blocks = r->top / THA__BLOCK, nruns = 0, nblocks = 0;
+    uint32_t schema_len = 0;
     if (kind == THA_FRAME_SNAPSHOT) {
         size_t slen;
         rc = tha_schema_serialize(h->schema, q, need - (size_t)(q - out), &slen);
         if (rc) return tha__hfail(h, rc, "encode: schema: %s", tha_strerror(rc));
-        hd.schema_len = (uint32_t)slen;
+        schema_len = (uint32_t)slen;
         memset(q + slen, 0, tha__align_up(slen, 8) - slen);
         q += tha__align_up(slen, 8);
         rc = put_run(h, kind, 0, top_blocks, &q, &raw, &crc_from);
         if (rc) return rc;
-        hd.nruns = 1;
-        hd.nblocks = top_blocks;
+        nruns = 1;
+        nblocks = top_blocks;
     } else {
-        /* Scattered runs miss the cache: a second cursor PREFETCH_RUNS
-         * ahead asks for their blocks early. */
-        uint64_t pos = 0, b, n, pf = 0, pb, pn;
-        for (unsigned i = 0; i < PREFETCH_RUNS; i++)
-            if (next_run(h, top_blocks, &pf, &pb, &pn)) prefetch_blocks(h->base, pb, pn, 0);
-        while (next_run(h, top_blocks, &pos, &b, &n)) {
-            if (next_run(h, top_blocks, &pf, &pb, &pn)) prefetch_blocks(h->base, pb, pn, 0);
+        runs_ahead_t ra = {.limit = top_blocks, .prefetch = 1};
+        uint64_t b, n;
+        int writing = 1; /* 0 once a run did not fit: counting only */
+        need = THA_FRAME_HEADER_SIZE;
+        while (ahead_next(h, &ra, &b, &n)) {
+            need += tha__run_bytes(n);
+            if (!writing) continue;
+            if (need > cap) {
+                writing = ra.prefetch = 0;
+                continue;
+            }
             rc = put_run(h, kind, b, n, &q, &raw, &crc_from);
             if (rc) return rc;
-            hd.nruns++;
-            hd.nblocks += n;
+            nruns++;
+            nblocks += n;
         }
+        if (need > cap) goto too_small;
     }
     crc_flush(&raw, &crc_from, q);
     THA_ASSERT((size_t)(q - out) == need);
+    tha__frame_fill(h, &hd, kind, h->seq + 1, need);
+    hd.schema_len = schema_len;
+    hd.nruns = (uint32_t)nruns;
+    hd.nblocks = nblocks;
     tha__frame_finish(&hd, ~raw, out);
     /* With a delta log the frame is made only once the log has it. */
     if ((rc = tha__log_append(h, &hd, out, need))) return rc;
@@ -547,8 +589,14 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
     tha__clear_dirty(h);
     h->frames_encoded++;
     h->bytes_encoded += need;
+    *len = need;
     if (hdp) *hdp = hd;
     return 0;
+too_small:
+    *len = need;
+    h->collected = h->mech != THA__MECH_EXPLICIT; /* keep what need counts */
+    return tha__hfail(h, THA_ETOOSMALL, "encode: the %s needs %zu bytes, buffer "
+                      "has %zu", kind_name(kind), need, cap);
 }
 
 /* Rule (one series, one maker): a heap's frames are numbered one series;

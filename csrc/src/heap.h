@@ -147,6 +147,8 @@ struct tha_heap {
     uint8_t *shadow;        /* diff and wp modes: the image as of the last
                                frame (capacity bytes reserved; else NULL) */
     int collected;          /* diff/wp: frame_size just collected changes */
+    uint64_t collects;      /* track.c: compares with the shadow so far (the
+                               C tests: one sync, one collect) */
     int wire_tagnull;       /* apply: the frame being verified holds tagged-
                                NULL words (codec.c check_word), whose slots
                                are checked on its layout (tha__check_slots) */

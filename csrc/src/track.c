@@ -273,6 +273,7 @@ static void found_pages(tha_heap_t *h, void *ctx, uint64_t from, uint64_t to) {
 
 void tha__track_collect(tha_heap_t *h) {
     const uint64_t top = tha__reg(h)->top;
+    if (h->mech != THA__MECH_EXPLICIT) h->collects++;
     if (h->mech == THA__MECH_DIFF) {
         uint64_t r[1][2] = {{0, top}};
         pages_t all = {.r = r, .n = 1, .cap = 1, .bytes = top};
