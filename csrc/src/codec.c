@@ -503,6 +503,135 @@ static inline int ahead_next(const tha_heap_t *h, runs_ahead_t *ra, uint64_t *b,
     return 1;
 }
 
+/* One thread's share of a delta: the runs of blocks [lo, hi), written at q
+ * while they fit in room bytes (room 0: counted only). need, nruns,
+ * nblocks and raw (the CRC register, started by the caller) cover what
+ * was written; need counts every run. */
+typedef struct span {
+    tha_heap_t *h;  /* the heap, or copy (a second thread's error text) */
+    tha_heap_t copy;
+    int kind;
+    uint64_t lo, hi;
+    uint8_t *q;
+    size_t room, need;
+    uint64_t nruns, nblocks;
+    uint32_t raw;
+    int rc;
+} span_t;
+
+static int encode_span(span_t *sp) {
+    runs_ahead_t ra = {.pos = sp->lo, .limit = sp->hi, .prefetch = sp->room > 0};
+    uint8_t *q = sp->q;
+    const uint8_t *crc_from = q;
+    uint64_t b, n;
+    int writing = sp->room > 0; /* 0 once a run did not fit: counting only */
+    while (ahead_next(sp->h, &ra, &b, &n)) {
+        sp->need += tha__run_bytes(n);
+        if (!writing) continue;
+        if (sp->need > sp->room) {
+            writing = ra.prefetch = 0;
+            continue;
+        }
+        int rc = put_run(sp->h, sp->kind, b, n, &q, &sp->raw, &crc_from);
+        if (rc) return sp->rc = rc;
+        sp->nruns++;
+        sp->nblocks += n;
+    }
+    if (writing) crc_flush(&sp->raw, &crc_from, q);
+    return sp->rc = 0;
+}
+
+static void *span_main(void *arg) {
+    encode_span(arg);
+    return NULL;
+}
+
+#define PAR_DELTA_BLOCKS 8192u /* deltas of >= 512 KiB of blocks: two threads */
+
+/* A block where a delta's dirty blocks split in about halves, no run
+ * crossing it; 0 if there is none worth splitting at. */
+static uint64_t delta_split(const tha_heap_t *h, uint64_t top_blocks) {
+    const uint64_t nwords = (top_blocks + 63) / 64, nsum = (nwords + 63) / 64;
+    uint64_t total = 0, half = 0, mid = 0, e, pos, b;
+    for (uint64_t si = 0; si < nsum; si++)
+        for (uint64_t m = h->dsum[si]; m; m &= m - 1)
+            total += (uint64_t)__builtin_popcountll(h->dirty[si * 64 + (uint64_t)__builtin_ctzll(m)]);
+    if (total < PAR_DELTA_BLOCKS) return 0;
+    for (uint64_t si = 0; si < nsum && !mid; si++)
+        for (uint64_t m = h->dsum[si]; m; m &= m - 1) {
+            uint64_t w = si * 64 + (uint64_t)__builtin_ctzll(m);
+            half += (uint64_t)__builtin_popcountll(h->dirty[w]);
+            if (2 * half >= total) {
+                mid = (w + 1) * 64;
+                break;
+            }
+        }
+    if (mid >= top_blocks) return 0;
+    /* a run through mid: split at its end instead */
+    if (h->dirty[(mid - 1) / 64] >> ((mid - 1) % 64) & 1) {
+        pos = mid - 1;
+        if (next_run(h, top_blocks, &pos, &b, &e)) mid = b + e;
+    }
+    return mid < top_blocks ? mid : 0;
+}
+
+/* The runs of a delta after the header at out, cap bytes in all (out NULL:
+ * counted only); *need is the frame's size. On two threads when it is
+ * large: halves of its dirty blocks, the second half's place known from a
+ * counting walk of the first. Either way the first bad word in address
+ * order is the one reported. */
+static int encode_delta(tha_heap_t *h, uint8_t *out, size_t cap, size_t *need,
+                        uint64_t *nruns, uint64_t *nblocks, uint32_t *raw) {
+    const uint64_t top_blocks = tha__reg(h)->top / THA__BLOCK;
+    const size_t room = out && cap > THA_FRAME_HEADER_SIZE ? cap - THA_FRAME_HEADER_SIZE : 0;
+    uint8_t *q = room ? out + THA_FRAME_HEADER_SIZE : NULL;
+    span_t a = {.h = h, .kind = THA_FRAME_DELTA, .hi = top_blocks, .q = q, .room = room,
+                .raw = ~0u},
+           b;
+    uint64_t mid = codec_threads > 1 && room ? delta_split(h, top_blocks) : 0;
+    if (mid) {
+        span_t first = {.h = h, .kind = THA_FRAME_DELTA, .hi = mid}; /* counts only */
+        encode_span(&first);
+        if (first.need < room) { /* else too small: the one walk below counts */
+            a.hi = mid;
+            a.room = first.need;
+        } else {
+            mid = 0;
+        }
+    }
+    pthread_t t;
+    int two = 0;
+    if (mid) {
+        b = a;
+        b.copy = *h;
+        b.h = &b.copy;
+        b.lo = mid;
+        b.hi = top_blocks;
+        b.q = q + a.room;
+        b.room = room - a.room;
+        b.raw = 0;
+        two = pthread_create(&t, NULL, span_main, &b) == 0;
+        if (!two) { /* no second thread: the whole delta here */
+            mid = 0;
+            a.hi = top_blocks;
+            a.room = room;
+        }
+    }
+    encode_span(&a);
+    *need = THA_FRAME_HEADER_SIZE + a.need;
+    *nruns = a.nruns;
+    *nblocks = a.nblocks;
+    *raw = a.raw;
+    if (!two) return a.rc;
+    pthread_join(t, NULL);
+    if (!a.rc && b.rc) memcpy(h->err, b.copy.err, sizeof h->err);
+    *need += b.need;
+    *nruns += b.nruns;
+    *nblocks += b.nblocks;
+    *raw = tha__crc32c_shift(a.raw, b.need) ^ b.raw;
+    return a.rc ? a.rc : b.rc;
+}
+
 /* Rule (sizing): the size frame_size or a THA_ETOOSMALL reports is the size
  * the next encode needs. Both collect (diff, wp) and leave h->collected
  * set, so that encode works on the changes they found instead of looking
@@ -539,14 +668,15 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
     if (THA__UNLIKELY(h->debug & THA_DEBUG_TYPES) && (rc = debug_types(h, kind)))
         return rc;
     const tha__region_t *r = tha__reg(h);
-    uint8_t *out = buf, *q = out + THA_FRAME_HEADER_SIZE;
-    const uint8_t *crc_from = q;
+    uint8_t *out = buf, *q = NULL;
+    const uint8_t *crc_from = NULL;
     tha__frame_hdr_t hd;
     uint32_t raw = ~0u; /* tha_crc32c(0, ..) == ~raw(~0, ..) */
     uint64_t top_blocks = r->top / THA__BLOCK, nruns = 0, nblocks = 0;
     uint32_t schema_len = 0;
     if (kind == THA_FRAME_SNAPSHOT) {
         size_t slen;
+        crc_from = q = out + THA_FRAME_HEADER_SIZE;
         rc = tha_schema_serialize(h->schema, q, need - (size_t)(q - out), &slen);
         if (rc) return tha__hfail(h, rc, "encode: schema: %s", tha_strerror(rc));
         schema_len = (uint32_t)slen;
@@ -557,23 +687,10 @@ int tha__encode(tha_heap_t *h, int kind, void *buf, size_t cap, size_t *len,
         nruns = 1;
         nblocks = top_blocks;
     } else {
-        runs_ahead_t ra = {.limit = top_blocks, .prefetch = 1};
-        uint64_t b, n;
-        int writing = 1; /* 0 once a run did not fit: counting only */
-        need = THA_FRAME_HEADER_SIZE;
-        while (ahead_next(h, &ra, &b, &n)) {
-            need += tha__run_bytes(n);
-            if (!writing) continue;
-            if (need > cap) {
-                writing = ra.prefetch = 0;
-                continue;
-            }
-            rc = put_run(h, kind, b, n, &q, &raw, &crc_from);
-            if (rc) return rc;
-            nruns++;
-            nblocks += n;
-        }
+        rc = encode_delta(h, buf, cap, &need, &nruns, &nblocks, &raw);
+        if (rc) return rc;
         if (need > cap) goto too_small;
+        crc_from = q = out + need; /* the spans flushed their checksums */
     }
     crc_flush(&raw, &crc_from, q);
     THA_ASSERT((size_t)(q - out) == need);

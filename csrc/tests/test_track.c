@@ -168,7 +168,7 @@ static void test_too_small_then_exact(void) {
     struct emp *es;
     tha_heap_t *h = company(s, THA_TRACK_DIFF, &es);
     tha_heap_t *m = mirror_of(h, s);
-    mutate(h, es, 3000, 0);
+    mutate(h, es, 10000, 0); /* two threads encode it */
     size_t need, len = 0;
     CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &need));
     uint8_t *f = malloc(need);
@@ -187,11 +187,46 @@ static void test_too_small_then_exact(void) {
     tha_schema_release(s);
 }
 
+/* A foreign pointer fails the encode with the first bad word in address
+ * order named, whichever thread met it; nothing changes. */
+static void test_foreign_in_either_half(void) {
+    tha_schema_t *s = make_schema();
+    struct emp *es;
+    tha_heap_t *h = company(s, THA_TRACK_DIFF, &es);
+    tha_heap_t *m = mirror_of(h, s);
+    static int outside;
+    mutate(h, es, 20000, 0);
+    es[N - 3].peer = (struct emp *)(void *)&outside; /* in the second half */
+    size_t need, len;
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &need));
+    uint8_t *f = malloc(need);
+    uint64_t seq = h->seq, dirty = tha__count_dirty(h);
+    CHECK_RC(tha_heap_encode(h, THA_FRAME_DELTA, f, need, &len), THA_EFOREIGN);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "element 199997 ");
+    CHECK(h->seq == seq && tha__count_dirty(h) == dirty);
+    es[5].peer = (struct emp *)(void *)&outside; /* and in the first */
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &need));
+    f = realloc(f, need);
+    CHECK_RC(tha_heap_encode(h, THA_FRAME_DELTA, f, need, &len), THA_EFOREIGN);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "element 5 ");
+    es[5].peer = es[N - 3].peer = NULL;
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &need));
+    f = realloc(f, need);
+    CHECK_OK(tha_heap_encode(h, THA_FRAME_DELTA, f, need, &len));
+    CHECK_OK(tha_heap_apply(m, f, len));
+    CHECK(equal(es, m));
+    free(f);
+    tha_heap_destroy(m);
+    tha_heap_destroy(h);
+    tha_schema_release(s);
+}
+
 int main(void) {
     test_backlog_sync(THA_TRACK_DIFF, "diff");
     test_backlog_sync(THA_TRACK_WP, "wp");
     test_backlog_sync(THA_TRACK_EXPLICIT, "explicit");
     test_threads_find_the_same();
     test_too_small_then_exact();
+    test_foreign_in_either_half();
     return check_failures ? 1 : 0;
 }
