@@ -421,6 +421,22 @@ static int put_run(tha_heap_t *h, int kind, uint64_t b0, uint64_t nb,
     tha__run_t run = {.offset = b0 * THA__BLOCK, .nblocks = nb};
     memcpy(p, &run, sizeof run);
     uint8_t *mask = p + sizeof run;
+    if (nb <= 8) { /* most runs of a scattered delta: fixed-size moves only */
+        uint64_t m8 = 0;
+        for (uint64_t i = 0; i < nb; i++) m8 |= (uint64_t)h->ptrmap[b0 + i] << (8 * i);
+        memcpy(mask, &m8, 8);
+        uint8_t *data = mask + 8;
+        const uint8_t *src = h->base + b0 * THA__BLOCK;
+        for (uint64_t i = 0; i < nb; i++)
+            memcpy(data + i * THA__BLOCK, src + i * THA__BLOCK, THA__BLOCK);
+        *q = data + nb * THA__BLOCK;
+        if (m8) {
+            int rc = to_wire(h, kind, data, mask, b0, nb);
+            if (rc) return rc;
+        }
+        if ((size_t)(*q - *crc_from) >= CRC_BATCH) crc_flush(raw, crc_from, *q);
+        return 0;
+    }
     uint64_t mlen = tha__align_up(nb, 8);
     memcpy(mask, h->ptrmap + b0, nb);
     memset(mask + nb, 0, mlen - nb);
