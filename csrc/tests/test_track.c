@@ -111,7 +111,7 @@ static void test_backlog_sync(int tracking, const char *name) {
     tha_heap_t *m = mirror_of(h, s);
     tha_backlog_t *bl;
     CHECK_OK(tha_backlog_create(&bl, 0));
-    static const uint32_t sizes[] = {10, 5000, 100000, 0, 1};
+    static const uint32_t sizes[] = {10, 5000, 5000, 100000, 0, 1}; /* guess: short, fits, large */
     for (unsigned r = 0; r < sizeof sizes / sizeof sizes[0]; r++) {
         mutate(h, es, sizes[r], tracking == THA_TRACK_EXPLICIT);
         uint64_t c0 = h->collects, seq;
