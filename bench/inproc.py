@@ -1,11 +1,14 @@
 import sys, time, os, statistics
-sys.path.insert(0, "/work/wt-enc")
+sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from tha.bench import peers as bp
 from tha.bench.peers_far import SCHEMA
 from tha.schema import Schema
 from tha.heap import Heap
 mode = sys.argv[1]; f = float(sys.argv[2]); rounds = int(sys.argv[3]) if len(sys.argv) > 3 else 10
 n = 1_000_000
+if os.environ.get("THREADS"):  # tha_set_threads for this run
+    from tha._ffi import lib
+    lib.tha_set_threads(int(os.environ["THREADS"]))
 schema = Schema(SCHEMA)
 h, emps = bp.tha_heap(schema, n, mode)
 snap = h.snapshot()
