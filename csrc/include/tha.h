@@ -792,7 +792,8 @@ THA_API int tha_heap_frame_size(tha_heap_t *h, int kind, size_t *size);
  * found are kept as dirty bits: the same changes, carried by the next
  * frame). THA_ETOOSMALL: *len holds the size needed, and as after
  * tha_heap_frame_size an encode with *len bytes fits whatever other
- * threads write meanwhile. A pointer slot holding neither NULL, an address
+ * threads write meanwhile (buf's bytes are then unspecified: a delta is
+ * written while its runs are found). A pointer slot holding neither NULL, an address
  * in the region, a registered function, an address inside a bound data
  * extern nor (in a field with a tag mask) a tagged NULL fails with
  * THA_EFOREIGN, the message naming the allocation, the field path, the
@@ -1164,9 +1165,11 @@ THA_API int tha_session_status(const tha_session_t *s, tha_session_status_t *out
  * NULL) gets the byte count. Returns 0, or -errno if the socket failed. */
 THA_API int tha_net_send_output(tha_session_t *s, int fd, size_t max_item, size_t *sent);
 
-/* Threads (1 or 2) that encode/apply may use for a run of 16 MiB or more:
- * each half is copied, rewritten and checksummed on its own core. Default 2
- * on machines with two CPUs or more. Process-wide. */
+/* Threads (1 or 2) that encode/apply may use for a run of 16 MiB or more
+ * (each half is copied, rewritten and checksummed on its own core), that
+ * encode uses for a delta of 8192 blocks or more, and that the diff/wp
+ * shadow compare uses for 4 MiB or more. Default 2 on machines with two
+ * CPUs or more. Process-wide. */
 THA_API int tha_set_threads(int n);
 
 /* ---- native driver: blocking TCP (net.c) ------------------------------ */

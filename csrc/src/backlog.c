@@ -118,9 +118,21 @@ int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len) {
     return rc;
 }
 
-/* A small delta is encoded straight into a buffer of this size: encode
- * sizes the frame itself, so asking first would scan the dirty map twice. */
+/* A delta is encoded straight into a guessed buffer: encode sizes the frame
+ * while it writes it, so asking first would walk the dirty map twice. The
+ * guess is the newest frame's size and a quarter more (a steady workload's
+ * rounds fit it), at least GUESS; a delta that does not fit is encoded
+ * again at the size it reported (one collect either way). */
 #define GUESS (32u << 10)
+
+static size_t first_guess(const tha_backlog_t *b) {
+    size_t g = GUESS;
+    if (b->n) {
+        size_t last = b->ring[(b->head + b->n - 1) % b->cap]->len;
+        if (last + last / 4 > g) g = last + last / 4;
+    }
+    return g;
+}
 
 /* Rule: everything that can refuse the frame is checked before the heap
  * commits it (seq bump, dirty bits cleared), so a failure here leaves the
@@ -139,13 +151,11 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *l
                           h->lineage != b->lineage ? " of another lineage" : "",
                           (unsigned long long)b->last_seq);
     if (reserve(b)) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for its ring");
-    tha__bframe_t *f = malloc(sizeof *f + GUESS);
+    size_t guess = first_guess(b);
+    tha__bframe_t *f = bframe_alloc(b, guess);
     if (!f) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for a frame");
-    f->cap = GUESS;
-    f->refs = 1;
-    f->owner = b;
     tha__frame_hdr_t hd; /* the encoder's: the frame is not parsed again */
-    int rc = tha__encode(h, THA_FRAME_DELTA, f->data, GUESS, &f->len, &hd);
+    int rc = tha__encode(h, THA_FRAME_DELTA, f->data, f->cap, &f->len, &hd);
     /* Too small: nothing changed and f->len is the size the next encode
      * needs (the codec keeps the changes it counted), so one retry fits
      * whatever other threads write; the loop only guards that rule. */
@@ -161,7 +171,8 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *l
         tha__bframe_release(f);
         return rc;
     }
-    if (f->cap == GUESS && f->len < GUESS / 2) { /* give back what it did not use */
+    if (f->len < f->cap / 2 && f->cap - f->len >= GUESS / 2) {
+        /* give back what it did not use (a large block shrinks in place) */
         tha__bframe_t *g = realloc(f, sizeof *f + f->len);
         if (g) {
             f = g;

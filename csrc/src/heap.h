@@ -164,6 +164,8 @@ struct tha_heap {
     uint8_t *shadow;        /* diff and wp modes: the image as of the last
                                frame (capacity bytes reserved; else NULL) */
     int collected;          /* diff/wp: frame_size just collected changes */
+    uint64_t collects;      /* track.c: compares with the shadow so far (the
+                               C tests: one sync, one collect) */
     int wire_tagnull;       /* apply: the frame being verified holds tagged-
                                NULL words (codec.c check_word), whose slots
                                are checked on its layout (tha__check_slots) */
@@ -306,6 +308,8 @@ void tha__clear_dirty(tha_heap_t *h);
  * that differs from the shadow and brings the shadow up to date; nothing
  * in explicit mode. */
 void tha__track_collect(tha_heap_t *h);
+/* Threads (1 or 2) a collect may compare with (tha_set_threads). */
+void tha__track_set_threads(int n);
 
 /* ---- write protection (wp.c) ------------------------------------------ */
 
@@ -333,10 +337,10 @@ int tha__wp_committed(tha_heap_t *h, uint64_t from, uint64_t to);
 void tha__wp_zapped(tha_heap_t *h, uint64_t off, uint64_t len);
 /* Pages [from, to) (offsets in the region) may have been written since the
  * last collect: the collector's report, given by track.c. */
-typedef void (*tha__pages_fn)(tha_heap_t *h, uint64_t from, uint64_t to);
+typedef void (*tha__pages_fn)(tha_heap_t *h, void *ctx, uint64_t from, uint64_t to);
 /* The wp half of tha__track_collect: every page written since the last
- * collect goes to found, in runs. */
-void tha__wp_collect(tha_heap_t *h, tha__pages_fn found);
+ * collect goes to found (with ctx), in runs. */
+void tha__wp_collect(tha_heap_t *h, tha__pages_fn found, void *ctx);
 /* Diff mode: the shadow takes n blocks at block b0 as they are now (after
  * an apply wrote them, so they do not count as local changes). */
 void tha__track_sync_shadow(tha_heap_t *h, uint64_t b0, uint64_t n);

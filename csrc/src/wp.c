@@ -448,22 +448,23 @@ void tha__wp_zapped(tha_heap_t *h, uint64_t off, uint64_t len) {
 typedef struct report {
     tha_heap_t *h;
     tha__pages_fn found;
+    void *ctx;
 } report_t;
 
 static void report_range(void *ctx, uint64_t a, uint64_t b) {
     report_t *r = ctx;
     uint64_t base = (uint64_t)(uintptr_t)r->h->base;
-    r->found(r->h, a - base, b - base);
+    r->found(r->h, r->ctx, a - base, b - base);
 }
 
-void tha__wp_collect(tha_heap_t *h, tha__pages_fn found) {
+void tha__wp_collect(tha_heap_t *h, tha__pages_fn found, void *ctx) {
     const uint64_t top = tha__reg(h)->top;
     if (h->mech == THA__MECH_UFFD) {
-        report_t rep = {h, found};
+        report_t rep = {h, found, ctx};
         int rc = uffd_scan(h->pagemap, h->base, h->committed, report_range, &rep);
         if (rc) {
             degrade(h, rc);
-            found(h, 0, top);
+            found(h, ctx, 0, top);
         }
         return;
     }
@@ -486,10 +487,10 @@ void tha__wp_collect(tha_heap_t *h, tha__pages_fn found) {
             mprotect(h->base + p * THA__PAGE, n * THA__PAGE, PROT_READ);
     }
     if (all) {
-        found(h, 0, top);
+        found(h, ctx, 0, top);
         return;
     }
     uint64_t pos = 0, p, n, tp = top / THA__PAGE;
     while (next_run(h->wtaken, words * 64 < tp ? words * 64 : tp, &pos, &p, &n))
-        found(h, p * THA__PAGE, (p + n) * THA__PAGE);
+        found(h, ctx, p * THA__PAGE, (p + n) * THA__PAGE);
 }
