@@ -1,3 +1,5 @@
+"""In-process breakdown of a delta round (1M emp): writes, encode, apply ms.
+Usage: python bench/inproc.py MODE F [ROUNDS]; THREADS=n sets tha_set_threads."""
 import sys, time, os, statistics
 sys.path.insert(0, __file__.rsplit("/bench/", 1)[0])
 from tha.bench import peers as bp
