@@ -162,6 +162,36 @@ def test_two_processes_mirror_after_every_sync(spawn):
     check_applied_log(sb.ask("log"))
 
 
+def test_an_active_that_could_not_run_does_not_call_its_standby_dead(spawn, caplog):
+    """The active's process holds the interpreter lock for twice its peer
+    timeout (a C extension that never releases it): its threads cannot read
+    the standby's heartbeats, which wait in the socket. That stall is its
+    own, not the standby's silence: the link stays up, no timeout is
+    logged, and the next sync goes over the same connection."""
+    import ctypes
+    import logging
+    import tha
+    sb = spawn(*helper("standby"), name="standby")  # its timeout: 2 s
+    addr = sb.address()
+    heap = tha.Heap(tha.Schema("struct s { int x; };"), tracking="explicit")
+    p = heap.new("struct s")
+    heap.roots["s"] = p
+    caplog.set_level(logging.INFO, logger="tha")
+    act = Active(heap, [addr], heartbeat=0.1, peer_timeout=0.7)
+    try:
+        act.sync(ack="applied")
+        conn = act.conns[0]
+        ctypes.PyDLL(None).usleep(1_400_000)  # the lock held 1.4 s
+        time.sleep(0.3)  # the threads run again: the tick, the reader
+        p.x = 5
+        heap.touch(p)
+        act.sync(ack="applied")
+        assert act.conns == [conn]
+        assert "nothing from the peer" not in caplog.text
+    finally:
+        act.close()
+
+
 @pytest.mark.parametrize("ack,seed", [*(("applied", s) for s in range(1, 7)),
                                       *(("none", s) for s in range(7, 11))])
 def test_kill_9_active_leaves_the_state_of_one_sync(spawn, tmp_path, ack, seed):

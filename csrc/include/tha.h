@@ -1135,7 +1135,10 @@ THA_API int tha_session_received(tha_session_t *s, size_t n, uint64_t now_ms);
  * on s; tell the session how much went out with tha_session_advance. */
 THA_API int tha_session_output(tha_session_t *s, const void **data, size_t *len);
 THA_API int tha_session_advance(tha_session_t *s, size_t n);
-/* Heartbeats and timeouts. */
+/* Heartbeats and timeouts. Call it at least every heartbeat_ms: a longer
+ * gap between ticks counts as this process's own stall (it could not read
+ * what the peer sent), not as the peer's silence, so the timeout clock
+ * skips it (docs/protocol.md, Liveness). */
 THA_API int tha_session_tick(tha_session_t *s, uint64_t now_ms);
 /* Active: queue the frames pushed to the backlog since the last call.
  * ack: the level the standby should acknowledge them at. */

@@ -68,6 +68,8 @@ struct tha_session {
     int state;
     int started;              /* tha_session_start was called: the clock is set */
     uint64_t now, last_heard, last_sent;
+    uint64_t last_tick;       /* ms: the previous tha_session_tick (0: none) */
+    uint64_t deaf_ms;         /* own stalls since last_heard (see tick) */
     int timed_out;
     tha_heap_t *heap;         /* active: the source; standby: live heap or NULL */
     int owns_heap;            /* standby: heap came from bulk, not yet taken */
@@ -1137,6 +1139,7 @@ int tha_session_feed(tha_session_t *s, const void *data, size_t len, uint64_t no
     s->now = now_ms;
     if (len) {
         s->last_heard = now_ms;
+        s->deaf_ms = 0;
         s->timed_out = 0;
     }
     s->bytes_in += len;
@@ -1354,6 +1357,7 @@ int tha_session_received(tha_session_t *s, size_t n, uint64_t now_ms) {
     s->now = now_ms;
     if (n) {
         s->last_heard = now_ms;
+        s->deaf_ms = 0;
         s->timed_out = 0;
     }
     s->bytes_in += n;
@@ -1441,18 +1445,30 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
     if (s->state == S_CLOSED) return THA_ECLOSED;
     if (!s->started) return 0; /* no clock yet: nothing can have timed out */
     s->now = now_ms;
+    /* Silence is judged over the time this process could listen. A driver
+     * ticks at least every heartbeat period; a longer gap is this
+     * process's own stall (CPU, an interpreter lock held, a long apply),
+     * during which it could not read what the peer sent. That excess is
+     * not held against the peer: the timeout clock skips it, so the first
+     * tick after a stall never declares a peer dead whose heartbeats are
+     * waiting unread in the socket. A peer that is really silent still
+     * times out after timeout_ms of ticked time. */
+    uint64_t since = s->last_tick > s->last_heard ? s->last_tick : s->last_heard;
+    if (now_ms > since + s->cfg.heartbeat_ms)
+        s->deaf_ms += now_ms - since - s->cfg.heartbeat_ms;
+    s->last_tick = now_ms;
+    uint64_t silent = now_ms - s->last_heard > s->deaf_ms ? now_ms - s->last_heard - s->deaf_ms : 0;
     /* Not THA_EV_TIMEOUT, which is the failover signal: a stranger who
      * connects and says nothing must not look like a silent active. */
     if (s->state == S_HANDSHAKE && now_ms - s->started_at >= s->cfg.timeout_ms)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "the peer did not finish the "
                           "handshake (prove the shared secret) within %llu ms",
                           (unsigned long long)s->cfg.timeout_ms);
-    if (!s->timed_out && now_ms - s->last_heard >= s->cfg.timeout_ms) {
+    if (!s->timed_out && silent >= s->cfg.timeout_ms) {
         s->timed_out = 1;
-        tha_event_t *e = push_event(s, THA_EV_TIMEOUT, 0, s->peer.seq,
-                                    now_ms - s->last_heard, 0);
+        tha_event_t *e = push_event(s, THA_EV_TIMEOUT, 0, s->peer.seq, silent, 0);
         if (e) snprintf(e->msg, sizeof e->msg, "nothing from the peer for %llu ms",
-                        (unsigned long long)(now_ms - s->last_heard));
+                        (unsigned long long)silent);
     }
     int64_t ms;
     if (s->cfg.role == THA_ROLE_STANDBY && s->state == S_STREAMING && s->heap &&

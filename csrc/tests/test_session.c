@@ -995,8 +995,9 @@ static void test_heartbeat_and_timeout(void) {
     exchange(a, b, 250, SIZE_MAX, NULL);
     CHECK(last_ev(a, THA_EV_HEARTBEAT) && last_ev(b, THA_EV_HEARTBEAT));
     CHECK(!last_ev(a, THA_EV_TIMEOUT) && !last_ev(b, THA_EV_TIMEOUT));
-    /* the active vanishes: the standby times out once */
-    CHECK_OK(tha_session_tick(b->s, 2000));
+    /* the active vanishes: the standby, ticked every heartbeat period
+     * as a driver does, times out once */
+    for (uint64_t t = 450; t <= 2200; t += 200) CHECK_OK(tha_session_tick(b->s, t));
     drain(b);
     CHECK(!last_ev(b, THA_EV_TIMEOUT));
     CHECK_OK(tha_session_tick(b->s, 2300));
@@ -1004,6 +1005,48 @@ static void test_heartbeat_and_timeout(void) {
     drain(b);
     CHECK(count_ev(b, THA_EV_TIMEOUT) == 1);
     CHECK_CONTAINS(last_ev(b, THA_EV_TIMEOUT)->msg, "nothing from the peer");
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
+/* A process that could not run (its CPU or its interpreter's lock taken
+ * for longer than the timeout) could not read what the peer sent: the gap
+ * between two ticks beyond the heartbeat period is its own stall, not the
+ * peer's silence. The first tick after it must not time out; what the
+ * peer sent meanwhile, read next, proves it alive. True silence while the
+ * session is ticked still times out. */
+static void test_own_stall_is_not_peer_silence(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 0, SIZE_MAX, NULL);
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 100, SIZE_MAX, NULL);
+    /* the active stalls 5 s (twice the timeout) while the standby's
+     * heartbeats pile up in its socket buffer */
+    for (uint64_t t = 300; t <= 5100; t += 200) CHECK_OK(tha_session_tick(b->s, t));
+    CHECK_OK(tha_session_tick(a->s, 5100));
+    drain(a);
+    CHECK(!last_ev(a, THA_EV_TIMEOUT));
+    exchange(a, b, 5110, SIZE_MAX, NULL); /* it reads them: alive */
+    CHECK_OK(tha_session_tick(a->s, 5200));
+    drain(a);
+    CHECK(!last_ev(a, THA_EV_TIMEOUT));
+    /* then the standby really goes silent: ticked regularly, the active
+     * times out once, a timeout after it last heard it */
+    int fired_at = 0;
+    for (uint64_t t = 5300; t <= 8000 && !fired_at; t += 100) {
+        CHECK_OK(tha_session_tick(a->s, t));
+        drain(a);
+        if (last_ev(a, THA_EV_TIMEOUT)) fired_at = (int)t;
+    }
+    CHECK(fired_at >= 7110 && fired_at <= 7300);
     tha_heap_destroy(tha_session_take_heap(b->s));
     end_free(a);
     end_free(b);
@@ -1343,6 +1386,7 @@ int main(void) {
     RUN(test_resume);
     RUN(test_fencing);
     RUN(test_heartbeat_and_timeout);
+    RUN(test_own_stall_is_not_peer_silence);
     tha_heap_destroy(ref_mirror);
     tha_heap_destroy(ref_src);
     tha_backlog_destroy(ref_backlog);
