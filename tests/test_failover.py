@@ -192,6 +192,29 @@ def test_an_active_that_could_not_run_does_not_call_its_standby_dead(spawn, capl
         act.close()
 
 
+def test_a_standby_that_could_not_run_does_not_promote(spawn):
+    """The same stall on the standby's side: its process holds the
+    interpreter lock for twice promote_after while the active, alive in
+    another process, keeps sending heartbeats. The standby must not promote
+    on the first tick after: it could not have heard them."""
+    import ctypes
+    from tha.replication import Standby
+    sb = Standby(("127.0.0.1", 0), promote_after=0.7, heartbeat=0.1, timeout=0.7)
+    try:
+        act = spawn(*helper("active", "--standby", fmt(sb.address), "--interactive",
+                            "--seed", "3"), name="active")
+        seq, _ = act.ask("round")
+        assert sb.wait_for(seq, 10)
+        ctypes.PyDLL(None).usleep(1_400_000)  # the lock held 1.4 s
+        time.sleep(0.5)
+        assert not sb.promoted
+        seq2, dump = act.ask("round")
+        assert seq2 > seq and sb.wait_for(seq2, 10)
+        assert not sb.promoted
+    finally:
+        sb.close()
+
+
 @pytest.mark.parametrize("ack,seed", [*(("applied", s) for s in range(1, 7)),
                                       *(("none", s) for s in range(7, 11))])
 def test_kill_9_active_leaves_the_state_of_one_sync(spawn, tmp_path, ack, seed):

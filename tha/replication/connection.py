@@ -423,16 +423,23 @@ class _Node:
 
     def _tick(self) -> None:
         period = min(self.heartbeat, self.timeout) / 4
+        last = time.monotonic()
         while not self._stopping:
             time.sleep(period)
             try:
                 with self.cond:
+                    # Ticks come every period; a gap beyond the heartbeat
+                    # period is this process's own stall (CPU, the GIL),
+                    # in which it could not read: no silence of the peer's
+                    # (the same rule as tha_session_tick's timeout clock).
+                    now = time.monotonic()
+                    stall, last = max(0.0, now - last - self.heartbeat), now
                     for c in list(self.conns):
                         if c.s is not None and not c.closed:
                             lib.tha_session_tick(c.s, _now_ms())
                             self._drain(c)
                             c.flush()
-                    self._on_tick()
+                    self._on_tick(stall)
                     self._reap_handshakes()
                     self.cond.notify_all()
                     dead, self._dead = self._dead, []
@@ -441,8 +448,9 @@ class _Node:
             except Exception:  # never let the heartbeat die silently
                 log.exception("%s: ticker", self.role_name)
 
-    def _on_tick(self) -> None:
-        pass
+    def _on_tick(self, stall: float) -> None:
+        """Under the lock, every tick; stall: seconds of this process's own
+        stall since the last one (see _tick)."""
 
     def may_send(self) -> bool:
         """False while nothing may be sent (an Active past its lease)."""

@@ -169,6 +169,8 @@ class Standby(_Node):
         self.promoted_epoch = None
         self.applied_seq = heap.stats()["seq"] if heap else 0
         self.bulk = (0, 0)
+        # when the active was last heard, moved past this process's own
+        # stalls (_on_tick): promote_after counts from here
         self._last_active = time.monotonic()
         # a state from disk may be stale: promote only after an active was seen
         self._ever_synced = heap is not None and not from_disk
@@ -530,8 +532,11 @@ class Standby(_Node):
         self._saved_seq = seq
         self._persisted(seq)
 
-    def _on_tick(self) -> None:
+    def _on_tick(self, stall: float) -> None:
         now = time.monotonic()
+        # The promote clock counts only time this standby could listen:
+        # heartbeats sent while it stalled wait unread in the socket.
+        self._last_active = min(now, self._last_active + stall)
         if self.save is not None and (
                 (self.disk_error is not None and now >= self._disk_retry_at)
                 or (self.disk_error is None and self.save_every is not None
