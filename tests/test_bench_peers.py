@@ -65,7 +65,7 @@ def test_quick_run_writes_table_json_and_plot(tmp_path):
                 {"redis", "redis-resync"} if HAVE_REDIS else set())
         else:
             assert set(ph["rows"]) == want
-            verified = want - {"memcpy", "tcp"}
+            verified = want - {"memcpy", "tcp", "tcp-scatter"}
             assert ph["records_changed"] == bp.changed_count(cfg["records"], ph["phase"])
         assert set(ph["verify"]) == verified
         for k, v in ph["verify"].items():
@@ -86,6 +86,7 @@ def test_quick_run_writes_table_json_and_plot(tmp_path):
     assert any(t["what"].startswith("tha-wp: mirror / raw TCP at f = 1%")
                for t in res["targets"])
     assert "÷ raw TCP" in p.stdout and "raw TCP of the changed bytes" in p.stdout
+    assert "÷ scatter" in p.stdout and "raw TCP, records gathered + scattered" in p.stdout
     assert "far ends verified equal: tha-wp, tha-diff, tha-explicit" in p.stdout
     if HAVE_MPL:
         png = (tmp_path / "peers.png").read_bytes()

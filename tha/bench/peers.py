@@ -25,6 +25,13 @@ costs:
   tcp             those bytes with one sendall to a far end that reads them
                   into a 1 MiB buffer and answers one byte: the wire limit
                   (mirror only); every "÷ raw TCP" is against this row
+  tcp-scatter     the limit of mirroring scattered changes: the changed
+                  records gathered out of an array of N records (numpy take),
+                  sent with their indexes in one sendall, scattered by index
+                  into the far end's array of N records; "÷ scatter" is
+                  against this row (mirror only; ~2 random DRAM accesses per
+                  record on each side, which raw TCP of contiguous bytes
+                  does not pay)
   tha-wp, -diff, -explicit
                   the writes of salary and mgr as two ``heap.store_many``
                   calls (the indexes as array('Q'), salaries array('d'),
@@ -101,7 +108,7 @@ from ..heap import Heap
 from ..replication import Active
 from ..schema import Schema
 from .peers_far import (CHANGED, DEPT_SIZE, EMP_SIZE, EMP_WORDS, EMPS_PER_DEPT, HDR,
-                        NO_MGR, RAW, SCHEMA, WHOLE, Child, Dept, Emp, PeerError,
+                        NO_MGR, RAW, SCATTER_SIZE, SCATTERED, SCHEMA, WHOLE, Child, Dept, Emp, PeerError,
                         RedisServer, VerifyError, connect, dept_count, digest_of,
                         text_digest_of,
                         emp_name, py_digest, redis_server_version, send_msg,
@@ -120,11 +127,12 @@ SETTLE = 0.01                 # seconds of quiet before each timed round
 PROTO = pickle.HIGHEST_PROTOCOL
 BULK = "bulk"
 THA_MODES = ("wp", "diff", "explicit")
-KEYS = ("memcpy", "tcp", "tha-wp", "tha-diff", "tha-explicit", "pickle-changed",
+KEYS = ("memcpy", "tcp", "tcp-scatter", "tha-wp", "tha-diff", "tha-explicit", "pickle-changed",
         "pickle-whole", "redis")
 LABELS = {
     "memcpy": "memcpy of the changed bytes",
     "tcp": "raw TCP of the changed bytes",
+    "tcp-scatter": "raw TCP, records gathered + scattered",
     "tha-wp": "tha wp",
     "tha-diff": "tha diff",
     "tha-explicit": "tha explicit",
@@ -377,6 +385,48 @@ class RawTcp(Contender):
 
     def round(self, m: Mutation) -> dict:
         return self.send(len(m) * EMP_SIZE)
+
+    def close(self) -> None:
+        self.sock.close()
+        super().close()
+
+
+class ScatterTcp(Contender):
+    """The limit of any mirror of scattered changes: the changed records
+    gathered out of an array of n records into one buffer (numpy's take),
+    sent with their indexes in one sendall, and scattered by index into the
+    far end's array of n records (numpy), which then answers. No tracking,
+    no framing, no checks: what tha's delta costs beyond this is tha's."""
+
+    key = "tcp-scatter"
+    stateful = False
+
+    def __init__(self, n: int):
+        import numpy
+        self.np = numpy
+        self.far = Child("py", "raw TCP scatter far end")
+        self.sock = connect(self.far.port)
+        send_msg(self.sock, SCATTER_SIZE, struct.pack("<Q", n))
+        wait_ack(self.sock, "raw TCP scatter")
+        self.rec = numpy.dtype(f"V{EMP_SIZE}")  # one item per record: a 64-byte copy
+        self.src = numpy.full(n * EMP_SIZE, 0x5A, numpy.uint8).view(self.rec)  # present
+        self.tx = bytearray(b"\x5a") * (HDR.size + 8 + n * (8 + EMP_SIZE))  # present
+
+    def round(self, m: Mutation) -> dict:
+        np, k = self.np, len(m)
+        size = 8 + k * (8 + EMP_SIZE)
+        idx = np.frombuffer(m.idx, np.uint64).astype(np.intp)  # the caller's indexes
+        body = HDR.size + 8
+        t = _now()
+        HDR.pack_into(self.tx, 0, SCATTERED, size)
+        struct.pack_into("<Q", self.tx, HDR.size, k)
+        self.tx[body:body + 8 * k] = m.idx
+        out = np.frombuffer(self.tx, self.rec, k, body + 8 * k)
+        np.take(self.src, idx, out=out)
+        self.sock.sendall(memoryview(self.tx)[:HDR.size + size])
+        wait_ack(self.sock, "raw TCP scatter")
+        return {"mirror_s": _now() - t, "payload_bytes": k * EMP_SIZE,
+                "wire_bytes": size}
 
     def close(self) -> None:
         self.sock.close()
@@ -773,6 +823,14 @@ class PeersBench:
         n, image = self.n, image_bytes(self.n)
         schema = Schema(SCHEMA)
         for key in self.wanted:
+            if key == "tcp-scatter":
+                try:
+                    import numpy  # noqa: F401
+                except ImportError:
+                    why = "numpy is not installed (pip install 'tha[bench]')"
+                    self.skipped[key] = why
+                    self.say(f"{key}: skipped: {why}")
+                    continue
             if key == "redis":
                 why = redis_unavailable()
                 if why:
@@ -784,6 +842,8 @@ class PeersBench:
                 c = Memcpy(image)
             elif key == "tcp":
                 c = RawTcp(image)
+            elif key == "tcp-scatter":
+                c = ScatterTcp(n)
             elif key.startswith("tha-"):
                 c = ThaMode(schema, n, key[4:])
             elif key == "pickle-changed":
@@ -1069,6 +1129,7 @@ def report(res: dict, out=sys.stdout) -> None:
         print(f"{k}: skipped: {why}", file=out)
     for p in res["phases"]:
         tcp = p["rows"].get("tcp", {}).get("median", {}).get("mirror_s")
+        scat = p["rows"].get("tcp-scatter", {}).get("median", {}).get("mirror_s")
         if p["phase"] == BULK:
             head = (f"initial bulk sync of the whole graph "
                     f"({p['payload_bytes'] / 1e6:.1f} MB payload)")
@@ -1077,7 +1138,7 @@ def report(res: dict, out=sys.stdout) -> None:
                     f"{p['payload_bytes'] / 1e6:.2f} MB payload)")
         print(f"\n{head}", file=out)
         print(f"{'contender':<44}{'round ms':>10}{'mirror ms':>11}{'÷ raw TCP':>11}"
-              f"{'wire MB':>9}  note", file=out)
+              + (f"{'÷ scatter':>11}" if scat else "") + f"{'wire MB':>9}  note", file=out)
         for key, row in p["rows"].items():
             med = row["median"]
             ratio = med["mirror_s"] / tcp if tcp else None
@@ -1096,6 +1157,7 @@ def report(res: dict, out=sys.stdout) -> None:
                                 else f"{share:.2%} of raw TCP throughput")
             print(f"{row['label']:<44}{_ms(med.get('round_s')):>10}"
                   f"{_ms(med['mirror_s']):>11}{_x(ratio):>11}"
+                  + (f"{_x(med['mirror_s'] / scat):>11}" if scat else "") +
                   f"{'—' if wire is None else f'{wire / 1e6:.2f}':>9}  "
                   f"{', '.join(note)}", file=out)
         print("far ends verified equal: " + ", ".join(

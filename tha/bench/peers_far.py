@@ -24,7 +24,10 @@ The far ends, each a process of its own on 127.0.0.1:
                   pickle of the whole state, which replaces its copy (the old
                   one dropped first, so it is freed before the answer and not
                   during the next contender's round); ``C``
-                  a pickle of changed records, applied into its copy. Each
+                  a pickle of changed records, applied into its copy; ``S``
+                  (a count n) makes an array of n 64-byte records and ``G``
+                  (k, k indexes, k records) scatters records into it by
+                  index (numpy), the gather/scatter limit. Each
                   is answered with one byte once done. Automatic garbage
                   collection is off (the graph has no cycles: reference
                   counts free it), as a pickle user tuning a big graph would
@@ -73,6 +76,10 @@ HDR = struct.Struct("<cQ")  # message kind, payload length
 ACK = b"k"
 RECV_BUF = 1 << 20          # the raw sink's reader buffer (as the driver's)
 RAW, WHOLE, CHANGED = b"R", b"W", b"C"
+# the gather/scatter limit: SCATTER_SIZE (payload u64 n) gives the far end an
+# array of n 64-byte records; SCATTERED (u64 k, k u64 indexes, k records)
+# writes record j of the message to element indexes[j] of it
+SCATTER_SIZE, SCATTERED = b"S", b"G"
 START_TIMEOUT = 60.0        # seconds a far end may take to start listening
 
 
@@ -197,6 +204,8 @@ class _PyFar:
         self.lock = threading.Lock()
         self.depts: list = []
         self.emps: list = []
+        self.records = None      # SCATTER_SIZE's array (numpy), for SCATTERED
+        self.scatter_buf = bytearray()  # kept: a fresh one per round would fault
 
     def serve(self, conn: socket.socket) -> None:
         buf = bytearray(RECV_BUF)
@@ -215,6 +224,11 @@ class _PyFar:
                     left -= k
                 conn.sendall(ACK)
                 continue
+            if kind == SCATTERED:
+                if not self._scatter(conn, n):
+                    return
+                conn.sendall(ACK)
+                continue
             data = recv_exact(conn, n)
             if data is None:
                 return
@@ -226,11 +240,34 @@ class _PyFar:
                     self.depts, self.emps = pickle.loads(data)
                 elif kind == CHANGED:
                     self._apply(pickle.loads(data))
+                elif kind == SCATTER_SIZE:
+                    import numpy
+                    (count,) = struct.unpack("<Q", data)
+                    self.records = numpy.full(count * EMP_SIZE, 0xA5,
+                                              numpy.uint8).view(f"V{EMP_SIZE}")
                 else:
                     print(f"peers_far: unknown message kind {kind!r}", file=sys.stderr)
                     return
             del data
             conn.sendall(ACK)
+
+    def _scatter(self, conn: socket.socket, n: int) -> bool:
+        """Reads a SCATTERED message of n bytes into the kept buffer and
+        writes its records into the array; False if the peer closed."""
+        import numpy
+        if len(self.scatter_buf) < n:
+            self.scatter_buf = bytearray(n)
+        view, got = memoryview(self.scatter_buf), 0
+        while got < n:
+            k = conn.recv_into(view[got:n], n - got)
+            if not k:
+                return False
+            got += k
+        (count,) = struct.unpack_from("<Q", self.scatter_buf)
+        idx = numpy.frombuffer(self.scatter_buf, numpy.intp, count, 8)  # < 2**63
+        recs = numpy.frombuffer(self.scatter_buf, f"V{EMP_SIZE}", count, 8 + 8 * count)
+        self.records[idx] = recs
+        return True
 
     def _apply(self, recs) -> None:
         emps, depts = self.emps, self.depts
