@@ -1190,7 +1190,7 @@ def plot(res: dict, path: str) -> str | None:
                 xs.append(p["phase"] * 100)
                 ys.append(med.get("round_s", med["mirror_s"]) * 1e3)
         label = next(p["rows"][key]["label"] for p in fr if key in p["rows"])
-        style = "--" if key in ("memcpy", "tcp") else "-"
+        style = "--" if key in ("memcpy", "tcp", "tcp-scatter") else "-"
         ax.plot(xs, ys, style, marker="o", label=label)
     ax.set_xscale("log")
     ax.set_yscale("log")
