@@ -25,13 +25,13 @@ costs:
   tcp             those bytes with one sendall to a far end that reads them
                   into a 1 MiB buffer and answers one byte: the wire limit
                   (mirror only); every "÷ raw TCP" is against this row
-  tcp-scatter     the limit of mirroring scattered changes: the changed
+  tcp-scatter     a hand-written mirror of scattered changes: the changed
                   records gathered out of an array of N records (numpy take),
                   sent with their indexes in one sendall, scattered by index
                   into the far end's array of N records; "÷ scatter" is
-                  against this row (mirror only; ~2 random DRAM accesses per
-                  record on each side, which raw TCP of contiguous bytes
-                  does not pay)
+                  against this row (mirror only; no tracking, checks or
+                  framing, but ~2 random memory accesses per record on each
+                  side, which raw TCP of contiguous bytes does not pay)
   tha-wp, -diff, -explicit
                   the writes of salary and mgr as two ``heap.store_many``
                   calls (the indexes as array('Q'), salaries array('d'),
@@ -392,11 +392,11 @@ class RawTcp(Contender):
 
 
 class ScatterTcp(Contender):
-    """The limit of any mirror of scattered changes: the changed records
+    """A hand-written mirror of scattered changes: the changed records
     gathered out of an array of n records into one buffer (numpy's take),
     sent with their indexes in one sendall, and scattered by index into the
     far end's array of n records (numpy), which then answers. No tracking,
-    no framing, no checks: what tha's delta costs beyond this is tha's."""
+    no framing, no checks: a baseline for what tha's delta adds."""
 
     key = "tcp-scatter"
     stateful = False

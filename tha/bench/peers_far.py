@@ -27,7 +27,7 @@ The far ends, each a process of its own on 127.0.0.1:
                   a pickle of changed records, applied into its copy; ``S``
                   (a count n) makes an array of n 64-byte records and ``G``
                   (k, k indexes, k records) scatters records into it by
-                  index (numpy), the gather/scatter limit. Each
+                  index (numpy), the hand-written gather/scatter. Each
                   is answered with one byte once done. Automatic garbage
                   collection is off (the graph has no cycles: reference
                   counts free it), as a pickle user tuning a big graph would
@@ -76,7 +76,7 @@ HDR = struct.Struct("<cQ")  # message kind, payload length
 ACK = b"k"
 RECV_BUF = 1 << 20          # the raw sink's reader buffer (as the driver's)
 RAW, WHOLE, CHANGED = b"R", b"W", b"C"
-# the gather/scatter limit: SCATTER_SIZE (payload u64 n) gives the far end an
+# the hand-written gather/scatter: SCATTER_SIZE (payload u64 n) gives the far end an
 # array of n 64-byte records; SCATTERED (u64 k, k u64 indexes, k records)
 # writes record j of the message to element indexes[j] of it
 SCATTER_SIZE, SCATTERED = b"S", b"G"
