@@ -258,3 +258,32 @@ def test_a_far_end_that_dies_is_a_clean_error_and_the_rest_stop(tmp_path):
         if p.poll() is None:
             p.kill()
             p.wait()
+
+
+def test_scatter_far_end_drops_a_malformed_message():
+    """The gather/scatter baseline's far end takes only a message that adds
+    up, with indexes inside its array: anything else closes the connection
+    (saying why on stderr) instead of an answer, and the far end goes on."""
+    import struct
+    far = pf.Child("py", "scatter far end")
+    try:
+        s = pf.connect(far.port)
+        pf.send_msg(s, pf.SCATTERED, struct.pack("<QQ", 1, 0) + bytes(64))
+        with pytest.raises(pf.PeerError):  # before its array
+            pf.wait_ack(s, "scatter")
+        for bad in (struct.pack("<QQ", 1, 100) + bytes(64),   # index out of range
+                    struct.pack("<QQ", 2, 5) + bytes(64),     # count and length differ
+                    b"\x01"):                                   # no count
+            s = pf.connect(far.port)
+            pf.send_msg(s, pf.SCATTER_SIZE, struct.pack("<Q", 100))
+            pf.wait_ack(s, "scatter")
+            pf.send_msg(s, pf.SCATTERED, bad)
+            with pytest.raises(pf.PeerError):
+                pf.wait_ack(s, "scatter")
+        s = pf.connect(far.port)
+        pf.send_msg(s, pf.SCATTER_SIZE, struct.pack("<Q", 100))
+        pf.wait_ack(s, "scatter")
+        pf.send_msg(s, pf.SCATTERED, struct.pack("<QQ", 1, 99) + bytes(64))
+        pf.wait_ack(s, "scatter")  # a good one is answered
+    finally:
+        far.close()

@@ -208,6 +208,12 @@ class _PyFar:
         self.scatter_buf = bytearray()  # kept: a fresh one per round would fault
 
     def serve(self, conn: socket.socket) -> None:
+        """One connection's messages, until it closes or one is malformed
+        (then it is closed here: the accept loop still holds the socket)."""
+        with conn:
+            self._serve(conn)
+
+    def _serve(self, conn: socket.socket) -> None:
         buf = bytearray(RECV_BUF)
         view = memoryview(buf)
         while True:
@@ -253,7 +259,8 @@ class _PyFar:
 
     def _scatter(self, conn: socket.socket, n: int) -> bool:
         """Reads a SCATTERED message of n bytes into the kept buffer and
-        writes its records into the array; False if the peer closed."""
+        writes its records into the array; False if the peer closed or the
+        message is malformed (said on stderr; the connection is dropped)."""
         import numpy
         if len(self.scatter_buf) < n:
             self.scatter_buf = bytearray(n)
@@ -263,8 +270,16 @@ class _PyFar:
             if not k:
                 return False
             got += k
-        (count,) = struct.unpack_from("<Q", self.scatter_buf)
+        (count,) = struct.unpack_from("<Q", self.scatter_buf) if n >= 8 else (-1,)
+        if self.records is None or n != 8 + count * (8 + EMP_SIZE):
+            print(f"peers_far: a {n}-byte scatter message of {count} records does not "
+                  f"add up, or came before its array", file=sys.stderr)
+            return False
         idx = numpy.frombuffer(self.scatter_buf, numpy.intp, count, 8)  # < 2**63
+        if count and not 0 <= int(idx.min()) <= int(idx.max()) < len(self.records):
+            print(f"peers_far: a scatter index is outside the {len(self.records)} "
+                  "records", file=sys.stderr)
+            return False
         recs = numpy.frombuffer(self.scatter_buf, f"V{EMP_SIZE}", count, 8 + 8 * count)
         self.records[idx] = recs
         return True
