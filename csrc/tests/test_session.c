@@ -1054,6 +1054,35 @@ static void test_own_stall_is_not_peer_silence(void) {
     tha_heap_destroy(h);
 }
 
+/* A clock read before the bytes it ticks after (a driver whose reader
+ * stamps the feed and whose ticker read the clock a moment earlier, or a
+ * clock stepped back): a tick earlier than the last hearing is no
+ * silence, and never the failover signal. */
+static void test_clock_read_before_the_feed_is_not_silence(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1000, SIZE_MAX, NULL);
+    CHECK_OK(tha_session_tick(b->s, 990));
+    CHECK_OK(tha_session_tick(a->s, 999));
+    drain(a);
+    drain(b);
+    CHECK(!last_ev(a, THA_EV_TIMEOUT) && !last_ev(b, THA_EV_TIMEOUT));
+    CHECK(state_of(a) != 4 && state_of(b) != 4);
+    /* and the clock still runs: true silence times out after the timeout */
+    for (uint64_t t = 1100; t <= 3100; t += 100) CHECK_OK(tha_session_tick(b->s, t));
+    drain(b);
+    CHECK(count_ev(b, THA_EV_TIMEOUT) == 1);
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
 /* A driver may tick a session it has created but not started yet: that
  * must not count as silence since the epoch of the clock. */
 static void test_tick_before_start(void) {
@@ -1387,6 +1416,7 @@ int main(void) {
     RUN(test_fencing);
     RUN(test_heartbeat_and_timeout);
     RUN(test_own_stall_is_not_peer_silence);
+    RUN(test_clock_read_before_the_feed_is_not_silence);
     tha_heap_destroy(ref_mirror);
     tha_heap_destroy(ref_src);
     tha_backlog_destroy(ref_backlog);
