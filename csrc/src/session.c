@@ -1454,7 +1454,7 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
      * waiting unread in the socket. A peer that is really silent still
      * times out after timeout_ms of ticked time. */
     uint64_t since = s->last_tick > s->last_heard ? s->last_tick : s->last_heard;
-    if (now_ms > since + s->cfg.heartbeat_ms)
+    if (now_ms > since && now_ms - since > s->cfg.heartbeat_ms) /* no wrap */
         s->deaf_ms += now_ms - since - s->cfg.heartbeat_ms;
     s->last_tick = now_ms;
     /* a clock read before the last feed (another thread's, or stepped
