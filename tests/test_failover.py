@@ -215,6 +215,59 @@ def test_a_standby_that_could_not_run_does_not_promote(spawn):
         sb.close()
 
 
+def test_a_frozen_active_with_its_socket_open_is_failed_over_from(spawn):
+    """The other side of the stall rule: the active's process is stopped
+    (SIGSTOP: its socket stays open, it just says nothing). The standby,
+    ticked regularly, promotes promote_after after it last heard it."""
+    from tha.replication import Standby
+    sb = Standby(("127.0.0.1", 0), promote_after=0.7, heartbeat=0.1, timeout=0.7)
+    try:
+        act = spawn(*helper("active", "--standby", fmt(sb.address), "--interactive",
+                            "--seed", "3"), name="active")
+        seq, _ = act.ask("round")
+        assert sb.wait_for(seq, 10)
+        os.kill(act.p.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        while not sb.promoted and time.monotonic() - t0 < 10:
+            time.sleep(0.02)
+        assert sb.promoted and time.monotonic() - t0 < 1.5
+    finally:
+        sb.close()
+
+
+def test_a_loaded_standby_still_fails_over_in_bounded_time(spawn):
+    """Ticks delayed by load: the standby's interpreter lock is held 150 ms
+    of every 170 (the ticker comes late, each gap beyond the heartbeat
+    period counts as its own stall). A live active is not taken for dead;
+    a frozen one is still failed over from, later but within a bound
+    (each tick advances the promote clock by up to a heartbeat period)."""
+    import ctypes
+    from tha.replication import Standby
+    sb = Standby(("127.0.0.1", 0), promote_after=0.7, heartbeat=0.1, timeout=0.7)
+    stop = threading.Event()
+
+    def hog():
+        while not stop.is_set():
+            ctypes.PyDLL(None).usleep(150_000)
+            time.sleep(0.02)
+    try:
+        act = spawn(*helper("active", "--standby", fmt(sb.address), "--interactive",
+                            "--seed", "3"), name="active")
+        seq, _ = act.ask("round")
+        assert sb.wait_for(seq, 10)
+        threading.Thread(target=hog, daemon=True).start()
+        time.sleep(0.8)
+        assert not sb.promoted
+        os.kill(act.p.pid, signal.SIGSTOP)
+        t0 = time.monotonic()
+        while not sb.promoted and time.monotonic() - t0 < 15:
+            time.sleep(0.02)
+        assert sb.promoted and time.monotonic() - t0 < 5
+    finally:
+        stop.set()
+        sb.close()
+
+
 @pytest.mark.parametrize("ack,seed", [*(("applied", s) for s in range(1, 7)),
                                       *(("none", s) for s in range(7, 11))])
 def test_kill_9_active_leaves_the_state_of_one_sync(spawn, tmp_path, ack, seed):

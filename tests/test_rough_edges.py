@@ -167,3 +167,22 @@ def test_inspect_into_a_closed_pipe(tmp_path):
     proc.wait(30)
     assert "Traceback" not in err and "BrokenPipe" not in err, err
     assert proc.returncode == 128 + signal.SIGPIPE
+
+
+@pytest.mark.parametrize("kw", [{"heartbeat": 0}, {"heartbeat": -0.1},
+                                {"heartbeat": float("nan")}, {"heartbeat": 0.0004},
+                                {"heartbeat": "0.2"}, {"timeout": 0},
+                                {"timeout": float("inf")}])
+def test_heartbeat_and_timeout_must_be_positive_durations(kw):
+    """heartbeat=0 made every gap between ticks a "stall" of this process's
+    own (the liveness rule skips gaps beyond the heartbeat period): a
+    standby with promote_after never promoted, its ticker spinning; a
+    negative or NaN one killed the ticker; below 1 ms the C session took
+    its 200 ms default while the Python clocks used the tiny value."""
+    name = next(iter(kw))
+    with pytest.raises(tha.InvalidArgument, match=f"{name} must be"):
+        tha.Standby(promote_after=0.5, **kw)
+    heap = tha.Heap(tha.Schema(CDEF))
+    akw = {"peer_timeout" if name == "timeout" else name: kw[name]}
+    with pytest.raises(tha.InvalidArgument, match=f"{next(iter(akw))} must be"):
+        tha.Active(heap, [("127.0.0.1", 7400)], **akw)

@@ -1454,13 +1454,17 @@ int tha_session_tick(tha_session_t *s, uint64_t now_ms) {
      * waiting unread in the socket. A peer that is really silent still
      * times out after timeout_ms of ticked time. */
     uint64_t since = s->last_tick > s->last_heard ? s->last_tick : s->last_heard;
-    if (now_ms > since + s->cfg.heartbeat_ms)
+    if (now_ms > since && now_ms - since > s->cfg.heartbeat_ms) /* no wrap */
         s->deaf_ms += now_ms - since - s->cfg.heartbeat_ms;
     s->last_tick = now_ms;
-    uint64_t silent = now_ms - s->last_heard > s->deaf_ms ? now_ms - s->last_heard - s->deaf_ms : 0;
+    /* a clock read before the last feed (another thread's, or stepped
+     * back) is no silence: no uint64 wrap into a failover signal */
+    uint64_t heard_ago = now_ms > s->last_heard ? now_ms - s->last_heard : 0;
+    uint64_t silent = heard_ago > s->deaf_ms ? heard_ago - s->deaf_ms : 0;
     /* Not THA_EV_TIMEOUT, which is the failover signal: a stranger who
      * connects and says nothing must not look like a silent active. */
-    if (s->state == S_HANDSHAKE && now_ms - s->started_at >= s->cfg.timeout_ms)
+    if (s->state == S_HANDSHAKE && now_ms >= s->started_at &&
+        now_ms - s->started_at >= s->cfg.timeout_ms)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "the peer did not finish the "
                           "handshake (prove the shared secret) within %llu ms",
                           (unsigned long long)s->cfg.timeout_ms);

@@ -1054,6 +1054,71 @@ static void test_own_stall_is_not_peer_silence(void) {
     tha_heap_destroy(h);
 }
 
+/* A clock read before the bytes it ticks after (a driver whose reader
+ * stamps the feed and whose ticker read the clock a moment earlier, or a
+ * clock stepped back): a tick earlier than the last hearing is no
+ * silence, and never the failover signal. */
+static void test_clock_read_before_the_feed_is_not_silence(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, h, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1000, SIZE_MAX, NULL);
+    CHECK_OK(tha_session_tick(b->s, 990));
+    CHECK_OK(tha_session_tick(a->s, 999));
+    drain(a);
+    drain(b);
+    CHECK(!last_ev(a, THA_EV_TIMEOUT) && !last_ev(b, THA_EV_TIMEOUT));
+    CHECK(state_of(a) != 4 && state_of(b) != 4);
+    /* and the clock still runs: true silence times out after the timeout */
+    for (uint64_t t = 1100; t <= 3100; t += 100) CHECK_OK(tha_session_tick(b->s, t));
+    drain(b);
+    CHECK(count_ev(b, THA_EV_TIMEOUT) == 1);
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
+/* A heartbeat period near 2^64 ms (a driver's "never send heartbeats"):
+ * since + heartbeat_ms must not wrap and make every gap a stall of this
+ * process's own, which kept a silent peer from ever timing out. */
+static void test_huge_heartbeat_period_still_times_out(void) {
+    struct emp *es;
+    tha_heap_t *h = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *ends[2];
+    for (int k = 0; k < 2; k++) {
+        ends[k] = calloc(1, sizeof *ends[k]);
+        tha_session_config_t cfg = {.role = k ? THA_ROLE_STANDBY : THA_ROLE_ACTIVE,
+                                    .node_id = (uint64_t)k + 1,
+                                    .heartbeat_ms = UINT64_MAX - 100, .timeout_ms = 1000};
+        CHECK_OK(tha_session_create(&ends[k]->s, &cfg, k ? NULL : h, k ? NULL : bl));
+        CHECK_OK(tha_session_start(ends[k]->s, 0));
+    }
+    end_t *a = ends[0], *b = ends[1];
+    exchange(a, b, 0, SIZE_MAX, NULL);
+    sync_one(h, bl, a, THA_ACK_APPLIED);
+    exchange(a, b, 100, SIZE_MAX, NULL);
+    CHECK(state_of(b) == 3);
+    int fired_at = 0;
+    for (uint64_t t = 200; t <= 5000 && !fired_at; t += 100) {
+        CHECK_OK(tha_session_tick(b->s, t));
+        drain(b);
+        if (last_ev(b, THA_EV_TIMEOUT)) fired_at = (int)t;
+    }
+    CHECK(fired_at >= 1100 && fired_at <= 1200);
+    tha_heap_destroy(tha_session_take_heap(b->s));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(h);
+}
+
 /* A driver may tick a session it has created but not started yet: that
  * must not count as silence since the epoch of the clock. */
 static void test_tick_before_start(void) {
@@ -1387,6 +1452,8 @@ int main(void) {
     RUN(test_fencing);
     RUN(test_heartbeat_and_timeout);
     RUN(test_own_stall_is_not_peer_silence);
+    RUN(test_clock_read_before_the_feed_is_not_silence);
+    RUN(test_huge_heartbeat_period_still_times_out);
     tha_heap_destroy(ref_mirror);
     tha_heap_destroy(ref_src);
     tha_backlog_destroy(ref_backlog);

@@ -107,7 +107,7 @@ class Active(_Node):
                  ssl_context: ssl.SSLContext | None = None):
         if ack not in ACK_LEVELS:
             raise InvalidArgument(f"ack must be one of {list(ACK_LEVELS)}, not {ack!r}")
-        super().__init__(secret, heartbeat, peer_timeout, ssl_context)
+        super().__init__(secret, heartbeat, peer_timeout, ssl_context, "peer_timeout")
         self.heap = heap
         self._lock = heap._lock
         self.cond = threading.Condition(self._lock)

@@ -395,13 +395,22 @@ def parse_address(value: Address, what: str, any_port: bool = False) -> tuple:
     return host, port
 
 
+def _duration(who: str, what: str, value) -> float:
+    """Seconds, finite and at least 1 ms; InvalidArgument naming ``what``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+            not 0.001 <= value < float("inf"):
+        raise InvalidArgument(f"{who}: {what} must be a number of seconds, at least "
+                              f"0.001 and finite, not {value!r}")
+    return float(value)
+
+
 class _Node:
     """What Active and Standby share: lock, ticker, connections, secret."""
 
     role_name = "node"
     mac_fn = None  # the HMAC callback: None picks _MAC_FN (tests set another)
 
-    def __init__(self, secret, heartbeat, timeout, ssl_context):
+    def __init__(self, secret, heartbeat, timeout, ssl_context, timeout_name="timeout"):
         if secret and not isinstance(secret, (bytes, bytearray, memoryview)):
             raise InvalidArgument(f"{self.role_name}: secret must be bytes, not "
                         f"{type(secret).__name__}")
@@ -409,8 +418,12 @@ class _Node:
             raise InvalidArgument(f"{self.role_name}: a secret of {len(secret)} bytes; at most "
                         "256 (hash a longer one first)")
         self.secret = bytes(secret) if secret else None
-        self.heartbeat = heartbeat
-        self.timeout = timeout
+        # The liveness rule counts a gap between ticks beyond the heartbeat
+        # period as this process's own stall: heartbeat=0 would make every
+        # gap one (no timeout, no promotion, ever). The session takes whole
+        # ms (0: its default), so below 1 ms the two clocks would disagree.
+        self.heartbeat = _duration(self.role_name, "heartbeat", heartbeat)
+        self.timeout = _duration(self.role_name, timeout_name, timeout)
         self.ssl_context = ssl_context
         self.node_id = int.from_bytes(os.urandom(8), "little")
         self.conns: list[_Conn] = []
