@@ -991,6 +991,22 @@ THA_API int tha_heap_compact(tha_heap_t *h, const char *path,
 typedef struct tha_session tha_session_t;
 typedef struct tha_backlog tha_backlog_t;
 
+/* Memory touched ahead for a standby's next bulk sync. A bulk sync writes
+ * a whole image into pages the process never used, and the first touch of
+ * a page (zeroing it; on a VM, the host backing it too) can cost the
+ * receive more than the copy of its bytes, and vary 10x from one sync to
+ * the next. A reserve maps `bytes` and touches every page at create (in
+ * 2 MiB pages where the kernel gives them), so a machine short of memory
+ * fails there, at start, and not in the middle of a sync; the next bulk
+ * sync of a session configured with it takes those pages for the first
+ * `bytes` of its heap (tha_reserve_bytes is 0 after). THA_EINVAL for 0
+ * bytes or more than 2^44; THA_ENOMEM if the pages cannot be had. */
+typedef struct tha_reserve tha_reserve_t;
+THA_API int tha_reserve_create(tha_reserve_t **out, size_t bytes);
+THA_API void tha_reserve_destroy(tha_reserve_t *r);
+/* The touched bytes it still holds: 0 once a bulk sync took them. */
+THA_API size_t tha_reserve_bytes(const tha_reserve_t *r);
+
 #define THA_PROTOCOL_VERSION 2
 #define THA_MAC_SIZE 32
 
@@ -1041,6 +1057,10 @@ typedef struct tha_session_config {
                                  leader, frozen and woken, is refused
                                  whatever it sends next); 0: the standby
                                  heap's own epoch only */
+    tha_reserve_t *reserve;   /* standby: the next bulk sync's heap takes its
+                                 pages (not owned; it must outlive the
+                                 session, and sessions that share one are
+                                 driven under one lock); NULL: fresh pages */
 } tha_session_config_t;
 
 /* The largest message a session accepts before the peer proved itself. */

@@ -96,6 +96,13 @@ static void occupant(uint64_t addr, uint64_t len, char *buf, size_t cap) {
 
 int tha__heap_new(tha_heap_t **out, tha_schema_t *schema, size_t capacity, int tracking,
                   uint64_t at, uint64_t addr, char *msg, size_t msgcap) {
+    return tha__heap_new_reserved(out, schema, capacity, tracking, at, addr, NULL, msg,
+                                  msgcap);
+}
+
+int tha__heap_new_reserved(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
+                           int tracking, uint64_t at, uint64_t addr,
+                           tha_reserve_t *reserve, char *msg, size_t msgcap) {
     if (!out || !schema || !schema->sealed) return THA_EINVAL;
     if (tracking < THA_TRACK_AUTO || tracking > THA_TRACK_WP) return THA_EINVAL;
     *out = NULL;
@@ -145,6 +152,7 @@ int tha__heap_new(tha_heap_t **out, tha_schema_t *schema, size_t capacity, int t
         return rc;
     }
     h->base = base;
+    if (reserve) tha__reserve_move(reserve, base, cap);
     /* Side tables outside the region: zero pages until used. */
     h->dirty = calloc((h->nblocks + 63) / 64, sizeof(uint64_t));
     h->dsum = calloc(((h->nblocks + 63) / 64 + 63) / 64, sizeof(uint64_t));

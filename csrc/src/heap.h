@@ -250,6 +250,15 @@ uint32_t tha__class_size(int cls);
  * (tha__take_image moves its image home). Failure details go to msg. */
 int tha__heap_new(tha_heap_t **out, tha_schema_t *schema, size_t capacity, int tracking,
                   uint64_t at, uint64_t addr, char *msg, size_t msgcap);
+/* The same, its region starting with reserve's touched pages (NULL, or a
+ * reserve already taken: fresh pages, as tha__heap_new). */
+int tha__heap_new_reserved(tha_heap_t **out, tha_schema_t *schema, size_t capacity,
+                           int tracking, uint64_t at, uint64_t addr,
+                           tha_reserve_t *reserve, char *msg, size_t msgcap);
+/* reserve.c: moves r's pages onto [dst, dst + n), n = min(its bytes, cap),
+ * PROT_NONE, r emptied; returns n, or 0 if it holds none or the move
+ * failed (dst's placeholder mapping is then as it was). */
+uint64_t tha__reserve_move(tha_reserve_t *r, uint8_t *dst, uint64_t cap);
 /* The check of a same-address base from a caller, a frame, a file or a
  * peer: 0, or THA_EINVAL with why in msg. */
 int tha__base_ok(uint64_t base, uint64_t capacity, char *msg, size_t msgcap);

@@ -904,8 +904,9 @@ static int maybe_go_live(tha_session_t *s, int ack) {
 static int create_staging(tha_session_t *s, uint64_t seq, uint64_t capacity) {
     const uint64_t base = (uint64_t)s->peer.base64k << 16;
     char why[256] = "";
-    int rc = tha__heap_new(&s->staging, s->peer_schema, capacity, THA_TRACK_EXPLICIT,
-                           base, base, why, sizeof why);
+    int rc = tha__heap_new_reserved(&s->staging, s->peer_schema, capacity,
+                                    THA_TRACK_EXPLICIT, base, base, s->cfg.reserve, why,
+                                    sizeof why);
     tha_heap_t *live = s->heap;
     if (rc == -EEXIST && live && live->addr == base &&
         (uint64_t)(uintptr_t)live->base == base) {
@@ -917,8 +918,9 @@ static int create_staging(tha_session_t *s, uint64_t seq, uint64_t capacity) {
                      (unsigned long long)base, (unsigned long long)capacity,
                      (unsigned long long)live->capacity);
         } else {
-            rc = tha__heap_new(&s->staging, s->peer_schema, capacity, THA_TRACK_EXPLICIT,
-                               0, base, why, sizeof why);
+            rc = tha__heap_new_reserved(&s->staging, s->peer_schema, capacity,
+                                        THA_TRACK_EXPLICIT, 0, base, s->cfg.reserve, why,
+                                        sizeof why);
         }
     }
     if (rc) {

@@ -9,6 +9,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -51,10 +52,10 @@ static tha_schema_t *make_schema(void) {
 }
 
 /* A heap with a department and NSTAFF employees rooted at "staff". */
-static tha_heap_t *company(struct emp **staff) {
+static tha_heap_t *company_in(size_t capacity, struct emp **staff) {
     tha_schema_t *s = make_schema();
     tha_heap_t *h;
-    CHECK_OK(tha_heap_create(&h, s, CAPACITY, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&h, s, capacity, THA_TRACK_EXPLICIT));
     tha_schema_release(s);
     struct dept *d;
     struct emp *es;
@@ -75,6 +76,8 @@ static tha_heap_t *company(struct emp **staff) {
     *staff = es;
     return h;
 }
+
+static tha_heap_t *company(struct emp **staff) { return company_in(CAPACITY, staff); }
 
 static void mutate(tha_heap_t *h, struct emp *es, int round) {
     for (int i = round % 3; i < NSTAFF; i += 3) {
@@ -149,15 +152,20 @@ typedef struct tape {
     size_t len, cap;
 } tape_t;
 
-static end_t *end_new(int role, const char *key, tha_heap_t *heap, tha_backlog_t *bl) {
+static end_t *end_with(const tha_session_config_t *cfg, tha_heap_t *heap,
+                       tha_backlog_t *bl) {
     end_t *e = calloc(1, sizeof *e);
+    CHECK_OK(tha_session_create(&e->s, cfg, heap, bl));
+    CHECK_OK(tha_session_start(e->s, 0));
+    return e;
+}
+
+static end_t *end_new(int role, const char *key, tha_heap_t *heap, tha_backlog_t *bl) {
     tha_session_config_t cfg = {.role = role, .node_id = (uint64_t)role,
                                 .secret = key, .secret_len = key ? strlen(key) : 0,
                                 .mac = key ? toy_mac : NULL,
                                 .chunk_bytes = 4096};
-    CHECK_OK(tha_session_create(&e->s, &cfg, heap, bl));
-    CHECK_OK(tha_session_start(e->s, 0));
-    return e;
+    return end_with(&cfg, heap, bl);
 }
 
 static void end_free(end_t *e) {
@@ -1324,6 +1332,89 @@ static void test_bulk_in_place(void) {
     free(bad);
 }
 
+/* Pages of [from, to) resident in memory. */
+static size_t resident_pages(const uint8_t *from, const uint8_t *to) {
+    size_t page = (size_t)sysconf(_SC_PAGESIZE), n = (size_t)(to - from) / page, in = 0;
+    unsigned char *v = malloc(n ? n : 1);
+    CHECK_OK(mincore((void *)from, (size_t)(to - from), v));
+    for (size_t i = 0; i < n; i++) in += v[i] & 1;
+    free(v);
+    return in;
+}
+
+/* A reserve's touched pages become the start of the bulk sync's heap:
+ * the mirror is the same and sound, its pages past what the sync wrote
+ * (past the committed part of the image) are resident already, they open
+ * for allocation like any, and the reserve is empty after. A standby on a
+ * taken reserve gets fresh pages; a reserve larger than the heap gives
+ * what fits. */
+static void test_bulk_into_reserve(void) {
+    tha_reserve_t *r = NULL;
+    CHECK(tha_reserve_create(&r, 0) == THA_EINVAL && r == NULL);
+    CHECK(tha_reserve_create(&r, (1ull << 44) + 1) == THA_EINVAL);
+    CHECK(tha_reserve_bytes(NULL) == 0);
+    /* the bytes of a bulk sync of an 8 MiB heap, and the delta after it */
+    enum { BIG = 8 << 20 };
+    struct emp *es;
+    tha_heap_t *src = company_in(BIG, &es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+    end_t *first = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    tape_t tape = {0};
+    exchange(a, first, 1, SIZE_MAX, &tape);
+    sync_one(src, bl, a, THA_ACK_APPLIED);
+    exchange(a, first, 2, SIZE_MAX, &tape);
+    CHECK(last_ev(first, THA_EV_BULK_DONE) != NULL);
+    const struct {
+        size_t bytes;  /* 0: the reserve of the case before, taken */
+        int zero_copy; /* fed through tha_session_recv_buffer */
+    } cases[] = {{BIG / 2, 1}, {0, 1}, {BIG / 2, 0}, {0, 0}, {2 * BIG, 0}};
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        if (cases[c].bytes) {
+            tha_reserve_destroy(r);
+            CHECK_OK(tha_reserve_create(&r, cases[c].bytes));
+            CHECK(tha_reserve_bytes(r) == cases[c].bytes);
+        }
+        size_t reserved = tha_reserve_bytes(r);
+        tha_session_config_t cfg = {.role = THA_ROLE_STANDBY, .node_id = 2,
+                                    .chunk_bytes = 4096, .reserve = r};
+        end_t *b = end_with(&cfg, NULL, NULL);
+        if (cases[c].zero_copy)
+            CHECK_OK(feed_zero_copy(b, tape.data, tape.len, SIZE_MAX, 3, NULL, NULL, 0));
+        else
+            CHECK_OK(tha_session_feed(b->s, tape.data, tape.len, 3));
+        drain(b);
+        CHECK(count_ev(b, THA_EV_ERROR) == 0 && last_ev(b, THA_EV_BULK_DONE) != NULL);
+        CHECK(tha_reserve_bytes(r) == 0);
+        tha_heap_t *m = tha_session_take_heap(b->s);
+        end_free(b);
+        CHECK(m != NULL && mirrors(src, m));
+        CHECK_OK(tha_heap_check(m));
+        tha_stats_t st;
+        CHECK_OK(tha_heap_stats(m, &st));
+        CHECK(st.capacity == BIG && st.committed < BIG / 2);
+        const uint8_t *base = tha_heap_base(m);
+        size_t page = (size_t)sysconf(_SC_PAGESIZE);
+        size_t want = (BIG / 2 - st.committed) / page;
+        size_t in = resident_pages(base + st.committed, base + BIG / 2);
+        CHECK(reserved ? in == want : in < want);
+        /* allocations past the image land on those pages and stay sound */
+        struct emp *more;
+        CHECK_OK(tha_heap_alloc(m, EMP, 20000, (void **)&more));
+        memset(more, 0, 20000 * sizeof *more);
+        more[19999].mgr = &more[0];
+        CHECK_OK(tha_heap_touch(m, more, 0));
+        CHECK_OK(tha_heap_check(m));
+        tha_heap_destroy(m);
+    }
+    tha_reserve_destroy(r);
+    end_free(first);
+    end_free(a);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(src);
+    free(tape.data);
+}
 
 /* A driver that sends without blocking leaves the head frame partly sent;
  * the frames queued behind it still count: once the backlog drops one of
@@ -1440,6 +1531,7 @@ int main(void) {
     RUN(test_handshake_bulk_deltas);
     RUN(test_every_split);
     RUN(test_bulk_in_place);
+    RUN(test_bulk_into_reserve);
     RUN(test_partly_sent_frame_does_not_hide_a_lagging_standby);
     RUN(test_send_output_on_a_socket);
     RUN(test_truncated_prefixes);
