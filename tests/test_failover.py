@@ -551,6 +551,23 @@ def test_standby_cli_says_only_what_it_saved(spawn, tmp_path):
     assert any("nothing" in line and str(save) in line for line in sb.seen), sb.seen
 
 
+def test_standby_cli_with_a_reserve_mirrors_into_it(spawn, tmp_path):
+    """--reserve: memory touched at start; the demo active's bulk sync and
+    deltas land and are applied as without it."""
+    sb = spawn("-m", "tha", "standby", "--listen", "127.0.0.1:0", "--reserve", "16M",
+               name="cli-standby")
+    addr = fmt(sb.address())
+    act = spawn("-m", "tha", "demo", "--role", "active", "--standby", addr, "--rounds", "2",
+                "--interval", "0", "--employees", "500", name="demo-active")
+    act.wait_line(r"^bulk sync: seq 1, ")
+    assert act.p.wait(20) == 0
+    sb.wait_line(r"^bulk sync live at seq 1 ")
+    for seq in (2, 3):
+        sb.wait_line(rf"^applied seq {seq} \(")
+    sb.p.send_signal(signal.SIGTERM)
+    assert sb.p.wait(10) == 0
+
+
 # ---- the CLI roles ---------------------------------------------------------------
 
 def test_demo_roles_mirror_and_the_standby_prints_what_it_applied(spawn, tmp_path):

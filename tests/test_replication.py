@@ -58,6 +58,49 @@ def test_bulk_then_deltas_mirror(schema):
         assert sb.status()["applied_seq"] == r.seq
 
 
+def test_reserve_takes_the_first_bulk_sync(schema):
+    """Standby(reserve=): memory touched at start, taken by the first bulk
+    sync's heap (status says what is left), the mirror the same and sound;
+    a second bulk sync (a new active) gets fresh pages and works too."""
+    heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
+    es = company(heap)
+    with Standby(reserve=2 << 20) as sb:
+        assert sb.status()["reserved"] == 2 << 20
+        for rnd in range(2):
+            with Active(heap, [sb.address]) as act:
+                mutate(heap, es, rnd + 1)
+                r = act.sync(ack="applied")
+                assert sb.status()["reserved"] == 0
+                assert sb.heap.dump() == heap.dump()
+                sb.heap.check()
+                assert sb.bulk_syncs == rnd + 1
+            heap = tha.Heap.from_snapshot(heap.snapshot()) if rnd == 0 else heap
+            es = heap.roots["staff"]
+    assert r.seq
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5, "1M", 1 << 45])
+def test_reserve_must_be_a_size(bad):
+    with pytest.raises(tha.InvalidArgument, match="reserve must be a number of bytes"):
+        Standby(reserve=bad)
+
+
+def _overcommit_heuristic():
+    try:
+        with open("/proc/sys/vm/overcommit_memory") as f:
+            return f.read().strip() == "0"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _overcommit_heuristic(),
+                    reason="only the kernel's heuristic overcommit refuses the mapping "
+                           "(others would let the touching run out of memory)")
+def test_a_reserve_the_machine_cannot_give_fails_at_start():
+    with pytest.raises(tha.CapacityError, match="cannot give 17,592,186,044,416 bytes"):
+        Standby(reserve=1 << 44)
+
+
 def test_ack_none_and_received(schema):
     heap = tha.Heap(schema, capacity=8 << 20, tracking="explicit")
     es = company(heap)

@@ -135,6 +135,7 @@ def key(tmp_path):
     (["standby", "--listen", "127.0.0.1:99999"], "port 99999 is not within 0..65535"),
     (["standby", "--listen", "nohost"], "'nohost' is not HOST:PORT"),
     (["bench", "--checkpoint", "--size", "lots"], "'lots' is not a size"),
+    (["standby", "--reserve", "0"], "'0' is not a size"),
     (["standby", "--secret-file", "/nonexistent/key"], "cannot read the secret file"),
 ])
 def test_bad_arguments_are_one_line(argv, why):

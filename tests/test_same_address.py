@@ -149,7 +149,7 @@ STANDBY = textwrap.dedent("""
     import tha
     from tha.replication import Standby
     from test_same_address import walk
-    sb = Standby(tracking="explicit")
+    sb = Standby(tracking="explicit", reserve={reserve!r})
     print(sb.address[1], flush=True)
     heaps = []
     for line in sys.stdin:
@@ -158,13 +158,18 @@ STANDBY = textwrap.dedent("""
         heaps.append(sb.heap)
         print(json.dumps({{"ok": ok, "base": sb.heap.base, "keys": walk(sb.heap),
                           "same": heaps[0] is sb.heap,
-                          "bulks": sb.bulk_syncs}}), flush=True)
+                          "bulks": sb.bulk_syncs,
+                          "reserved": sb.status()["reserved"],
+                          "check": sb.heap.check() is None}}), flush=True)
     sb.close()
 """)
 
 
-def test_python_standby_in_another_process(schema):
-    code = STANDBY.format(tests=os.path.dirname(__file__))
+@pytest.mark.parametrize("reserve", [None, 4 << 20], ids=["fresh", "reserve"])
+def test_python_standby_in_another_process(schema, reserve):
+    """With reserve= the first bulk sync's heap takes the touched pages onto
+    the active's base."""
+    code = STANDBY.format(tests=os.path.dirname(__file__), reserve=reserve)
     proc = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, text=True)
     try:
@@ -187,6 +192,7 @@ def test_python_standby_in_another_process(schema):
             assert got["keys"] == [100] + list(range(1, n + 1))
             assert got["bulks"] == round_ + 1
             assert got["same"]  # the second bulk sync took the image in place
+            assert got["reserved"] == 0 and got["check"]
             del head, act
             heap = None
             gc.collect()

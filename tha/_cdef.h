@@ -301,6 +301,7 @@ extern "Python" void tha_py_progress(void *ctx, uint64_t done, uint64_t total);
 /* ---- replication session ---- */
 typedef ... tha_session_t;
 typedef ... tha_backlog_t;
+typedef ... tha_reserve_t;
 
 #define THA_PROTOCOL_VERSION ...
 #define THA_MAC_SIZE ...
@@ -325,6 +326,7 @@ typedef struct tha_session_config {
     uint32_t chunk_bytes;
     uint64_t max_message;
     uint64_t min_epoch;
+    tha_reserve_t *reserve;
 } tha_session_config_t;
 
 enum tha_event_type {
@@ -361,6 +363,9 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq,
                        size_t *len);
 int tha_backlog_range(const tha_backlog_t *b, uint64_t *first_seq,
                       uint64_t *last_seq, uint64_t *bytes);
+int tha_reserve_create(tha_reserve_t **out, size_t bytes);
+void tha_reserve_destroy(tha_reserve_t *r);
+size_t tha_reserve_bytes(const tha_reserve_t *r);
 int tha_session_create(tha_session_t **out, const tha_session_config_t *cfg,
                        tha_heap_t *heap, tha_backlog_t *backlog);
 void tha_session_destroy(tha_session_t *s);

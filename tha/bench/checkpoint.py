@@ -55,12 +55,6 @@ TARGET = 0.70
 CHUNK = 1 << 20
 
 
-def parse_size(text: str) -> int:
-    text = str(text).strip().upper().rstrip("B")
-    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30}.get(text[-1:], 1)
-    return int(float(text[:-1] if text[-1:] in "KMG" else text) * mult)
-
-
 def build(size: int):
     schema = Schema(SCHEMA)
     heap = Heap(schema, size + (size >> 3) + (64 << 20), tracking="auto")

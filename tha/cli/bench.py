@@ -12,17 +12,7 @@ import sys
 from ..bench import (checkpoint as bc, codec, leaks as bl, peers as bp, replication as br,
                      same_address as bs, tracking as bt)
 from ..bench.workload import machine
-
-
-def _size(text: str) -> int:
-    """'256M', '1G', '4096' -> bytes, for argparse."""
-    try:
-        n = bc.parse_size(text)
-    except (ValueError, IndexError):
-        n = 0
-    if n <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a size (256M, 1G, 4096)")
-    return n
+from .console import parse_size
 
 
 def add_parser(subparsers) -> argparse.ArgumentParser:
@@ -80,7 +70,7 @@ def add_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--contenders", default=None, metavar="LIST",
                    help="with --peers: comma-separated subset of "
                    + ",".join(bp.KEYS) + " (default: all)")
-    p.add_argument("--size", type=_size, default="256M", metavar="BYTES",
+    p.add_argument("--size", type=parse_size, default="256M", metavar="BYTES",
                    help="with --checkpoint: heap image size (256M, 1G; default 256M)")
     p.add_argument("--dir", default=None, metavar="DIR",
                    help="with --checkpoint: directory on the disk to measure "

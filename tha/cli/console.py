@@ -30,6 +30,19 @@ def parse_addr(text: str) -> tuple:
         raise argparse.ArgumentTypeError(str(e).removeprefix("address: ")) from None
 
 
+def parse_size(text: str) -> int:
+    """'256M', '1G', '64k', '4096' (bytes) -> bytes, > 0."""
+    t = str(text).strip().upper().removesuffix("B")
+    mult = {"K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}.get(t[-1:], 1)
+    try:
+        n = int(float(t[:-1] if mult > 1 else t) * mult)
+    except (ValueError, OverflowError):
+        n = 0
+    if n <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size (256M, 1G, 4096)")
+    return n
+
+
 def parse_duration(text: str) -> float:
     """'1s', '500ms', '2' (seconds), '1.5s' -> seconds."""
     t = text.strip().lower()

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from ..errors import Error
 from ..replication import Standby
-from .console import common_options, parse_addr, parse_duration, print_applied, start
+from .console import (common_options, parse_addr, parse_duration, parse_size, print_applied,
+                      start)
 
 STANDBY_DOC = """\
 The generic standby: mirrors whatever heap an active sends (the schema
@@ -48,6 +49,10 @@ def add_parser(sub):
     p.add_argument("--fsync", default="always",
                    help="log fsync policy: always, 'every 100ms', never "
                         "(default always)")
+    p.add_argument("--reserve", type=parse_size, metavar="BYTES",
+                   help="touch this much memory now for the first bulk sync's heap "
+                   "(the active's image size: 256M, 1G): a machine without it "
+                   "fails at start, and the sync writes into pages already there")
     p.set_defaults(func=run)
     return p
 
@@ -62,7 +67,7 @@ def run(args) -> int:
                 promote_after=args.promote_after, on_applied=on_applied,
                 save=args.save, log=args.log, fsync=args.fsync,
                 save_every=args.save_every if args.save else None,
-                tracking=args.tracking)
+                tracking=args.tracking, reserve=args.reserve)
     if sb is None:
         return 2
     close_error = None

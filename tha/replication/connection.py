@@ -102,6 +102,9 @@ class _Conn:
         min_epoch = getattr(node, "min_epoch", None)
         if role == lib.THA_ROLE_STANDBY and min_epoch is not None:
             cfg.min_epoch = int(min_epoch())  # older actives fenced at HELLO
+        reserve = getattr(node, "_reserve", None)
+        if role == lib.THA_ROLE_STANDBY and reserve is not None:
+            cfg.reserve = reserve  # node keeps it alive while its sessions live
         if node.secret:
             self._secret_buf = _cffi.from_buffer(node.secret)  # copied by create
             cfg.secret = self._secret_buf

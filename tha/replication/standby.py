@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from .._ffi import ffi as _cffi, lib
 from ..durability import parse_fsync
-from ..errors import Error, InvalidArgument, OSFailure, check
+from ..errors import CapacityError, Error, InvalidArgument, OSFailure, check
 from ..heap import Heap, PathLike, _TRACKING
 from ..schema import warm_parser
 from .connection import (Address, _Conn, _Node, _os_reason, _TlsPending, log,
@@ -39,6 +39,20 @@ def _check_listen(host: str, secret) -> None:
         raise InvalidArgument(f"refusing to listen on {host} without a secret: anyone who "
                     "can reach it could replace the standby's state")
 
+
+
+def _make_reserve(nbytes):
+    """A tha_reserve_t of nbytes touched pages, freed with its owner."""
+    if isinstance(nbytes, bool) or not isinstance(nbytes, int) or not 0 < nbytes <= 1 << 44:
+        raise InvalidArgument(f"Standby: reserve must be a number of bytes, 1 to 2**44, "
+                              f"not {nbytes!r}")
+    out = _cffi.new("tha_reserve_t **")
+    rc = lib.tha_reserve_create(out, nbytes)
+    if rc == lib.THA_ENOMEM:
+        raise CapacityError(f"Standby: reserve: this machine cannot give {nbytes:,} "
+                            f"bytes of memory to touch now")
+    check(rc)
+    return _cffi.gc(out[0], lib.tha_reserve_destroy)
 
 
 def _check_writable_dir(what: str, path: str) -> None:
@@ -97,6 +111,18 @@ class Standby(_Node):
     doubling up to ``disk_retry_max``); once a checkpoint and a fresh log
     are written it acks persisted again. ``disk_error`` says why meanwhile.
 
+    ``reserve`` — bytes of memory to map and touch now, at start, for the
+    first bulk sync's heap (as a JVM's AlwaysPreTouch does for its heap):
+    a machine short of that memory fails here (``CapacityError``) and not
+    in the middle of a sync, and the bulk sync writes the image into pages
+    that are already there instead of faulting in fresh ones (on a VM
+    that can be most of its time, and vary 10x from one sync to the next:
+    README, "Against what users would pick instead"). The size of the
+    active's image (``heap.stats()["top"]``) is what it needs; what is
+    beyond the heap's capacity is given back when the sync takes it. One
+    bulk sync takes it (also one that fails); ``status()["reserved"]`` is
+    what is left.
+
     ``accept(epoch)`` — called (under the heap's lock) when an active has
     passed the handshake, with the epoch it replicates in; False closes the
     connection (tha.Node follows only the active of the leader epoch it
@@ -121,7 +147,8 @@ class Standby(_Node):
                  fsync: str = "always",
                  save_every: float | None = None, tracking: str = "auto",
                  accept: Callable[[int], bool] | None = None,
-                 min_epoch: Callable[[], int] | None = None):
+                 min_epoch: Callable[[], int] | None = None,
+                 reserve: int | None = None):
         listen = parse_address(listen, "Standby: listen", any_port=True)
         _check_listen(listen[0], secret)
         if tracking not in _TRACKING:
@@ -135,6 +162,7 @@ class Standby(_Node):
                 _check_writable_dir(what, os.fspath(path))
         if save_every is not None and save_every <= 0:
             raise InvalidArgument(f"Standby: save_every must be > 0 seconds, not {save_every}")
+        self._reserve = None if reserve is None else _make_reserve(reserve)
         super().__init__(secret, heartbeat, timeout, ssl_context)
         self.save = None if save is None else os.fspath(save)
         self.log_path = None if log is None else os.fspath(log)
@@ -602,7 +630,9 @@ class Standby(_Node):
                     "applied_seq": self.applied_seq,
                     "peers": [c.status() for c in self.conns if c.s is not None],
                     "bulk": self.bulk, "bulk_syncs": self.bulk_syncs,
-                    "save": self.save, "log": self.log_path}
+                    "save": self.save, "log": self.log_path,
+                    "reserved": lib.tha_reserve_bytes(self._reserve)
+                    if self._reserve is not None else 0}
 
     def close(self) -> None:
         self._stopping = True
@@ -614,6 +644,8 @@ class Standby(_Node):
         self._listener.close()
         self._accepting.join(5)
         self._close_all()
+        with self.cond:  # no session is left to take it
+            self._reserve = None
         if self.save is not None and self.heap is not None:
             with self.cond:  # the last state on disk (also on SIGTERM via the CLI)
                 try:
