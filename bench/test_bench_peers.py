@@ -32,7 +32,7 @@ pytestmark = pytest.mark.bench
 
 N = int(os.environ.get("THA_BENCH_PEERS_RECORDS", 1_000_000))
 ROUNDS = int(os.environ.get("THA_BENCH_PEERS_ROUNDS", bp.ROUNDS))
-BULK_KEYS = ["memcpy", "tcp", "tha-bulk", "pickle-whole", "redis-load", "redis-resync"]
+BULK_KEYS = ["memcpy", "tcp", "tha-bulk", "tha-bulk-reserved", "pickle-whole", "redis-load", "redis-resync"]
 PHASES = [(fi, key) for fi in range(len(bp.FRACTIONS)) for key in bp.KEYS]
 
 
@@ -70,10 +70,10 @@ def _record(b, phase, key, label, samples, verify=None, benchmark=None):
 
 def _need(b, key):
     base = "redis" if key.startswith("redis") else key
-    if base == "tha-bulk":
-        if b.bulk_c is None:
+    if base.startswith("tha-bulk"):
+        if base not in b.bulks:
             pytest.skip("no tha contender")
-        return b.bulk_c
+        return b.bulks[base]
     if base not in b.c:
         pytest.skip(b.skipped.get(base, f"{base} not set up"))
     return b.c[base]
@@ -91,7 +91,7 @@ def test_bulk(benchmark, peers, key):
     elif key == "tcp":
         def one():
             return c.send(image)
-    elif key == "tha-bulk":
+    elif key.startswith("tha-bulk"):
         setup, one = c.prepare, c.bulk
     elif key == "pickle-whole":
         one = c.bulk
@@ -102,7 +102,7 @@ def test_bulk(benchmark, peers, key):
     benchmark.pedantic(lambda: samples.append(one()), setup=setup, rounds=ROUNDS,
                        warmup_rounds=0)
     verify = {}
-    if key in ("tha-bulk", "pickle-whole", "redis-load"):
+    if key in ("tha-bulk", "tha-bulk-reserved", "pickle-whole", "redis-load"):
         verify = peers.verify(bp.BULK, [c])
         if key == "redis-load":
             verify["redis-load"] = verify.pop("redis")

@@ -58,10 +58,10 @@ def test_quick_run_writes_table_json_and_plot(tmp_path):
     assert phases == [bp.BULK, *bp.FRACTIONS]
     for ph in res["phases"]:
         if ph["phase"] == bp.BULK:
-            keys = {"memcpy", "tcp", "tha-bulk", "pickle-whole"} | (
+            keys = {"memcpy", "tcp", "tha-bulk", "tha-bulk-reserved", "pickle-whole"} | (
                 {"redis-load", "redis-resync"} if HAVE_REDIS else set())
             assert set(ph["rows"]) == keys
-            verified = {"tha-bulk", "pickle-whole"} | (
+            verified = {"tha-bulk", "tha-bulk-reserved", "pickle-whole"} | (
                 {"redis", "redis-resync"} if HAVE_REDIS else set())
         else:
             assert set(ph["rows"]) == want

@@ -16,8 +16,10 @@ SHA-1 of one line ``id,salary,mgr`` per record, ``salary`` as Python's
 
 The far ends, each a process of its own on 127.0.0.1:
 
-  ``python -m tha.bench.peers_far tha``  a tha.Standby (port 0): the heap
-                  comes by bulk sync, the digest reads the root "emps"
+  ``python -m tha.bench.peers_far tha [RESERVE]``  a tha.Standby (port 0):
+                  the heap comes by bulk sync, the digest reads the root
+                  "emps"; with RESERVE (bytes) it touches that much memory
+                  at start for its first bulk sync (``Standby(reserve=)``)
   ``python -m tha.bench.peers_far py``   a socket server, one message at a
                   time (a kind byte and a length, then the payload): ``R``
                   raw bytes, read into a 1 MiB buffer and dropped; ``W`` a
@@ -317,12 +319,15 @@ def _die_with_parent() -> None:
 
 
 def main(argv) -> int:
-    if len(argv) != 1 or argv[0] not in ("tha", "py"):
-        print("usage: python -m tha.bench.peers_far tha|py", file=sys.stderr)
+    if not (argv[:1] == ["py"] and len(argv) == 1 or argv[:1] == ["tha"] and len(argv) <= 2
+            and all(a.isdigit() for a in argv[1:])):
+        print("usage: python -m tha.bench.peers_far tha [RESERVE_BYTES] | py",
+              file=sys.stderr)
         return 2
     _die_with_parent()
     if argv[0] == "tha":
-        sb = Standby(("127.0.0.1", 0), timeout=60.0)
+        sb = Standby(("127.0.0.1", 0), timeout=60.0,
+                     reserve=int(argv[1]) if len(argv) == 2 else None)
         port = sb.address[1]
 
         def digest(n):
@@ -351,9 +356,10 @@ def main(argv) -> int:
 class Child:
     """A Python far end (``python -m tha.bench.peers_far KIND``) and its port."""
 
-    def __init__(self, kind: str, what: str):
+    def __init__(self, kind: str, what: str, *args: str):
         self.what = what
-        self.proc = subprocess.Popen([sys.executable, "-m", "tha.bench.peers_far", kind],
+        self.proc = subprocess.Popen([sys.executable, "-m", "tha.bench.peers_far", kind,
+                                      *args],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      text=True)
         try:
