@@ -361,6 +361,7 @@ void tha_backlog_destroy(tha_backlog_t *b);
 int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len);
 int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq,
                        size_t *len);
+int tha_backlog_settle(tha_backlog_t *b);
 int tha_backlog_range(const tha_backlog_t *b, uint64_t *first_seq,
                       uint64_t *last_seq, uint64_t *bytes);
 int tha_reserve_create(tha_reserve_t **out, size_t bytes);

@@ -1126,6 +1126,13 @@ THA_API int tha_backlog_push(tha_backlog_t *b, const void *frame, size_t len);
  * snapshot applied to h). */
 THA_API int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq,
                                size_t *len);
+/* A delta of up to 8 MiB is encoded into a buffer the backlog reuses (in
+ * cache, no page faults) and sent from there; this copies the newest one
+ * into memory of its own, which the next tha_backlog_encode would
+ * otherwise do first. Call it after tha_session_pump, while waiting for
+ * the acks, to take that copy off the sync's path. 0, or THA_ENOMEM (the
+ * frame stays where it is, intact). */
+THA_API int tha_backlog_settle(tha_backlog_t *b);
 THA_API int tha_backlog_range(const tha_backlog_t *b, uint64_t *first_seq,
                               uint64_t *last_seq, uint64_t *bytes);
 

@@ -2,6 +2,13 @@
  * that reconnects resumes from where it was instead of bulk syncing.
  * Frames are reference counted: a session still sending one keeps it alive
  * after the backlog dropped it (bounded by max_bytes).
+ *
+ * A delta up to HOT_BYTES is encoded into the hot buffer and sent from
+ * there; its copy into memory of its own (the ring's frames cycle through
+ * max_bytes, each written last a whole lap ago: cold, often fresh pages)
+ * is made by tha_backlog_settle while the driver waits for the acks, off
+ * the sync's path. Rule: frame bytes never change once appended, so the
+ * hot buffer is written only when nothing but the backlog holds it.
  */
 #include "codec.h"
 #include "replication.h"
@@ -47,6 +54,23 @@ static tha__bframe_t *bframe_alloc(tha_backlog_t *b, size_t len) {
     return f;
 }
 
+/* The hot buffer, allocated once; NULL if that fails (frames of their own
+ * then). Its pages are touched by the encodes that use it only. */
+#define HOT_BYTES (8u << 20)
+
+static tha__bframe_t *hot_buffer(tha_backlog_t *b) {
+    if (!b->hot) {
+        tha__bframe_t *f = malloc(sizeof *f + HOT_BYTES);
+        if (!f) return NULL;
+        f->cap = HOT_BYTES;
+        f->len = 0;
+        f->refs = 1; /* the backlog's */
+        f->owner = b;
+        b->hot = f;
+    }
+    return b->hot;
+}
+
 void tha_backlog_destroy(tha_backlog_t *b) {
     if (!b) return;
     if (b->heap) { /* the heap makes its own frames again */
@@ -57,6 +81,10 @@ void tha_backlog_destroy(tha_backlog_t *b) {
         tha__bframe_t *f = b->ring[(b->head + i) % b->cap];
         f->owner = NULL; /* a session may still hold it; it frees it then */
         tha__bframe_release(f);
+    }
+    if (b->hot) { /* a session may still send from it */
+        b->hot->owner = NULL;
+        tha__bframe_release(b->hot);
     }
     free(b->spare);
     free(b->ring);
@@ -102,6 +130,22 @@ static int append(tha_backlog_t *b, tha__bframe_t *f, const tha__frame_hdr_t *hd
     b->lineage = hd->lineage;
     /* keep at least the newest frame whatever its size */
     while (b->bytes > b->max_bytes && b->n > 1) drop_oldest(b);
+    return 0;
+}
+
+int tha_backlog_settle(tha_backlog_t *b) {
+    if (!b || !b->n) return 0;
+    uint64_t i = (b->head + b->n - 1) % b->cap;
+    tha__bframe_t *f = b->ring[i];
+    if (f != b->hot) return 0; /* only the newest can be the hot one */
+    tha__bframe_t *own = bframe_alloc(b, f->len);
+    if (!own) return THA_ENOMEM;
+    memcpy(own->data, f->data, f->len);
+    own->len = f->len;
+    own->seq = f->seq;
+    own->epoch = f->epoch;
+    b->ring[i] = own; /* same bytes: a session that asks for seq gets these */
+    f->refs--;        /* the ring's; sessions sending from it keep theirs */
     return 0;
 }
 
@@ -151,9 +195,16 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *l
                           h->lineage != b->lineage ? " of another lineage" : "",
                           (unsigned long long)b->last_seq);
     if (reserve(b)) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for its ring");
+    /* the last delta out of the hot buffer first: it is about to be reused */
+    if (tha_backlog_settle(b))
+        return tha__hfail(h, THA_ENOMEM, "backlog: no memory for a frame");
     size_t guess = first_guess(b);
-    tha__bframe_t *f = bframe_alloc(b, guess);
-    if (!f) return tha__hfail(h, THA_ENOMEM, "backlog: no memory for a frame");
+    tha__bframe_t *f = NULL;
+    if (guess <= HOT_BYTES && (f = hot_buffer(b)) && f->refs == 1) {
+        f->refs++; /* the ring's, once appended */
+    } else if (!(f = bframe_alloc(b, guess))) {
+        return tha__hfail(h, THA_ENOMEM, "backlog: no memory for a frame");
+    }
     tha__frame_hdr_t hd; /* the encoder's: the frame is not parsed again */
     int rc = tha__encode(h, THA_FRAME_DELTA, f->data, f->cap, &f->len, &hd);
     /* Too small: nothing changed and f->len is the size the next encode
@@ -171,7 +222,7 @@ int tha_backlog_encode(tha_backlog_t *b, tha_heap_t *h, uint64_t *seq, size_t *l
         tha__bframe_release(f);
         return rc;
     }
-    if (f->len < f->cap / 2 && f->cap - f->len >= GUESS / 2) {
+    if (f != b->hot && f->len < f->cap / 2 && f->cap - f->len >= GUESS / 2) {
         /* give back what it did not use (a large block shrinks in place) */
         tha__bframe_t *g = realloc(f, sizeof *f + f->len);
         if (g) {

@@ -435,11 +435,15 @@ int tha_net_sync(tha_net_t *n, int ack, uint32_t timeout_ms, uint64_t *seq) {
     rc = tha_session_pump(n->s, ack > THA_ACK_RECEIVED ? ack : THA_ACK_RECEIVED);
     if (rc && (rc = drain_events(n)) != 0) return drop(n, rc, NULL);
     uint64_t limit = timeout_ms ? timeout_ms : 5000, deadline = now_ms() + limit;
-    for (;;) {
+    for (int settled = 0;;) {
         const void *d;
         size_t pending;
         tha_session_status_t st;
         if (tha_session_output(n->s, &d, &pending)) pending = 1;
+        if (!pending && !settled) { /* sent: its backlog copy while the acks come */
+            tha_backlog_settle(n->backlog); /* ENOMEM: the next encode retries */
+            settled = 1;
+        }
         tha_session_status(n->s, &st);
         if (!pending && (ack == THA_ACK_NONE || st.acked[ack] >= fseq)) return 0;
         uint64_t now = now_ms();

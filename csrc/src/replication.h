@@ -24,6 +24,12 @@ struct tha_backlog {
     uint64_t lineage;
     tha__bframe_t *spare; /* a released big frame buffer, reused by encode
                              (a fresh one costs a page fault per 4 KiB) */
+    tha__bframe_t *hot;   /* encode's own buffer (HOT_BYTES), reused while no
+                             one else holds it (refs 1: the backlog's), so a
+                             delta is written where the last one was: in
+                             cache, no page faults. The ring holds it only as
+                             its newest frame, until tha_backlog_settle (or
+                             the next encode) copies it out */
     tha_heap_t *heap;     /* the heap tha_backlog_encode makes frames of
                              (tha_heap.backlog points back); NULL until then */
 };

@@ -1416,6 +1416,67 @@ static void test_bulk_into_reserve(void) {
     free(tape.data);
 }
 
+/* Deltas are encoded into a buffer the backlog reuses: a frame it holds
+ * never changes after it was made. Frames queued unsent while later ones
+ * are encoded (settled or not), and frames a reconnecting standby resumes
+ * from, all arrive as they were made. */
+static void test_backlog_frames_stay_as_encoded(void) {
+    struct emp *es;
+    tha_heap_t *src = company(&es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    uint64_t seq;
+    size_t len;
+    tape_t tape = {0};
+    exchange(a, b, 1, SIZE_MAX, &tape);
+    CHECK_OK(tha_backlog_encode(bl, src, &seq, &len)); /* takes the bulk live */
+    CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+    exchange(a, b, 2, SIZE_MAX, &tape);
+    tha_heap_t *mirror = tha_session_take_heap(b->s);
+    CHECK(mirror && mirrors(src, mirror));
+    /* another standby at this seq (the same bytes), to resume from later */
+    end_t *c = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    CHECK_OK(tha_session_feed(c->s, tape.data, tape.len, 2));
+    tha_heap_t *behind = tha_session_take_heap(c->s);
+    CHECK(behind && mirrors(src, behind));
+    end_free(c);
+    free(tape.data);
+    /* five deltas queued, none sent: the session holds each while the
+     * next ones are encoded; every other one settled by the driver */
+    for (int round = 1; round <= 5; round++) {
+        mutate(src, es, round);
+        es[round].mgr = &es[(round * 7) % NSTAFF];
+        CHECK_OK(tha_heap_touch(src, &es[round].mgr, sizeof es[round].mgr));
+        CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+        CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+        if (round % 2) CHECK_OK(tha_backlog_settle(bl));
+    }
+    CHECK_OK(tha_backlog_settle(bl));
+    CHECK_OK(tha_backlog_settle(bl)); /* nothing left to settle: a no-op */
+    exchange(a, b, 3, SIZE_MAX, NULL);
+    CHECK(count_ev(b, THA_EV_ERROR) == 0 && count_ev(a, THA_EV_ERROR) == 0);
+    CHECK(acked(a, THA_ACK_APPLIED) == seq && mirrors(src, mirror));
+    end_free(a);
+    end_free(b);
+    /* a standby five frames behind resumes from the backlog */
+    a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+    b = end_new(THA_ROLE_STANDBY, NULL, behind, NULL);
+    exchange(a, b, 4, SIZE_MAX, NULL);
+    const tha_event_t *ready = last_ev(a, THA_EV_READY);
+    CHECK(ready && ready->b == 1); /* resumed, no bulk */
+    CHECK(count_ev(b, THA_EV_ERROR) == 0 && count_ev(a, THA_EV_ERROR) == 0);
+    CHECK(mirrors(src, behind));
+    CHECK_OK(tha_heap_check(behind));
+    end_free(a);
+    end_free(b);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(behind);
+    tha_heap_destroy(mirror);
+    tha_heap_destroy(src);
+}
+
 /* A driver that sends without blocking leaves the head frame partly sent;
  * the frames queued behind it still count: once the backlog drops one of
  * them unsent, the lagging standby is dropped (THA_EFULL). */
@@ -1532,6 +1593,7 @@ int main(void) {
     RUN(test_every_split);
     RUN(test_bulk_in_place);
     RUN(test_bulk_into_reserve);
+    RUN(test_backlog_frames_stay_as_encoded);
     RUN(test_partly_sent_frame_does_not_hide_a_lagging_standby);
     RUN(test_send_output_on_a_socket);
     RUN(test_truncated_prefixes);

@@ -168,11 +168,12 @@ static void test_too_small_then_exact(void) {
     struct emp *es;
     tha_heap_t *h = company(s, THA_TRACK_DIFF, &es);
     tha_heap_t *m = mirror_of(h, s);
-    mutate(h, es, 10000, 0); /* two threads encode it */
+    mutate(h, es, 400000, 0); /* >= 2^17 dirty blocks: two threads encode it */
     size_t need, len = 0;
     CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &need));
     uint8_t *f = malloc(need);
     uint64_t seq = h->seq, dirty = tha__count_dirty(h);
+    CHECK(dirty >= 1u << 17); /* codec.c's PAR_DELTA_BLOCKS: two threads */
     CHECK_RC(tha_heap_encode(h, THA_FRAME_DELTA, f, need - 1, &len), THA_ETOOSMALL);
     CHECK(len == need && h->seq == seq && tha__count_dirty(h) == dirty);
     CHECK_RC(tha_heap_encode(h, THA_FRAME_DELTA, NULL, 0, &len), THA_ETOOSMALL);
@@ -195,12 +196,13 @@ static void test_foreign_in_either_half(void) {
     tha_heap_t *h = company(s, THA_TRACK_DIFF, &es);
     tha_heap_t *m = mirror_of(h, s);
     static int outside;
-    mutate(h, es, 20000, 0);
+    mutate(h, es, 400000, 0); /* two threads: see above */
     es[N - 3].peer = (struct emp *)(void *)&outside; /* in the second half */
     size_t need, len;
     CHECK_OK(tha_heap_frame_size(h, THA_FRAME_DELTA, &need));
     uint8_t *f = malloc(need);
     uint64_t seq = h->seq, dirty = tha__count_dirty(h);
+    CHECK(dirty >= 1u << 17);
     CHECK_RC(tha_heap_encode(h, THA_FRAME_DELTA, f, need, &len), THA_EFOREIGN);
     CHECK_CONTAINS(tha_heap_errmsg(h), "element 199997 ");
     CHECK(h->seq == seq && tha__count_dirty(h) == dirty);

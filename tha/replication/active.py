@@ -416,6 +416,10 @@ class Active(_Node):
                     lib.tha_session_pump(c.s, max(level, lib.THA_ACK_RECEIVED))
                     self._drain(c)
                     c.flush()
+            # the frame is on its way from the backlog's reused buffer: its
+            # copy of its own now, while the standbys apply it (ENOMEM: the
+            # next encode makes it, or says so)
+            lib.tha_backlog_settle(self._backlog)
             result = SyncResult(seq, nbytes)
             if level == lib.THA_ACK_NONE or all(k == 0 for _, k in self._quorum):
                 return result
