@@ -2119,6 +2119,74 @@ static void test_attack_reserve_promoted_tracking(void) {
     }
 }
 
+/* A frame of 1 MiB or more the backlog dropped (max_bytes) while a session
+ * was still sending it: the session holds the last reference. The backlog
+ * destroyed, the session finishes sending it and releases it; the frame
+ * must not go back to the destroyed backlog as its spare. Frames in the
+ * hot buffer, settled copies and frames of their own (above 8 MiB). */
+static void test_dropped_frame_outlives_backlog(void) {
+    for (int huge = 0; huge < 2; huge++) {
+        struct emp *es;
+        tha_heap_t *src = company_in(32u << 20, &es);
+        uint32_t n = huge ? 100000 : 15000; /* ~9.6 MiB / ~1.4 MiB frames */
+        struct emp *big = add_big(src, n);
+        tha_backlog_t *bl;
+        CHECK_OK(tha_backlog_create(&bl, 1));
+        end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+        end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+        exchange(a, b, 1, SIZE_MAX, NULL);
+        uint64_t seq;
+        size_t len;
+        CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+        CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+        exchange(a, b, 2, SIZE_MAX, NULL);
+        CHECK(state_of(b) == 3);
+        /* three big frames, each partly sent before the next is encoded
+         * (so the session keeps them): the backlog (1 byte) drops each */
+        for (int round = 0; round < 3; round++) {
+            for (uint32_t i = 0; i < n; i++) big[i].id = (uint32_t)(round * 1000003 + i);
+            CHECK_OK(tha_heap_touch(src, big, 0));
+            CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+            CHECK(len >= (1u << 20));
+            CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+            if (round == 1) CHECK_OK(tha_backlog_settle(bl));
+            drain(a);
+            CHECK(state_of(a) == 3);
+            if (round == 2) break; /* the one before, partly sent, is dropped */
+            /* everything queued before, and the new frame's header and a
+             * part of it */
+            const void *d;
+            size_t k, total = 0;
+            for (;;) {
+                CHECK_OK(tha_session_output(a->s, &d, &k));
+                if (!k) break;
+                size_t take = k == len ? k / 2 : k; /* the new frame: half */
+                tha_session_feed(b->s, d, take, 3);
+                CHECK_OK(tha_session_advance(a->s, take));
+                drain(b);
+                total += take;
+                if (take < k) break; /* partly sent: the newest frame */
+            }
+        }
+        tha_backlog_destroy(bl);
+        move_some(a, b, 4, SIZE_MAX);
+        move_some(b, a, 4, SIZE_MAX);
+        CHECK(count_ev(b, THA_EV_ERROR) == 0);
+        tha_heap_t *m = tha_session_take_heap(b->s);
+        CHECK(m != NULL);
+        if (m) {
+            struct emp *mb;
+            CHECK_OK(tha_root_get(m, "big", (void **)&mb));
+            CHECK(mb[n - 1].id == 2u * 1000003 + n - 1);
+            CHECK_OK(tha_heap_check(m));
+        }
+        end_free(a);
+        end_free(b);
+        tha_heap_destroy(m);
+        tha_heap_destroy(src);
+    }
+}
+
 int main(void) {
     RUN(test_backlog_owns_the_series);
     RUN(test_tick_before_start);
@@ -2141,6 +2209,7 @@ int main(void) {
     RUN(test_own_stall_is_not_peer_silence);
     RUN(test_clock_read_before_the_feed_is_not_silence);
     RUN(test_huge_heartbeat_period_still_times_out);
+    RUN(test_dropped_frame_outlives_backlog);
     RUN(test_attack_hot_outlives_backlog);
     RUN(test_attack_hot_random);
     RUN(test_attack_reserve_sizes);
