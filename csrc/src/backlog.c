@@ -25,13 +25,24 @@ int tha_backlog_create(tha_backlog_t **out, uint64_t max_bytes) {
 
 #define SPARE_MIN (1u << 20) /* smaller buffers are cheap to allocate anew */
 
+/* A frame can outlive its backlog in a session (dropped from the ring, or
+ * the hot buffer, while being sent): a destroyed backlog stays allocated
+ * until the last frame it owns is released (b->live counts them). */
 void tha__bframe_release(tha__bframe_t *f) {
     if (!f || --f->refs) return;
     tha_backlog_t *b = f->owner;
-    if (b && f->cap >= SPARE_MIN && (!b->spare || b->spare->cap < f->cap)) {
-        free(b->spare);
-        b->spare = f;
-        return;
+    if (b) {
+        b->live--;
+        if (b->destroyed) {
+            free(f);
+            if (!b->live) free(b);
+            return;
+        }
+        if (f->cap >= SPARE_MIN && (!b->spare || b->spare->cap < f->cap)) {
+            free(b->spare);
+            b->spare = f;
+            return;
+        }
     }
     free(f);
 }
@@ -51,6 +62,7 @@ static tha__bframe_t *bframe_alloc(tha_backlog_t *b, size_t len) {
     }
     f->refs = 1;
     f->owner = b;
+    b->live++;
     return f;
 }
 
@@ -66,6 +78,7 @@ static tha__bframe_t *hot_buffer(tha_backlog_t *b) {
         f->len = 0;
         f->refs = 1; /* the backlog's */
         f->owner = b;
+        b->live++;
         b->hot = f;
     }
     return b->hot;
@@ -77,18 +90,18 @@ void tha_backlog_destroy(tha_backlog_t *b) {
         b->heap->backlog = NULL;
         b->heap->backlog_ref = NULL;
     }
-    for (uint64_t i = 0; i < b->n; i++) {
-        tha__bframe_t *f = b->ring[(b->head + i) % b->cap];
-        f->owner = NULL; /* a session may still hold it; it frees it then */
-        tha__bframe_release(f);
-    }
-    if (b->hot) { /* a session may still send from it */
-        b->hot->owner = NULL;
-        tha__bframe_release(b->hot);
-    }
+    /* a session may still hold any of them (also ones the ring dropped
+     * earlier): it frees them when it lets go, and the last one frees b */
+    b->live++; /* this call's own hold: b outlives the releases below */
+    b->destroyed = 1;
+    for (uint64_t i = 0; i < b->n; i++) tha__bframe_release(b->ring[(b->head + i) % b->cap]);
+    if (b->hot) tha__bframe_release(b->hot);
     free(b->spare);
     free(b->ring);
-    free(b);
+    b->spare = b->hot = NULL;
+    b->ring = NULL;
+    b->n = 0;
+    if (--b->live == 0) free(b);
 }
 
 static void drop_oldest(tha_backlog_t *b) {

@@ -11,7 +11,8 @@ typedef struct tha__bframe {
     uint64_t seq, epoch;
     size_t len;
     size_t cap;         /* bytes allocated for data */
-    struct tha_backlog *owner; /* gets the buffer back as its spare */
+    struct tha_backlog *owner; /* gets the buffer back as its spare (counted
+                                  in its live) */
     uint8_t data[];     /* the delta frame */
 } tha__bframe_t;
 
@@ -30,6 +31,10 @@ struct tha_backlog {
                              cache, no page faults. The ring holds it only as
                              its newest frame, until tha_backlog_settle (or
                              the next encode) copies it out */
+    uint64_t live;        /* frames it owns with a reference (ring, hot, sent
+                             by sessions): a destroyed backlog is freed by
+                             the release of its last one */
+    int destroyed;
     tha_heap_t *heap;     /* the heap tha_backlog_encode makes frames of
                              (tha_heap.backlog points back); NULL until then */
 };

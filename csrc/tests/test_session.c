@@ -12,6 +12,7 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#include <sys/wait.h>
 
 struct dept;
 struct emp {
@@ -1586,6 +1587,606 @@ static void test_send_output_on_a_socket(void) {
     tha_heap_destroy(h);
 }
 
+/* ---- attack2: the hot buffer and the reserve ---------------------------- */
+
+/* Is any byte of [from, to) accessible? (a mapping with r, w or x listed
+ * in /proc/self/maps overlapping it) */
+static bool any_accessible(const uint8_t *from, const uint8_t *to) {
+    FILE *f = fopen("/proc/self/maps", "re");
+    CHECK(f != NULL);
+    if (!f) return true;
+    char line[512];
+    bool acc = false;
+    while (fgets(line, sizeof line, f)) {
+        unsigned long long lo, hi;
+        char perms[8];
+        if (sscanf(line, "%llx-%llx %7s", &lo, &hi, perms) != 3) continue;
+        if (hi <= (uintptr_t)from || lo >= (uintptr_t)to) continue;
+        if (perms[0] != '-' || perms[1] != '-' || perms[2] != '-') acc = true;
+    }
+    fclose(f);
+    return acc;
+}
+
+/* Every accepted mirror: sound, nothing past committed accessible, and
+ * usable: allocate past the image, free, check again. */
+static void mirror_usable(tha_heap_t *m) {
+    CHECK_OK(tha_heap_check(m));
+    tha_stats_t st;
+    CHECK_OK(tha_heap_stats(m, &st));
+    const uint8_t *base = tha_heap_base(m);
+    CHECK(!any_accessible(base + st.committed, base + st.capacity));
+    struct emp *more;
+    size_t n = (size_t)(st.capacity / 4 / sizeof *more);
+    if (n > 20000) n = 20000;
+    int arc = tha_heap_alloc(m, EMP, (uint32_t)n, (void **)&more);
+    if (arc) { fprintf(stderr, "alloc: %s\n", tha_heap_errmsg(m)); CHECK_OK(arc); return; }
+    memset(more, 0, n * sizeof *more);
+    more[n - 1].mgr = &more[0];
+    CHECK_OK(tha_heap_touch(m, more, 0));
+    CHECK_OK(tha_heap_check(m));
+    CHECK_OK(tha_heap_free(m, more));
+    CHECK_OK(tha_heap_check(m));
+    CHECK_OK(tha_heap_stats(m, &st));
+    CHECK(!any_accessible(base + st.committed, base + st.capacity));
+}
+
+/* Reserves of every awkward size against heaps of every awkward capacity. */
+static void test_attack_reserve_sizes(void) {
+    const size_t caps[] = {1u << 20, (1u << 20) + 1, (3u << 20) + 12345, 8u << 20};
+    const size_t sizes[] = {1, 4095, 4097, 65535, 65537, (1u << 20) - 1, (1u << 20) + 1,
+                            (2u << 20) + 4096, 9u << 20, 64u << 20};
+    for (size_t ci = 0; ci < sizeof caps / sizeof *caps; ci++) {
+        struct emp *es;
+        tha_heap_t *src = company_in(caps[ci], &es);
+        tha_backlog_t *bl;
+        CHECK_OK(tha_backlog_create(&bl, 0));
+        end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+        end_t *first = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+        tape_t tape = {0};
+        exchange(a, first, 1, SIZE_MAX, &tape);
+        sync_one(src, bl, a, THA_ACK_APPLIED);
+        exchange(a, first, 2, SIZE_MAX, &tape);
+        CHECK(last_ev(first, THA_EV_BULK_DONE) != NULL);
+        for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
+            for (int zc = 0; zc < 2; zc++) {
+                tha_reserve_t *r;
+                CHECK_OK(tha_reserve_create(&r, sizes[si]));
+                CHECK(tha_reserve_bytes(r) >= sizes[si]);
+                tha_session_config_t cfg = {.role = THA_ROLE_STANDBY, .node_id = 2,
+                                            .chunk_bytes = 4096, .reserve = r};
+                end_t *b = end_with(&cfg, NULL, NULL);
+                if (zc)
+                    CHECK_OK(feed_zero_copy(b, tape.data, tape.len, 777, 3, NULL, NULL, 0));
+                else
+                    CHECK_OK(tha_session_feed(b->s, tape.data, tape.len, 3));
+                drain(b);
+                CHECK(count_ev(b, THA_EV_ERROR) == 0 && last_ev(b, THA_EV_BULK_DONE));
+                CHECK(tha_reserve_bytes(r) == 0);
+                tha_heap_t *m = tha_session_take_heap(b->s);
+                end_free(b);
+                CHECK(m && mirrors(src, m));
+                if (m) mirror_usable(m);
+                tha_heap_destroy(m);
+                tha_reserve_destroy(r);
+            }
+        }
+        end_free(first);
+        end_free(a);
+        tha_backlog_destroy(bl);
+        tha_heap_destroy(src);
+        free(tape.data);
+    }
+}
+
+/* A bulk sync that fails midway after it took the reserve; then one that
+ * succeeds with a second session sharing a fresh reserve with a third. */
+static void test_attack_reserve_corrupt_and_shared(void) {
+    struct emp *es;
+    tha_heap_t *src = company_in(4u << 20, &es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+    end_t *first = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    tape_t tape = {0};
+    exchange(a, first, 1, SIZE_MAX, &tape);
+    sync_one(src, bl, a, THA_ACK_APPLIED);
+    exchange(a, first, 2, SIZE_MAX, &tape);
+    uint32_t plen;
+    size_t at = snap_data_at(tape.data, tape.len, 1, &plen);
+    uint8_t *bad = malloc(tape.len);
+    memcpy(bad, tape.data, tape.len);
+    bad[at + plen / 2] ^= 0x40;
+    tha_reserve_t *r;
+    CHECK_OK(tha_reserve_create(&r, 3u << 20));
+    tha_session_config_t cfg = {.role = THA_ROLE_STANDBY, .node_id = 2,
+                                .chunk_bytes = 4096, .reserve = r};
+    for (int zc = 0; zc < 2; zc++) {
+        end_t *b = end_with(&cfg, NULL, NULL);
+        if (zc) feed_zero_copy(b, bad, tape.len, 4096, 3, NULL, NULL, 0);
+        else tha_session_feed(b->s, bad, tape.len, 3);
+        drain(b);
+        CHECK(count_ev(b, THA_EV_ERROR) == 1 && state_of(b) == 4);
+        CHECK(tha_session_take_heap(b->s) == NULL);
+        end_free(b);
+    }
+    tha_reserve_destroy(r);
+    CHECK_OK(tha_reserve_create(&r, 3u << 20));
+    cfg.reserve = r;
+    end_t *b = end_with(&cfg, NULL, NULL), *c = end_with(&cfg, NULL, NULL);
+    CHECK_OK(tha_session_feed(b->s, tape.data, tape.len, 3));
+    CHECK_OK(tha_session_feed(c->s, tape.data, tape.len, 3));
+    drain(b);
+    drain(c);
+    CHECK(count_ev(b, THA_EV_ERROR) == 0 && count_ev(c, THA_EV_ERROR) == 0);
+    tha_heap_t *mb = tha_session_take_heap(b->s), *mc = tha_session_take_heap(c->s);
+    CHECK(mb && mc && mirrors(src, mb) && mirrors(src, mc));
+    if (mb) mirror_usable(mb);
+    if (mc) mirror_usable(mc);
+    tha_heap_destroy(mb);
+    tha_heap_destroy(mc);
+    end_free(b);
+    end_free(c);
+    tha_reserve_destroy(r);
+    free(bad);
+    end_free(first);
+    end_free(a);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(src);
+    free(tape.data);
+}
+
+/* One end over a socket until done() or 10 s: output out, input in. */
+static void pump_fd(end_t *e, int fd, bool (*done)(end_t *)) {
+    for (int spins = 0; spins < 200000 && !done(e) && state_of(e) != 4; spins++) {
+        size_t sent = 0;
+        if (tha_net_send_output(e->s, fd, 0, &sent)) break;
+        static uint8_t buf[1 << 16];
+        ssize_t n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) tha_session_feed(e->s, buf, (size_t)n, 3);
+        else if (n == 0) break;
+        else usleep(50);
+        drain(e);
+    }
+    drain(e);
+}
+
+static uint64_t want_seq;
+static bool active_done(end_t *e) { return want_seq && acked(e, THA_ACK_APPLIED) >= want_seq; }
+static bool is_streaming(end_t *e) { return state_of(e) == 3; }
+static bool standby_done(end_t *e) {
+    return last_ev(e, THA_EV_APPLIED) && last_ev(e, THA_EV_APPLIED)->seq >= 1;
+}
+
+/* Active in a child: a same-address heap at base with n staff, one delta. */
+static pid_t fork_active(int fd, void *base, int n) {
+    fflush(NULL);
+    pid_t pid = fork();
+    if (pid) return pid;
+    munmap(base, 4u << 20); /* the parent's mirror there, copied by fork */
+    tha_schema_t *s = make_schema();
+    tha_heap_t *src;
+    if (tha_heap_create_at(&src, s, 4u << 20, THA_TRACK_EXPLICIT, base)) _exit(2);
+    tha_schema_release(s);
+    struct emp *es;
+    if (tha_heap_alloc(src, EMP, (uint32_t)n, (void **)&es)) _exit(3);
+    for (int i = 0; i < n; i++) {
+        es[i].id = (uint32_t)(i + 1000 * n);
+        es[i].mgr = &es[i / 2];
+    }
+    tha_heap_touch(src, es, 0);
+    tha_root_set(src, "staff", es);
+    tha_backlog_t *bl;
+    tha_backlog_create(&bl, 0);
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+    want_seq = 0;
+    pump_fd(a, fd, is_streaming);
+    es[0].salary = 1.5;
+    tha_heap_touch(src, &es[0].salary, sizeof es[0].salary);
+    uint64_t seq;
+    size_t len;
+    if (tha_backlog_encode(bl, src, &seq, &len)) _exit(4);
+    tha_session_pump(a->s, THA_ACK_APPLIED);
+    want_seq = seq;
+    pump_fd(a, fd, active_done);
+    int rc = active_done(a) ? 0 : 5;
+    end_free(a);
+    tha_backlog_destroy(bl);
+    tha_heap_destroy(src);
+    _exit(rc);
+}
+
+/* A same-address active (in a child process): the standby's staging heap
+ * at the base takes the reserve; a second bulk sync into the same standby
+ * (its live heap holds the base) fills elsewhere with another reserve and
+ * the live heap takes the image in place. */
+static void test_attack_reserve_same_address(void) {
+    void *base = (void *)(uintptr_t)0x5a0000000000ull;
+    tha_schema_release(make_schema()); /* EMP */
+    tha_heap_t *m = NULL;
+    for (int round = 0; round < 2; round++) {
+        int sv[2];
+        CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0);
+        int n = round ? 300 : 5000;
+        pid_t pid = fork_active(sv[1], base, n);
+        close(sv[1]);
+        tha_reserve_t *r;
+        CHECK_OK(tha_reserve_create(&r, round ? 5u << 20 : 1u << 20));
+        tha_session_config_t cfg = {.role = THA_ROLE_STANDBY, .node_id = 2,
+                                    .chunk_bytes = 4096, .reserve = r};
+        end_t *b = end_with(&cfg, m, NULL);
+        pump_fd(b, sv[0], standby_done);
+        close(sv[0]);
+        int status;
+        CHECK(waitpid(pid, &status, 0) == pid);
+        CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+        for (int i = 0; i < b->nev; i++)
+            if (b->ev[i].type == THA_EV_ERROR) fprintf(stderr, "ev: %s\n", b->ev[i].msg);
+        CHECK(count_ev(b, THA_EV_ERROR) == 0 && last_ev(b, THA_EV_BULK_DONE));
+        CHECK(tha_reserve_bytes(r) == 0);
+        tha_heap_t *got = tha_session_take_heap(b->s);
+        CHECK(got && tha_heap_base(got) == base);
+        CHECK(!m || got == m);
+        m = got;
+        end_free(b);
+        tha_reserve_destroy(r);
+        if (!m) break;
+        struct emp *es;
+        CHECK_OK(tha_root_get(m, "staff", (void **)&es));
+        CHECK(es[n - 1].id == (uint32_t)(n - 1 + 1000 * n) && es[0].salary == 1.5);
+        mirror_usable(m);
+    }
+    tha_heap_destroy(m);
+}
+
+/* A heap with a "big" array: frames above FRAME_COPY_MAX go by reference. */
+static struct emp *add_big(tha_heap_t *h, uint32_t n) {
+    struct emp *big;
+    CHECK_OK(tha_heap_alloc(h, EMP, n, (void **)&big));
+    CHECK_OK(tha_root_set(h, "big", big));
+    return big;
+}
+
+static uint64_t rng_state = 88172645463325252ull;
+static uint64_t rnd(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* Moves up to n bytes of a's output into b. */
+static void move_some(end_t *from, end_t *to, uint64_t now, size_t n) {
+    while (n) {
+        const void *d;
+        size_t k;
+        if (tha_session_output(from->s, &d, &k) || !k) break;
+        if (k > n) k = n;
+        tha_session_feed(to->s, d, k, now);
+        CHECK_OK(tha_session_advance(from->s, k));
+        n -= k;
+        drain(to);
+    }
+    drain(from);
+}
+
+/* Random orders of encode / settle / partial sends / reconnects, frames
+ * small, by reference, and above 8 MiB, two standbys on one backlog; every
+ * standby ends as the source. */
+static void reconnect(end_t **pa, end_t **pb, tha_heap_t *src, tha_backlog_t *bl,
+                      const char *key, uint64_t *now) {
+    tha_heap_t *m = tha_session_take_heap((*pb)->s);
+    end_free(*pa);
+    end_free(*pb);
+    *pa = end_new(THA_ROLE_ACTIVE, key, src, bl);
+    *pb = end_new(THA_ROLE_STANDBY, key, m, NULL);
+    exchange(*pa, *pb, (*now)++, SIZE_MAX, NULL);
+    CHECK_OK(tha_session_pump((*pa)->s, THA_ACK_APPLIED));
+    exchange(*pa, *pb, (*now)++, SIZE_MAX, NULL);
+    if (m && tha_session_take_heap((*pb)->s) != m) tha_heap_destroy(m);
+    CHECK(state_of(*pb) == 3);
+}
+
+static void test_attack_hot_random(void) {
+    for (int variant = 0; variant < 3; variant++) {
+        struct emp *es;
+        tha_heap_t *src = company_in(32u << 20, &es);
+        uint32_t nbig = 120000; /* ~12 MiB of records */
+        struct emp *big = add_big(src, nbig);
+        tha_backlog_t *bl;
+        CHECK_OK(tha_backlog_create(&bl, variant == 0 ? 1 : variant == 1 ? (4u << 20) : 0));
+        const char *key = variant == 2 ? "k" : NULL;
+        end_t *a[2], *b[2];
+        uint64_t now = 1;
+        for (int k = 0; k < 2; k++) {
+            a[k] = end_new(THA_ROLE_ACTIVE, key, src, bl);
+            b[k] = end_new(THA_ROLE_STANDBY, key, NULL, NULL);
+            exchange(a[k], b[k], now++, SIZE_MAX, NULL);
+        }
+        uint64_t seq;
+        size_t len;
+        CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+        for (int k = 0; k < 2; k++) {
+            CHECK_OK(tha_session_pump(a[k]->s, THA_ACK_APPLIED));
+            exchange(a[k], b[k], now++, SIZE_MAX, NULL);
+            CHECK(state_of(b[k]) == 3);
+        }
+        int reconnects = 0, huge = 0, byref = 0;
+        for (int step = 0; step < 400; step++) {
+            int op = (int)(rnd() % 11), k = (int)(rnd() % 2);
+            if (op < 4) {
+                int kind = (int)(rnd() % 12);
+                uint32_t n = kind < 4 ? 3 : kind < 11 ? 1000 + (uint32_t)(rnd() % 60000)
+                                                      : nbig;
+                uint32_t from = (uint32_t)(rnd() % (nbig - n + 1));
+                for (uint32_t i = from; i < from + n; i++) big[i].id = (uint32_t)(step * 7 + i);
+                CHECK_OK(tha_heap_touch(src, &big[from], n * sizeof *big));
+                mutate(src, es, step);
+                CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+                huge += len > (8u << 20);
+                byref += len > (64u << 10);
+                for (int j = 0; j < 2; j++) {
+                    int rc = tha_session_pump(a[j]->s, THA_ACK_APPLIED);
+                    CHECK(rc == 0 || rc == THA_EFULL || rc == THA_ECLOSED);
+                }
+            } else if (op < 5) {
+                CHECK_OK(tha_backlog_settle(bl));
+            } else if (op < 8) {
+                move_some(a[k], b[k], now++, 1 + (size_t)(rnd() % 300000));
+                move_some(b[k], a[k], now++, SIZE_MAX);
+            } else if (op < 9) {
+                move_some(a[k], b[k], now++, 1 + (size_t)(rnd() % 30));
+            } else if (op < 10) {
+                exchange(a[k], b[k], now++, SIZE_MAX, NULL);
+            } else {
+                /* a reconnect mid-frame: the standby resumes or bulk syncs */
+                move_some(a[k], b[k], now++, 1 + (size_t)(rnd() % 100000));
+                reconnect(&a[k], &b[k], src, bl, key, &now);
+                reconnects++;
+            }
+            for (int j = 0; j < 2; j++) {
+                drain(a[j]);
+                drain(b[j]);
+                if (state_of(a[j]) == 4 || state_of(b[j]) == 4) {
+                    reconnect(&a[j], &b[j], src, bl, key, &now);
+                    reconnects++;
+                }
+            }
+        }
+        CHECK(huge > 0 && byref > 0);
+        for (int k = 0; k < 2; k++) {
+            exchange(a[k], b[k], now++, SIZE_MAX, NULL);
+            CHECK(count_ev(b[k], THA_EV_ERROR) == 0);
+            tha_heap_t *m = tha_session_take_heap(b[k]->s);
+            CHECK(m && mirrors(src, m));
+            if (m) {
+                void *rb, *mb;
+                CHECK_OK(tha_root_get(src, "big", &rb));
+                CHECK_OK(tha_root_get(m, "big", &mb));
+                int bad = 0;
+                for (uint32_t i = 0; i < nbig; i++)
+                    bad += ((struct emp *)rb)[i].id != ((struct emp *)mb)[i].id;
+                CHECK(bad == 0);
+                CHECK_OK(tha_heap_check(m));
+            }
+            end_free(a[k]);
+            end_free(b[k]);
+            tha_heap_destroy(m);
+        }
+        (void)reconnects;
+        tha_backlog_destroy(bl);
+        tha_heap_destroy(src);
+    }
+}
+
+/* The backlog destroyed while a session still sends the hot frame, partly
+ * sent; the session goes on sending it and the standby applies it. */
+static void test_attack_hot_outlives_backlog(void) {
+    struct emp *es;
+    tha_heap_t *src = company_in(8u << 20, &es);
+    struct emp *big = add_big(src, 4000);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, b, 1, SIZE_MAX, NULL);
+    uint64_t seq;
+    size_t len;
+    CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+    CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+    exchange(a, b, 2, SIZE_MAX, NULL);
+    for (int settle = 0; settle < 2; settle++) {
+        for (int i = 0; i < 4000; i++) big[i].id = (uint32_t)(i * 3 + settle);
+        CHECK_OK(tha_heap_touch(src, big, 0));
+        CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+        CHECK(len > (64u << 10));
+        CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+        move_some(a, b, 3, 20 + 1000);
+        if (settle) CHECK_OK(tha_backlog_settle(bl));
+        /* a failed encode right after (foreign pointer), then a good one */
+        static struct emp outside;
+        es[1].mgr = &outside;
+        CHECK_OK(tha_heap_touch(src, &es[1].mgr, sizeof es[1].mgr));
+        uint64_t s2;
+        size_t l2;
+        CHECK_RC(tha_backlog_encode(bl, src, &s2, &l2), THA_EFOREIGN);
+        es[1].mgr = &es[0];
+        CHECK_OK(tha_heap_touch(src, &es[1].mgr, sizeof es[1].mgr));
+        if (!settle) {
+            CHECK_OK(tha_backlog_encode(bl, src, &s2, &l2));
+            CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+            move_some(a, b, 3, 500);
+        }
+    }
+    /* the backlog goes; the session keeps what it queued */
+    tha_backlog_destroy(bl);
+    for (int spins = 0; spins < 1000; spins++) move_some(a, b, 4, 7777);
+    move_some(b, a, 4, SIZE_MAX);
+    CHECK(count_ev(b, THA_EV_ERROR) == 0);
+    tha_heap_t *m = tha_session_take_heap(b->s);
+    CHECK(m != NULL);
+    if (m) {
+        void *mb;
+        CHECK_OK(tha_root_get(m, "big", &mb));
+        struct emp *x = mb;
+        /* the last frame applied is the second encode's */
+        CHECK(x[3999].id == 3999u * 3 + 1);
+        CHECK_OK(tha_heap_check(m));
+    }
+    end_free(a);
+    end_free(b);
+    tha_heap_destroy(m);
+    tha_heap_destroy(src);
+}
+
+/* Snapshot copy of h into a fresh explicit heap. */
+static tha_heap_t *snap_copy(tha_heap_t *h) {
+    size_t n, len;
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_SNAPSHOT, &n));
+    void *f = malloc(n);
+    CHECK_OK(tha_heap_encode(h, THA_FRAME_SNAPSHOT, f, n, &len));
+    tha_stats_t st;
+    tha_heap_stats(h, &st);
+    tha_heap_t *m;
+    CHECK_OK(tha_heap_create(&m, (tha_schema_t *)tha_heap_schema(h), st.capacity,
+                             THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_apply(m, f, len));
+    free(f);
+    return m;
+}
+
+/* A mirror on reserve pages promoted: wp / diff tracking finds plain
+ * writes (no touch) on those pages, the allocated ones and the fresh ones
+ * past the image, and the next delta carries them. */
+static void test_attack_reserve_promoted_tracking(void) {
+    const int modes[] = {THA_TRACK_WP, THA_TRACK_DIFF, THA_TRACK_AUTO};
+    for (size_t mi = 0; mi < sizeof modes / sizeof *modes; mi++) {
+        struct emp *es;
+        tha_heap_t *src = company_in(8u << 20, &es);
+        add_big(src, 3000);
+        tha_backlog_t *bl;
+        CHECK_OK(tha_backlog_create(&bl, 0));
+        end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+        tha_reserve_t *r;
+        CHECK_OK(tha_reserve_create(&r, 6u << 20));
+        tha_session_config_t cfg = {.role = THA_ROLE_STANDBY, .node_id = 2,
+                                    .chunk_bytes = 4096, .reserve = r};
+        end_t *b = end_with(&cfg, NULL, NULL);
+        exchange(a, b, 1, SIZE_MAX, NULL);
+        sync_one(src, bl, a, THA_ACK_APPLIED);
+        exchange(a, b, 2, SIZE_MAX, NULL);
+        CHECK(tha_reserve_bytes(r) == 0);
+        tha_heap_t *m = tha_session_take_heap(b->s);
+        end_free(b);
+        end_free(a);
+        CHECK(m && mirrors(src, m));
+        if (!m) continue;
+        CHECK_OK(tha_heap_set_tracking(m, modes[mi]));
+        tha_heap_t *copy = snap_copy(m);
+        struct emp *mb, *fresh;
+        CHECK_OK(tha_root_get(m, "big", (void **)&mb));
+        CHECK_OK(tha_heap_alloc(m, EMP, 20000, (void **)&fresh)); /* past the image */
+        CHECK_OK(tha_root_set(m, "fresh", fresh));
+        for (int i = 0; i < 3000; i += 7) mb[i].id = 0xabc00000u + (uint32_t)i;
+        for (int i = 0; i < 20000; i += 5) fresh[i].id = 0xdef00000u + (uint32_t)i;
+        fresh[19999].mgr = &mb[5];
+        size_t n, len;
+        CHECK_OK(tha_heap_frame_size(m, THA_FRAME_DELTA, &n));
+        void *f = malloc(n);
+        CHECK_OK(tha_heap_encode(m, THA_FRAME_DELTA, f, n, &len));
+        CHECK_OK(tha_heap_apply(copy, f, len));
+        free(f);
+        struct emp *cb, *cf;
+        CHECK_OK(tha_root_get(copy, "big", (void **)&cb));
+        CHECK_OK(tha_root_get(copy, "fresh", (void **)&cf));
+        CHECK(cb && cf);
+        if (cb && cf) {
+            int bad = 0;
+            for (int i = 0; i < 3000; i++) bad += cb[i].id != mb[i].id;
+            for (int i = 0; i < 20000; i++) bad += cf[i].id != fresh[i].id;
+            CHECK(bad == 0);
+            if (bad) fprintf(stderr, "mode %d (%s): %d records differ\n", modes[mi],
+                             tha_heap_tracking_name(m), bad);
+            CHECK((uint8_t *)cf[19999].mgr - (uint8_t *)cb == 5 * (long)sizeof *cb);
+        }
+        CHECK_OK(tha_heap_check(copy));
+        CHECK_OK(tha_heap_check(m));
+        tha_heap_destroy(copy);
+        tha_heap_destroy(m);
+        tha_reserve_destroy(r);
+        tha_backlog_destroy(bl);
+        tha_heap_destroy(src);
+    }
+}
+
+/* A frame of 1 MiB or more the backlog dropped (max_bytes) while a session
+ * was still sending it: the session holds the last reference. The backlog
+ * destroyed, the session finishes sending it and releases it; the frame
+ * must not go back to the destroyed backlog as its spare. Frames in the
+ * hot buffer, settled copies and frames of their own (above 8 MiB). */
+static void test_dropped_frame_outlives_backlog(void) {
+    for (int huge = 0; huge < 2; huge++) {
+        struct emp *es;
+        tha_heap_t *src = company_in(32u << 20, &es);
+        uint32_t n = huge ? 100000 : 15000; /* ~9.6 MiB / ~1.4 MiB frames */
+        struct emp *big = add_big(src, n);
+        tha_backlog_t *bl;
+        CHECK_OK(tha_backlog_create(&bl, 1));
+        end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+        end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+        exchange(a, b, 1, SIZE_MAX, NULL);
+        uint64_t seq;
+        size_t len;
+        CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+        CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+        exchange(a, b, 2, SIZE_MAX, NULL);
+        CHECK(state_of(b) == 3);
+        /* three big frames, each partly sent before the next is encoded
+         * (so the session keeps them): the backlog (1 byte) drops each */
+        for (int round = 0; round < 3; round++) {
+            for (uint32_t i = 0; i < n; i++) big[i].id = (uint32_t)(round * 1000003 + i);
+            CHECK_OK(tha_heap_touch(src, big, 0));
+            CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
+            CHECK(len >= (1u << 20));
+            CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
+            if (round == 1) CHECK_OK(tha_backlog_settle(bl));
+            drain(a);
+            CHECK(state_of(a) == 3);
+            if (round == 2) break; /* the one before, partly sent, is dropped */
+            /* everything queued before, and the new frame's header and a
+             * part of it */
+            const void *d;
+            size_t k, total = 0;
+            for (;;) {
+                CHECK_OK(tha_session_output(a->s, &d, &k));
+                if (!k) break;
+                size_t take = k == len ? k / 2 : k; /* the new frame: half */
+                tha_session_feed(b->s, d, take, 3);
+                CHECK_OK(tha_session_advance(a->s, take));
+                drain(b);
+                total += take;
+                if (take < k) break; /* partly sent: the newest frame */
+            }
+        }
+        tha_backlog_destroy(bl);
+        move_some(a, b, 4, SIZE_MAX);
+        move_some(b, a, 4, SIZE_MAX);
+        CHECK(count_ev(b, THA_EV_ERROR) == 0);
+        tha_heap_t *m = tha_session_take_heap(b->s);
+        CHECK(m != NULL);
+        if (m) {
+            struct emp *mb;
+            CHECK_OK(tha_root_get(m, "big", (void **)&mb));
+            CHECK(mb[n - 1].id == 2u * 1000003 + n - 1);
+            CHECK_OK(tha_heap_check(m));
+        }
+        end_free(a);
+        end_free(b);
+        tha_heap_destroy(m);
+        tha_heap_destroy(src);
+    }
+}
+
 int main(void) {
     RUN(test_backlog_owns_the_series);
     RUN(test_tick_before_start);
@@ -1608,6 +2209,13 @@ int main(void) {
     RUN(test_own_stall_is_not_peer_silence);
     RUN(test_clock_read_before_the_feed_is_not_silence);
     RUN(test_huge_heartbeat_period_still_times_out);
+    RUN(test_dropped_frame_outlives_backlog);
+    RUN(test_attack_hot_outlives_backlog);
+    RUN(test_attack_hot_random);
+    RUN(test_attack_reserve_sizes);
+    RUN(test_attack_reserve_corrupt_and_shared);
+    RUN(test_attack_reserve_same_address);
+    RUN(test_attack_reserve_promoted_tracking);
     tha_heap_destroy(ref_mirror);
     tha_heap_destroy(ref_src);
     tha_backlog_destroy(ref_backlog);
