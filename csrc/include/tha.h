@@ -1004,7 +1004,8 @@ typedef struct tha_backlog tha_backlog_t;
 typedef struct tha_reserve tha_reserve_t;
 THA_API int tha_reserve_create(tha_reserve_t **out, size_t bytes);
 THA_API void tha_reserve_destroy(tha_reserve_t *r);
-/* The touched bytes it still holds: 0 once a bulk sync took them. */
+/* The touched bytes it still holds (bytes rounded up to 64 KiB): 0 once a
+ * bulk sync took them. */
 THA_API size_t tha_reserve_bytes(const tha_reserve_t *r);
 
 #define THA_PROTOCOL_VERSION 2

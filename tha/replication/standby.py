@@ -121,7 +121,7 @@ class Standby(_Node):
     active's image (``heap.stats()["top"]``) is what it needs; what is
     beyond the heap's capacity is given back when the sync takes it. One
     bulk sync takes it (also one that fails); ``status()["reserved"]`` is
-    what is left.
+    what is left (rounded up to 64 KiB).
 
     ``accept(epoch)`` — called (under the heap's lock) when an active has
     passed the handshake, with the epoch it replicates in; False closes the
