@@ -153,6 +153,9 @@ typedef struct tape {
     size_t len, cap;
 } tape_t;
 
+/* Set by make valgrind: scale down what memcheck would take minutes over. */
+static bool under_valgrind(void) { return getenv("THA_TEST_UNDER_VALGRIND") != NULL; }
+
 static end_t *end_with(const tha_session_config_t *cfg, tha_heap_t *heap,
                        tha_backlog_t *bl) {
     end_t *e = calloc(1, sizeof *e);
@@ -1801,6 +1804,9 @@ static pid_t fork_active(int fd, void *base, int n) {
  * (its live heap holds the base) fills elsewhere with another reserve and
  * the live heap takes the image in place. */
 static void test_attack_reserve_same_address(void) {
+    /* memcheck reports at the forked active's exit what it inherited from
+     * this process (the mirror of the round before) as lost */
+    if (under_valgrind()) return;
     void *base = (void *)(uintptr_t)0x5a0000000000ull;
     tha_schema_release(make_schema()); /* EMP */
     tha_heap_t *m = NULL;
@@ -1912,7 +1918,8 @@ static void test_attack_hot_random(void) {
             CHECK(state_of(b[k]) == 3);
         }
         int reconnects = 0, huge = 0, byref = 0;
-        for (int step = 0; step < 400; step++) {
+        /* memcheck runs this ~50x slower: fewer steps there (ASan runs all) */
+        for (int step = 0; step < (under_valgrind() ? 40 : 400); step++) {
             int op = (int)(rnd() % 11), k = (int)(rnd() % 2);
             if (op < 4) {
                 int kind = (int)(rnd() % 12);
@@ -1953,7 +1960,7 @@ static void test_attack_hot_random(void) {
                 }
             }
         }
-        CHECK(huge > 0 && byref > 0);
+        CHECK(under_valgrind() || (huge > 0 && byref > 0)); /* the paths it is for */
         for (int k = 0; k < 2; k++) {
             exchange(a[k], b[k], now++, SIZE_MAX, NULL);
             CHECK(count_ev(b[k], THA_EV_ERROR) == 0);
@@ -2061,6 +2068,8 @@ static tha_heap_t *snap_copy(tha_heap_t *h) {
 static void test_attack_reserve_promoted_tracking(void) {
     const int modes[] = {THA_TRACK_WP, THA_TRACK_DIFF, THA_TRACK_AUTO};
     for (size_t mi = 0; mi < sizeof modes / sizeof *modes; mi++) {
+        /* memcheck cannot run write protection (make valgrind) */
+        if (modes[mi] != THA_TRACK_DIFF && getenv("THA_TEST_NO_WP")) continue;
         struct emp *es;
         tha_heap_t *src = company_in(8u << 20, &es);
         add_big(src, 3000);
