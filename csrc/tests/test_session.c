@@ -1986,22 +1986,60 @@ static void test_attack_hot_random(void) {
     }
 }
 
+/* An active and a standby mirroring a heap of `cap` bytes with a root
+ * "big" of nbig records, through a backlog of max_bytes: bulk sync done,
+ * the first delta applied (the standby live). */
+typedef struct live_pair {
+    tha_heap_t *src;
+    struct emp *es, *big;
+    tha_backlog_t *bl;
+    end_t *a, *b;
+} live_pair_t;
+
+static void pair_start(live_pair_t *p, size_t cap, uint32_t nbig, uint64_t max_bytes) {
+    p->src = company_in(cap, &p->es);
+    p->big = add_big(p->src, nbig);
+    CHECK_OK(tha_backlog_create(&p->bl, max_bytes));
+    p->a = end_new(THA_ROLE_ACTIVE, NULL, p->src, p->bl);
+    p->b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(p->a, p->b, 1, SIZE_MAX, NULL);
+    uint64_t seq;
+    size_t len;
+    CHECK_OK(tha_backlog_encode(p->bl, p->src, &seq, &len));
+    CHECK_OK(tha_session_pump(p->a->s, THA_ACK_APPLIED));
+    exchange(p->a, p->b, 2, SIZE_MAX, NULL);
+}
+
+/* After the test destroyed the backlog and the standby got everything:
+ * no error, the mirror's big[at].id is want and the mirror is sound. */
+static void pair_finish(live_pair_t *p, uint32_t at, uint32_t want) {
+    move_some(p->b, p->a, 4, SIZE_MAX);
+    CHECK(count_ev(p->b, THA_EV_ERROR) == 0);
+    tha_heap_t *m = tha_session_take_heap(p->b->s);
+    CHECK(m != NULL);
+    if (m) {
+        struct emp *mb;
+        CHECK_OK(tha_root_get(m, "big", (void **)&mb));
+        CHECK(mb[at].id == want);
+        CHECK_OK(tha_heap_check(m));
+    }
+    end_free(p->a);
+    end_free(p->b);
+    tha_heap_destroy(m);
+    tha_heap_destroy(p->src);
+}
+
 /* The backlog destroyed while a session still sends the hot frame, partly
  * sent; the session goes on sending it and the standby applies it. */
 static void test_attack_hot_outlives_backlog(void) {
-    struct emp *es;
-    tha_heap_t *src = company_in(8u << 20, &es);
-    struct emp *big = add_big(src, 4000);
-    tha_backlog_t *bl;
-    CHECK_OK(tha_backlog_create(&bl, 0));
-    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
-    end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
-    exchange(a, b, 1, SIZE_MAX, NULL);
+    live_pair_t p;
+    pair_start(&p, 8u << 20, 4000, 0);
+    tha_heap_t *src = p.src;
+    struct emp *es = p.es, *big = p.big;
+    tha_backlog_t *bl = p.bl;
+    end_t *a = p.a, *b = p.b;
     uint64_t seq;
     size_t len;
-    CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
-    CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
-    exchange(a, b, 2, SIZE_MAX, NULL);
     for (int settle = 0; settle < 2; settle++) {
         for (int i = 0; i < 4000; i++) big[i].id = (uint32_t)(i * 3 + settle);
         CHECK_OK(tha_heap_touch(src, big, 0));
@@ -2028,22 +2066,7 @@ static void test_attack_hot_outlives_backlog(void) {
     /* the backlog goes; the session keeps what it queued */
     tha_backlog_destroy(bl);
     for (int spins = 0; spins < 1000; spins++) move_some(a, b, 4, 7777);
-    move_some(b, a, 4, SIZE_MAX);
-    CHECK(count_ev(b, THA_EV_ERROR) == 0);
-    tha_heap_t *m = tha_session_take_heap(b->s);
-    CHECK(m != NULL);
-    if (m) {
-        void *mb;
-        CHECK_OK(tha_root_get(m, "big", &mb));
-        struct emp *x = mb;
-        /* the last frame applied is the second encode's */
-        CHECK(x[3999].id == 3999u * 3 + 1);
-        CHECK_OK(tha_heap_check(m));
-    }
-    end_free(a);
-    end_free(b);
-    tha_heap_destroy(m);
-    tha_heap_destroy(src);
+    pair_finish(&p, 3999, 3999u * 3 + 1); /* the second encode's frame, last */
 }
 
 /* Snapshot copy of h into a fresh explicit heap. */
@@ -2135,20 +2158,15 @@ static void test_attack_reserve_promoted_tracking(void) {
  * hot buffer, settled copies and frames of their own (above 8 MiB). */
 static void test_dropped_frame_outlives_backlog(void) {
     for (int huge = 0; huge < 2; huge++) {
-        struct emp *es;
-        tha_heap_t *src = company_in(32u << 20, &es);
         uint32_t n = huge ? 100000 : 15000; /* ~9.6 MiB / ~1.4 MiB frames */
-        struct emp *big = add_big(src, n);
-        tha_backlog_t *bl;
-        CHECK_OK(tha_backlog_create(&bl, 1));
-        end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
-        end_t *b = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
-        exchange(a, b, 1, SIZE_MAX, NULL);
+        live_pair_t p;
+        pair_start(&p, 32u << 20, n, 1);
+        tha_heap_t *src = p.src;
+        struct emp *big = p.big;
+        tha_backlog_t *bl = p.bl;
+        end_t *a = p.a, *b = p.b;
         uint64_t seq;
         size_t len;
-        CHECK_OK(tha_backlog_encode(bl, src, &seq, &len));
-        CHECK_OK(tha_session_pump(a->s, THA_ACK_APPLIED));
-        exchange(a, b, 2, SIZE_MAX, NULL);
         CHECK(state_of(b) == 3);
         /* three big frames, each partly sent before the next is encoded
          * (so the session keeps them): the backlog (1 byte) drops each */
@@ -2179,20 +2197,7 @@ static void test_dropped_frame_outlives_backlog(void) {
         }
         tha_backlog_destroy(bl);
         move_some(a, b, 4, SIZE_MAX);
-        move_some(b, a, 4, SIZE_MAX);
-        CHECK(count_ev(b, THA_EV_ERROR) == 0);
-        tha_heap_t *m = tha_session_take_heap(b->s);
-        CHECK(m != NULL);
-        if (m) {
-            struct emp *mb;
-            CHECK_OK(tha_root_get(m, "big", (void **)&mb));
-            CHECK(mb[n - 1].id == 2u * 1000003 + n - 1);
-            CHECK_OK(tha_heap_check(m));
-        }
-        end_free(a);
-        end_free(b);
-        tha_heap_destroy(m);
-        tha_heap_destroy(src);
+        pair_finish(&p, n - 1, 2u * 1000003 + n - 1);
     }
 }
 
