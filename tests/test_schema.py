@@ -148,7 +148,7 @@ REFUSED = [
     ("struct w { int x; union { struct w *p; long i; }; };",
      ["struct w", "field p", "anonymous union"]),
     ("struct f { int n; int data[]; };", ["struct f", "data", "flexible array"]),
-    ("struct p { int x; struct p **pp; };", ["struct p", "pp", "pointer to"]),
+    ("struct p { int x; int (**fp)(int); };", ["struct p", "fp", "pointer to"]),
     ("struct o { int a; struct { int b; } in; };", ["struct o", "in", "anonymous"]),
     ("struct o { int a; struct { int b; }; };", ["struct o", "field b", "anonymous"]),
     ("struct l { int a; long double d; };", ["struct l", "alignment 16"]),

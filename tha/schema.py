@@ -435,17 +435,20 @@ class Schema:
             f.kind = lib.THA_K_FUNC
             f.sig = cstr(ftype.cname)
         elif ftype.kind == "pointer":
-            item = ftype.item
+            # struct emp **: a pointer to the implicit pointer type "emp*"
+            item, stars = ftype.item, ""
+            while item.kind == "pointer":
+                item, stars = item.item, stars + "*"
             f.kind = lib.THA_K_PTR
             if item.kind in ("struct", "union"):
-                f.target = cstr(self._tag(item, where))
+                f.target = cstr(self._tag(item, where) + stars)
             elif item.kind in ("primitive", "void", "enum"):
                 f.target = cstr(_PRIM_NAMES[_prim_id(self.ffi, item, where)]
-                                .replace("_Bool", "bool"))
+                                .replace("_Bool", "bool") + stars)
             else:
-                raise SchemaError(f"{where}: pointer to {item.cname} is not supported "
-                                  "(pointers may target structs, unions or "
-                                  "primitives)")
+                raise SchemaError(f"{where}: pointer to {ftype.item.cname} is not "
+                                  "supported (pointers may target structs, unions, "
+                                  "primitives and pointers to them)")
         else:
             f.kind = lib.THA_K_SCALAR
             f.prim = _prim_id(self.ffi, ftype, where)
@@ -466,11 +469,16 @@ class Schema:
         """Maps cffi ctypes to C type ids, and bound function addresses."""
         n = lib.tha_schema_type_count(self._c)
         info = _cffi.new("tha_type_info_t *")
+        kinds = _user_kinds(self._c)
         for tid in range(1, n):
             if lib.tha_schema_type_info(self._c, tid, info) != 0:
                 continue
             name = _cffi.string(info.name).decode()
-            if info.is_prim:
+            if name.endswith("*"):  # the implicit pointer type "emp*"
+                spelling = _pointer_spelling(name, kinds)
+                ctype = self.ffi.typeof(spelling)
+                self._names[ctype] = spelling
+            elif info.is_prim:
                 if tid == lib.THA_T_VOID:
                     continue
                 if tid == lib.THA_T_RAW:  # untyped bytes: seen as uint8_t
@@ -493,11 +501,7 @@ class Schema:
         c = self._c
         info = _cffi.new("tha_type_info_t *")
         f = _cffi.new("tha_field_t *")
-        kinds, decls = {}, []
-        for tid in range(lib.THA_T_FIRST_USER, lib.tha_schema_type_count(c)):
-            if lib.tha_schema_type_info(c, tid, info) == 0:
-                kinds[_cffi.string(info.name).decode()] = (
-                    "union" if info.is_union else "struct")
+        kinds, decls = _user_kinds(c), []
 
         def s(p) -> str:
             return _cffi.string(p).decode() if p != _cffi.NULL else ""
@@ -511,6 +515,8 @@ class Schema:
             if lib.tha_schema_type_info(c, tid, info) != 0:
                 continue
             name = s(info.name)
+            if name.endswith("*"):  # implicit: declared by the fields using it
+                continue
             lines, needs[name] = [], []
             for i in range(info.nfields):
                 check(lib.tha_schema_field_info(c, tid, i, f))
@@ -525,10 +531,9 @@ class Schema:
                     lines.append(f"{kinds[target]} {target} {fname}{dims};")
                     needs[name].append(target)
                 elif f.kind == lib.THA_K_PTR:
-                    base = (f"{kinds[target]} {target}" if target in kinds
-                            else target.replace("bool", "_Bool"))
                     tags = f" /* tha: tag_mask=0x{f.tag_mask:x} */" if f.tag_mask else ""
-                    lines.append(f"{base} *{fname}{dims};{tags}")
+                    lines.append(f"{_pointer_spelling(target + '*', kinds)}"
+                                 f"{fname}{dims};{tags}")
                 elif f.kind == lib.THA_K_FUNC:
                     sig = s(f.sig) or "void(*)(void)"
                     lines.append(sig.replace("(*)", f"(*{fname}{dims})", 1) + ";")
@@ -691,6 +696,28 @@ class Schema:
 
     def __repr__(self) -> str:
         return f"<tha.Schema {len(self.type_names())} types fp={self.fingerprint:016x}>"
+
+
+def _user_kinds(c) -> dict:
+    """'emp' -> 'struct', 'u' -> 'union' for the structs and unions of the
+    C schema c (not its implicit pointer types)."""
+    info = _cffi.new("tha_type_info_t *")
+    kinds = {}
+    for tid in range(lib.THA_T_FIRST_USER, lib.tha_schema_type_count(c)):
+        if lib.tha_schema_type_info(c, tid, info) == 0:
+            name = _cffi.string(info.name).decode()
+            if not name.endswith("*"):
+                kinds[name] = "union" if info.is_union else "struct"
+    return kinds
+
+
+def _pointer_spelling(name: str, kinds: dict) -> str:
+    """C for a pointer type's canonical name: 'emp**' -> 'struct emp **',
+    'bool*' -> '_Bool *'."""
+    base = name.rstrip("*")
+    stars = name[len(base):]
+    base = f"{kinds[base]} {base}" if base in kinds else base.replace("bool", "_Bool")
+    return f"{base} {stars}"
 
 
 def _check_c(c, rc: int) -> int:

@@ -100,6 +100,13 @@ static void schemas(void) {
     tha_schema_add_extern(s, "head", 16, NULL);
     tha_schema_add_extern(s, "literal", 6, NULL);
     put_schema("externs_tags", s);
+    /* pointers to pointers: the implicit pointer types "tab*" and "tab**" */
+    tha_schema_create(&s);
+    tha_schema_add_struct(s, "tab", 24, 8, 0, &a);
+    tha_schema_add_field(s, a, &(tha_field_t){.name = "slots", .kind = THA_K_PTR, .target = "tab *"});
+    tha_schema_add_field(s, a, &(tha_field_t){.name = "rows", .offset = 8, .kind = THA_K_PTR, .target = "tab **"});
+    tha_schema_add_field(s, a, &(tha_field_t){.name = "names", .offset = 16, .kind = THA_K_PTR, .target = "char *"});
+    put_schema("pointer_arrays", s);
 }
 
 static void seed(const char *name, uint8_t sel, const fz_tape_t *body) {

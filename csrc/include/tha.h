@@ -116,7 +116,7 @@ enum tha_prim {
 enum tha_kind {
     THA_K_SCALAR = 1, /* a primitive (or array of them) */
     THA_K_STRUCT,     /* a registered struct or union, by value */
-    THA_K_PTR,        /* pointer into the heap: to a struct, union or primitive */
+    THA_K_PTR,        /* pointer into the heap: to a struct, union, primitive or pointer */
     THA_K_FUNC,       /* function pointer, mirrored through the name registry */
     THA_K_BITS        /* bitfield: bits[0] = shift, bits[1] = width */
 };
@@ -174,7 +174,9 @@ typedef struct tha_field {
     uint32_t prim;                 /* THA_K_SCALAR/THA_K_BITS: enum tha_prim */
     const char *target;            /* THA_K_STRUCT: type name ("emp");
                                       THA_K_PTR: type name or primitive name
-                                      ("emp", "char", "void", "uint8_t").
+                                      ("emp", "char", "void", "uint8_t"), or
+                                      one followed by stars for a pointer to
+                                      pointers ("emp *": struct emp **).
                                       "struct emp"/"union u" and C spellings
                                       of primitives ("unsigned int", "_Bool",
                                       "long") are accepted and stored as the
@@ -334,7 +336,10 @@ static inline int tha__add_field(tha_schema_t *s, uint32_t id, const char *name,
 /* A primitive, or a 1-D array of them when n > 0 ("char name[32]"). */
 #define THA_FIELD_SCALAR(s, id, T, f, prim, n)                                \
     THA__FIELD(s, id, T, f, THA_K_SCALAR, (prim), NULL, (n))
-/* A pointer to type tgt ("emp", "char", "void"), or an array of n of them. */
+/* A pointer to type tgt ("emp", "char", "void"), or an array of n of them.
+ * tgt "emp *" (struct emp **: an array of pointers) targets the implicit
+ * pointer type "emp*", registered by this call; allocate one with the id
+ * tha_schema_type_by_name(s, "emp*", &id) gives after seal. */
 #define THA_FIELD_PTR(s, id, T, f, tgt, n)                                    \
     THA__FIELD(s, id, T, f, THA_K_PTR, 0, (tgt), (n))
 /* A pointer to tgt whose low bits mask (within 0x7) are tags. */

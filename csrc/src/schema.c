@@ -368,6 +368,87 @@ static const char *canonical_target(const char *name) {
     return name;
 }
 
+/* Pointer types. A pointer field may target a pointer ("struct emp **",
+ * "char **"): it then points at an array of pointer words, an allocation
+ * of the implicit pointer type named by its target's canonical name and
+ * its stars, no space ("emp*", "char*", "emp**"). That type is exactly one
+ * data pointer to the target one star less, in a field "ptr" at offset 0,
+ * 8 bytes; add_field registers it on first use (and the one it points to;
+ * a schema read from bytes carries its own) and seal refuses any type so named that is not exactly that shape, so a
+ * schema that says "emp*" means one thing wherever it was built. */
+
+/* name (spaces squeezed, keyword stripped) as a pointer type's canonical
+ * name in out: 1 if it names one, 0 if it has no star, -1 if it is no
+ * such name (a star before the end, nothing before the stars, too long). */
+static int pointer_name(const char *name, char *out, size_t cap) {
+    size_t n = strlen(name), stars = 0;
+    while (stars < n && name[n - 1 - stars] == '*')
+        stars++;
+    if (!stars)
+        return 0;
+    char base[THA_NAME_MAX];
+    size_t bn = n - stars;
+    if (bn == 0 || bn >= sizeof base || memchr(name, '*', bn))
+        return -1;
+    memcpy(base, name, bn);
+    base[bn] = 0;
+    int w = snprintf(out, cap, "%s%.*s", canonical_target(base), (int)stars, name + bn);
+    return w > 0 && (size_t)w < cap ? 1 : -1;
+}
+
+const char *tha__schema_canonical_name(const char *name, char *out, size_t cap,
+                                       int *keyword) {
+    char squeezed[THA__SIG_MAX];
+    if (strnlen(name, sizeof squeezed) >= sizeof squeezed)
+        return name;
+    squeeze_spaces(name, squeezed);
+    const char *bare = tha__schema_strip_keyword(squeezed, keyword);
+    int rc = pointer_name(bare, out, cap);
+    if (rc == 0)
+        snprintf(out, cap, "%s", canonical_target(bare));
+    else if (rc < 0)
+        snprintf(out, cap, "%s", bare);
+    return out;
+}
+
+static int add_struct(tha_schema_t *s, const char *name, size_t size, size_t align,
+                      int is_union, uint32_t *type_id);
+static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field);
+
+/* The implicit pointer type named name ("emp*"), registered if new (with
+ * the ones it points through). */
+static int ensure_pointer_type(tha_schema_t *s, const char *name) {
+    if (tha__schema_find_type(s, name))
+        return 0;
+    uint32_t id;
+    int rc = add_struct(s, name, sizeof(void *), _Alignof(void *), 0, &id);
+    if (rc)
+        return rc;
+    char inner[THA_NAME_MAX];
+    snprintf(inner, sizeof inner, "%.*s", (int)strlen(name) - 1, name);
+    tha_field_t f = {.name = "ptr", .offset = 0, .kind = THA_K_PTR, .target = inner};
+    return add_field(s, id, &f);
+}
+
+int tha__schema_pointer_shape(tha_schema_t *s, const tha__type_t *t) {
+    size_t n = strlen(t->name);
+    if (!t->is_ptr)
+        return 0;
+    const tha__field_t *f = t->nfields == 1 ? &t->fields[0] : NULL;
+    int ok = f && !t->is_union && t->size == 8 && t->align == 8 &&
+             strcmp(f->name, "ptr") == 0 && f->pub.offset == 0 &&
+             f->pub.kind == THA_K_PTR && f->pub.dims[0] == 0 && f->pub.tag_mask == 0 &&
+             strlen(f->target) == n - 1 && strncmp(f->target, t->name, n - 1) == 0;
+    if (ok)
+        return 0;
+    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                     "type %s: a name ending in '*' is the implicit pointer type, "
+                     "exactly one pointer to %.*s (a field 'ptr' at offset 0, 8 "
+                     "bytes); this one is not: name a pointer field's target "
+                     "'%.*s *' instead of registering it", t->name, (int)n - 1,
+                     t->name, (int)n - 1, t->name);
+}
+
 /* ---- registration ------------------------------------------------------- */
 
 /* Every add that fails is remembered (the first one's message), so that
@@ -385,9 +466,6 @@ void tha_schema_clear_add_error(tha_schema_t *s) {
     if (s) s->add_failed = 0;
 }
 
-static int add_struct(tha_schema_t *s, const char *name, size_t size, size_t align,
-                      int is_union, uint32_t *type_id);
-static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field);
 static int add_func(tha_schema_t *s, const char *name, void (*fn)(void));
 static int add_extern(tha_schema_t *s, const char *name, size_t size, const void *addr);
 
@@ -420,6 +498,12 @@ static int add_struct(tha_schema_t *s, const char *name, size_t size, size_t ali
     int rc = check_name(s, "type", name);
     if (rc)
         return rc;
+    char canon[THA_NAME_MAX];
+    if (strchr(name, '*') &&
+        (pointer_name(name, canon, sizeof canon) != 1 || strcmp(canon, name) != 0))
+        return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                         "type name '%s': a star may only end the name of a pointer "
+                         "type, after its target's canonical name ('emp*')", name);
     const char *kwd = is_union ? "union" : "struct";
     if (tha__schema_find_type(s, name))
         return tha__fail(s->err, sizeof s->err, THA_EINVAL,
@@ -453,6 +537,7 @@ static int add_struct(tha_schema_t *s, const char *name, size_t size, size_t ali
     snprintf(t->name, sizeof t->name, "%s", name);
     t->id = id;
     t->is_union = is_union ? 1 : 0;
+    t->is_ptr = strchr(name, '*') != NULL; /* a trailing run, checked above */
     t->defined = 1;
     t->size = size;
     t->align = align;
@@ -541,16 +626,38 @@ static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field
             return tha__fail(s->err, sizeof s->err, THA_EINVAL,
                              "%s %s field %s: %s field needs a target type",
                              tha__schema_kw(t), t->name, fname, tha__schema_kind_name(kind));
-        char squeezed[THA__SIG_MAX];
+        char squeezed[THA__SIG_MAX], ptr[THA_NAME_MAX];
+        int stars = 0;
         if (strnlen(tg, THA__SIG_MAX) < THA__SIG_MAX) {
             squeeze_spaces(tg, squeezed);
             tg = tha__schema_strip_keyword(squeezed, NULL);
-            if (kind == THA_K_PTR)
+            stars = pointer_name(tg, ptr, sizeof ptr);
+            if (stars > 0)
+                tg = ptr;
+            else if (kind == THA_K_PTR)
                 tg = canonical_target(tg);
         }
+        if (stars && kind == THA_K_STRUCT)
+            return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                             "%s %s field %s: holds '%s' by value: a field holding a "
+                             "pointer is a pointer field", tha__schema_kw(t), t->name,
+                             fname, field->target);
+        if (stars < 0)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: target '%s' is no type name (a pointer "
+                             "target is a type followed by stars: 'emp *')",
+                             tha__schema_kw(t), t->name, fname, field->target);
         rc = check_name(s, "target", tg);
         if (rc)
             return rc;
+        /* a byte form carries its pointer types (seal checks they are there
+         * and exact); registering them may grow s->types: t moves */
+        if (stars > 0 && !s->bulk) {
+            rc = ensure_pointer_type(s, tg);
+            if (rc)
+                return rc;
+            t = &s->types[ix];
+        }
         snprintf(nf.target, sizeof nf.target, "%.*s", THA_NAME_MAX - 1, tg); /* checked */
     }
     if (field->tag_mask) {

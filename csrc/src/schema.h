@@ -45,6 +45,7 @@ typedef struct tha__type {
     uint32_t id;                /* index in tha_schema.types */
     uint32_t is_union;
     uint32_t is_prim;
+    uint32_t is_ptr;            /* the implicit pointer type "emp*" (schema.c) */
     uint32_t defined;           /* 0: id reserved but never registered */
     uint64_t size, align;
     tha__field_t *fields;
@@ -105,7 +106,9 @@ struct tha_schema {
                                    NULL: find_type scans (no memory for it) */
     uint32_t nhash_cap;         /* power of two, > 2 x defined types */
     int bulk;                   /* deserializing: add_field skips its
-                                   per-field duplicate scan (deser sorts) */
+                                   per-field duplicate scan (deser sorts)
+                                   and registers no implicit pointer type
+                                   (the bytes carry theirs) */
     uint64_t max_type_bytes;    /* deserializing: a type larger than this is
                                    refused before anything is built (the
                                    capacity of the heap it comes with); 0: any */

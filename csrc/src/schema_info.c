@@ -189,9 +189,14 @@ int tha_schema_type_by_name(const tha_schema_t *s, const char *name,
     if (!s || !name)
         return THA_EINVAL;
     int keyword;
-    const char *bare = tha__schema_strip_keyword(name, &keyword);
-    const tha__type_t *t = tha__schema_find_type(s, bare);
-    if (!t || (keyword >= 0 && (t->is_prim || (int)t->is_union != keyword)))
+    char canon[THA_NAME_MAX];
+    const char *bare = tha__schema_canonical_name(name, canon, sizeof canon, &keyword);
+    const tha__type_t *t = tha__schema_find_type(s, bare), *base = t;
+    /* "struct emp *": the keyword is the base's */
+    for (size_t n = strlen(bare); base && n && bare[n - 1] == '*'; n--)
+        base = base->nfields ? &s->types[base->fields[0].target_id] : NULL;
+    if (!t || (keyword >= 0 &&
+               (!base || base->is_prim || (int)base->is_union != keyword)))
         return tha__fail(((tha_schema_t *)s)->err, sizeof s->err, THA_ENOTFOUND,
                          "no type named '%s'", name);
     if (id)

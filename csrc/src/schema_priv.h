@@ -18,7 +18,7 @@
 #define THA__SIG_MAX 128u             /* sig buffer, with the NUL */
 
 static inline const char *tha__schema_kw(const tha__type_t *t) {
-    return t->is_union ? "union" : "struct";
+    return t->is_union ? "union" : t->is_ptr ? "pointer type" : "struct";
 }
 
 /* ---- schema.c ------------------------------------------------------------ */
@@ -39,6 +39,15 @@ uint32_t tha__schema_resolve_id(const tha_schema_t *s, uint32_t id);
 uint32_t tha__schema_public_id(const tha_schema_t *s, const tha__type_t *t);
 /* "struct emp" -> "emp" (*keyword 0), "union u" -> "u" (1); else -1. */
 const char *tha__schema_strip_keyword(const char *name, int *keyword);
+/* name as the schema stores it, in out: spaces squeezed, struct/union
+ * stripped (*keyword as tha__schema_strip_keyword), a primitive's or a
+ * pointer type's canonical spelling ("unsigned int" -> "uint32_t",
+ * "struct emp **" -> "emp**"). */
+const char *tha__schema_canonical_name(const char *name, char *out, size_t cap,
+                                       int *keyword);
+/* 0 unless t's name ends in '*' and t is not exactly the implicit pointer
+ * type of that name (then an error in s->err). */
+int tha__schema_pointer_shape(tha_schema_t *s, const tha__type_t *t);
 /* Bytes of one element of a field, when known without other types. */
 uint64_t tha__field_elem_size(const tha__field_t *f);
 /* Rebuilds ext_by_addr from the externs (seal renumbered them). */

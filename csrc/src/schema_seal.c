@@ -570,6 +570,11 @@ int tha_schema_seal(tha_schema_t *s) {
         return tha__fail(s->err, sizeof s->err, THA_ESCHEMA, "not sealed: an earlier "
                          "add failed (%s): fix it and build the schema again",
                          s->add_err);
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
+        int rc = tha__schema_pointer_shape(s, &s->types[id]);
+        if (rc)
+            return rc;
+    }
     if (canonical_order(s))
         return THA_ENOMEM;
     for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++)

@@ -28,12 +28,12 @@ int tha_heap_set_debug(tha_heap_t *h, unsigned flags) {
     return 0;
 }
 
-/* "struct emp", "union u", "uint32_t", "void". */
+/* "struct emp", "union u", "uint32_t", "void", "emp*". */
 static void type_name(const tha_schema_t *s, uint32_t id, char *buf, size_t cap) {
     const tha__type_t *t = tha__schema_type(s, id);
     if (!t)
         snprintf(buf, cap, "type %u", id);
-    else if (t->is_prim)
+    else if (t->is_prim || t->is_ptr)
         snprintf(buf, cap, "%s", t->name);
     else
         snprintf(buf, cap, "%s %s", t->is_union ? "union" : "struct", t->name);
