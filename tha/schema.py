@@ -475,9 +475,11 @@ class Schema:
                 continue
             name = _cffi.string(info.name).decode()
             if name.endswith("*"):  # the implicit pointer type "emp*"
-                spelling = _pointer_spelling(name, kinds)
-                ctype = self.ffi.typeof(spelling)
-                self._names[ctype] = spelling
+                base = name.rstrip("*")
+                ctype = self._named(_pointer_spelling(base, kinds))
+                for _star in name[len(base):]:  # no parse for a schema type's
+                    ctype = self.pointer_type(ctype)
+                self._names[ctype] = _pointer_spelling(name, kinds)
             elif info.is_prim:
                 if tid == lib.THA_T_VOID:
                     continue
@@ -712,12 +714,12 @@ def _user_kinds(c) -> dict:
 
 
 def _pointer_spelling(name: str, kinds: dict) -> str:
-    """C for a pointer type's canonical name: 'emp**' -> 'struct emp **',
-    'bool*' -> '_Bool *'."""
+    """C for a (pointer) type's canonical name: 'emp**' -> 'struct emp **',
+    'bool*' -> '_Bool *', 'emp' -> 'struct emp'."""
     base = name.rstrip("*")
     stars = name[len(base):]
     base = f"{kinds[base]} {base}" if base in kinds else base.replace("bool", "_Bool")
-    return f"{base} {stars}"
+    return f"{base} {stars}" if stars else base
 
 
 def _check_c(c, rc: int) -> int:
