@@ -327,6 +327,7 @@ typedef struct tha_session_config {
     uint64_t max_message;
     uint64_t min_epoch;
     tha_reserve_t *reserve;
+    const tha_schema_t *bindings;
 } tha_session_config_t;
 
 enum tha_event_type {

@@ -110,7 +110,7 @@ class Heap:
             self.attach_log(log, fsync)
 
     @classmethod
-    def _adopt(cls, heap_c, lock, functions=None) -> "Heap":
+    def _adopt(cls, heap_c, lock, functions=None, externs=None) -> "Heap":
         """Wraps a C heap made elsewhere (a bulk sync); the wrapper owns it
         and uses ``lock``. Its schema comes from the heap itself. The heap is
         owned from the first line: if this raises (a schema this process
@@ -124,6 +124,8 @@ class Heap:
         schema = Schema.from_bytes(_cffi.buffer(buf, size[0])[:])
         for name, fn in (functions or {}).items():
             schema.bind(name, fn)
+        for name, target in (externs or {}).items():
+            schema.bind_extern(name, target[0] if isinstance(target, tuple) else target)
         heap = cls.__new__(cls)
         heap.schema = schema
         heap._lock = lock

@@ -200,7 +200,7 @@ def _extern_target(ffi: cffi.FFI, target, where: str) -> tuple:
         raise SchemaError(f"{where}: expected a cffi pointer or array, not {ctype.cname}")
     try:
         return addr, ffi.sizeof(ctype.item)
-    except (cffi.FFIError, TypeError, ValueError):
+    except (cffi.FFIError, TypeError, ValueError, _cffi.error):  # (the compiled ffi's own)
         return addr, None  # void *, an opaque struct
 
 
@@ -720,6 +720,39 @@ def _pointer_spelling(name: str, kinds: dict) -> str:
     stars = name[len(base):]
     base = f"{kinds[base]} {base}" if base in kinds else base.replace("bool", "_Bool")
     return f"{base} {stars}" if stars else base
+
+
+def c_bindings(functions: dict, externs: dict):
+    """A C schema holding only bindings, for tha_schema_bind_from: function
+    names to cffi function pointers (or int addresses), extern names to
+    what Schema.bind_extern takes (a sized cffi array or pointer) or to
+    ``(cdata_or_address, size)``. The caller keeps the cdata alive."""
+    out = _cffi.new("tha_schema_t **")
+    check(lib.tha_schema_create(out))
+    c = _cffi.gc(out[0], lib.tha_schema_release)
+    for name, fn in functions.items():
+        try:
+            addr = fn if isinstance(fn, int) else int(_cffi.cast("uintptr_t", fn))
+        except TypeError:
+            raise SchemaError(f"function '{name}': expected a cffi function pointer "
+                              f"or an int address, not {type(fn).__name__}") from None
+        _check_c(c, lib.tha_schema_add_func(c, name.encode(),
+                                            _cffi.cast("void(*)(void)", addr)))
+    for name, spec in externs.items():
+        where = f"extern '{name}'"
+        if isinstance(spec, tuple):
+            if len(spec) != 2 or not isinstance(spec[1], int):
+                raise SchemaError(f"{where}: expected (cdata_or_address, size), got "
+                                  f"{spec!r}")
+            addr, size = _extern_target(_cffi, spec[0], where)[0], spec[1]
+        else:
+            addr, size = _extern_target(_cffi, spec, where)
+            if size is None:
+                raise SchemaError(f"{where}: the size of {spec!r} is unknown: give "
+                                  "(cdata_or_address, size)")
+        _check_c(c, lib.tha_schema_add_extern(c, name.encode(), size,
+                                              _cffi.cast("void *", addr)))
+    return c
 
 
 def _check_c(c, rc: int) -> int:

@@ -241,6 +241,18 @@ THA_API int tha_schema_add_extern(tha_schema_t *s, const char *name, size_t size
 THA_API int tha_schema_bind_extern(tha_schema_t *s, const char *name, const void *addr);
 /* An extern for a variable (a static, a const char array), by its size. */
 #define THA_EXTERN(s, name, var) tha_schema_add_extern((s), (name), sizeof(var), &(var))
+/* Binds in dst, by name, every function and data extern that dst declares
+ * and src binds (src: any schema, sealed or not, e.g. one holding only
+ * this process's add_func / THA_EXTERN registrations; a standby binds the
+ * schema an active sends with it, tha_session_config_t.bindings). What src
+ * does not bind is left as it is. THA_EMISMATCH, naming it, if src gives
+ * an extern fewer bytes than dst declares (nothing bound then); THA_EINVAL
+ * if an address is bound twice (as tha_schema_bind_func / _extern). */
+THA_API int tha_schema_bind_from(tha_schema_t *dst, const tha_schema_t *src);
+/* 0 if every function and data extern s declares is bound in this
+ * process; else THA_ENOTFOUND naming the first that is not (a heap of s
+ * could not take a frame holding it). */
+THA_API int tha_schema_check_bound(tha_schema_t *s);
 /* Fails with THA_ESCHEMA, quoting the first failure, if any add_* failed:
  * an error a caller ignored would leave a field out (its bytes copied raw,
  * a pointer never rebased). A caller that handled the failure on purpose
@@ -1067,6 +1079,15 @@ typedef struct tha_session_config {
                                  pages (not owned; it must outlive the
                                  session, and sessions that share one are
                                  driven under one lock); NULL: fresh pages */
+    const tha_schema_t *bindings; /* standby: this process's functions and data
+                                 externs, bound by name (tha_schema_bind_from)
+                                 in the schema the active sends, which a bulk
+                                 sync's heap is made of (not owned; it must
+                                 outlive the session). NULL: those of the
+                                 standby's heap, if it has one. Either way an
+                                 active whose schema names a function or
+                                 extern left unbound is refused
+                                 (THA_EMISMATCH) before any state moves */
 } tha_session_config_t;
 
 /* The largest message a session accepts before the peer proved itself. */

@@ -1007,6 +1007,51 @@ int tha_schema_bind_extern(tha_schema_t *s, const char *name, const void *addr) 
     return rc;
 }
 
+int tha_schema_bind_from(tha_schema_t *dst, const tha_schema_t *src) {
+    if (!dst || !src)
+        return THA_EINVAL;
+    for (uint32_t i = 0; i < dst->nexterns; i++) { /* sizes first: all or nothing */
+        const tha__extern_t *e = find_extern(src, dst->externs[i].name);
+        if (e && e->addr && e->size < dst->externs[i].size)
+            return tha__fail(dst->err, sizeof dst->err, THA_EMISMATCH,
+                             "extern '%s' is %llu bytes in the schema; this process "
+                             "binds only %llu", e->name,
+                             (unsigned long long)dst->externs[i].size,
+                             (unsigned long long)e->size);
+    }
+    for (uint32_t i = 0; i < dst->nfuncs; i++) {
+        const tha__func_t *f = find_func(src, dst->funcs[i].name);
+        int rc = f && f->fn ? tha_schema_bind_func(dst, f->name, f->fn) : 0;
+        if (rc)
+            return rc;
+    }
+    for (uint32_t i = 0; i < dst->nexterns; i++) {
+        const tha__extern_t *e = find_extern(src, dst->externs[i].name);
+        int rc = e && e->addr ? tha_schema_bind_extern(dst, e->name, (const void *)e->addr)
+                              : 0;
+        if (rc)
+            return rc;
+    }
+    return 0;
+}
+
+int tha_schema_check_bound(tha_schema_t *s) {
+    if (!s)
+        return THA_EINVAL;
+    for (uint32_t i = 0; i < s->nfuncs; i++)
+        if (!s->funcs[i].fn)
+            return tha__fail(s->err, sizeof s->err, THA_ENOTFOUND,
+                             "function '%s' is declared but not bound in this process",
+                             s->funcs[i].name);
+    for (uint32_t i = 0; i < s->nexterns; i++)
+        if (!s->externs[i].addr)
+            return tha__fail(s->err, sizeof s->err, THA_ENOTFOUND,
+                             "data extern '%s' (%llu bytes) is declared but not bound "
+                             "in this process", s->externs[i].name,
+                             (unsigned long long)s->externs[i].size);
+    return 0;
+}
+
 int64_t tha__schema_extern_at(const tha_schema_t *s, uintptr_t a, uint64_t *off) {
     uint32_t lo = 0, hi = s->nbound; /* first one above a */
     while (lo < hi) {

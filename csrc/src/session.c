@@ -598,6 +598,26 @@ static int on_schema(tha_session_t *s, const uint8_t *p, size_t len) {
         tha_schema_release(theirs);
         return refuse(s, THA_EMISMATCH, 0, "schema mismatch (active vs standby): %s", why);
     }
+    /* Rule: a standby takes an active only if it can hold every word that
+     * active's heap may send. Function pointers and extern words resolve
+     * to this process's addresses, in the schema a bulk sync's heap is made
+     * of (this one) and in the live heap's: so both are bound here, and
+     * one left unbound refuses the active now, by name, instead of failing
+     * each bulk sync at its first such word and being sent it again. */
+    const tha_schema_t *mine = s->cfg.bindings ? s->cfg.bindings
+                               : s->heap ? s->heap->schema : NULL;
+    const char *unbound = NULL;
+    if ((mine && tha_schema_bind_from(theirs, mine)) || tha_schema_check_bound(theirs))
+        unbound = tha_schema_errmsg(theirs);
+    else if (s->heap && tha_schema_check_bound(s->heap->schema))
+        unbound = tha_schema_errmsg(s->heap->schema);
+    if (unbound) {
+        snprintf(why, sizeof why, "%s", unbound);
+        tha_schema_release(theirs);
+        return refuse(s, THA_EMISMATCH, 0, "the active's schema needs what this standby "
+                      "cannot resolve: %s (bind it: Standby(functions=, externs=), "
+                      "tha_session_config_t.bindings)", why);
+    }
     tha_schema_release(s->peer_schema);
     s->peer_schema = theirs;
     s->state = S_STREAMING; /* until the active starts a bulk sync */

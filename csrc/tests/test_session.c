@@ -1352,6 +1352,137 @@ static size_t resident_pages(const uint8_t *from, const uint8_t *to) {
  * for allocation like any, and the reserve is empty after. A standby on a
  * taken reserve gets fresh pages; a reserve larger than the heap gives
  * what fits. */
+/* ---- function pointers and extern words in a bulk sync ------------------ */
+
+struct hook {
+    void (*fn)(void);
+    const char *label; /* into the extern "labels" */
+    struct hook *next;
+};
+static void hook_a(void) {}
+static void hook_b(void) {}
+static const char labels[16] = "alpha\0beta";
+static char labels_here[16]; /* where the standby's process keeps its copy */
+
+/* The schema of struct hook; bind: the functions and the extern bound
+ * (bound_labels: to which array). */
+static tha_schema_t *hook_schema(int bind, const char *bound_labels, size_t labels_size) {
+    tha_schema_t *s;
+    uint32_t id;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct hook, "hook", &id));
+    CHECK_OK(THA_FIELD_FUNC(s, id, struct hook, fn, 0));
+    CHECK_OK(THA_FIELD_PTR(s, id, struct hook, label, "char", 0));
+    CHECK_OK(THA_FIELD_PTR(s, id, struct hook, next, "hook", 0));
+    CHECK_OK(tha_schema_add_func(s, "hook_a", bind ? hook_a : NULL));
+    CHECK_OK(tha_schema_add_func(s, "hook_b", bind ? hook_b : NULL));
+    CHECK_OK(tha_schema_add_extern(s, "labels", labels_size, bind ? bound_labels : NULL));
+    CHECK_OK(tha_schema_seal(s));
+    return s;
+}
+
+/* An active's heap of two hooks (both functions, both labels), and the
+ * tape of its handshake, bulk sync and one delta. */
+static tha_heap_t *hooks_heap(void) {
+    tha_schema_t *s = hook_schema(1, labels, sizeof labels);
+    tha_heap_t *h;
+    CHECK_OK(tha_heap_create(&h, s, 1 << 20, THA_TRACK_EXPLICIT));
+    tha_schema_release(s);
+    uint32_t id;
+    CHECK_OK(tha_schema_type_by_name(tha_heap_schema(h), "hook", &id));
+    struct hook *k;
+    CHECK_OK(tha_heap_alloc(h, id, 2, (void **)&k));
+    k[0] = (struct hook){hook_a, labels, &k[1]};
+    k[1] = (struct hook){hook_b, labels + 6, NULL};
+    CHECK_OK(tha_root_set(h, "hooks", k));
+    return h;
+}
+
+static void test_bulk_sync_binds_functions_and_externs(void) {
+    memcpy(labels_here, labels, sizeof labels);
+    tha_schema_t *none = hook_schema(0, NULL, sizeof labels);
+    tha_schema_t *here = hook_schema(1, labels_here, sizeof labels);
+    tha_schema_t *fns_only;
+    CHECK_OK(tha_schema_create(&fns_only)); /* a registry, never sealed */
+    CHECK_OK(tha_schema_add_func(fns_only, "hook_a", hook_a));
+    CHECK_OK(tha_schema_add_func(fns_only, "hook_b", hook_b));
+    tha_schema_t *wrong_size;
+    CHECK_OK(tha_schema_create(&wrong_size));
+    CHECK_OK(tha_schema_add_func(wrong_size, "hook_a", hook_a));
+    CHECK_OK(tha_schema_add_func(wrong_size, "hook_b", hook_b));
+    CHECK_OK(tha_schema_add_extern(wrong_size, "labels", 8, labels_here));
+    tha_heap_t *empty_unbound, *empty_bound;
+    CHECK_OK(tha_heap_create(&empty_unbound, none, 1 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&empty_bound, here, 1 << 20, THA_TRACK_EXPLICIT));
+    const struct {
+        const tha_schema_t *bindings;
+        tha_heap_t *heap;
+        const char *refused; /* NULL: mirrored */
+    } cases[] = {
+        {here, NULL, NULL},           /* a heapless standby with bindings */
+        {NULL, empty_bound, NULL},    /* its own (fresh) heap's bindings */
+        {NULL, NULL, "hook_a"},       /* nothing bound */
+        {fns_only, NULL, "labels"},   /* the extern missing */
+        {wrong_size, NULL, "binds only 8"},/* too small */
+        {NULL, empty_unbound, "hook_a"},
+        {here, empty_unbound, "hook_a"}, /* deltas would reach that heap */
+    };
+    for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+        tha_heap_t *src = hooks_heap();
+        tha_backlog_t *bl;
+        CHECK_OK(tha_backlog_create(&bl, 0));
+        end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+        tha_session_config_t cfg = {.role = THA_ROLE_STANDBY, .node_id = 2,
+                                    .bindings = cases[c].bindings};
+        end_t *b = end_with(&cfg, cases[c].heap, NULL);
+        tha_heap_t *mirror = NULL; /* the bulk sync's heap, taken */
+        exchange(a, b, 1, SIZE_MAX, NULL);
+        sync_one(src, bl, cases[c].refused ? NULL : a, THA_ACK_APPLIED); /* closed */
+        exchange(a, b, 2, SIZE_MAX, NULL);
+        drain(a);
+        drain(b);
+        if (cases[c].refused) {
+            /* refused at the handshake, by name: no bulk sync began */
+            const tha_event_t *r = last_ev(a, THA_EV_REFUSED);
+            CHECK(r != NULL && r->code == THA_EMISMATCH);
+            CHECK(r && strstr(r->msg, cases[c].refused) != NULL);
+            CHECK(count_ev(b, THA_EV_BULK_BEGIN) == 0 && count_ev(b, THA_EV_READY) == 0);
+        } else {
+            CHECK(count_ev(b, THA_EV_ERROR) == 0 && last_ev(b, THA_EV_BULK_DONE) != NULL);
+            tha_heap_t *m = tha_session_take_heap(b->s);
+            CHECK_OK(tha_heap_check(m));
+            struct hook *k;
+            CHECK_OK(tha_root_get(m, "hooks", (void **)&k));
+            CHECK(k[0].fn == hook_a && k[1].fn == hook_b && k[0].next == &k[1]);
+            CHECK(k[0].label == labels_here && strcmp(k[1].label, "beta") == 0 &&
+                  k[1].label == labels_here + 6);
+            /* and deltas after it */
+            struct hook *sk;
+            CHECK_OK(tha_root_get(src, "hooks", (void **)&sk));
+            sk[1].fn = hook_a;
+            CHECK_OK(tha_heap_touch(src, &sk[1], sizeof sk[1]));
+            sync_one(src, bl, a, THA_ACK_APPLIED);
+            exchange(a, b, 3, SIZE_MAX, NULL);
+            drain(b);
+            CHECK(count_ev(b, THA_EV_ERROR) == 0);
+            CHECK_OK(tha_root_get(m, "hooks", (void **)&k));
+            CHECK(k[1].fn == hook_a);
+            mirror = m;
+        }
+        end_free(b);
+        tha_heap_destroy(mirror);
+        end_free(a);
+        tha_backlog_destroy(bl);
+        tha_heap_destroy(src);
+    }
+    tha_heap_destroy(empty_unbound);
+    tha_heap_destroy(empty_bound);
+    tha_schema_release(none);
+    tha_schema_release(here);
+    tha_schema_release(fns_only);
+    tha_schema_release(wrong_size);
+}
+
 static void test_bulk_into_reserve(void) {
     tha_reserve_t *r = NULL;
     CHECK(tha_reserve_create(&r, 0) == THA_EINVAL && r == NULL);
@@ -2208,6 +2339,7 @@ int main(void) {
     RUN(test_every_split);
     RUN(test_bulk_in_place);
     RUN(test_bulk_into_reserve);
+    RUN(test_bulk_sync_binds_functions_and_externs);
     RUN(test_backlog_frames_stay_as_encoded);
     RUN(test_partly_sent_frame_does_not_hide_a_lagging_standby);
     RUN(test_send_output_on_a_socket);

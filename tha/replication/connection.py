@@ -102,6 +102,9 @@ class _Conn:
         min_epoch = getattr(node, "min_epoch", None)
         if role == lib.THA_ROLE_STANDBY and min_epoch is not None:
             cfg.min_epoch = int(min_epoch())  # older actives fenced at HELLO
+        bindings = getattr(node, "_bindings", None)
+        if role == lib.THA_ROLE_STANDBY and bindings is not None:
+            cfg.bindings = bindings  # node keeps it (and its cdata) alive
         reserve = getattr(node, "_reserve", None)
         if role == lib.THA_ROLE_STANDBY and reserve is not None:
             cfg.reserve = reserve  # node keeps it alive while its sessions live

@@ -16,6 +16,7 @@ from .._ffi import ffi as _cffi, lib
 from ..durability import parse_fsync
 from ..errors import CapacityError, Error, InvalidArgument, OSFailure, check
 from ..heap import Heap, PathLike, _TRACKING
+from ..schema import c_bindings
 from ..schema import warm_parser
 from .connection import (Address, _Conn, _Node, _os_reason, _TlsPending, log,
                          parse_address)
@@ -87,6 +88,15 @@ class Standby(_Node):
     standby keeps its previous live state (a delta already applied stays
     applied: the active learns of it when it reconnects).
 
+    ``functions`` and ``externs`` — this process's function pointers and
+    data externs by name (as ``tha.Schema`` takes them), bound in the
+    schema the active sends before a bulk sync's heap is made of it, so a
+    standby without a heap mirrors function pointer slots and pointers into
+    externs. Without them a standby given ``heap`` uses that heap's
+    bindings. An active whose schema names a function or extern this
+    standby leaves unbound is refused at the handshake, by name
+    (``SchemaMismatch`` from its ``sync()``), before any state moves.
+
     ``tracking`` — how the heap finds changes once this standby is promoted
     ("auto", "wp", "diff", "explicit", as for ``tha.Heap``; default "auto":
     plain writes by the application that carries on are replicated). While
@@ -141,7 +151,7 @@ class Standby(_Node):
                  heap: Heap | None = None, promote_after: float | None = None,
                  heartbeat: float = 0.2, timeout: float = 2.0,
                  ssl_context: ssl.SSLContext | None = None,
-                 functions: dict | None = None,
+                 functions: dict | None = None, externs: dict | None = None,
                  on_applied: Callable[[int, int, bool], None] | None = None,
                  save: PathLike | None = None, log: PathLike | None = None,
                  fsync: str = "always",
@@ -169,6 +179,12 @@ class Standby(_Node):
         self.fsync = fsync
         self.save_every = save_every
         self.functions = functions or {}
+        self.externs = externs or {}
+        # what the active's schema is bound with before a bulk sync's heap
+        # is made of it (tha_session_config_t.bindings): the cdata stay in
+        # self.functions / self.externs
+        self._bindings = (c_bindings(self.functions, self.externs)
+                          if self.functions or self.externs else None)
         self.load_report = None   # a tha.LoadReport when resumed from disk
         self.bulk_syncs = 0       # bulk syncs begun (SNAP_BEGIN received)
         self._last_save = time.monotonic()
@@ -413,7 +429,7 @@ class Standby(_Node):
             # holds, which took the image in place (its C log was detached)
             new = old
         else:
-            new = Heap._adopt(heap_c, self._lock, self.functions)
+            new = Heap._adopt(heap_c, self._lock, self.functions, self.externs)
         conn.keep = new  # the session points at it until it is destroyed
         detached = False
         try:
@@ -495,7 +511,7 @@ class Standby(_Node):
                                     and os.path.exists(self.log_path)) else None
         # a mirror tracks nothing itself; promote() switches to self.tracking
         heap = Heap.load(self.save, log=use_log, functions=self.functions,
-                         tracking="explicit")
+                         externs=self.externs, tracking="explicit")
         self.load_report = heap.load_report
         log.info("standby: resuming from %s: %s", self.save, heap.load_report)
         if self.log_path is not None:

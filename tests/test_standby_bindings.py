@@ -1,0 +1,96 @@
+"""A standby binds the functions and data externs the active's heap points
+at before its bulk sync's heap is made (Standby(functions=, externs=), or
+the bindings of the heap it was given); one left unbound refuses the
+active at the handshake, by name, before any image is sent: before, each
+bulk sync failed at its first function pointer and was sent again, over
+and over, while the active's sync() only said "not connected"."""
+
+import cffi
+import pytest
+
+import tha
+from tha.replication import Active, Standby
+
+FFI = cffi.FFI()
+FFI.cdef("int abs(int); long labs(long);")
+LIBC = FFI.dlopen(None)
+CDEF = """
+struct ops { int (*f)(int); long (*g)(long); char *label; struct ops *next; };
+"""
+LABELS = FFI.new("char[16]", b"alpha\0beta")   # the active's extern
+HERE = FFI.new("char[16]", b"alpha\0beta")     # the standby's own copy
+SMALL = FFI.new("char[8]")
+FUNCS = {"abs": LIBC.abs, "labs": LIBC.labs}
+
+
+def active_heap(externs=True):
+    schema = tha.Schema(CDEF, functions=FUNCS,
+                        externs={"labels": LABELS} if externs else None)
+    heap = tha.Heap(schema, capacity=1 << 20, tracking="explicit")
+    o = heap.new("struct ops", count=2)
+    o[0].f, o[0].g, o[0].next = LIBC.abs, LIBC.labs, o + 1
+    o[1].f = LIBC.abs
+    if externs:
+        o[0].label, o[1].label = LABELS, LABELS + 6
+    heap.roots["ops"] = o
+    return heap
+
+
+def check_mirror(sb, externs=True):
+    """The bulk-synced mirror calls the standby's functions and points into
+    its own copy of the extern."""
+    with sb.cond:
+        o = sb.heap.roots["ops"]
+        assert o[0].f(-5) == 5 and o[0].g(-7) == 7 and o[0].next.f(-2) == 2
+        if externs:
+            assert o[0].label == HERE and o[1].label == HERE + 6
+            assert FFI.string(o[1].label) == b"beta"
+        sb.heap.check()
+        return o
+
+
+def test_heapless_standby_binds_functions_and_externs():
+    heap = active_heap()
+    with Standby(functions=FUNCS, externs={"labels": HERE}) as sb, \
+            Active(heap, [sb.address]) as act:
+        act.sync(ack="applied")
+        check_mirror(sb)
+        o = heap.roots["ops"]
+        o[1].g, o[1].label = LIBC.labs, LABELS + 1  # a delta of both kinds
+        heap.touch(o + 1)
+        act.sync(ack="applied")
+        with sb.cond:
+            m = sb.heap.roots["ops"]
+            assert m[1].g(-3) == 3 and m[1].label == HERE + 1
+            assert sb.heap.dump()["objects"][0]["value"][0]["f"] == "abs"
+
+
+def test_a_standby_heap_lends_its_bindings_to_the_bulk_sync():
+    mine = tha.Heap(tha.Schema(CDEF, functions=FUNCS), capacity=1 << 20)
+    heap = active_heap(externs=False)  # another lineage: a bulk sync
+    with Standby(heap=mine) as sb, Active(heap, [sb.address]) as act:
+        act.sync(ack="applied")
+        check_mirror(sb, externs=False)
+        assert sb.bulk_syncs == 1
+
+
+@pytest.mark.parametrize("functions,externs,named", [
+    (None, None, "function 'abs'"),
+    ({"abs": LIBC.abs}, {"labels": HERE}, "function 'labs'"),
+    (FUNCS, None, "extern 'labels'"),
+    (FUNCS, {"labels": SMALL}, "binds only 8"),
+])
+def test_unbound_names_refuse_the_active_before_any_image(functions, externs, named):
+    heap = active_heap()
+    with Standby(functions=functions, externs=externs) as sb, \
+            Active(heap, [sb.address]) as act:
+        with pytest.raises(tha.SchemaMismatch, match=named):
+            act.sync(ack="applied", timeout=5)
+        assert sb.heap is None and sb.bulk_syncs == 0
+
+
+def test_bad_bindings_are_refused_at_start():
+    with pytest.raises(tha.SchemaError, match="function 'abs'"):
+        Standby(functions={"abs": "not a function"})
+    with pytest.raises(tha.SchemaError, match="size"):
+        Standby(externs={"labels": FFI.cast("void *", HERE)})
