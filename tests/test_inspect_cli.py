@@ -253,3 +253,31 @@ def test_progress_on_a_terminal_only(tmp_path):
     r = subprocess.run([sys.executable, "-m", "tha", "verify", str(tmp_path / "s.tha")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "\r" not in r.stderr and "%" not in r.stderr, r
+
+
+@pytest.mark.parametrize("kind", ["checkpoint", "snapshot"])
+def test_files_with_extern_words_open(capsys, tmp_path, kind):
+    """A heap pointing into data externs opens without the program: each
+    extern is bound to a zeroed placeholder of its size, and the pointers
+    show as the extern's name and offset."""
+    ffi = tha.Schema("struct x { int a; };").ffi
+    head = ffi.new("char[16]", b"alpha\0beta")
+    s = tha.Schema("struct tag { char *label; struct tag *next; };",
+                   externs={"labels": head})
+    h = tha.Heap(s, capacity=1 << 20)
+    t = h.new("struct tag", count=2)
+    t[0].label, t[0].next, t[1].label = head, t + 1, head + 6
+    h.roots["tags"] = t
+    path = tmp_path / "ext.tha"
+    if kind == "checkpoint":
+        h.checkpoint(path)
+    else:
+        path.write_bytes(h.snapshot())
+    rc, out, err = cli(capsys, "inspect", "--objects", str(path))
+    assert rc == 0, err
+    assert "label = -> &labels+0 (data extern)" in out
+    assert "label = -> &labels+6 (data extern)" in out
+    assert "next = -> struct tag @" in out
+    for cmd in ("leaks", "verify"):
+        rc, out, err = cli(capsys, cmd, str(path))
+        assert rc == 0, (cmd, out, err)

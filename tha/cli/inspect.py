@@ -6,6 +6,9 @@ FILE is a checkpoint written by ``heap.checkpoint(path)`` (loaded with
 (``heap.snapshot()`` bytes written to a file; recognised by the frame magic
 ``THAF``). Function pointers are shown by name: each name the schema
 declares is bound to a placeholder address in this process, never called.
+Likewise each data extern is bound to a zeroed placeholder of its declared
+size, so pointers into it show as the extern's name and offset (the
+extern's own bytes live in the program, not in the file).
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from ..durability import file_schema
 from ..errors import Error, check
 from ..heap import Heap
 from ..reach import describe, field_path, first_dangling
-from ..schema import Schema, _functions_declared
+from ..schema import Schema, _externs_declared, _functions_declared
 from .console import terminal_progress
 
 FRAME_MAGIC = b"THAF"
@@ -42,12 +45,15 @@ class Opened:
 
 
 def _placeholders(schema: Schema) -> tuple:
-    """{name: address} binding every declared function to a distinct byte of
-    a buffer that is never executed, and the buffer (keep it alive)."""
+    """({name: address} binding every declared function to a distinct byte
+    of a buffer that is never executed, {name: zeroed buffer of its size}
+    for every declared data extern); the buffers stay alive with them."""
     names = sorted(_functions_declared(schema._c))
     buf = _cffi.new("char[]", max(1, len(names)))
     base = int(_cffi.cast("uintptr_t", buf))
-    return {n: base + i for i, n in enumerate(names)}, buf
+    externs = {n: _cffi.new("char[]", size)
+               for n, (size, _addr) in _externs_declared(schema._c).items()}
+    return {n: base + i for i, n in enumerate(names)}, externs, buf
 
 
 def open_file(path: str, log: str | None = None, progress=None) -> Opened:
@@ -73,8 +79,8 @@ def open_file(path: str, log: str | None = None, progress=None) -> Opened:
         out = _cffi.new("tha_schema_t **")
         check(lib.tha_frame_schema(buf, len(buf), out, msg, 256), lambda: msg)
         schema = Schema("", _c=_cffi.gc(out[0], lib.tha_schema_release))
-        funcs, keep = _placeholders(schema)
-        heap = Heap.from_snapshot(frame, functions=funcs)
+        funcs, externs, keep = _placeholders(schema)
+        heap = Heap.from_snapshot(frame, functions=funcs, externs=externs)
         heap._inspect_keep = keep
         info = {k: getattr(fi, k) for k in ("seq", "epoch", "lineage", "fingerprint",
                                             "capacity", "top")}
@@ -82,8 +88,9 @@ def open_file(path: str, log: str | None = None, progress=None) -> Opened:
     if not hasattr(Heap, "load"):
         raise Error(f"{path}: not a snapshot frame (no THAF magic), and this "
                     "build cannot read checkpoint files")
-    funcs, keep = _placeholders(file_schema(path))
-    heap = Heap.load(path, log=log, functions=funcs, check=False, progress=progress)
+    funcs, externs, keep = _placeholders(file_schema(path))
+    heap = Heap.load(path, log=log, functions=funcs, externs=externs, check=False,
+                     progress=progress)
     heap._inspect_keep = keep
     st = heap.stats()
     info = {"seq": st["seq"], "epoch": st["epoch"], "lineage": st["lineage"],
@@ -121,9 +128,12 @@ class View:
 
     def target(self, off: int | None, roots: bool = True) -> str:
         """'NULL', 'struct emp @0x4008', 'struct emp @0x4008[3].salary',
-        '... (root boss)', or '0x1234 (not a live allocation)'."""
+        '... (root boss)', '&labels+6 (data extern)' (dump() names a
+        pointer into an extern so), or '0x1234 (not a live allocation)'."""
         if off is None:
             return "NULL"
+        if isinstance(off, str):
+            return f"{off} (data extern)"
         own = self.owner(off)
         if own is None:
             return f"0x{off:x} (not a live allocation)"
