@@ -736,7 +736,7 @@ int tha_heap_free(tha_heap_t *h, void *ptr) {
                         (unsigned long long)off, root, now);
     }
     for (const char *root; (root = rooted(h, off, bytes));) {
-        void *now;
+        void *now = NULL;
         bound_value(h, root, &now); /* bound, elsewhere: checked above */
         char name[THA_ROOT_NAME_MAX];
         snprintf(name, sizeof name, "%s", root);
