@@ -249,10 +249,6 @@ THA_API int tha_schema_bind_extern(tha_schema_t *s, const char *name, const void
  * an extern fewer bytes than dst declares (nothing bound then); THA_EINVAL
  * if an address is bound twice (as tha_schema_bind_func / _extern). */
 THA_API int tha_schema_bind_from(tha_schema_t *dst, const tha_schema_t *src);
-/* 0 if every function and data extern s declares is bound in this
- * process; else THA_ENOTFOUND naming the first that is not (a heap of s
- * could not take a frame holding it). */
-THA_API int tha_schema_check_bound(tha_schema_t *s);
 /* Fails with THA_ESCHEMA, quoting the first failure, if any add_* failed:
  * an error a caller ignored would leave a field out (its bytes copied raw,
  * a pointer never rebased). A caller that handled the failure on purpose
@@ -1084,10 +1080,11 @@ typedef struct tha_session_config {
                                  in the schema the active sends, which a bulk
                                  sync's heap is made of (not owned; it must
                                  outlive the session). NULL: those of the
-                                 standby's heap, if it has one. Either way an
-                                 active whose schema names a function or
-                                 extern left unbound is refused
-                                 (THA_EMISMATCH) before any state moves */
+                                 standby's heap, if it has one. A name left
+                                 unbound costs nothing until a word needs it;
+                                 then a bulk sync refuses the active for good
+                                 (REFUSE THA_EMISMATCH naming it, nothing
+                                 taken live) and a delta is NACKed */
 } tha_session_config_t;
 
 /* The largest message a session accepts before the peer proved itself. */

@@ -764,7 +764,7 @@ static int check_extern(tha_heap_t *h, const tha__frame_hdr_t *hd, uint64_t off,
                           "out of range (%u declared)", k, seq, id,
                           (unsigned long long)off, h->schema->nexterns);
     const tha__extern_t *e = &h->schema->externs[id];
-    if (!e->addr)
+    if (!e->addr && (h->unbound_seen = 1))
         return tha__hfail(h, THA_ERANGE, "%s seq %llu: extern '%s' at offset 0x%llx is "
                           "not bound in this process (tha_schema_bind_extern)", k, seq,
                           e->name, (unsigned long long)off);
@@ -811,7 +811,7 @@ static int check_word(tha_heap_t *h, const tha__frame_hdr_t *hd, uint64_t off,
                         kind_name(hd->kind), (unsigned long long)hd->seq,
                         (unsigned long long)id, (unsigned long long)off,
                         h->schema->nfuncs);
-        if (!h->schema->funcs[id].fn)
+        if (!h->schema->funcs[id].fn && (h->unbound_seen = 1))
             return tha__hfail(h, THA_ERANGE, "%s seq %llu: function '%s' at offset "
                         "0x%llx is not bound in this process",
                         kind_name(hd->kind), (unsigned long long)hd->seq,
@@ -992,6 +992,7 @@ static int check_runs(tha_heap_t *h, const tha__frame_hdr_t *hd,
     int rc = 0;
     *done = 0;
     h->funcs_seen = 0;
+    h->unbound_seen = 0;
     h->wire_tagnull = 0;
     if (pos > body_len)
         return tha__hfail(h, THA_EFRAME, "%s seq %llu: schema padding past the end", k, seq);
@@ -1587,6 +1588,7 @@ int tha__apply_segment_in_place(tha_heap_t *h, const tha__frame_hdr_t *hdp,
             rc = tha__hfail(h, THA_EFRAME, "segment seq %llu: run mask padding is not "
                             "zero", seq);
     h->funcs_seen = 0;
+    h->unbound_seen = 0;
     if (!rc) {
 #ifdef FAST_X86
         if (fast)

@@ -171,6 +171,9 @@ struct tha_heap {
                                are checked on its layout (tha__check_slots) */
     void *scratch;          /* heapcheck.c: a delta's run index, kept */
     size_t scratch_cap;
+    int unbound_seen;       /* codec.c: the last verify failed on a function or
+                               extern this process has not bound: the
+                               receiver's binding, not the frame, is at fault */
     int funcs_seen;         /* codec.c: the verify pass met a word of a
                                class (a function id, extern, tagged NULL): a
                                same-address apply rewrites them only then;

@@ -1035,23 +1035,6 @@ int tha_schema_bind_from(tha_schema_t *dst, const tha_schema_t *src) {
     return 0;
 }
 
-int tha_schema_check_bound(tha_schema_t *s) {
-    if (!s)
-        return THA_EINVAL;
-    for (uint32_t i = 0; i < s->nfuncs; i++)
-        if (!s->funcs[i].fn)
-            return tha__fail(s->err, sizeof s->err, THA_ENOTFOUND,
-                             "function '%s' is declared but not bound in this process",
-                             s->funcs[i].name);
-    for (uint32_t i = 0; i < s->nexterns; i++)
-        if (!s->externs[i].addr)
-            return tha__fail(s->err, sizeof s->err, THA_ENOTFOUND,
-                             "data extern '%s' (%llu bytes) is declared but not bound "
-                             "in this process", s->externs[i].name,
-                             (unsigned long long)s->externs[i].size);
-    return 0;
-}
-
 int64_t tha__schema_extern_at(const tha_schema_t *s, uintptr_t a, uint64_t *off) {
     uint32_t lo = 0, hi = s->nbound; /* first one above a */
     while (lo < hi) {

@@ -598,25 +598,18 @@ static int on_schema(tha_session_t *s, const uint8_t *p, size_t len) {
         tha_schema_release(theirs);
         return refuse(s, THA_EMISMATCH, 0, "schema mismatch (active vs standby): %s", why);
     }
-    /* Rule: a standby takes an active only if it can hold every word that
-     * active's heap may send. Function pointers and extern words resolve
-     * to this process's addresses, in the schema a bulk sync's heap is made
-     * of (this one) and in the live heap's: so both are bound here, and
-     * one left unbound refuses the active now, by name, instead of failing
-     * each bulk sync at its first such word and being sent it again. */
+    /* Function pointers and extern words resolve to this process's
+     * addresses, in the schema a bulk sync's heap is made of (this one):
+     * bound here from the driver's bindings, else the live heap's. A name
+     * left unbound costs nothing until a word needs it; then the segment
+     * is refused for good (bad_segment): resending it would not help. */
     const tha_schema_t *mine = s->cfg.bindings ? s->cfg.bindings
                                : s->heap ? s->heap->schema : NULL;
-    const char *unbound = NULL;
-    if ((mine && tha_schema_bind_from(theirs, mine)) || tha_schema_check_bound(theirs))
-        unbound = tha_schema_errmsg(theirs);
-    else if (s->heap && tha_schema_check_bound(s->heap->schema))
-        unbound = tha_schema_errmsg(s->heap->schema);
-    if (unbound) {
-        snprintf(why, sizeof why, "%s", unbound);
+    if (mine && tha_schema_bind_from(theirs, mine)) {
+        snprintf(why, sizeof why, "%s", tha_schema_errmsg(theirs));
         tha_schema_release(theirs);
-        return refuse(s, THA_EMISMATCH, 0, "the active's schema needs what this standby "
-                      "cannot resolve: %s (bind it: Standby(functions=, externs=), "
-                      "tha_session_config_t.bindings)", why);
+        return refuse(s, THA_EMISMATCH, 0, "the active's schema cannot be bound here: %s",
+                      why);
     }
     tha_schema_release(s->peer_schema);
     s->peer_schema = theirs;
@@ -978,6 +971,20 @@ static int on_snap_begin(tha_session_t *s, const uint8_t *p, size_t len) {
     return 0;
 }
 
+/* A bulk sync's segment failed its verify. Rule: a failure caused by this
+ * process (a function or extern word it has not bound: the staging heap's
+ * unbound_seen) refuses the active (THA_EMISMATCH, naming it), so the
+ * active stops and says so instead of sending the image again and again;
+ * any other is the bytes' fault and closes the connection as before. */
+static int bad_segment(tha_session_t *s, int rc) {
+    if (s->staging->unbound_seen)
+        return refuse(s, THA_EMISMATCH, 0, "bulk sync: %s: bind it in this standby "
+                      "(Standby(functions=, externs=), tha_session_config_t.bindings)",
+                      tha_heap_errmsg(s->staging));
+    return close_with(s, THA_EV_ERROR, rc, "bulk sync: bad segment: %s",
+                      tha_heap_errmsg(s->staging));
+}
+
 static int on_snap_data(tha_session_t *s, const uint8_t *p, size_t len) {
     if (s->state != S_BULK || !s->staging)
         return close_with(s, THA_EV_ERROR, THA_EPROTO, "SNAP_DATA outside a bulk sync");
@@ -985,8 +992,7 @@ static int on_snap_data(tha_session_t *s, const uint8_t *p, size_t len) {
     int rc = tha__frame_parse(p, len, &hd, s->staging->err, sizeof s->staging->err);
     if (!rc) rc = tha__apply_segment(s->staging, &hd, p, len);
     if (rc)
-        return close_with(s, THA_EV_ERROR, rc, "bulk sync: bad segment: %s",
-                          tha_heap_errmsg(s->staging));
+        return bad_segment(s, rc);
     s->bulk_done += hd.nblocks * THA__BLOCK;
     push_event(s, THA_EV_BULK_PROGRESS, 0, s->staging->seq, s->bulk_done, s->bulk_total);
     return 0;
@@ -1331,8 +1337,7 @@ static int finish_direct(tha_session_t *s) {
     s->direct = NULL;
     s->in_len = 0;
     if (rc)
-        return close_with(s, THA_EV_ERROR, rc, "bulk sync: bad segment: %s",
-                          tha_heap_errmsg(s->staging));
+        return bad_segment(s, rc);
     s->bulk_done += hd.nblocks * THA__BLOCK;
     push_event(s, THA_EV_BULK_PROGRESS, 0, s->staging->seq, s->bulk_done, s->bulk_total);
     return 0;

@@ -1381,9 +1381,9 @@ static tha_schema_t *hook_schema(int bind, const char *bound_labels, size_t labe
     return s;
 }
 
-/* An active's heap of two hooks (both functions, both labels), and the
- * tape of its handshake, bulk sync and one delta. */
-static tha_heap_t *hooks_heap(void) {
+/* An active's heap of two hooks: with use, holding both functions and
+ * pointing into both labels; else only linked (the names declared, unused). */
+static tha_heap_t *hooks_heap(int use) {
     tha_schema_t *s = hook_schema(1, labels, sizeof labels);
     tha_heap_t *h;
     CHECK_OK(tha_heap_create(&h, s, 1 << 20, THA_TRACK_EXPLICIT));
@@ -1392,8 +1392,8 @@ static tha_heap_t *hooks_heap(void) {
     CHECK_OK(tha_schema_type_by_name(tha_heap_schema(h), "hook", &id));
     struct hook *k;
     CHECK_OK(tha_heap_alloc(h, id, 2, (void **)&k));
-    k[0] = (struct hook){hook_a, labels, &k[1]};
-    k[1] = (struct hook){hook_b, labels + 6, NULL};
+    k[0] = (struct hook){use ? hook_a : NULL, use ? labels : NULL, &k[1]};
+    k[1] = (struct hook){use ? hook_b : NULL, use ? labels + 6 : NULL, NULL};
     CHECK_OK(tha_root_set(h, "hooks", k));
     return h;
 }
@@ -1417,18 +1417,21 @@ static void test_bulk_sync_binds_functions_and_externs(void) {
     const struct {
         const tha_schema_t *bindings;
         tha_heap_t *heap;
+        int use;             /* the heap holds function and extern words */
         const char *refused; /* NULL: mirrored */
+        int at_handshake;    /* refused before any bulk sync began */
     } cases[] = {
-        {here, NULL, NULL},           /* a heapless standby with bindings */
-        {NULL, empty_bound, NULL},    /* its own (fresh) heap's bindings */
-        {NULL, NULL, "hook_a"},       /* nothing bound */
-        {fns_only, NULL, "labels"},   /* the extern missing */
-        {wrong_size, NULL, "binds only 8"},/* too small */
-        {NULL, empty_unbound, "hook_a"},
-        {here, empty_unbound, "hook_a"}, /* deltas would reach that heap */
+        {here, NULL, 1, NULL, 0},          /* a heapless standby with bindings */
+        {NULL, empty_bound, 1, NULL, 0},   /* its own (fresh) heap's bindings */
+        {here, empty_unbound, 1, NULL, 0}, /* bindings win; the bulk replaces it */
+        {NULL, NULL, 0, NULL, 0},          /* declared, never used: nothing needed */
+        {NULL, NULL, 1, "function 'hook_a'", 0},   /* nothing bound */
+        {NULL, empty_unbound, 1, "function 'hook_a'", 0},
+        {fns_only, NULL, 1, "extern 'labels'", 0}, /* the extern missing */
+        {wrong_size, NULL, 1, "binds only 8", 1},  /* too small */
     };
     for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
-        tha_heap_t *src = hooks_heap();
+        tha_heap_t *src = hooks_heap(cases[c].use);
         tha_backlog_t *bl;
         CHECK_OK(tha_backlog_create(&bl, 0));
         end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
@@ -1442,31 +1445,51 @@ static void test_bulk_sync_binds_functions_and_externs(void) {
         drain(a);
         drain(b);
         if (cases[c].refused) {
-            /* refused at the handshake, by name: no bulk sync began */
+            /* refused for good, by name (the active stops resending), and
+             * nothing went live */
             const tha_event_t *r = last_ev(a, THA_EV_REFUSED);
             CHECK(r != NULL && r->code == THA_EMISMATCH);
             CHECK(r && strstr(r->msg, cases[c].refused) != NULL);
-            CHECK(count_ev(b, THA_EV_BULK_BEGIN) == 0 && count_ev(b, THA_EV_READY) == 0);
+            CHECK(count_ev(b, THA_EV_BULK_DONE) == 0);
+            CHECK(count_ev(b, THA_EV_BULK_BEGIN) == !cases[c].at_handshake);
         } else {
             CHECK(count_ev(b, THA_EV_ERROR) == 0 && last_ev(b, THA_EV_BULK_DONE) != NULL);
             tha_heap_t *m = tha_session_take_heap(b->s);
             CHECK_OK(tha_heap_check(m));
             struct hook *k;
             CHECK_OK(tha_root_get(m, "hooks", (void **)&k));
-            CHECK(k[0].fn == hook_a && k[1].fn == hook_b && k[0].next == &k[1]);
-            CHECK(k[0].label == labels_here && strcmp(k[1].label, "beta") == 0 &&
-                  k[1].label == labels_here + 6);
+            CHECK(k[0].next == &k[1]);
+            if (cases[c].use) {
+                CHECK(k[0].fn == hook_a && k[1].fn == hook_b);
+                CHECK(k[0].label == labels_here && strcmp(k[1].label, "beta") == 0 &&
+                      k[1].label == labels_here + 6);
+            } else {
+                CHECK(!k[0].fn && !k[1].label);
+            }
             /* and deltas after it */
             struct hook *sk;
             CHECK_OK(tha_root_get(src, "hooks", (void **)&sk));
-            sk[1].fn = hook_a;
+            if (cases[c].use)
+                sk[1].fn = hook_a;
+            else
+                sk[1].next = sk;
             CHECK_OK(tha_heap_touch(src, &sk[1], sizeof sk[1]));
             sync_one(src, bl, a, THA_ACK_APPLIED);
             exchange(a, b, 3, SIZE_MAX, NULL);
             drain(b);
             CHECK(count_ev(b, THA_EV_ERROR) == 0);
             CHECK_OK(tha_root_get(m, "hooks", (void **)&k));
-            CHECK(k[1].fn == hook_a);
+            CHECK(cases[c].use ? k[1].fn == hook_a : k[1].next == k);
+            if (!cases[c].use) { /* the first word it cannot resolve: refused */
+                sk[0].fn = hook_b;
+                CHECK_OK(tha_heap_touch(src, &sk[0], sizeof sk[0]));
+                sync_one(src, bl, a, THA_ACK_APPLIED);
+                exchange(a, b, 4, SIZE_MAX, NULL);
+                drain(b);
+                const tha_event_t *e = last_ev(b, THA_EV_ERROR);
+                CHECK(e && strstr(e->msg, "function 'hook_b'") && !k[0].fn);
+                CHECK_OK(tha_heap_check(m));
+            }
             mirror = m;
         }
         end_free(b);

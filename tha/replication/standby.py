@@ -93,9 +93,10 @@ class Standby(_Node):
     schema the active sends before a bulk sync's heap is made of it, so a
     standby without a heap mirrors function pointer slots and pointers into
     externs. Without them a standby given ``heap`` uses that heap's
-    bindings. An active whose schema names a function or extern this
-    standby leaves unbound is refused at the handshake, by name
-    (``SchemaMismatch`` from its ``sync()``), before any state moves.
+    bindings. A bulk sync that meets a function pointer or extern word this
+    standby leaves unbound refuses the active, by name (``SchemaMismatch``
+    from its ``sync()``), and nothing goes live; names never used need no
+    binding.
 
     ``tracking`` — how the heap finds changes once this standby is promoted
     ("auto", "wp", "diff", "explicit", as for ``tha.Heap``; default "auto":
