@@ -1,0 +1,97 @@
+/* test_ptrptr_attack.c — pointer-to-pointer fields as real C programs use
+ * them, and as a hostile peer might: a "struct node **" that points at a
+ * pointer field inside another struct (the hlist pprev idiom: at the head's
+ * first, at the previous node's next) is a pointer to a "node*" object and
+ * passes the type check; one at a non-pointer word does not. */
+#include "tha.h"
+#include "check.h"
+
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct node {
+    uint64_t key;
+    struct node *next;
+    struct node **pprev; /* &head.first or &prev->next */
+};
+struct head {
+    struct node *first;
+    void *any[2];
+    void **pany; /* &any[1] */
+    char *name;
+    char **pname; /* &name */
+};
+
+static uint32_t NODE, HEAD;
+
+static tha_schema_t *hlist_schema(void) {
+    tha_schema_t *s;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct node, "node", &NODE));
+    CHECK_OK(THA_FIELD_SCALAR(s, NODE, struct node, key, THA_T_U64, 0));
+    CHECK_OK(THA_FIELD_PTR(s, NODE, struct node, next, "node", 0));
+    CHECK_OK(THA_FIELD_PTR(s, NODE, struct node, pprev, "struct node *", 0));
+    CHECK_OK(THA_STRUCT(s, struct head, "head", &HEAD));
+    CHECK_OK(THA_FIELD_PTR(s, HEAD, struct head, first, "node", 0));
+    CHECK_OK(THA_FIELD_PTR(s, HEAD, struct head, any, "void", 2));
+    CHECK_OK(THA_FIELD_PTR(s, HEAD, struct head, pany, "void *", 0));
+    CHECK_OK(THA_FIELD_PTR(s, HEAD, struct head, name, "char", 0));
+    CHECK_OK(THA_FIELD_PTR(s, HEAD, struct head, pname, "char *", 0));
+    CHECK_OK(tha_schema_seal(s));
+    NODE = tha_schema_type_id(s, NODE);
+    HEAD = tha_schema_type_id(s, HEAD);
+    return s;
+}
+
+static void *alloc(tha_heap_t *h, uint32_t type, uint32_t n) {
+    void *p = NULL;
+    CHECK_OK(tha_heap_alloc(h, type, n, &p));
+    return p;
+}
+
+static void test_pointer_to_a_pointer_field_is_well_typed(void) {
+    tha_schema_t *s = hlist_schema();
+    tha_heap_t *h, *m;
+    CHECK_OK(tha_heap_create(&h, s, 1 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_create(&m, s, 1 << 20, THA_TRACK_EXPLICIT));
+    CHECK_OK(tha_heap_set_debug(h, THA_DEBUG_TYPES));
+    struct head *hd = alloc(h, HEAD, 1);
+    struct node *a = alloc(h, NODE, 1), *b = alloc(h, NODE, 1);
+    hd->first = a, a->pprev = &hd->first;
+    a->next = b, b->pprev = &a->next;
+    hd->any[1] = b, hd->pany = &hd->any[1];
+    hd->name = alloc(h, THA_T_CHAR, 4), hd->pname = &hd->name;
+    CHECK_OK(tha_root_set(h, "head", hd));
+    CHECK_OK(tha_heap_check_types(h));
+    CHECK_OK(tha_heap_check(h)); /* runs the type check too (debug flag) */
+    size_t size;
+    CHECK_OK(tha_heap_frame_size(h, THA_FRAME_SNAPSHOT, &size));
+    void *frame = malloc(size);
+    CHECK_OK(tha_heap_encode(h, THA_FRAME_SNAPSHOT, frame, size, &size));
+    CHECK_OK(tha_heap_apply(m, frame, size));
+    free(frame);
+    CHECK_OK(tha_heap_check(m));
+    CHECK_OK(tha_heap_check_types(m));
+    struct head *mh = NULL;
+    CHECK_OK(tha_root_get(m, "head", (void **)&mh));
+    CHECK(mh && mh->first->pprev == &mh->first && mh->first->next->pprev == &mh->first->next);
+    CHECK(mh && mh->pany == &mh->any[1] && mh->pname == &mh->name);
+    /* not at a pointer word: still wrong */
+    b->pprev = (struct node **)&a->key;
+    CHECK_RC(tha_heap_check_types(h), THA_EMISMATCH);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "pprev");
+    b->pprev = &a->next;
+    hd->pname = (char **)&hd->first; /* a node*, not a char* */
+    CHECK_RC(tha_heap_check_types(h), THA_EMISMATCH);
+    CHECK_CONTAINS(tha_heap_errmsg(h), "pname");
+    tha_heap_destroy(m);
+    tha_heap_destroy(h);
+    tha_schema_release(s);
+}
+
+int main(void) {
+    RUN(test_pointer_to_a_pointer_field_is_well_typed);
+    return CHECK_DONE();
+}
