@@ -354,10 +354,14 @@ class Schema:
         self._index()
         return c
 
-    def _build(self, functions: dict, externs: dict | None = None):
+    def _build(self, functions: dict, externs: dict | None = None,
+               pointers: list | None = None):
         """A sealed C schema of every struct and union self.ffi declares
         (fills _names); functions by name, unbound; externs (name -> size)
-        unbound; the cdef's tag masks on their fields."""
+        unbound; the cdef's tag masks on their fields; pointers, implicit
+        pointer types by name ("emp*"), registered even if no field names
+        them (a carried schema may hold one a C program registered by hand:
+        a declaration cannot say so)."""
         out = _cffi.new("tha_schema_t **")
         check(lib.tha_schema_create(out))
         c = _cffi.gc(out[0], lib.tha_schema_release)
@@ -382,6 +386,14 @@ class Schema:
             _check_c(c, lib.tha_schema_add_struct(
                 c, name.encode(), size, align, kw == "union", tid))
             ids[ctype] = tid[0]
+        for name in sorted(pointers or (), key=len):  # "emp**" registers "emp*"
+            if lib.tha_schema_type_by_name(c, name.encode(), _cffi.NULL) == 0:
+                continue
+            tid, f = _cffi.new("uint32_t *"), _cffi.new("tha_field_t *")
+            target = _cffi.new("char[]", name[:-1].encode())
+            f.name, f.kind, f.target = _cffi.new("char[]", b"ptr"), lib.THA_K_PTR, target
+            _check_c(c, lib.tha_schema_add_struct(c, name.encode(), 8, 8, 0, tid))
+            _check_c(c, lib.tha_schema_add_field(c, tid[0], f))
         for ctype, tid in ids.items():
             for fname, field in ctype.fields or ():
                 self._add_field(c, ctype, tid, fname, field)
@@ -476,7 +488,11 @@ class Schema:
             name = _cffi.string(info.name).decode()
             if name.endswith("*"):  # the implicit pointer type "emp*"
                 spelling = _pointer_spelling(name, kinds)
-                ctype = self.ffi.typeof(spelling)
+                try:
+                    ctype = self.ffi.typeof(spelling)
+                except (cffi.FFIError, cffi.CDefError, TypeError) as e:
+                    raise SchemaError(f"pointer type {name}: no C type '{spelling}' "
+                                      f"in these declarations ({e})") from None
                 self._names[ctype] = spelling
             elif info.is_prim:
                 if tid == lib.THA_T_VOID:
@@ -560,7 +576,8 @@ class Schema:
         """The declarations rebuilt from a C schema must lay out the same.
         Registers them again from this ffi (parsed and laid out already)."""
         again = self._build(_functions_declared(self._c),
-                            {n: size for n, (size, _a) in _externs_declared(self._c).items()})
+                            {n: size for n, (size, _a) in _externs_declared(self._c).items()},
+                            _pointer_types(self._c))
         msg = _cffi.new("char[256]")
         rc = lib.tha_schema_compare(self._c, again, msg, 256)
         if rc:
@@ -709,6 +726,18 @@ def _user_kinds(c) -> dict:
             if not name.endswith("*"):
                 kinds[name] = "union" if info.is_union else "struct"
     return kinds
+
+
+def _pointer_types(c) -> list:
+    """Names of the implicit pointer types of the C schema c ("emp*")."""
+    info = _cffi.new("tha_type_info_t *")
+    out = []
+    for tid in range(lib.THA_T_FIRST_USER, lib.tha_schema_type_count(c)):
+        if lib.tha_schema_type_info(c, tid, info) == 0:
+            name = _cffi.string(info.name).decode()
+            if name.endswith("*"):
+                out.append(name)
+    return out
 
 
 def _pointer_spelling(name: str, kinds: dict) -> str:

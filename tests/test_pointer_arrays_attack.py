@@ -1,0 +1,135 @@
+"""Pointer-to-pointer fields attacked: schema bytes a C peer (or a hostile
+one) sends, and the Python API on pointer arrays. Each test of a finding
+failed before its fix; the rest pin down what held."""
+
+import struct
+
+import pytest
+
+import tha
+from tha._ffi import ffi, lib
+
+
+# -- schema bytes, written by hand (the canonical byte form, format 1) ------
+
+def _s(x: str) -> bytes:
+    return struct.pack("<H", len(x)) + x.encode()
+
+
+def _field(name, kind, target="", off=0, prim=0, dims=(0, 0, 0, 0)):
+    return (_s(name) + struct.pack("<III", off, kind, prim) + _s(target)
+            + struct.pack("<4I", *dims) + struct.pack("<II", 0, 0) + _s(""))
+
+
+def _blob(types) -> bytes:
+    """types: (name, size, align, [fields], is_union), put in canonical order."""
+    types = sorted(types, key=lambda t: (t[4], t[0].encode()))
+    out = struct.pack("<IIII", 0x53414854, 1, len(types), 0)
+    for name, size, align, fields, union in types:
+        out += _s(name) + struct.pack("<IQQI", union, size, align, len(fields))
+        out += b"".join(fields)
+    return out
+
+
+P, SC = lib.THA_K_PTR, lib.THA_K_SCALAR
+ENT = ("ent", 8, 8, [_field("k", SC, prim=lib.THA_T_U64)], 0)
+
+
+def _ptr(name, target):
+    return (name, 8, 8, [_field("ptr", P, target)], 0)
+
+
+def _deser(b: bytes):
+    out, msg = ffi.new("tha_schema_t **"), ffi.new("char[256]")
+    rc = lib.tha_schema_deserialize(b, len(b), out, msg, 256)
+    if rc == 0:
+        lib.tha_schema_release(out[0])
+    return rc, ffi.string(msg).decode()
+
+
+def _hand_registered():
+    """What a C program registers for a root that is an array of pointers
+    (static struct ent **table): "ent*" by hand, in exactly the implicit
+    shape (tha.h allows it), no field naming it."""
+    out, tid = ffi.new("tha_schema_t **"), ffi.new("uint32_t *")
+    assert lib.tha_schema_create(out) == 0
+    c = ffi.gc(out[0], lib.tha_schema_release)
+    keep = [ffi.new("char[]", x) for x in (b"k", b"ptr", b"ent")]
+    assert lib.tha_schema_add_struct(c, b"ent", 8, 8, 0, tid) == 0
+    f = ffi.new("tha_field_t *", {"name": keep[0], "kind": SC, "prim": lib.THA_T_U64})
+    assert lib.tha_schema_add_field(c, tid[0], f) == 0
+    assert lib.tha_schema_add_struct(c, b"ent*", 8, 8, 0, tid) == 0
+    f = ffi.new("tha_field_t *", {"name": keep[1], "kind": P, "target": keep[2]})
+    assert lib.tha_schema_add_field(c, tid[0], f) == 0
+    assert lib.tha_schema_seal(c) == 0
+    n = ffi.new("size_t *")
+    assert lib.tha_schema_serialize(c, ffi.NULL, 0, n) == 0
+    buf = ffi.new("char[]", n[0])
+    assert lib.tha_schema_serialize(c, buf, n[0], n) == 0
+    return ffi.buffer(buf, n[0])[:]
+
+
+@pytest.mark.parametrize("types", [
+    [ENT, _ptr("ent*", "ent")],                        # hand-registered, unused
+    [_ptr("void*", "void"), _ptr("char*", "char")],
+    [ENT] + [_ptr("ent" + "*" * i, "ent" + "*" * (i - 1)) for i in range(1, 60)],
+], ids=["ent*", "void*,char*", "ent*59"])
+def test_pointer_types_no_field_names_read_back(types):
+    """Finding: Schema.from_bytes rebuilt declarations only from fields, so
+    a pointer type no field names was missing from the rebuilt schema:
+    SchemaError 'only one side has pointer type ent*' for a valid C schema."""
+    b = _blob(types)
+    assert _deser(b)[0] == 0
+    s = tha.Schema.from_bytes(b)
+    assert s.to_bytes() == b
+    assert {t[0] for t in types} <= {n.replace("struct ", "").replace(" ", "")
+                                     for n in s.type_names()}
+
+
+def test_standby_of_a_c_root_pointer_array():
+    """The heap of such a C program, read by Python from its snapshot."""
+    s = tha.Schema.from_bytes(_hand_registered())
+    h = tha.Heap(s, capacity=1 << 20)
+    arr = h.new("struct ent *", 3)
+    arr[1] = h.new("struct ent", k=7)
+    h.roots["table"] = arr
+    m = tha.Heap.from_snapshot(h.snapshot())
+    assert m.roots["table"][1].k == 7 and m.roots["table"][0] == m.schema.ffi.NULL
+    m.check()
+
+
+def test_pointer_type_python_cannot_spell_is_a_schema_error():
+    """Finding: a pointer type to the untyped bytes type ("tha_raw*", valid
+    in C) reached cffi unguarded: CDefError instead of SchemaError."""
+    b = _blob([_ptr("tha_raw*", "tha_raw")])
+    assert _deser(b)[0] == 0
+    with pytest.raises(tha.SchemaError, match="tha_raw"):
+        tha.Schema.from_bytes(b)
+
+
+@pytest.mark.parametrize("types,needle", [
+    ([_ptr("ent*", "ent")], "unregistered type 'ent'"),
+    ([ENT, ("t", 8, 8, [_field("b", P, "ent*")], 0)], "unregistered type 'ent*'"),
+    ([ENT, _ptr("ent*", "ent"), _ptr("ent***", "ent**")], "'ent**'"),
+    ([ENT, ("ent*", 16, 8, [_field("ptr", P, "ent")], 0)], "implicit pointer type"),
+    ([ENT, ("ent*", 8, 8, [_field("ptr", P, "ent")], 1)], "implicit pointer type"),
+    ([ENT, ("ent*", 8, 8, [_field("p", P, "ent")], 0)], "implicit pointer type"),
+    ([ENT, ("ent*", 8, 8, [_field("ptr", SC, prim=lib.THA_T_U64)], 0)],
+     "implicit pointer type"),
+    ([ENT, ("ent*", 8, 8, [_field("ptr", P, "ent", dims=(1, 0, 0, 0))], 0)],
+     "implicit pointer type"),
+    ([ENT, _ptr("x", "ent"), _ptr("ent*", "x")], "implicit pointer type"),
+    ([_ptr("ent*", "ent*")], "implicit pointer type"),
+    ([_ptr("int*", "int32_t")], "a star may only end"),
+    ([ENT, _ptr("e*nt", "ent")], "a star may only end"),
+    ([_ptr("**", "*")], "a star may only end"),
+    ([ENT, _ptr("ent*", "ent"),
+      ("t", 8, 8, [_field("b", lib.THA_K_STRUCT, "ent*")], 0)], "by value"),
+])
+def test_hostile_pointer_types_refused_by_name(types, needle):
+    """Held: odd shapes, missing bases, gaps in a star chain, stars in the
+    wrong place, a pointer type held by value: refused, naming it."""
+    rc, msg = _deser(_blob(types))
+    assert rc != 0 and needle in msg, msg
+    with pytest.raises(tha.Error):
+        tha.Schema.from_bytes(_blob(types))
