@@ -133,3 +133,32 @@ def test_hostile_pointer_types_refused_by_name(types, needle):
     assert rc != 0 and needle in msg, msg
     with pytest.raises(tha.Error):
         tha.Schema.from_bytes(_blob(types))
+
+
+# -- the Python API on pointer arrays ---------------------------------------
+
+def test_arrays_of_pointers_to_c_spelled_primitives():
+    """Finding: a field 'unsigned int **u' (cffi keeps that spelling) had
+    only a 'uint32_t *' array to point at: heap.new('unsigned int *') was
+    NotFound and t.u = heap.new('uint32_t *', n) a cffi TypeError."""
+    s = tha.Schema("struct t { unsigned int **u; long **l; unsigned long ***ul; "
+                   "uint32_t **v; };")
+    h = tha.Heap(s, capacity=1 << 20)
+    t = h.new("struct t")
+    h.roots["t"] = t
+    t.u = h.new("unsigned int *", 2)
+    t.l = h.new("long *", 1)
+    t.ul = h.new("unsigned long **", 1)
+    t.v = h.new("uint32_t *", 1)
+    t.u[1] = h.new("unsigned int", 1)
+    t.u[1][0] = 42
+    t.l[0] = h.new("long", 1)
+    t.ul[0] = h.new("unsigned long *", 1)
+    assert s.type_id("unsigned int *") == s.type_id("uint32_t *")
+    assert s.type_id("unsigned long **") == s.type_id("uint64_t **")
+    h.set_debug(types=True)
+    h.check()
+    assert h.leaks() == []
+    m = tha.Heap.from_snapshot(h.snapshot())
+    assert m.roots["t"].u[1][0] == 42
+    m.check()

@@ -390,8 +390,8 @@ class Schema:
             if lib.tha_schema_type_by_name(c, name.encode(), _cffi.NULL) == 0:
                 continue
             tid, f = _cffi.new("uint32_t *"), _cffi.new("tha_field_t *")
-            target = _cffi.new("char[]", name[:-1].encode())
-            f.name, f.kind, f.target = _cffi.new("char[]", b"ptr"), lib.THA_K_PTR, target
+            fname, target = _cffi.new("char[]", b"ptr"), _cffi.new("char[]", name[:-1].encode())
+            f.name, f.kind, f.target = fname, lib.THA_K_PTR, target  # kept alive
             _check_c(c, lib.tha_schema_add_struct(c, name.encode(), 8, 8, 0, tid))
             _check_c(c, lib.tha_schema_add_field(c, tid[0], f))
         for ctype, tid in ids.items():
@@ -494,6 +494,7 @@ class Schema:
                     raise SchemaError(f"pointer type {name}: no C type '{spelling}' "
                                       f"in these declarations ({e})") from None
                 self._names[ctype] = spelling
+                self._pointer_aliases(name, tid, kinds)
             elif info.is_prim:
                 if tid == lib.THA_T_VOID:
                     continue
@@ -510,6 +511,21 @@ class Schema:
         for cname in _C_SPELLINGS:
             ctype = self._named(cname)
             self._type_ids.setdefault(ctype, _prim_id(self.ffi, ctype, cname))
+
+    def _pointer_aliases(self, name: str, tid: int, kinds: dict) -> None:
+        """A pointer type to a primitive ("uint32_t*") under the C spellings
+        of that primitive too ("unsigned int *"): cffi keeps a field's
+        spelling (unsigned int **u), so new("unsigned int *") must give
+        what it can hold, as new("unsigned int") does for the primitive."""
+        base = name.rstrip("*")
+        if base in kinds or base in ("void", "tha_raw"):
+            return
+        prim = {v.replace("_Bool", "bool"): k for k, v in _PRIM_NAMES.items()}.get(base)
+        stars = name[len(base):]
+        for cname in _C_SPELLINGS:
+            ctype = self._named(cname)
+            if ctype.cname != base and _prim_id(self.ffi, ctype, cname) == prim:
+                self._type_ids.setdefault(self.ffi.typeof(f"{cname} {stars}"), tid)
 
     # -- rebuilding declarations from a C schema -----------------------------
 
