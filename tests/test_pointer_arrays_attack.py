@@ -162,3 +162,34 @@ def test_arrays_of_pointers_to_c_spelled_primitives():
     m = tha.Heap.from_snapshot(h.snapshot())
     assert m.roots["t"].u[1][0] == 42
     m.check()
+
+
+@pytest.mark.parametrize("tracking", ["explicit", "diff"])
+def test_store_many_into_a_pointer_array(tracking):
+    """Finding: store_many needed a field path, and an element of a pointer
+    array has none: '' was NotFound, None an AttributeError. None (or '')
+    now writes the elements themselves."""
+    s = tha.Schema("struct ent { uint64_t key; struct ent *next; };"
+                   "struct t { struct ent **b; };")
+    h = tha.Heap(s, capacity=1 << 20, tracking=tracking)
+    t = h.new("struct t")
+    h.roots["t"] = t
+    t.b = h.new("struct ent *", 8)
+    ents = h.new("struct ent", 4)
+    m = tha.Heap.from_snapshot(h.snapshot())
+    h.store_many(t.b, None, range(4), [3, 2, 1, None], target=ents)
+    h.store_many(t.b + 4, "", [0, 2], [0, 1], target=ents)
+    assert [t.b[i] for i in range(8)] == [ents + 3, ents + 2, ents + 1, s.ffi.NULL,
+                                          ents, s.ffi.NULL, ents + 1, s.ffi.NULL]
+    m.apply(h.delta())
+    mt = m.roots["t"]
+    assert mt.b[0] == m.roots["t"].b[0] and mt.b[6] != m.schema.ffi.NULL
+    assert m.dump() == h.dump()
+    m.check()
+    with pytest.raises(tha.Error, match="points to struct ent"):
+        h.store_many(t.b, None, [0], [0], target=t)
+    with pytest.raises(tha.Error, match="name the field"):
+        h.store_many(ents, None, [0], [0])
+    nums = h.new("uint32_t", 4)
+    h.store_many(nums, None, range(4), [5, 6, 7, 8])
+    assert list(nums[0:4]) == [5, 6, 7, 8]
