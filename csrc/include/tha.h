@@ -180,7 +180,9 @@ typedef struct tha_field {
                                       "struct emp"/"union u" and C spellings
                                       of primitives ("unsigned int", "_Bool",
                                       "long") are accepted and stored as the
-                                      canonical name ("uint32_t") */
+                                      canonical name ("uint32_t"); const,
+                                      volatile and restrict are dropped
+                                      ("const char *" is "char*") */
     uint32_t dims[THA_MAX_DIMS];   /* array dimensions, 0-terminated; all 0:
                                       not an array */
     uint32_t bits[2];              /* THA_K_BITS: shift, width */

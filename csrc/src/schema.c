@@ -299,6 +299,38 @@ static void squeeze_spaces(const char *in, char *out) {
     out[n] = 0;
 }
 
+/* A type name in one spelling: squeezed, its qualifiers dropped (they are
+ * no part of a layout: "const char * const" -> "char*", as cffi reads
+ * it). in at most THA__SIG_MAX bytes with the NUL; out as large. */
+static void squeeze_type(const char *in, char *out) {
+    char tmp[THA__SIG_MAX];
+    squeeze_spaces(in, tmp);
+    size_t n = 0;
+    for (const char *p = tmp; *p;) {
+        if (!ident_char(*p)) {
+            out[n++] = *p++;
+            continue;
+        }
+        const char *e = p;
+        while (ident_char(*e))
+            e++;
+        size_t k = (size_t)(e - p);
+        static const char *const quals[] = {"const", "volatile", "restrict",
+                                            "__restrict", "__restrict__"};
+        int qual = 0;
+        for (size_t i = 0; i < sizeof quals / sizeof quals[0]; i++)
+            qual |= strlen(quals[i]) == k && memcmp(p, quals[i], k) == 0;
+        if (!qual) {
+            if (n && ident_char(out[n - 1]))
+                out[n++] = ' ';
+            memcpy(out + n, p, k);
+            n += k;
+        }
+        p = *e == ' ' ? e + 1 : e; /* squeezed: a space only between names */
+    }
+    out[n] = 0;
+}
+
 /* A function pointer type in one spelling: squeezed, and an empty parameter
  * list written "(void)" (cffi prints "void(*)()" for "void (*)(void)").
  * -1 if the result does not fit cap bytes with its NUL. */
@@ -401,7 +433,7 @@ const char *tha__schema_canonical_name(const char *name, char *out, size_t cap,
     char squeezed[THA__SIG_MAX];
     if (strnlen(name, sizeof squeezed) >= sizeof squeezed)
         return name;
-    squeeze_spaces(name, squeezed);
+    squeeze_type(name, squeezed);
     const char *bare = tha__schema_strip_keyword(squeezed, keyword);
     int rc = pointer_name(bare, out, cap);
     if (rc == 0)
@@ -629,7 +661,7 @@ static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field
         char squeezed[THA__SIG_MAX], ptr[THA_NAME_MAX];
         int stars = 0;
         if (strnlen(tg, THA__SIG_MAX) < THA__SIG_MAX) {
-            squeeze_spaces(tg, squeezed);
+            squeeze_type(tg, squeezed);
             tg = tha__schema_strip_keyword(squeezed, NULL);
             stars = pointer_name(tg, ptr, sizeof ptr);
             if (stars > 0)

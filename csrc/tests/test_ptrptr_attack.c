@@ -91,7 +91,53 @@ static void test_pointer_to_a_pointer_field_is_well_typed(void) {
     tha_schema_release(s);
 }
 
+/* One field, struct argv { char **v; }, its target spelled tgt: the
+ * fingerprint, or 0 if refused. */
+struct argv {
+    char **v;
+};
+
+static uint64_t argv_fingerprint(const char *tgt) {
+    tha_schema_t *s;
+    uint32_t t;
+    uint64_t fp = 0;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct argv, "argv", &t));
+    if (THA_FIELD_PTR(s, t, struct argv, v, tgt, 0) == 0 && tha_schema_seal(s) == 0)
+        fp = tha_schema_fingerprint(s);
+    else
+        fprintf(stderr, "  '%s': %s\n", tgt, tha_schema_errmsg(s));
+    tha_schema_release(s);
+    return fp;
+}
+
+/* Qualifiers are no part of a layout: const char **argv (C), const char
+ * *const *v, char const ** are the char ** Python's cffi reads them as. */
+static void test_qualified_targets(void) {
+    uint64_t want = argv_fingerprint("char *");
+    CHECK(want != 0);
+    CHECK(argv_fingerprint("const char *") == want);
+    CHECK(argv_fingerprint("char const *") == want);
+    CHECK(argv_fingerprint("const char * const") == want);
+    CHECK(argv_fingerprint("volatile char *restrict") == want);
+    tha_schema_t *s;
+    uint32_t t, id, want_id;
+    CHECK_OK(tha_schema_create(&s));
+    CHECK_OK(THA_STRUCT(s, struct argv, "argv", &t));
+    CHECK_OK(THA_FIELD_PTR(s, t, struct argv, v, "const char *", 0));
+    CHECK_OK(tha_schema_seal(s));
+    CHECK_OK(tha_schema_type_by_name(s, "char*", &want_id));
+    CHECK_OK(tha_schema_type_by_name(s, "const char *", &id));
+    CHECK(id == want_id);
+    tha_field_t f;
+    CHECK_OK(tha_schema_field_info(s, tha_schema_type_id(s, t), 0, &f));
+    CHECK(f.target && strcmp(f.target, "char*") == 0);
+    tha_schema_release(s);
+    CHECK(argv_fingerprint("constant *") == 0); /* a name, not a qualifier */
+}
+
 int main(void) {
     RUN(test_pointer_to_a_pointer_field_is_well_typed);
+    RUN(test_qualified_targets);
     return CHECK_DONE();
 }
