@@ -411,7 +411,8 @@ static const char *canonical_target(const char *name) {
 
 /* name (spaces squeezed, keyword stripped) as a pointer type's canonical
  * name in out: 1 if it names one, 0 if it has no star, -1 if it is no
- * such name (a star before the end, nothing before the stars, too long). */
+ * such name (a star before the end, nothing before the stars), -2 if that
+ * name is longer than THA_NAME_MAX - 1. */
 static int pointer_name(const char *name, char *out, size_t cap) {
     size_t n = strlen(name), stars = 0;
     while (stars < n && name[n - 1 - stars] == '*')
@@ -420,12 +421,14 @@ static int pointer_name(const char *name, char *out, size_t cap) {
         return 0;
     char base[THA_NAME_MAX];
     size_t bn = n - stars;
-    if (bn == 0 || bn >= sizeof base || memchr(name, '*', bn))
+    if (bn == 0 || memchr(name, '*', bn))
         return -1;
+    if (bn >= sizeof base)
+        return -2;
     memcpy(base, name, bn);
     base[bn] = 0;
     int w = snprintf(out, cap, "%s%.*s", canonical_target(base), (int)stars, name + bn);
-    return w > 0 && (size_t)w < cap ? 1 : -1;
+    return w > 0 && (size_t)w < cap ? 1 : -2;
 }
 
 const char *tha__schema_canonical_name(const char *name, char *out, size_t cap,
@@ -674,6 +677,12 @@ static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field
                              "%s %s field %s: holds '%s' by value: a field holding a "
                              "pointer is a pointer field", tha__schema_kw(t), t->name,
                              fname, field->target);
+        if (stars == -2)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: target '%s': the pointer type it needs "
+                             "would have a name longer than %d characters (its "
+                             "target's name and one star per level)", tha__schema_kw(t),
+                             t->name, fname, field->target, THA_NAME_MAX - 1);
         if (stars < 0)
             return tha__fail(s->err, sizeof s->err, THA_EINVAL,
                              "%s %s field %s: target '%s' is no type name (a pointer "

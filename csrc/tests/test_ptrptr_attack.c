@@ -136,7 +136,34 @@ static void test_qualified_targets(void) {
     CHECK(argv_fingerprint("constant *") == 0); /* a name, not a qualifier */
 }
 
+/* A star chain whose pointer type's name would pass the name limit is
+ * refused saying so (it said 'is no type name'); one that fits works. */
+static void test_star_chain_at_the_name_limit(void) {
+    char base[THA_NAME_MAX], tgt[THA_NAME_MAX + 8];
+    memset(base, 'a', 61);
+    base[61] = 0;
+    for (int stars = 2; stars <= 3; stars++) {
+        tha_schema_t *s;
+        uint32_t a, t;
+        CHECK_OK(tha_schema_create(&s));
+        CHECK_OK(tha_schema_add_struct(s, base, 8, 8, 0, &a));
+        CHECK_OK(THA_STRUCT(s, struct argv, "argv", &t));
+        snprintf(tgt, sizeof tgt, "%s %.*s", base, stars, "***");
+        int rc = THA_FIELD_PTR(s, t, struct argv, v, tgt, 0);
+        if (stars == 2) { /* "a61**" is 63 characters */
+            CHECK_OK(rc);
+            CHECK_OK(tha__add_field(s, a, "x", 0, THA_K_SCALAR, THA_T_U64, NULL, 0));
+            CHECK_OK(tha_schema_seal(s));
+        } else {
+            CHECK_RC(rc, THA_EINVAL);
+            CHECK_CONTAINS(tha_schema_errmsg(s), "longer than 63 characters");
+        }
+        tha_schema_release(s);
+    }
+}
+
 int main(void) {
+    RUN(test_star_chain_at_the_name_limit);
     RUN(test_pointer_to_a_pointer_field_is_well_typed);
     RUN(test_qualified_targets);
     return CHECK_DONE();
