@@ -237,3 +237,22 @@ def test_c_and_python_peers_agree(spellings):
         assert lib.tha_schema_type_by_name(c, name.encode(), a) == 0
         assert lib.tha_schema_type_by_name(py._c, name.encode(), b) == 0
         assert a[0] == b[0]
+
+
+def test_arrays_of_pointers_to_enums_and_typedefs():
+    """Finding (as above, for the spellings no fixed list holds): enum e
+    **p and a typedef'd integer's myint **q had no array of their own."""
+    s = tha.Schema("enum e { A, B }; typedef unsigned short myint;"
+                   "struct t { enum e **p; myint ***q; };")
+    h = tha.Heap(s, capacity=1 << 20)
+    t = h.new("struct t")
+    h.roots["t"] = t
+    t.p = h.new("enum e *", 2)
+    t.p[1] = s.ffi.cast("enum e *", h.new("uint32_t", 1))  # (no enum e type)
+    t.p[1][0] = 1
+    t.q = h.new("myint **", 1)
+    t.q[0] = h.new("myint *", 1)
+    h.set_debug(types=True)
+    h.check()
+    assert h.leaks() == []
+    assert tha.Heap.from_snapshot(h.snapshot()).roots["t"].p[1][0] == 1

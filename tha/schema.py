@@ -254,6 +254,8 @@ class Schema:
                                       # cname is the typedef name if any)
         self._extern_keep: dict = {}  # name -> the cdata bound (kept alive)
         self._extern_index = None     # sorted (address, size, name), or None
+        self._elems: dict = {}        # "uint32_t*" -> ctypes fields spell it
+                                      # with ("enum e *", "unsigned int *")
         self._masks = _tag_masks(cdef)  # (owner, field) -> tag mask
         if _c is None:
             self._c = self._register(functions or {}, externs or {})
@@ -448,8 +450,9 @@ class Schema:
             f.sig = cstr(ftype.cname)
         elif ftype.kind == "pointer":
             # struct emp **: a pointer to the implicit pointer type "emp*"
-            item, stars = ftype.item, ""
+            item, stars, levels = ftype.item, "", []
             while item.kind == "pointer":
+                levels.append(item)  # the element ctype of each level's array
                 item, stars = item.item, stars + "*"
             f.kind = lib.THA_K_PTR
             if item.kind in ("struct", "union"):
@@ -457,6 +460,10 @@ class Schema:
             elif item.kind in ("primitive", "void", "enum"):
                 f.target = cstr(_PRIM_NAMES[_prim_id(self.ffi, item, where)]
                                 .replace("_Bool", "bool") + stars)
+                # enum e **p: new("enum e *") is what p can point at
+                base = _cffi.string(f.target).decode().rstrip("*")
+                for i, level in enumerate(levels):
+                    self._elems.setdefault(base + "*" * (len(levels) - i), []).append(level)
             else:
                 raise SchemaError(f"{where}: pointer to {ftype.item.cname} is not "
                                   "supported (pointers may target structs, unions, "
@@ -495,6 +502,8 @@ class Schema:
                                       f"in these declarations ({e})") from None
                 self._names[ctype] = spelling
                 self._pointer_aliases(name, tid, kinds)
+                for alias in self._elems.get(name, ()):
+                    self._type_ids.setdefault(alias, tid)
             elif info.is_prim:
                 if tid == lib.THA_T_VOID:
                     continue
