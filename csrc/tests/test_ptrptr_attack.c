@@ -5,6 +5,7 @@
  * passes the type check; one at a non-pointer word does not. */
 #include "tha.h"
 #include "check.h"
+#include "craft.h"
 
 #include <stddef.h>
 #include <stdint.h>
@@ -162,7 +163,89 @@ static void test_star_chain_at_the_name_limit(void) {
     }
 }
 
+/* Hostile frames over pointer arrays: a snapshot and a delta of an hlist
+ * with pointer-array tables (node*, node**, char*, void*), bytes flipped
+ * at random after the header, checksums resealed. Whatever apply accepts
+ * passes tha_heap_check and the walks (leaks, dangling, type check: any
+ * answer) under ASan; a refusal says why. */
+static void test_mutated_frames_over_pointer_arrays(void) {
+    tha_schema_t *s = hlist_schema();
+    tha_heap_t *h;
+    CHECK_OK(tha_heap_create(&h, s, 1 << 20, THA_TRACK_EXPLICIT));
+    struct head *hd = alloc(h, HEAD, 1);
+    uint32_t NODEP, NODEPP, VOIDP, CHARP;
+    CHECK_OK(tha_schema_type_by_name(s, "node*", &NODEP));
+    CHECK_OK(tha_schema_type_by_name(s, "void*", &VOIDP));
+    CHECK_OK(tha_schema_type_by_name(s, "char*", &CHARP));
+    CHECK(tha_schema_type_by_name(s, "node**", &NODEPP) == THA_ENOTFOUND);
+    struct node **b = alloc(h, NODEP, 8);
+    struct node *prev = NULL;
+    for (int i = 0; i < 8; i++) {
+        struct node *n = alloc(h, NODE, 1);
+        n->key = (uint64_t)i;
+        b[i] = n;
+        n->pprev = prev ? &prev->next : &hd->first;
+        if (prev) prev->next = n; else hd->first = n;
+        prev = n;
+    }
+    hd->pany = alloc(h, VOIDP, 3);
+    hd->pany[0] = b + 2, hd->pany[1] = &b[3]->key, hd->pany[2] = hd;
+    hd->pname = alloc(h, CHARP, 2);
+    hd->pname[1] = hd->name = alloc(h, THA_T_CHAR, 5);
+    CHECK_OK(tha_root_set(h, "head", hd));
+    CHECK_OK(tha_root_set(h, "b", b));
+    size_t slen, dlen;
+    uint8_t *snap = encode(h, THA_FRAME_SNAPSHOT, &slen);
+    b[7] = b[0], b[0] = NULL;
+    CHECK_OK(tha_heap_touch(h, b, 8 * sizeof *b));
+    hd->pany[2] = &b[5];
+    CHECK_OK(tha_heap_touch(h, hd->pany, 3 * sizeof *hd->pany));
+    uint8_t *delta = encode(h, THA_FRAME_DELTA, &dlen);
+    uint64_t seed = 0x9e3779b97f4a7c15ull;
+    int accepted = 0, refused = 0;
+    const int rounds = getenv("THA_TEST_UNDER_VALGRIND") ? 60 : 600;
+    for (int r = 0; r < rounds; r++) {
+        tha_heap_t *m;
+        CHECK_OK(tha_heap_create(&m, s, 1 << 20, THA_TRACK_EXPLICIT));
+        int use_delta = r & 1;
+        if (use_delta) CHECK_OK(tha_heap_apply(m, snap, slen));
+        size_t len = use_delta ? dlen : slen;
+        uint8_t *f = malloc(len);
+        memcpy(f, use_delta ? delta : snap, len);
+        int flips = 1 + (int)(r % 4);
+        for (int k = 0; k < flips; k++) {
+            seed ^= seed << 13, seed ^= seed >> 7, seed ^= seed << 17;
+            size_t at = sizeof(tha__frame_hdr_t) + (size_t)(seed % (len - sizeof(tha__frame_hdr_t)));
+            f[at] ^= (uint8_t)(1u << (seed >> 40 & 7));
+        }
+        reseal(f, len);
+        int rc = tha_heap_apply(m, f, len);
+        if (rc == 0) {
+            accepted++;
+            CHECK_OK(tha_heap_check(m));
+            size_t nl;
+            CHECK_OK(tha_leaks(m, NULL, 0, &nl));
+            uint64_t slot, target;
+            (void)tha_heap_dangling(m, &slot, &target);
+            rc = tha_heap_check_types(m);
+            CHECK(rc == 0 || rc == THA_EMISMATCH);
+            if (rc) CHECK(tha_heap_errmsg(m)[0] != 0);
+        } else {
+            refused++;
+            CHECK(tha_heap_errmsg(m)[0] != 0);
+        }
+        free(f);
+        tha_heap_destroy(m);
+    }
+    CHECK(accepted > 0 && refused > 0);
+    free(snap);
+    free(delta);
+    tha_heap_destroy(h);
+    tha_schema_release(s);
+}
+
 int main(void) {
+    RUN(test_mutated_frames_over_pointer_arrays);
     RUN(test_star_chain_at_the_name_limit);
     RUN(test_pointer_to_a_pointer_field_is_well_typed);
     RUN(test_qualified_targets);
