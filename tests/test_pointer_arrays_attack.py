@@ -256,3 +256,33 @@ def test_arrays_of_pointers_to_enums_and_typedefs():
     h.check()
     assert h.leaks() == []
     assert tha.Heap.from_snapshot(h.snapshot()).roots["t"].p[1][0] == 1
+
+
+def test_same_address_pointer_arrays(tmp_path):
+    """Held: a same-address heap's pointer arrays (to structs, to untyped
+    bytes through void **) travel as addresses and load back at the base."""
+    import gc
+    s = tha.Schema("struct ent { uint64_t key; struct ent *next; };"
+                   "struct t { struct ent **b; void **raw; };")
+    base = 0x2e0000000000
+    a = tha.Heap(s, 4 << 20, base=base)
+    t = a.new("struct t")
+    a.roots["t"] = t
+    t.b = a.new("struct ent *", 4)
+    t.b[3] = a.new("struct ent", key=9)
+    t.raw = a.new("void *", 2)
+    t.raw[1] = a.new_raw(40)
+    a.check()
+    snap = a.snapshot()
+    a.checkpoint(tmp_path / "ck")
+    del t, a
+    gc.collect()
+    m = tha.Heap.from_snapshot(snap)
+    assert m.base == base and m.roots["t"].b[3].key == 9
+    m.check()
+    del m
+    gc.collect()
+    back = tha.Heap.load(tmp_path / "ck")
+    assert back.roots["t"].b[3].key == 9 and back.roots["t"].raw[1] != s.ffi.NULL
+    back.check()
+    assert back.leaks() == []
