@@ -286,3 +286,14 @@ def test_same_address_pointer_arrays(tmp_path):
     assert back.roots["t"].b[3].key == 9 and back.roots["t"].raw[1] != s.ffi.NULL
     back.check()
     assert back.leaks() == []
+
+
+@pytest.mark.parametrize("cdef,field", [
+    ("struct ent; struct t { int x; struct ent **b; };", "struct t field b"),
+    ("struct t { int x; struct ghost ***b; };", "struct t field b"),
+])
+def test_pointer_to_pointer_to_nothing_names_the_field(cdef, field):
+    """Finding: the error named only the implicit type ('pointer type ent*
+    field ptr'), not the declaration that needs it."""
+    with pytest.raises(tha.SchemaError, match=field):
+        tha.Schema(cdef)

@@ -53,6 +53,31 @@ static tha__type_t *index_find(const name_index_t *ix, const char *name) {
     return hit ? *hit : NULL;
 }
 
+/* The implicit pointer type p points at target, unregistered: the error
+ * names a field that needs p ("struct t field b", a struct ghost **b),
+ * not only p's own field. */
+static int unregistered_through(tha_schema_t *s, const name_index_t *ix,
+                                const tha__type_t *p, const char *target) {
+    size_t bn = strlen(target);
+    while (bn && target[bn - 1] == '*')
+        bn--;
+    for (uint32_t i = 0; i < ix->n; i++) {
+        const tha__type_t *u = ix->v[i];
+        for (uint32_t j = 0; !u->is_ptr && !u->is_prim && j < u->nfields; j++) {
+            const tha__field_t *f = &u->fields[j];
+            if (f->pub.kind == THA_K_PTR && strncmp(f->target, target, bn) == 0 &&
+                f->target[bn] == '*')
+                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                 "%s %s field %s: points through the pointer type %s "
+                                 "to unregistered type '%.*s'", tha__schema_kw(u),
+                                 u->name, f->name, p->name, (int)bn, target);
+        }
+    }
+    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                     "pointer type %s field ptr: pointer to unregistered type '%s'",
+                     p->name, target);
+}
+
 /* Field f of t before the type it holds by value is sealed: resolves its
  * target. Sets *descend to a struct type that must be sealed first. */
 static int field_pre(tha_schema_t *s, const name_index_t *ix, tha__type_t *t,
@@ -63,6 +88,8 @@ static int field_pre(tha_schema_t *s, const name_index_t *ix, tha__type_t *t,
     if (kind != THA_K_STRUCT && kind != THA_K_PTR)
         return 0;
     tha__type_t *tt = index_find(ix, f->target);
+    if (!tt && t->is_ptr)
+        return unregistered_through(s, ix, t, f->target);
     if (!tt)
         return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
                          "%s %s field %s: %s unregistered type '%s'", k, t->name,
