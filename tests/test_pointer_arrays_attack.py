@@ -297,3 +297,23 @@ def test_pointer_to_pointer_to_nothing_names_the_field(cdef, field):
     field ptr'), not the declaration that needs it."""
     with pytest.raises(tha.SchemaError, match=field):
         tha.Schema(cdef)
+
+
+def test_heapless_standby_of_a_hand_registered_pointer_type():
+    """The finding above through replication: a standby that learns the
+    schema from the bulk sync rebuilds a pointer type no field names."""
+    from tha.replication import Active, Standby
+    s = tha.Schema.from_bytes(_hand_registered())
+    h = tha.Heap(s, capacity=4 << 20)
+    arr = h.new("struct ent *", 4)
+    arr[2] = h.new("struct ent", k=5)
+    h.roots["table"] = arr
+    with Standby() as sb, Active(h, [sb.address]) as act:
+        act.sync(ack="applied")
+        arr[0] = h.new("struct ent", k=6)
+        h.touch(arr)
+        act.sync(ack="applied")
+        with sb.cond:
+            st = sb.heap.roots["table"]
+            assert st[2].k == 5 and st[0].k == 6
+            sb.heap.check()
