@@ -317,3 +317,35 @@ def test_heapless_standby_of_a_hand_registered_pointer_type():
             st = sb.heap.roots["table"]
             assert st[2].k == 5 and st[0].k == 6
             sb.heap.check()
+
+
+def test_tailq_spelled_as_c_declares_it():
+    """The type-check finding for sys/queue.h as its macros expand in a
+    cdef: tqe_prev and tqh_last are struct job ** into a nested struct's
+    pointer field (job.link.tqe_next) or the head's tqh_first."""
+    s = tha.Schema("""
+        struct job;
+        struct job_link { struct job *tqe_next; struct job **tqe_prev; };
+        struct job { uint64_t id; struct job_link link; };
+        struct jobq { struct job *tqh_first; struct job **tqh_last; };
+    """)
+    h = tha.Heap(s, capacity=1 << 20)
+    h.set_debug(types=True)
+    q = h.new("struct jobq")
+    h.roots["q"] = q
+    q.tqh_last = s.ffi.addressof(q, "tqh_first")
+    for i in range(5):  # TAILQ_INSERT_TAIL
+        j = h.new("struct job", id=i)
+        j.link.tqe_prev = q.tqh_last
+        q.tqh_last[0] = j
+        q.tqh_last = s.ffi.addressof(j.link, "tqe_next")
+    h.check()
+    m = tha.Heap.from_snapshot(h.snapshot())
+    m.set_debug(types=True)
+    m.check()
+    mq, ids, j = m.roots["q"], [], m.roots["q"].tqh_first
+    while j:
+        assert j.link.tqe_prev[0] == j
+        ids.append(j.id)
+        j = j.link.tqe_next
+    assert ids == list(range(5))
