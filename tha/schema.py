@@ -489,17 +489,14 @@ class Schema:
         n = lib.tha_schema_type_count(self._c)
         info = _cffi.new("tha_type_info_t *")
         kinds = _user_kinds(self._c)
+        pointers = self._pointer_ctypes(kinds)
         for tid in range(1, n):
             if lib.tha_schema_type_info(self._c, tid, info) != 0:
                 continue
             name = _cffi.string(info.name).decode()
             if name.endswith("*"):  # the implicit pointer type "emp*"
                 spelling = _pointer_spelling(name, kinds)
-                try:
-                    ctype = self.ffi.typeof(spelling)
-                except (cffi.FFIError, cffi.CDefError, TypeError) as e:
-                    raise SchemaError(f"pointer type {name}: no C type '{spelling}' "
-                                      f"in these declarations ({e})") from None
+                ctype = pointers[name]
                 self._names[ctype] = spelling
                 self._pointer_aliases(name, tid, kinds)
                 for alias in self._elems.get(name, ()):
@@ -520,6 +517,28 @@ class Schema:
         for cname in _C_SPELLINGS:
             ctype = self._named(cname)
             self._type_ids.setdefault(ctype, _prim_id(self.ffi, ctype, cname))
+
+    def _pointer_ctypes(self, kinds: dict) -> dict:
+        """"emp*" -> the ctype of struct emp * for every pointer type, in one
+        cffi parse (each costs a parse of the whole declaration table: one
+        typeof per pointer type is O(n^2), as _warm says)."""
+        names = _pointer_types(self._c)
+        if not names:
+            return {}
+        spellings = [_pointer_spelling(name, kinds) for name in names]
+        try:
+            fn = self.ffi.typeof("void(*)(" + ", ".join(f"{sp} *" for sp in spellings)
+                                 + ")")
+            return {name: arg.item for name, arg in zip(names, fn.args)}
+        except (cffi.FFIError, cffi.CDefError, TypeError):
+            pass
+        for name, spelling in zip(names, spellings):  # which one: name it
+            try:
+                self.ffi.typeof(spelling)
+            except (cffi.FFIError, cffi.CDefError, TypeError) as e:
+                raise SchemaError(f"pointer type {name}: no C type '{spelling}' "
+                                  f"in these declarations ({e})") from None
+        raise SchemaError("pointer types: cffi cannot declare them together")
 
     def _pointer_aliases(self, name: str, tid: int, kinds: dict) -> None:
         """A pointer type to a primitive ("uint32_t*") under the C spellings
