@@ -331,14 +331,15 @@ class Heap:
             if rc[0]:
                 self._check(rc[0])
 
-    def store_many(self, p: CData, field: str, indexes: Iterable[int] | Buffer,
+    def store_many(self, p: CData, field: str | None, indexes: Iterable[int] | Buffer,
                    values: Iterable | Buffer, *, target: CData | None = None) -> None:
         """``p[indexes[j]].field = values[j]`` for every j, in one C call,
         and what it wrote marked changed (explicit tracking needs no touch):
         a batch of writes at C speed instead of a cffi write per element.
         ``p`` and ``indexes`` as for touch_many(). ``field`` is a path
         ('salary', 'addr.zip', 'scores[2]') to a number (integer, float,
-        enum) or to a pointer. Numbers: ``values`` is a buffer of the
+        enum) or to a pointer; None (or '') writes the elements themselves,
+        of an array of pointers (``new("struct ent *", n)``) or numbers. Numbers: ``values`` is a buffer of the
         field's C type (array('d') for a double, array('I') for a
         uint32_t, numpy) or a sequence of numbers. Pointers: ``target``
         points at an element of an array of the pointed-to type and
@@ -351,10 +352,10 @@ class Heap:
             addr, item, stride, index, n = self._elements("store_many", p, indexes)
             self._holds("store_many", addr, item)
             off, ftype, owner, last = _field_type(ffi, p, item, field)
-            what = f"store_many: {item.cname}.{field}"
+            what = f"store_many: {item.cname}" + (f".{field}" if field else "")
             tfirst, tstride = 0, 0
             if ftype.kind == "pointer":
-                if self.schema.tag_mask(owner, last):
+                if owner is not None and self.schema.tag_mask(owner, last):
                     raise InvalidArgument(f"{what} is a tagged pointer (tag_mask): "
                                           "write it element by element")
                 if target is None:
@@ -869,6 +870,11 @@ def _same_count(what: str, n: int, got: int) -> None:
 def _field_type(ffi, p, item, field: str):
     """(offset, ctype, owner struct ctype, last name) of a field path of
     item for store_many: a number or a pointer, not a bitfield."""
+    if not field:  # the element itself: an array of pointers (or numbers)
+        if item.kind in ("struct", "union"):
+            raise InvalidArgument(f"store_many: {item.cname} is a struct: name the "
+                                  "field to write")
+        return _checked_store_type(f"store_many: {item.cname}", item) + (None, None)
     path = _field_path(field)
     where = f"store_many: {item.cname}.{field}"
     try:
@@ -883,6 +889,12 @@ def _field_type(ffi, p, item, field: str):
         raise NotFound(f"store_many: {item.cname} has no field {field!r}") from None
     if bits is not None and bits.bitsize not in (-1, None):
         raise InvalidArgument(f"{where} is a bitfield: write it element by element")
+    return (off, *_checked_store_type(where, ftype)[1:], owner,
+            path[-1] if isinstance(path[-1], str) else None)
+
+
+def _checked_store_type(where: str, ftype) -> tuple:
+    """(0, ftype) if store_many writes ftype (a number or a data pointer)."""
     if ftype.kind == "function" or (ftype.kind == "pointer"
                                     and ftype.item.kind == "function"):
         raise InvalidArgument(f"{where} is a function pointer: write it element by "
@@ -894,7 +906,7 @@ def _field_type(ffi, p, item, field: str):
                                                       "char32_t"):
         raise InvalidArgument(f"{where} is a {ftype.cname}: store_many writes "
                               "numbers and pointers")
-    return off, ftype, owner, path[-1] if isinstance(path[-1], str) else None
+    return 0, ftype
 
 
 def _numbers(what: str, ffi, ftype, values, n: int):

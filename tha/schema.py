@@ -254,6 +254,8 @@ class Schema:
                                       # cname is the typedef name if any)
         self._extern_keep: dict = {}  # name -> the cdata bound (kept alive)
         self._extern_index = None     # sorted (address, size, name), or None
+        self._elems: dict = {}        # "uint32_t*" -> ctypes fields spell it
+                                      # with ("enum e *", "unsigned int *")
         self._masks = _tag_masks(cdef)  # (owner, field) -> tag mask
         if _c is None:
             self._c = self._register(functions or {}, externs or {})
@@ -354,10 +356,14 @@ class Schema:
         self._index()
         return c
 
-    def _build(self, functions: dict, externs: dict | None = None):
+    def _build(self, functions: dict, externs: dict | None = None,
+               pointers: list | None = None):
         """A sealed C schema of every struct and union self.ffi declares
         (fills _names); functions by name, unbound; externs (name -> size)
-        unbound; the cdef's tag masks on their fields."""
+        unbound; the cdef's tag masks on their fields; pointers, implicit
+        pointer types by name ("emp*"), registered even if no field names
+        them (a carried schema may hold one a C program registered by hand:
+        a declaration cannot say so)."""
         out = _cffi.new("tha_schema_t **")
         check(lib.tha_schema_create(out))
         c = _cffi.gc(out[0], lib.tha_schema_release)
@@ -382,6 +388,14 @@ class Schema:
             _check_c(c, lib.tha_schema_add_struct(
                 c, name.encode(), size, align, kw == "union", tid))
             ids[ctype] = tid[0]
+        for name in sorted(pointers or (), key=len):  # "emp**" registers "emp*"
+            if lib.tha_schema_type_by_name(c, name.encode(), _cffi.NULL) == 0:
+                continue
+            tid, f = _cffi.new("uint32_t *"), _cffi.new("tha_field_t *")
+            fname, target = _cffi.new("char[]", b"ptr"), _cffi.new("char[]", name[:-1].encode())
+            f.name, f.kind, f.target = fname, lib.THA_K_PTR, target  # kept alive
+            _check_c(c, lib.tha_schema_add_struct(c, name.encode(), 8, 8, 0, tid))
+            _check_c(c, lib.tha_schema_add_field(c, tid[0], f))
         for ctype, tid in ids.items():
             for fname, field in ctype.fields or ():
                 self._add_field(c, ctype, tid, fname, field)
@@ -436,8 +450,9 @@ class Schema:
             f.sig = cstr(ftype.cname)
         elif ftype.kind == "pointer":
             # struct emp **: a pointer to the implicit pointer type "emp*"
-            item, stars = ftype.item, ""
+            item, stars, levels = ftype.item, "", []
             while item.kind == "pointer":
+                levels.append(item)  # the element ctype of each level's array
                 item, stars = item.item, stars + "*"
             f.kind = lib.THA_K_PTR
             if item.kind in ("struct", "union"):
@@ -445,6 +460,10 @@ class Schema:
             elif item.kind in ("primitive", "void", "enum"):
                 f.target = cstr(_PRIM_NAMES[_prim_id(self.ffi, item, where)]
                                 .replace("_Bool", "bool") + stars)
+                # enum e **p: new("enum e *") is what p can point at
+                base = _cffi.string(f.target).decode().rstrip("*")
+                for i, level in enumerate(levels):
+                    self._elems.setdefault(base + "*" * (len(levels) - i), []).append(level)
             else:
                 raise SchemaError(f"{where}: pointer to {ftype.item.cname} is not "
                                   "supported (pointers may target structs, unions, "
@@ -470,16 +489,18 @@ class Schema:
         n = lib.tha_schema_type_count(self._c)
         info = _cffi.new("tha_type_info_t *")
         kinds = _user_kinds(self._c)
+        pointers = self._pointer_ctypes(kinds)
         for tid in range(1, n):
             if lib.tha_schema_type_info(self._c, tid, info) != 0:
                 continue
             name = _cffi.string(info.name).decode()
             if name.endswith("*"):  # the implicit pointer type "emp*"
-                base = name.rstrip("*")
-                ctype = self._named(_pointer_spelling(base, kinds))
-                for _star in name[len(base):]:  # no parse for a schema type's
-                    ctype = self.pointer_type(ctype)
-                self._names[ctype] = _pointer_spelling(name, kinds)
+                spelling = _pointer_spelling(name, kinds)
+                ctype = pointers[name]
+                self._names[ctype] = spelling
+                self._pointer_aliases(name, tid, kinds)
+                for alias in self._elems.get(name, ()):
+                    self._type_ids.setdefault(alias, tid)
             elif info.is_prim:
                 if tid == lib.THA_T_VOID:
                     continue
@@ -496,6 +517,43 @@ class Schema:
         for cname in _C_SPELLINGS:
             ctype = self._named(cname)
             self._type_ids.setdefault(ctype, _prim_id(self.ffi, ctype, cname))
+
+    def _pointer_ctypes(self, kinds: dict) -> dict:
+        """"emp*" -> the ctype of struct emp * for every pointer type, in one
+        cffi parse (each costs a parse of the whole declaration table: one
+        typeof per pointer type is O(n^2), as _warm says)."""
+        names = _pointer_types(self._c)
+        if not names:
+            return {}
+        spellings = [_pointer_spelling(name, kinds) for name in names]
+        try:
+            fn = self.ffi.typeof("void(*)(" + ", ".join(f"{sp} *" for sp in spellings)
+                                 + ")")
+            return {name: arg.item for name, arg in zip(names, fn.args)}
+        except (cffi.FFIError, cffi.CDefError, TypeError):
+            pass
+        for name, spelling in zip(names, spellings):  # which one: name it
+            try:
+                self.ffi.typeof(spelling)
+            except (cffi.FFIError, cffi.CDefError, TypeError) as e:
+                raise SchemaError(f"pointer type {name}: no C type '{spelling}' "
+                                  f"in these declarations ({e})") from None
+        raise SchemaError("pointer types: cffi cannot declare them together")
+
+    def _pointer_aliases(self, name: str, tid: int, kinds: dict) -> None:
+        """A pointer type to a primitive ("uint32_t*") under the C spellings
+        of that primitive too ("unsigned int *"): cffi keeps a field's
+        spelling (unsigned int **u), so new("unsigned int *") must give
+        what it can hold, as new("unsigned int") does for the primitive."""
+        base = name.rstrip("*")
+        if base in kinds or base in ("void", "tha_raw"):
+            return
+        prim = {v.replace("_Bool", "bool"): k for k, v in _PRIM_NAMES.items()}.get(base)
+        stars = name[len(base):]
+        for cname in _C_SPELLINGS:
+            ctype = self._named(cname)
+            if ctype.cname != base and _prim_id(self.ffi, ctype, cname) == prim:
+                self._type_ids.setdefault(self.ffi.typeof(f"{cname} {stars}"), tid)
 
     # -- rebuilding declarations from a C schema -----------------------------
 
@@ -562,7 +620,8 @@ class Schema:
         """The declarations rebuilt from a C schema must lay out the same.
         Registers them again from this ffi (parsed and laid out already)."""
         again = self._build(_functions_declared(self._c),
-                            {n: size for n, (size, _a) in _externs_declared(self._c).items()})
+                            {n: size for n, (size, _a) in _externs_declared(self._c).items()},
+                            _pointer_types(self._c))
         msg = _cffi.new("char[256]")
         rc = lib.tha_schema_compare(self._c, again, msg, 256)
         if rc:
@@ -711,6 +770,18 @@ def _user_kinds(c) -> dict:
             if not name.endswith("*"):
                 kinds[name] = "union" if info.is_union else "struct"
     return kinds
+
+
+def _pointer_types(c) -> list:
+    """Names of the implicit pointer types of the C schema c ("emp*")."""
+    info = _cffi.new("tha_type_info_t *")
+    out = []
+    for tid in range(lib.THA_T_FIRST_USER, lib.tha_schema_type_count(c)):
+        if lib.tha_schema_type_info(c, tid, info) == 0:
+            name = _cffi.string(info.name).decode()
+            if name.endswith("*"):
+                out.append(name)
+    return out
 
 
 def _pointer_spelling(name: str, kinds: dict) -> str:

@@ -180,7 +180,9 @@ typedef struct tha_field {
                                       "struct emp"/"union u" and C spellings
                                       of primitives ("unsigned int", "_Bool",
                                       "long") are accepted and stored as the
-                                      canonical name ("uint32_t") */
+                                      canonical name ("uint32_t"); const,
+                                      volatile and restrict are dropped
+                                      ("const char *" is "char*") */
     uint32_t dims[THA_MAX_DIMS];   /* array dimensions, 0-terminated; all 0:
                                       not an array */
     uint32_t bits[2];              /* THA_K_BITS: shift, width */
@@ -652,6 +654,10 @@ THA_API int tha_heap_check(tha_heap_t *h);
  *    base * to the base that begins a struct derived). Any other address
  *    inside an allocation is wrong, one past the end of a nested array
  *    included.
+ *  - a pointer to a pointer (struct T **, char **, void **; target "T *"):
+ *    the start of an element of a "T*" allocation, or a pointer field to
+ *    T (or an element of an array of them) in an element of another
+ *    allocation, at any depth: &prev->next, &head->first (hlist's pprev).
  *  - other primitives (uint32_t *, double *, bool *, ...): the start of an
  *    element of an allocation of that primitive, or of a scalar field (or
  *    array element) of it, at any depth. Signed and unsigned of one width

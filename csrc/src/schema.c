@@ -299,6 +299,38 @@ static void squeeze_spaces(const char *in, char *out) {
     out[n] = 0;
 }
 
+/* A type name in one spelling: squeezed, its qualifiers dropped (they are
+ * no part of a layout: "const char * const" -> "char*", as cffi reads
+ * it). in at most THA__SIG_MAX bytes with the NUL; out as large. */
+static void squeeze_type(const char *in, char *out) {
+    char tmp[THA__SIG_MAX];
+    squeeze_spaces(in, tmp);
+    size_t n = 0;
+    for (const char *p = tmp; *p;) {
+        if (!ident_char(*p)) {
+            out[n++] = *p++;
+            continue;
+        }
+        const char *e = p;
+        while (ident_char(*e))
+            e++;
+        size_t k = (size_t)(e - p);
+        static const char *const quals[] = {"const", "volatile", "restrict",
+                                            "__restrict", "__restrict__"};
+        int qual = 0;
+        for (size_t i = 0; i < sizeof quals / sizeof quals[0]; i++)
+            qual |= strlen(quals[i]) == k && memcmp(p, quals[i], k) == 0;
+        if (!qual) {
+            if (n && ident_char(out[n - 1]))
+                out[n++] = ' ';
+            memcpy(out + n, p, k);
+            n += k;
+        }
+        p = *e == ' ' ? e + 1 : e; /* squeezed: a space only between names */
+    }
+    out[n] = 0;
+}
+
 /* A function pointer type in one spelling: squeezed, and an empty parameter
  * list written "(void)" (cffi prints "void(*)()" for "void (*)(void)").
  * -1 if the result does not fit cap bytes with its NUL. */
@@ -379,7 +411,8 @@ static const char *canonical_target(const char *name) {
 
 /* name (spaces squeezed, keyword stripped) as a pointer type's canonical
  * name in out: 1 if it names one, 0 if it has no star, -1 if it is no
- * such name (a star before the end, nothing before the stars, too long). */
+ * such name (a star before the end, nothing before the stars), -2 if that
+ * name is longer than THA_NAME_MAX - 1. */
 static int pointer_name(const char *name, char *out, size_t cap) {
     size_t n = strlen(name), stars = 0;
     while (stars < n && name[n - 1 - stars] == '*')
@@ -388,12 +421,14 @@ static int pointer_name(const char *name, char *out, size_t cap) {
         return 0;
     char base[THA_NAME_MAX];
     size_t bn = n - stars;
-    if (bn == 0 || bn >= sizeof base || memchr(name, '*', bn))
+    if (bn == 0 || memchr(name, '*', bn))
         return -1;
+    if (bn >= sizeof base)
+        return -2;
     memcpy(base, name, bn);
     base[bn] = 0;
     int w = snprintf(out, cap, "%s%.*s", canonical_target(base), (int)stars, name + bn);
-    return w > 0 && (size_t)w < cap ? 1 : -1;
+    return w > 0 && (size_t)w < cap ? 1 : -2;
 }
 
 const char *tha__schema_canonical_name(const char *name, char *out, size_t cap,
@@ -401,7 +436,7 @@ const char *tha__schema_canonical_name(const char *name, char *out, size_t cap,
     char squeezed[THA__SIG_MAX];
     if (strnlen(name, sizeof squeezed) >= sizeof squeezed)
         return name;
-    squeeze_spaces(name, squeezed);
+    squeeze_type(name, squeezed);
     const char *bare = tha__schema_strip_keyword(squeezed, keyword);
     int rc = pointer_name(bare, out, cap);
     if (rc == 0)
@@ -629,7 +664,7 @@ static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field
         char squeezed[THA__SIG_MAX], ptr[THA_NAME_MAX];
         int stars = 0;
         if (strnlen(tg, THA__SIG_MAX) < THA__SIG_MAX) {
-            squeeze_spaces(tg, squeezed);
+            squeeze_type(tg, squeezed);
             tg = tha__schema_strip_keyword(squeezed, NULL);
             stars = pointer_name(tg, ptr, sizeof ptr);
             if (stars > 0)
@@ -642,6 +677,12 @@ static int add_field(tha_schema_t *s, uint32_t type_id, const tha_field_t *field
                              "%s %s field %s: holds '%s' by value: a field holding a "
                              "pointer is a pointer field", tha__schema_kw(t), t->name,
                              fname, field->target);
+        if (stars == -2)
+            return tha__fail(s->err, sizeof s->err, THA_EINVAL,
+                             "%s %s field %s: target '%s': the pointer type it needs "
+                             "would have a name longer than %d characters (its "
+                             "target's name and one star per level)", tha__schema_kw(t),
+                             t->name, fname, field->target, THA_NAME_MAX - 1);
         if (stars < 0)
             return tha__fail(s->err, sizeof s->err, THA_EINVAL,
                              "%s %s field %s: target '%s' is no type name (a pointer "

@@ -53,6 +53,31 @@ static tha__type_t *index_find(const name_index_t *ix, const char *name) {
     return hit ? *hit : NULL;
 }
 
+/* The implicit pointer type p points at target, unregistered: the error
+ * names a field that needs p ("struct t field b", a struct ghost **b),
+ * not only p's own field. */
+static int unregistered_through(tha_schema_t *s, const name_index_t *ix,
+                                const tha__type_t *p, const char *target) {
+    size_t bn = strlen(target);
+    while (bn && target[bn - 1] == '*')
+        bn--;
+    for (uint32_t i = 0; i < ix->n; i++) {
+        const tha__type_t *u = ix->v[i];
+        for (uint32_t j = 0; !u->is_ptr && !u->is_prim && j < u->nfields; j++) {
+            const tha__field_t *f = &u->fields[j];
+            if (f->pub.kind == THA_K_PTR && strncmp(f->target, target, bn) == 0 &&
+                f->target[bn] == '*')
+                return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                                 "%s %s field %s: points through the pointer type %s "
+                                 "to unregistered type '%.*s'", tha__schema_kw(u),
+                                 u->name, f->name, p->name, (int)bn, target);
+        }
+    }
+    return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
+                     "pointer type %s field ptr: pointer to unregistered type '%s'",
+                     p->name, target);
+}
+
 /* Field f of t before the type it holds by value is sealed: resolves its
  * target. Sets *descend to a struct type that must be sealed first. */
 static int field_pre(tha_schema_t *s, const name_index_t *ix, tha__type_t *t,
@@ -63,6 +88,8 @@ static int field_pre(tha_schema_t *s, const name_index_t *ix, tha__type_t *t,
     if (kind != THA_K_STRUCT && kind != THA_K_PTR)
         return 0;
     tha__type_t *tt = index_find(ix, f->target);
+    if (!tt && t->is_ptr)
+        return unregistered_through(s, ix, t, f->target);
     if (!tt)
         return tha__fail(s->err, sizeof s->err, THA_ESCHEMA,
                          "%s %s field %s: %s unregistered type '%s'", k, t->name,
@@ -307,6 +334,11 @@ static int check_overlaps(tha_schema_t *s, const tha__type_t *t) {
 typedef struct tables {
     const uint8_t *pointed; /* by type id or primitive class: 1 if some
                                pointer field targets it */
+    const uint32_t *ptr_to; /* by type id: the pointer type to it ("emp"
+                               -> "emp*") if some pointer field targets
+                               that, else 0: a pointer field to the type
+                               is then a place of it (&e->next, a
+                               struct emp **) */
     uint64_t place_budget, hole_budget;
 } tables_t;
 
@@ -324,6 +356,8 @@ static int build_places(tha_schema_t *s, tha__type_t *t, tables_t *c) {
     for (uint32_t i = 0; i < t->nfields; i++) {
         const tha__field_t *f = &t->fields[i];
         if (f->pub.kind == THA_K_SCALAR && c->pointed[tha__ptr_class(f->pub.prim)]) {
+            n += f->count;
+        } else if (f->pub.kind == THA_K_PTR && !t->is_ptr && c->ptr_to[f->target_id]) {
             n += f->count;
         } else if (f->pub.kind == THA_K_STRUCT) {
             const tha__type_t *tt = &s->types[f->target_id];
@@ -353,6 +387,9 @@ static int build_places(tha_schema_t *s, tha__type_t *t, tables_t *c) {
             for (uint64_t e = 0; e < f->count; e++)
                 v[m++] = (tha__place_t){(uint32_t)(off + e * f->elem_size),
                                         tha__ptr_class(f->pub.prim)};
+        } else if (f->pub.kind == THA_K_PTR && !t->is_ptr && c->ptr_to[f->target_id]) {
+            for (uint64_t e = 0; e < f->count; e++)
+                v[m++] = (tha__place_t){(uint32_t)(off + e * 8), c->ptr_to[f->target_id]};
         } else if (f->pub.kind == THA_K_STRUCT) {
             const tha__type_t *tt = &s->types[f->target_id];
             for (uint64_t e = 0, at = off; e < f->count; e++, at += tt->size) {
@@ -598,8 +635,20 @@ int tha_schema_seal(tha_schema_t *s) {
             if (f->pub.kind == THA_K_PTR && (tt = index_find(&ix, f->target)))
                 pointed[tha__ptr_class(tt->id)] = 1; /* unresolved: seal fails */
         }
-    tables_t tab = {pointed, THA_SCHEMA_MAX_SLOTS, THA_SCHEMA_MAX_SLOTS};
+    uint32_t *ptr_to = calloc(s->ntypes, sizeof *ptr_to);
+    if (!ptr_to) {
+        free(pointed);
+        free(ix.v);
+        return tha__fail(s->err, sizeof s->err, THA_ENOMEM, "out of memory");
+    }
+    for (uint32_t id = THA_T_FIRST_USER; id < s->ntypes; id++) {
+        const tha__type_t *p = &s->types[id], *tt; /* shapes checked above */
+        if (p->is_ptr && pointed[id] && (tt = index_find(&ix, p->fields[0].target)))
+            ptr_to[tt->id] = id;
+    }
+    tables_t tab = {pointed, ptr_to, THA_SCHEMA_MAX_SLOTS, THA_SCHEMA_MAX_SLOTS};
     int rc = seal_types(s, &ix, &tab);
+    free(ptr_to);
     free(pointed);
     free(ix.v);
     if (rc)
