@@ -94,3 +94,21 @@ def test_bad_bindings_are_refused_at_start():
         Standby(functions={"abs": "not a function"})
     with pytest.raises(tha.SchemaError, match="size"):
         Standby(externs={"labels": FFI.cast("void *", HERE)})
+
+
+
+def test_bindings_the_active_does_not_declare_are_ignored():
+    """A standby's functions/externs may name more than one active's schema
+    declares (one registry for several heaps): the extra names are left
+    out, as tha_schema_bind_from does, not a bulk sync refused at go-live
+    (NotFound 'never declared') and sent again, over and over."""
+    other = cffi.FFI()
+    other.cdef("int atoi(const char *);")
+    extra = FFI.new("char[4]")
+    heap = active_heap()
+    with Standby(functions=dict(FUNCS, unused_fn=other.dlopen(None).atoi),
+                 externs={"labels": HERE, "unused": extra}) as sb, \
+            Active(heap, [sb.address]) as act:
+        act.sync(ack="applied", timeout=5)
+        check_mirror(sb)
+        assert sb.bulk_syncs == 1
