@@ -112,3 +112,36 @@ def test_bindings_the_active_does_not_declare_are_ignored():
         act.sync(ack="applied", timeout=5)
         check_mirror(sb)
         assert sb.bulk_syncs == 1
+
+
+def test_a_cluster_node_standby_binds_externs():
+    """tha.Node(functions=, externs=) hands both to the standby it runs: a
+    heapless member mirrors a leader whose heap points into an extern
+    (before, Node took no externs: refused by name, forever)."""
+    import os
+    import sys
+    import time
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
+    from etcd_server import free_port
+    from tha.cluster import Node, PairCoordinator
+    a_port, b_port = free_port(), free_port()
+    a = Node("a", f"127.0.0.1:{a_port}", create=active_heap, coordinator=PairCoordinator(
+        "a", f"127.0.0.1:{b_port}", leader=True, loop_wait=0.05))
+    b = Node("b", f"127.0.0.1:{b_port}", functions=FUNCS, externs={"labels": HERE},
+             coordinator=PairCoordinator("b", f"127.0.0.1:{a_port}", leader=False,
+                                         promote_after=30, loop_wait=0.05))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if a.is_leader and b.standby is not None:
+                    a.sync(timeout=2)
+                    break
+            except tha.Error:
+                pass
+            assert time.monotonic() < deadline, "the pair never synced"
+            time.sleep(0.1)
+        check_mirror(b.standby)
+    finally:
+        a.close()
+        b.close()
