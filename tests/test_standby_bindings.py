@@ -145,3 +145,15 @@ def test_a_cluster_node_standby_binds_externs():
     finally:
         a.close()
         b.close()
+
+
+def test_a_standby_heap_lends_what_the_bindings_leave_out():
+    """Standby(heap=, functions=): the heap's extern binding still counts
+    (before, functions= hid it: refused, 'labels' not bound in this process,
+    though the standby's heap binds it)."""
+    mine = tha.Heap(tha.Schema(CDEF, functions=FUNCS, externs={"labels": HERE}),
+                    capacity=1 << 20)
+    with Standby(heap=mine, functions=FUNCS) as sb, \
+            Active(active_heap(), [sb.address]) as act:
+        act.sync(ack="applied", timeout=5)
+        check_mirror(sb)

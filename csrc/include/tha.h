@@ -1083,8 +1083,9 @@ typedef struct tha_session_config {
                                  externs, bound by name (tha_schema_bind_from)
                                  in the schema the active sends, which a bulk
                                  sync's heap is made of (not owned; it must
-                                 outlive the session). NULL: those of the
-                                 standby's heap, if it has one. Either way an
+                                 outlive the session). A standby's heap, if
+                                 it has one, binds over them (it lends what
+                                 they leave out). Either way an
                                  active whose schema names a function or
                                  extern left unbound is refused
                                  (THA_EMISMATCH) before any state moves */

@@ -604,10 +604,13 @@ static int on_schema(tha_session_t *s, const uint8_t *p, size_t len) {
      * of (this one) and in the live heap's: so both are bound here, and
      * one left unbound refuses the active now, by name, instead of failing
      * each bulk sync at its first such word and being sent it again. */
-    const tha_schema_t *mine = s->cfg.bindings ? s->cfg.bindings
-                               : s->heap ? s->heap->schema : NULL;
+    /* the bindings first, then the live heap's over them: a heap there
+     * lends what the bindings leave out, and an image taken in place by
+     * that heap (same-address) holds the words its own schema resolves */
     const char *unbound = NULL;
-    if ((mine && tha_schema_bind_from(theirs, mine)) || tha_schema_check_bound(theirs))
+    if ((s->cfg.bindings && tha_schema_bind_from(theirs, s->cfg.bindings)) ||
+        (s->heap && tha_schema_bind_from(theirs, s->heap->schema)) ||
+        tha_schema_check_bound(theirs))
         unbound = tha_schema_errmsg(theirs);
     else if (s->heap && tha_schema_check_bound(s->heap->schema))
         unbound = tha_schema_errmsg(s->heap->schema);

@@ -92,8 +92,8 @@ class Standby(_Node):
     data externs by name (as ``tha.Schema`` takes them), bound in the
     schema the active sends before a bulk sync's heap is made of it, so a
     standby without a heap mirrors function pointer slots and pointers into
-    externs. Without them a standby given ``heap`` uses that heap's
-    bindings. An active whose schema names a function or extern this
+    externs. A standby given ``heap`` also uses that heap's bindings (they
+    count over these). An active whose schema names a function or extern this
     standby leaves unbound is refused at the handshake, by name
     (``SchemaMismatch`` from its ``sync()``), before any state moves.
 
