@@ -113,3 +113,66 @@ def test_bad_bindings_are_refused_at_start():
         Standby(functions={"abs": "not a function"})
     with pytest.raises(tha.SchemaError, match="size"):
         Standby(externs={"labels": FFI.cast("void *", HERE)})
+
+
+
+def test_bindings_the_active_does_not_declare_are_ignored():
+    """A standby's functions/externs may name more than one active's schema
+    declares (one registry for several heaps): the extra names are left
+    out, as tha_schema_bind_from does, not a bulk sync refused at go-live
+    (NotFound 'never declared') and sent again, over and over."""
+    other = cffi.FFI()
+    other.cdef("int atoi(const char *);")
+    extra = FFI.new("char[4]")
+    heap = active_heap()
+    with Standby(functions=dict(FUNCS, unused_fn=other.dlopen(None).atoi),
+                 externs={"labels": HERE, "unused": extra}) as sb, \
+            Active(heap, [sb.address]) as act:
+        act.sync(ack="applied", timeout=5)
+        check_mirror(sb)
+        assert sb.bulk_syncs == 1
+
+
+def test_a_cluster_node_standby_binds_externs():
+    """tha.Node(functions=, externs=) hands both to the standby it runs: a
+    heapless member mirrors a leader whose heap points into an extern
+    (before, Node took no externs: refused by name, forever)."""
+    import os
+    import sys
+    import time
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "helpers"))
+    from etcd_server import free_port
+    from tha.cluster import Node, PairCoordinator
+    a_port, b_port = free_port(), free_port()
+    a = Node("a", f"127.0.0.1:{a_port}", create=active_heap, coordinator=PairCoordinator(
+        "a", f"127.0.0.1:{b_port}", leader=True, loop_wait=0.05))
+    b = Node("b", f"127.0.0.1:{b_port}", functions=FUNCS, externs={"labels": HERE},
+             coordinator=PairCoordinator("b", f"127.0.0.1:{a_port}", leader=False,
+                                         promote_after=30, loop_wait=0.05))
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if a.is_leader and b.standby is not None:
+                    a.sync(timeout=2)
+                    break
+            except tha.Error:
+                pass
+            assert time.monotonic() < deadline, "the pair never synced"
+            time.sleep(0.1)
+        check_mirror(b.standby)
+    finally:
+        a.close()
+        b.close()
+
+
+def test_a_standby_heap_lends_what_the_bindings_leave_out():
+    """Standby(heap=, functions=): the heap's extern binding still counts
+    (before, functions= hid it: refused, 'labels' not bound in this process,
+    though the standby's heap binds it)."""
+    mine = tha.Heap(tha.Schema(CDEF, functions=FUNCS, externs={"labels": HERE}),
+                    capacity=1 << 20)
+    with Standby(heap=mine, functions=FUNCS) as sb, \
+            Active(active_heap(), [sb.address]) as act:
+        act.sync(ack="applied", timeout=5)
+        check_mirror(sb)

@@ -23,7 +23,7 @@ from . import durability, reach
 from ._ffi import ffi as _cffi, lib
 from .dump import dump_heap
 from .errors import Error, InvalidArgument, InvalidPointer, NotFound, check
-from .schema import Schema
+from .schema import Schema, _functions_declared
 
 _TRACKING = {"auto": lib.THA_TRACK_AUTO, "explicit": lib.THA_TRACK_EXPLICIT,
              "diff": lib.THA_TRACK_DIFF, "wp": lib.THA_TRACK_WP}
@@ -122,10 +122,17 @@ class Heap:
         buf = _cffi.new("char[]", size[0])
         check(lib.tha_schema_serialize(c_schema, buf, size[0], size))
         schema = Schema.from_bytes(_cffi.buffer(buf, size[0])[:])
+        # only the names this schema declares: a standby's bindings may name
+        # more (tha_schema_bind_from leaves those out the same way)
+        declared = _functions_declared(schema._c)
         for name, fn in (functions or {}).items():
-            schema.bind(name, fn)
+            if name in declared:
+                schema.bind(name, fn)
+        declared = schema.externs()
         for name, target in (externs or {}).items():
-            schema.bind_extern(name, target[0] if isinstance(target, tuple) else target)
+            if name in declared:
+                schema.bind_extern(name, target[0] if isinstance(target, tuple)
+                                   else target)
         heap = cls.__new__(cls)
         heap.schema = schema
         heap._lock = lock

@@ -1085,12 +1085,13 @@ typedef struct tha_session_config {
                                  externs, bound by name (tha_schema_bind_from)
                                  in the schema the active sends, which a bulk
                                  sync's heap is made of (not owned; it must
-                                 outlive the session). NULL: those of the
-                                 standby's heap, if it has one. A name left
-                                 unbound costs nothing until a word needs it;
-                                 then a bulk sync refuses the active for good
-                                 (REFUSE THA_EMISMATCH naming it, nothing
-                                 taken live) and a delta is NACKed */
+                                 outlive the session). A standby's heap, if
+                                 it has one, binds over them (it lends what
+                                 they leave out). A name left unbound costs
+                                 nothing until a word needs it; then a bulk
+                                 sync refuses the active for good (REFUSE
+                                 THA_EMISMATCH naming it, nothing taken
+                                 live) and a delta is NACKed */
 } tha_session_config_t;
 
 /* The largest message a session accepts before the peer proved itself. */

@@ -600,12 +600,14 @@ static int on_schema(tha_session_t *s, const uint8_t *p, size_t len) {
     }
     /* Function pointers and extern words resolve to this process's
      * addresses, in the schema a bulk sync's heap is made of (this one):
-     * bound here from the driver's bindings, else the live heap's. A name
-     * left unbound costs nothing until a word needs it; then the segment
-     * is refused for good (bad_segment): resending it would not help. */
-    const tha_schema_t *mine = s->cfg.bindings ? s->cfg.bindings
-                               : s->heap ? s->heap->schema : NULL;
-    if (mine && tha_schema_bind_from(theirs, mine)) {
+     * bound here from the driver's bindings, then from the live heap's
+     * over them (a heap there lends what the bindings leave out, and an
+     * image taken in place by that heap, same-address, holds the words its
+     * own schema resolves). A name left unbound costs nothing until a word
+     * needs it; then the segment is refused for good (bad_segment):
+     * resending it would not help. */
+    if ((s->cfg.bindings && tha_schema_bind_from(theirs, s->cfg.bindings)) ||
+        (s->heap && tha_schema_bind_from(theirs, s->heap->schema))) {
         snprintf(why, sizeof why, "%s", tha_schema_errmsg(theirs));
         tha_schema_release(theirs);
         return refuse(s, THA_EMISMATCH, 0, "the active's schema cannot be bound here: %s",

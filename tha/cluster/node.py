@@ -73,7 +73,8 @@ class Node:
                  ttl: int = 10, loop_wait: float = 1.0, retry_timeout: float | None = None,
                  http: str | None = None, heartbeat: float = 0.2, peer_timeout: float = 2.0,
                  backlog_bytes: int = 64 << 20, tracking: str = "auto",
-                 functions: dict | None = None, start: bool = True):
+                 functions: dict | None = None, externs: dict | None = None,
+                 start: bool = True):
         if coordinator is None:
             if not etcd or not cluster:
                 raise InvalidArgument("Node: give etcd= and cluster=, or a coordinator=")
@@ -90,6 +91,7 @@ class Node:
         self.ack, self.ack_quorum, self.sync_timeout = ack, ack_quorum, timeout
         self.heartbeat, self.peer_timeout = heartbeat, peer_timeout
         self.backlog_bytes, self.tracking, self.functions = backlog_bytes, tracking, functions
+        self.externs = externs  # with functions: what a heapless standby binds
         self._listen = parse_address(listen, "Node: listen", any_port=True)
         self._mu = threading.RLock()      # role changes (the loop) vs. readers
         self._stopping = False
@@ -225,7 +227,8 @@ class Node:
         sb = Standby(listen=self._listen, secret=self.secret, heap=heap,
                      heartbeat=self.heartbeat, timeout=self.peer_timeout,
                      on_applied=self._applied, tracking=self.tracking,
-                     functions=self.functions, accept=self._accept,
+                     functions=self.functions, externs=self.externs,
+                     accept=self._accept,
                      min_epoch=lambda: self._min_epoch)
         self._listen = sb.address  # port 0: the one picked, kept from now on
         self.standby = sb

@@ -92,11 +92,11 @@ class Standby(_Node):
     data externs by name (as ``tha.Schema`` takes them), bound in the
     schema the active sends before a bulk sync's heap is made of it, so a
     standby without a heap mirrors function pointer slots and pointers into
-    externs. Without them a standby given ``heap`` uses that heap's
-    bindings. A bulk sync that meets a function pointer or extern word this
-    standby leaves unbound refuses the active, by name (``SchemaMismatch``
-    from its ``sync()``), and nothing goes live; names never used need no
-    binding.
+    externs. A standby given ``heap`` also uses that heap's bindings (they
+    count over these). A bulk sync that meets a function pointer or extern
+    word this standby leaves unbound refuses the active, by name
+    (``SchemaMismatch`` from its ``sync()``), and nothing goes live; names
+    never used need no binding.
 
     ``tracking`` — how the heap finds changes once this standby is promoted
     ("auto", "wp", "diff", "explicit", as for ``tha.Heap``; default "auto":
