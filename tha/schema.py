@@ -333,20 +333,9 @@ class Schema:
     def _register(self, functions: dict, externs: dict):
         declared, bind = {}, {}
         for name, spec in externs.items():
-            where = f"extern '{name}'"
-            if isinstance(spec, tuple):
-                if len(spec) != 2 or not isinstance(spec[1], int):
-                    raise SchemaError(f"{where}: expected (cdata_or_address, size), "
-                                      f"got {spec!r}")
-                target, declared[name] = spec
-                if target is not None:
-                    bind[name] = target
-            else:
-                _addr, size = _extern_target(self.ffi, spec, where)
-                if size is None:
-                    raise SchemaError(f"{where}: the size of {spec!r} is unknown: "
-                                      "give (cdata_or_address, size)")
-                declared[name], bind[name] = size, spec
+            target, declared[name] = _extern_spec(self.ffi, name, spec)
+            if target is not None:
+                bind[name] = target
         c = self._build(functions, declared)
         self._c = c
         for name, fn in functions.items():
@@ -810,20 +799,26 @@ def c_bindings(functions: dict, externs: dict):
         _check_c(c, lib.tha_schema_add_func(c, name.encode(),
                                             _cffi.cast("void(*)(void)", addr)))
     for name, spec in externs.items():
-        where = f"extern '{name}'"
-        if isinstance(spec, tuple):
-            if len(spec) != 2 or not isinstance(spec[1], int):
-                raise SchemaError(f"{where}: expected (cdata_or_address, size), got "
-                                  f"{spec!r}")
-            addr, size = _extern_target(_cffi, spec[0], where)[0], spec[1]
-        else:
-            addr, size = _extern_target(_cffi, spec, where)
-            if size is None:
-                raise SchemaError(f"{where}: the size of {spec!r} is unknown: give "
-                                  "(cdata_or_address, size)")
+        target, size = _extern_spec(_cffi, name, spec)
+        addr = 0 if target is None else _extern_target(_cffi, target, f"extern '{name}'")[0]
         _check_c(c, lib.tha_schema_add_extern(c, name.encode(), size,
                                               _cffi.cast("void *", addr)))
     return c
+
+
+def _extern_spec(ffi, name: str, spec) -> tuple:
+    """(what to bind it to or None, declared size) of an extern given as a
+    sized cffi array or pointer, or as (cdata_or_address_or_None, size)."""
+    where = f"extern '{name}'"
+    if isinstance(spec, tuple):
+        if len(spec) != 2 or not isinstance(spec[1], int):
+            raise SchemaError(f"{where}: expected (cdata_or_address, size), got {spec!r}")
+        return spec
+    _addr, size = _extern_target(ffi, spec, where)
+    if size is None:
+        raise SchemaError(f"{where}: the size of {spec!r} is unknown: give "
+                          "(cdata_or_address, size)")
+    return spec, size
 
 
 def _check_c(c, rc: int) -> int:
