@@ -63,6 +63,7 @@ int tha_schema_bind_func(tha_schema_t *s, const char *name, void (*fn)(void));
 int tha_schema_add_extern(tha_schema_t *s, const char *name, size_t size,
                           const void *addr);
 int tha_schema_bind_extern(tha_schema_t *s, const char *name, const void *addr);
+int tha_schema_bind_from(tha_schema_t *dst, const tha_schema_t *src);
 int tha_schema_seal(tha_schema_t *s);
 void tha_schema_clear_add_error(tha_schema_t *s);
 uint64_t tha_schema_fingerprint(const tha_schema_t *s);
