@@ -1506,6 +1506,25 @@ static void test_bulk_sync_binds_functions_and_externs(void) {
     tha_schema_release(wrong_size);
 }
 
+/* A company heap of capacity bytes, and in *tape what an active sends a
+ * fresh standby of it: the handshake, the bulk sync and one delta. */
+static tha_heap_t *bulk_tape(size_t capacity, tape_t *tape) {
+    struct emp *es;
+    tha_heap_t *src = company_in(capacity, &es);
+    tha_backlog_t *bl;
+    CHECK_OK(tha_backlog_create(&bl, 0));
+    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
+    end_t *first = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
+    exchange(a, first, 1, SIZE_MAX, tape);
+    sync_one(src, bl, a, THA_ACK_APPLIED);
+    exchange(a, first, 2, SIZE_MAX, tape);
+    CHECK(last_ev(first, THA_EV_BULK_DONE) != NULL);
+    end_free(first);
+    end_free(a);
+    tha_backlog_destroy(bl);
+    return src;
+}
+
 static void test_bulk_into_reserve(void) {
     tha_reserve_t *r = NULL;
     CHECK(tha_reserve_create(&r, 0) == THA_EINVAL && r == NULL);
@@ -1513,17 +1532,8 @@ static void test_bulk_into_reserve(void) {
     CHECK(tha_reserve_bytes(NULL) == 0);
     /* the bytes of a bulk sync of an 8 MiB heap, and the delta after it */
     enum { BIG = 8 << 20 };
-    struct emp *es;
-    tha_heap_t *src = company_in(BIG, &es);
-    tha_backlog_t *bl;
-    CHECK_OK(tha_backlog_create(&bl, 0));
-    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
-    end_t *first = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
     tape_t tape = {0};
-    exchange(a, first, 1, SIZE_MAX, &tape);
-    sync_one(src, bl, a, THA_ACK_APPLIED);
-    exchange(a, first, 2, SIZE_MAX, &tape);
-    CHECK(last_ev(first, THA_EV_BULK_DONE) != NULL);
+    tha_heap_t *src = bulk_tape(BIG, &tape);
     const struct {
         size_t bytes;  /* 0: the reserve of the case before, taken */
         int zero_copy; /* fed through tha_session_recv_buffer */
@@ -1567,9 +1577,6 @@ static void test_bulk_into_reserve(void) {
         tha_heap_destroy(m);
     }
     tha_reserve_destroy(r);
-    end_free(first);
-    end_free(a);
-    tha_backlog_destroy(bl);
     tha_heap_destroy(src);
     free(tape.data);
 }
@@ -1794,17 +1801,8 @@ static void test_attack_reserve_sizes(void) {
     const size_t sizes[] = {1, 4095, 4097, 65535, 65537, (1u << 20) - 1, (1u << 20) + 1,
                             (2u << 20) + 4096, 9u << 20, 64u << 20};
     for (size_t ci = 0; ci < sizeof caps / sizeof *caps; ci++) {
-        struct emp *es;
-        tha_heap_t *src = company_in(caps[ci], &es);
-        tha_backlog_t *bl;
-        CHECK_OK(tha_backlog_create(&bl, 0));
-        end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
-        end_t *first = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
         tape_t tape = {0};
-        exchange(a, first, 1, SIZE_MAX, &tape);
-        sync_one(src, bl, a, THA_ACK_APPLIED);
-        exchange(a, first, 2, SIZE_MAX, &tape);
-        CHECK(last_ev(first, THA_EV_BULK_DONE) != NULL);
+        tha_heap_t *src = bulk_tape(caps[ci], &tape);
         for (size_t si = 0; si < sizeof sizes / sizeof *sizes; si++) {
             for (int zc = 0; zc < 2; zc++) {
                 tha_reserve_t *r;
@@ -1828,9 +1826,6 @@ static void test_attack_reserve_sizes(void) {
                 tha_reserve_destroy(r);
             }
         }
-        end_free(first);
-        end_free(a);
-        tha_backlog_destroy(bl);
         tha_heap_destroy(src);
         free(tape.data);
     }
@@ -1839,16 +1834,8 @@ static void test_attack_reserve_sizes(void) {
 /* A bulk sync that fails midway after it took the reserve; then one that
  * succeeds with a second session sharing a fresh reserve with a third. */
 static void test_attack_reserve_corrupt_and_shared(void) {
-    struct emp *es;
-    tha_heap_t *src = company_in(4u << 20, &es);
-    tha_backlog_t *bl;
-    CHECK_OK(tha_backlog_create(&bl, 0));
-    end_t *a = end_new(THA_ROLE_ACTIVE, NULL, src, bl);
-    end_t *first = end_new(THA_ROLE_STANDBY, NULL, NULL, NULL);
     tape_t tape = {0};
-    exchange(a, first, 1, SIZE_MAX, &tape);
-    sync_one(src, bl, a, THA_ACK_APPLIED);
-    exchange(a, first, 2, SIZE_MAX, &tape);
+    tha_heap_t *src = bulk_tape(4u << 20, &tape);
     uint32_t plen;
     size_t at = snap_data_at(tape.data, tape.len, 1, &plen);
     uint8_t *bad = malloc(tape.len);
@@ -1886,9 +1873,6 @@ static void test_attack_reserve_corrupt_and_shared(void) {
     end_free(c);
     tha_reserve_destroy(r);
     free(bad);
-    end_free(first);
-    end_free(a);
-    tha_backlog_destroy(bl);
     tha_heap_destroy(src);
     free(tape.data);
 }
